@@ -1,0 +1,52 @@
+//! Building and running the delivery service.
+
+use std::net::SocketAddr;
+
+use protocol::topology::Topology;
+use service_kit::app::{Foundation, StartupError};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, DEFAULT_DATABASE};
+use crate::http;
+use crate::inventory::Agents;
+
+/// The running delivery service: database, consumers, HTTP API.
+pub struct Application {
+    foundation: Foundation,
+}
+
+impl Application {
+    /// Connects and migrates the database, starts the command consumers and binds the HTTP
+    /// listener. Everything stops when `shutdown` is cancelled.
+    pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, StartupError> {
+        let database = config
+            .db
+            .settings(config.delivery_database_url.as_deref(), DEFAULT_DATABASE)?;
+        let foundation = Foundation::lay(
+            &database,
+            &crate::MIGRATOR,
+            config.broker.config("delivery-service"),
+            &config.http_addr,
+            shutdown,
+        )
+        .await?;
+        participant::start(
+            Agents,
+            &foundation,
+            Topology::new(config.broker.amqp_prefix.clone()),
+            config.participant.settings(),
+        );
+        Ok(Self { foundation })
+    }
+
+    /// The HTTP address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.foundation.local_addr()
+    }
+
+    /// Serves until shutdown, then drains.
+    pub async fn run_until_stopped(self) -> Result<(), StartupError> {
+        let routes = http::routes(self.foundation.pool.clone());
+        self.foundation.run(routes).await
+    }
+}

@@ -1,0 +1,82 @@
+//! Settings of the order service.
+
+use std::time::Duration;
+
+use service_kit::config::{BrokerArgs, DatabaseArgs, FaultArgs, LogArgs, parse_duration};
+
+use crate::coordinator::CoordinatorSettings;
+
+/// The order service: takes orders and coordinates their transactions.
+#[derive(clap::Parser, Clone, Debug)]
+#[command(name = "order-service", version, about)]
+pub struct Config {
+    /// The order database; defaults to the `order_service` database on `DATABASE_URL`.
+    #[arg(long, env = "ORDER_DATABASE_URL")]
+    pub order_database_url: Option<String>,
+
+    /// HTTP address to listen on (port 0 picks a free port; the bound address is logged).
+    #[arg(long, env = "ORDER_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+
+    /// Phase 1 (both reservations) must be decided within this time, or the order is not placed
+    /// with reason `timeout`.
+    #[arg(long, env = "ORDER_DEADLINE", default_value = "5s", value_parser = parse_duration)]
+    pub order_deadline: Duration,
+
+    /// How long `POST /orders` waits for the final answer before answering `202 pending`.
+    #[arg(long, env = "RESPONSE_BUDGET", default_value = "6s", value_parser = parse_duration)]
+    pub response_budget: Duration,
+
+    /// How long a phase-2 or compensation request waits for its reply before it is sent again.
+    #[arg(long, env = "REPLY_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub reply_timeout: Duration,
+
+    /// How long an order's driver holds its lease beyond its last renewal. A coordinator that
+    /// dies leaves its orders to the others (or to itself after a restart) this long after.
+    #[arg(long, env = "LEASE", default_value = "5s", value_parser = parse_duration)]
+    pub lease: Duration,
+
+    /// How long after the reservations expire phase 2 keeps asking before compensating.
+    #[arg(long, env = "PHASE2_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub phase2_grace: Duration,
+
+    /// How often the recovery sweep looks for orders whose driver stopped.
+    #[arg(long, env = "RECOVERY_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub recovery_interval: Duration,
+
+    /// How long deadline timers are collected before being published as one message.
+    #[arg(long, env = "TIMER_WINDOW", default_value = "100ms", value_parser = parse_duration)]
+    pub timer_window: Duration,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub broker: BrokerArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub db: DatabaseArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub fault: FaultArgs,
+}
+
+/// The database used when `ORDER_DATABASE_URL` is not set.
+pub const DEFAULT_DATABASE: &str = "order_service";
+
+impl Config {
+    /// The coordinator's settings.
+    pub fn coordinator(&self) -> CoordinatorSettings {
+        CoordinatorSettings {
+            order_deadline: self.order_deadline,
+            response_budget: self.response_budget,
+            reply_timeout: self.reply_timeout,
+            lease: self.lease,
+            phase2_grace: self.phase2_grace,
+        }
+    }
+}

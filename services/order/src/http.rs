@@ -1,0 +1,103 @@
+//! The order API.
+//!
+//! - `POST /orders` `{"food_id": 1, "customer_id": "c-42"}` →
+//!   `201 {"order_id", "status": "placed", "food_id", "packet_id", "agent_id"}`, or
+//!   `409 {"order_id", "status": "not_placed", "food_id", "reason"}`, or, when no decision is
+//!   reached within the response budget, `202 {"order_id", "status": "pending", "stage"}`.
+//! - `GET /orders/{id}` → `200` with the same body for the order's current state; `404` if
+//!   there is no such order.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use protocol::ids::{FoodId, OrderId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use service_kit::http::{ApiError, AppJson, AppPath};
+use uuid::Uuid;
+
+use crate::coordinator::Coordinator;
+use crate::repo::{self, Order};
+use crate::state::OrderState;
+
+/// The routes, with the coordinator as state.
+pub fn routes(coordinator: Arc<Coordinator>) -> Router {
+    Router::new()
+        .route("/orders", post(place_order))
+        .route("/orders/{id}", get(get_order))
+        .with_state(coordinator)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlaceOrder {
+    food_id: i64,
+    customer_id: String,
+}
+
+async fn place_order(
+    State(coordinator): State<Arc<Coordinator>>,
+    AppJson(body): AppJson<PlaceOrder>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if body.food_id < 1 {
+        return Err(ApiError::Unprocessable(format!(
+            "food_id must be a positive integer, got {}",
+            body.food_id
+        )));
+    }
+    let customer_id = body.customer_id.trim();
+    if customer_id.is_empty() || customer_id.chars().count() > 200 {
+        return Err(ApiError::Unprocessable(
+            "customer_id must be 1 to 200 characters".to_owned(),
+        ));
+    }
+    let order = coordinator
+        .place(customer_id.to_owned(), FoodId(body.food_id))
+        .await?;
+    let status = match order.state {
+        OrderState::Placed => StatusCode::CREATED,
+        OrderState::NotPlaced => StatusCode::CONFLICT,
+        OrderState::Reserving | OrderState::Assigning | OrderState::Compensating => {
+            StatusCode::ACCEPTED
+        }
+    };
+    Ok((status, Json(view(&order))))
+}
+
+async fn get_order(
+    State(coordinator): State<Arc<Coordinator>>,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    let order = repo::load(coordinator.pool(), OrderId(id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))?;
+    Ok(Json(view(&order)))
+}
+
+/// The public view of an order: recorded facts only.
+fn view(order: &Order) -> Value {
+    match order.state {
+        OrderState::Placed => json!({
+            "order_id": order.id,
+            "status": "placed",
+            "food_id": order.food_id,
+            "packet_id": order.packet_id,
+            "agent_id": order.agent_id,
+        }),
+        OrderState::NotPlaced => json!({
+            "order_id": order.id,
+            "status": "not_placed",
+            "food_id": order.food_id,
+            "reason": order.reason.map(|r| r.as_str()),
+        }),
+        OrderState::Reserving | OrderState::Assigning | OrderState::Compensating => json!({
+            "order_id": order.id,
+            "status": "pending",
+            "stage": order.state,
+            "food_id": order.food_id,
+        }),
+    }
+}

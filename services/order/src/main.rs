@@ -1,0 +1,20 @@
+//! `order-service`: takes orders and coordinates their distributed transactions with the store and delivery.
+//! See `order-service --help` for its settings.
+
+use anyhow::Context;
+use clap::Parser;
+use order_service::{Application, Config};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    service_kit::telemetry::init(&config.log.log_filter, config.log.log_format);
+    service_kit::fault::arm(&config.fault.fault_points);
+    let shutdown = service_kit::shutdown::on_signal();
+    let app = Application::build(config, shutdown)
+        .await
+        .context("order-service failed to start")?;
+    app.run_until_stopped()
+        .await
+        .context("order-service stopped with an error")
+}

@@ -1,0 +1,116 @@
+//! Finishing orders whose driver stopped: the deadline timers and the recovery sweep.
+//!
+//! The database is the truth. A coordinator that crashes leaves its unfinished orders with a
+//! lease that runs out; any coordinator may then claim them (a fresh lease token each) and drive
+//! them from their recorded state: an undecided order is aborted, a decided one is driven to its
+//! end. Two paths lead there:
+//!
+//! - **Deadline timers**: every new order's id goes into a timer batch that waits in the
+//!   `order.timeouts.wait.*` queue for the phase-1 deadline plus the lease, then fires into
+//!   `order.timeouts`. A fired timer claims those of its orders that are unfinished with an
+//!   expired lease. Finished orders (nearly all) are skipped.
+//! - **The sweep**: every `RECOVERY_INTERVAL`, each coordinator claims a batch of unfinished
+//!   orders with expired leases (`FOR UPDATE SKIP LOCKED`, so coordinators never claim the same
+//!   order). It finds what lost or purged timers missed, and orders of a coordinator that crashed
+//!   before it published their timers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use messaging::{Disposition, Handler, Incoming};
+use protocol::timer::OrderTimer;
+use service_kit::db::is_transient;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::coordinator::Coordinator;
+use crate::repo::{self, LeaseToken};
+
+/// Orders claimed per sweep round.
+const SWEEP_BATCH: i64 = 200;
+
+/// Handles fired deadline timers (`order.timeouts`).
+pub struct Timeouts {
+    coordinator: Arc<Coordinator>,
+}
+
+impl Timeouts {
+    /// A handler that hands claimed orders to `coordinator`.
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        Self { coordinator }
+    }
+}
+
+impl Handler for Timeouts {
+    async fn handle(&self, message: &Incoming) -> Disposition {
+        let timer = match message.decode::<OrderTimer>() {
+            Ok(envelope) => envelope.payload,
+            Err(err) => return Disposition::DeadLetter(err.to_string()),
+        };
+        let OrderTimer::Deadlines { order_ids } = timer;
+        let coordinator = &self.coordinator;
+        let lease = coordinator.settings().lease;
+        let mut claimed = 0;
+        for id in order_ids {
+            let token = LeaseToken::new();
+            match repo::claim(coordinator.pool(), id, token, lease).await {
+                Ok(Some(order)) => {
+                    claimed += 1;
+                    coordinator.resume(order, token);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    // The sweep finds this order if the timer never gets through.
+                    let level_transient = is_transient(&err);
+                    warn!(order_id = %id, error = %err, transient = level_transient, "deadline timer not applied; returning it to the queue");
+                    return Disposition::Retry;
+                }
+            }
+        }
+        if claimed > 0 {
+            info!(claimed, "deadline passed: took over unfinished orders");
+        }
+        Disposition::Ack
+    }
+}
+
+/// Every `interval` (and once at start): claims unfinished orders whose lease ran out and drives
+/// them. Runs in every coordinator.
+pub async fn sweep_loop(
+    coordinator: Arc<Coordinator>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let lease = coordinator.settings().lease;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        loop {
+            match repo::claim_expired(coordinator.pool(), lease, SWEEP_BATCH).await {
+                Ok(claimed) => {
+                    let n = claimed.len();
+                    if n > 0 {
+                        info!(
+                            claimed = n,
+                            "recovery: took over orders whose driver stopped"
+                        );
+                    }
+                    for (order, token) in claimed {
+                        coordinator.resume(order, token);
+                    }
+                    if i64::try_from(n).unwrap_or(i64::MAX) < SWEEP_BATCH {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    warn!(error = %err, "recovery sweep failed; next round will retry");
+                    break;
+                }
+            }
+        }
+    }
+}

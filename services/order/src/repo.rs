@@ -1,0 +1,324 @@
+//! All SQL of the order service.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use protocol::ids::{AgentId, FoodId, OrderId, PacketId, TxnId};
+use sqlx::PgPool;
+
+use crate::state::{Event, IllegalEvent, NotPlacedReason, OrderState, next};
+
+/// A lease token: proves that the holder may change an order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct LeaseToken(pub uuid::Uuid);
+
+impl LeaseToken {
+    /// A fresh token.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+}
+
+impl Default for LeaseToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An order as recorded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Order {
+    /// The order.
+    pub id: OrderId,
+    /// Who ordered.
+    pub customer_id: String,
+    /// What.
+    pub food_id: FoodId,
+    /// Where it is.
+    pub state: OrderState,
+    /// Why it is (being) not placed.
+    pub reason: Option<NotPlacedReason>,
+    /// The current transaction attempt.
+    pub txn_id: TxnId,
+    /// Attempts so far.
+    pub attempt: i32,
+    /// The packet (from the commit decision on).
+    pub packet_id: Option<PacketId>,
+    /// The agent (from the commit decision on).
+    pub agent_id: Option<AgentId>,
+    /// The earlier reservation expiry (from the commit decision on).
+    pub reserved_until: Option<DateTime<Utc>>,
+    /// When it should be final at the latest.
+    pub deadline: DateTime<Utc>,
+    /// The lease token of its driver.
+    pub lease_token: Option<LeaseToken>,
+    /// Lease expiry.
+    pub lease_until: Option<DateTime<Utc>>,
+    /// When received.
+    pub created_at: DateTime<Utc>,
+    /// When it became final.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct OrderRecord {
+    id: OrderId,
+    customer_id: String,
+    food_id: FoodId,
+    state: String,
+    reason: Option<String>,
+    txn_id: TxnId,
+    attempt: i32,
+    packet_id: Option<PacketId>,
+    agent_id: Option<AgentId>,
+    reserved_until: Option<DateTime<Utc>>,
+    deadline: DateTime<Utc>,
+    lease_token: Option<LeaseToken>,
+    lease_until: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<OrderRecord> for Order {
+    type Error = sqlx::Error;
+
+    fn try_from(r: OrderRecord) -> Result<Self, Self::Error> {
+        let decode = |e: crate::state::UnknownState| sqlx::Error::Decode(Box::new(e));
+        Ok(Order {
+            id: r.id,
+            customer_id: r.customer_id,
+            food_id: r.food_id,
+            state: r.state.parse().map_err(decode)?,
+            reason: r.reason.map(|s| s.parse()).transpose().map_err(decode)?,
+            txn_id: r.txn_id,
+            attempt: r.attempt,
+            packet_id: r.packet_id,
+            agent_id: r.agent_id,
+            reserved_until: r.reserved_until,
+            deadline: r.deadline,
+            lease_token: r.lease_token,
+            lease_until: r.lease_until,
+            created_at: r.created_at,
+            finished_at: r.finished_at,
+        })
+    }
+}
+
+const COLUMNS: &str = "id, customer_id, food_id, state, reason, txn_id, attempt, packet_id, \
+                       agent_id, reserved_until, deadline, lease_token, lease_until, created_at, \
+                       finished_at";
+
+fn sql(template: &str) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(template.replace("{columns}", COLUMNS))
+}
+
+fn one(record: Option<OrderRecord>) -> Result<Option<Order>, sqlx::Error> {
+    record.map(Order::try_from).transpose()
+}
+
+/// A new order, before it is recorded.
+#[derive(Clone, Debug)]
+pub struct NewOrder {
+    /// Its id.
+    pub id: OrderId,
+    /// Who orders.
+    pub customer_id: String,
+    /// What.
+    pub food_id: FoodId,
+    /// The first transaction attempt.
+    pub txn_id: TxnId,
+}
+
+/// Records a new order in phase 1 with a deadline `deadline` from now, leased to `token` until
+/// its deadline plus `lease`.
+pub async fn insert(
+    pool: &PgPool,
+    new: &NewOrder,
+    deadline: Duration,
+    token: LeaseToken,
+    lease: Duration,
+) -> Result<Order, sqlx::Error> {
+    let record: OrderRecord = sqlx::query_as(sql(
+        "INSERT INTO orders (id, customer_id, food_id, state, txn_id, deadline, lease_token, lease_until)
+         VALUES ($1, $2, $3, 'reserving', $4, now() + $5, $6, now() + $5 + $7)
+         RETURNING {columns}",
+    ))
+    .bind(new.id)
+    .bind(&new.customer_id)
+    .bind(new.food_id)
+    .bind(new.txn_id)
+    .bind(deadline)
+    .bind(token)
+    .bind(lease)
+    .fetch_one(pool)
+    .await?;
+    Order::try_from(record)
+}
+
+/// The order, if it exists.
+pub async fn load(pool: &PgPool, id: OrderId) -> Result<Option<Order>, sqlx::Error> {
+    one(
+        sqlx::query_as(sql("SELECT {columns} FROM orders WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+/// What a transition changes besides the state.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    /// A new transaction attempt (retry).
+    pub txn_id: Option<TxnId>,
+    /// The reserved packet (commit decision).
+    pub packet_id: Option<PacketId>,
+    /// The reserved agent (commit decision).
+    pub agent_id: Option<AgentId>,
+    /// The earlier reservation expiry (commit decision).
+    pub reserved_until: Option<DateTime<Utc>>,
+    /// A new deadline.
+    pub deadline: Option<DateTime<Utc>>,
+    /// Why not placed.
+    pub reason: Option<NotPlacedReason>,
+}
+
+/// Why a transition was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    /// The event is illegal in the order's state (a bug).
+    #[error(transparent)]
+    Illegal(#[from] IllegalEvent),
+    /// The order changed under us: another driver holds the lease, or it moved on. Carries the
+    /// order as it is now.
+    #[error("order changed by another driver")]
+    Lost(Box<Order>),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Records `event` for `order`, if the order is still as the caller saw it (state and
+/// transaction) and the caller still holds the lease `token`. A transition to a non-final state
+/// renews the lease for `lease`; a final one ends it.
+pub async fn transition(
+    pool: &PgPool,
+    order: &Order,
+    event: Event,
+    changes: Changes,
+    token: LeaseToken,
+    lease: Duration,
+) -> Result<Order, TransitionError> {
+    let to = next(order.state, event)?;
+    let record: Option<OrderRecord> = sqlx::query_as(sql("UPDATE orders SET
+             state = $4,
+             reason = coalesce($5, reason),
+             txn_id = coalesce($6, txn_id),
+             attempt = attempt + CASE WHEN $6::uuid IS NULL THEN 0 ELSE 1 END,
+             packet_id = coalesce($7, packet_id),
+             agent_id = coalesce($8, agent_id),
+             reserved_until = coalesce($9, reserved_until),
+             deadline = coalesce($10, deadline),
+             decided_at = CASE WHEN $4 = 'assigning' THEN now() ELSE decided_at END,
+             finished_at = CASE WHEN $4 IN ('placed', 'not_placed') THEN now() END,
+             lease_token = CASE WHEN $4 IN ('placed', 'not_placed') THEN NULL ELSE lease_token END,
+             lease_until = CASE WHEN $4 IN ('placed', 'not_placed') THEN NULL ELSE now() + $11 END
+         WHERE id = $1 AND state = $2 AND txn_id = $3 AND lease_token = $12
+         RETURNING {columns}"))
+    .bind(order.id)
+    .bind(order.state.as_str())
+    .bind(order.txn_id)
+    .bind(to.as_str())
+    .bind(changes.reason.map(NotPlacedReason::as_str))
+    .bind(changes.txn_id)
+    .bind(changes.packet_id)
+    .bind(changes.agent_id)
+    .bind(changes.reserved_until)
+    .bind(changes.deadline)
+    .bind(lease)
+    .bind(token)
+    .fetch_optional(pool)
+    .await?;
+    match one(record)? {
+        Some(order) => Ok(order),
+        None => {
+            let current = load(pool, order.id)
+                .await?
+                .ok_or_else(|| sqlx::Error::RowNotFound)?;
+            Err(TransitionError::Lost(Box::new(current)))
+        }
+    }
+}
+
+/// Extends the lease of `token` on `order` by `lease`. False if the lease was lost.
+pub async fn renew_lease(
+    pool: &PgPool,
+    order: OrderId,
+    token: LeaseToken,
+    lease: Duration,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE orders SET lease_until = now() + $3
+         WHERE id = $1 AND lease_token = $2 AND state IN ('reserving', 'assigning', 'compensating')",
+    )
+    .bind(order)
+    .bind(token)
+    .bind(lease)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Claims `order` for `token` if it is unfinished and its lease has run out.
+pub async fn claim(
+    pool: &PgPool,
+    order: OrderId,
+    token: LeaseToken,
+    lease: Duration,
+) -> Result<Option<Order>, sqlx::Error> {
+    one(sqlx::query_as(sql(
+        "UPDATE orders SET lease_token = $2, lease_until = now() + $3
+         WHERE id = $1 AND state IN ('reserving', 'assigning', 'compensating')
+           AND (lease_until IS NULL OR lease_until < now())
+         RETURNING {columns}",
+    ))
+    .bind(order)
+    .bind(token)
+    .bind(lease)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Claims up to `limit` unfinished orders whose lease has run out, each with its own fresh token
+/// (returned with it). Several coordinators may run this at once: `SKIP LOCKED` keeps them apart.
+pub async fn claim_expired(
+    pool: &PgPool,
+    lease: Duration,
+    limit: i64,
+) -> Result<Vec<(Order, LeaseToken)>, sqlx::Error> {
+    let records: Vec<OrderRecord> = sqlx::query_as(sql(
+        "UPDATE orders o SET lease_token = gen_random_uuid(), lease_until = now() + $1
+         FROM (
+             SELECT id AS expired_id FROM orders
+             WHERE state IN ('reserving', 'assigning', 'compensating') AND lease_until < now()
+             ORDER BY lease_until
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED
+         ) expired
+         WHERE o.id = expired.expired_id
+         RETURNING {columns}",
+    ))
+    .bind(lease)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    records
+        .into_iter()
+        .map(|r| {
+            let order = Order::try_from(r)?;
+            let token = order.lease_token.ok_or(sqlx::Error::RowNotFound)?;
+            Ok((order, token))
+        })
+        .collect()
+}

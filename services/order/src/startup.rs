@@ -1,0 +1,137 @@
+//! Building and running the order service.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use messaging::consumer::{self, AckMode, ConsumerSpec};
+use messaging::{Batcher, Outgoing, RpcClient};
+use protocol::envelope::Envelope;
+use protocol::ids::{InstanceId, OrderId};
+use protocol::timer::OrderTimer;
+use protocol::topology::{Declarations, Topology};
+use service_kit::app::{Foundation, StartupError};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::{Config, DEFAULT_DATABASE};
+use crate::coordinator::Coordinator;
+use crate::http;
+use crate::recovery::{self, Timeouts};
+
+/// Prefetch of the timeout consumer: each fired timer claims a batch of orders.
+const TIMEOUT_PREFETCH: u16 = 4;
+
+/// The running order service: database, reply and timeout consumers, recovery, HTTP API.
+pub struct Application {
+    foundation: Foundation,
+    coordinator: Arc<Coordinator>,
+}
+
+impl Application {
+    /// Connects and migrates the database, starts the consumers and recovery, binds the HTTP
+    /// listener. Everything stops when `shutdown` is cancelled.
+    pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, StartupError> {
+        let database = config
+            .db
+            .settings(config.order_database_url.as_deref(), DEFAULT_DATABASE)?;
+        let foundation = Foundation::lay(
+            &database,
+            &crate::MIGRATOR,
+            config.broker.config("order-service"),
+            &config.http_addr,
+            shutdown,
+        )
+        .await?;
+        let instance = InstanceId::new();
+        let topology = Topology::new(config.broker.amqp_prefix.clone());
+        let settings = config.coordinator();
+        // Deadline timers fire once a dead driver's lease has surely run out.
+        let timer_wait = settings.order_deadline + settings.lease + config.timer_window;
+        let declarations = topology.coordinator(timer_wait);
+        let reply_declarations = Arc::new(Declarations {
+            exchanges: declarations.exchanges.clone(),
+            queues: vec![topology.reply_queue_spec(instance)],
+        });
+        let declarations = Arc::new(declarations);
+
+        let rpc = RpcClient::new(
+            foundation.publisher.clone(),
+            Topology::reply_routing_key(instance),
+        );
+        foundation.tracker.spawn(consumer::run(
+            foundation.broker.clone(),
+            foundation.publisher.clone(),
+            ConsumerSpec {
+                queue: topology.reply_queue(instance),
+                // Ignored with automatic acks; replies are handled as they come.
+                prefetch: 0,
+                ack_mode: AckMode::Auto,
+                dead_letter_exchange: None,
+                declarations: reply_declarations,
+            },
+            rpc.replies(),
+            foundation.shutdown.clone(),
+        ));
+
+        let timers_exchange = topology.timers_exchange("order");
+        let deadlines = Batcher::spawn(
+            foundation.publisher.clone(),
+            config.timer_window,
+            move |order_ids: Vec<OrderId>| {
+                let envelope = Envelope::new(OrderTimer::Deadlines { order_ids });
+                Outgoing::new(
+                    &envelope,
+                    timers_exchange.clone(),
+                    Topology::timer_wait_routing_key(),
+                )
+            },
+            foundation.shutdown.clone(),
+            &foundation.tracker,
+        );
+        let coordinator = Coordinator::new(
+            foundation.pool.clone(),
+            rpc,
+            topology.clone(),
+            settings,
+            deadlines,
+            foundation.tracker.clone(),
+            foundation.shutdown.clone(),
+        );
+
+        foundation.tracker.spawn(consumer::run(
+            foundation.broker.clone(),
+            foundation.publisher.clone(),
+            ConsumerSpec {
+                queue: topology.order_timeouts(),
+                prefetch: TIMEOUT_PREFETCH,
+                ack_mode: AckMode::Manual,
+                dead_letter_exchange: Some(topology.dead_letter_exchange("order")),
+                declarations,
+            },
+            Arc::new(Timeouts::new(Arc::clone(&coordinator))),
+            foundation.shutdown.clone(),
+        ));
+        foundation.tracker.spawn(recovery::sweep_loop(
+            Arc::clone(&coordinator),
+            config.recovery_interval,
+            foundation.shutdown.clone(),
+        ));
+        info!(%instance, "coordinator started");
+        Ok(Self {
+            foundation,
+            coordinator,
+        })
+    }
+
+    /// The HTTP address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.foundation.local_addr()
+    }
+
+    /// Serves until shutdown, then drains (in-flight orders get the drain time to finish; the
+    /// rest are finished by recovery, here or in another coordinator).
+    pub async fn run_until_stopped(self) -> Result<(), StartupError> {
+        let routes = http::routes(self.coordinator);
+        self.foundation.run(routes).await
+    }
+}

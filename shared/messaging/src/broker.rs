@@ -1,0 +1,272 @@
+//! Broker configuration, connection pools and topology declaration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_lapin::lapin::{
+    self, Channel, ExchangeKind as LapinExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString},
+};
+use deadpool_lapin::{Pool, PoolConfig, Runtime, Timeouts};
+use protocol::topology::{Declarations, ExchangeKind, QueueKind, QueueSpec};
+
+use crate::health::Health;
+
+/// How to reach the broker.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// `amqp://user:password@host:port/vhost`; the vhost is honoured. Add `?heartbeat=10` to notice
+    /// a silently dead connection sooner.
+    pub url: String,
+    /// The connection name shown in the management UI, e.g. `store-service`.
+    pub connection_name: String,
+    /// Publisher channels kept open. RabbitMQ runs each channel in one Erlang process, so a few
+    /// channels publish faster than one under load.
+    pub publisher_channels: usize,
+    /// How long to wait for a publisher confirm before treating the publish as failed.
+    pub confirm_timeout: Duration,
+    /// How long to wait for a connection to open.
+    pub connect_timeout: Duration,
+}
+
+/// Errors of the messaging layer.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// No connection could be had from the pool (broker down, wrong credentials, …).
+    #[error("cannot get a broker connection: {0}")]
+    Pool(#[from] deadpool_lapin::PoolError),
+    /// The pool could not be built from the configuration.
+    #[error("invalid broker configuration: {0}")]
+    Config(#[from] deadpool_lapin::CreatePoolError),
+    /// A protocol or connection error.
+    #[error("AMQP error: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// The broker did not confirm a publish in time; it may or may not have the message.
+    #[error("the broker did not confirm the message within {0:?}")]
+    ConfirmTimeout(Duration),
+    /// The broker refused to take responsibility for a message.
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    /// A mandatory message matched no queue.
+    #[error(
+        "unroutable: no queue is bound to exchange {exchange:?} with routing key {routing_key:?}"
+    )]
+    Unroutable {
+        /// The exchange published to.
+        exchange: String,
+        /// The routing key used.
+        routing_key: String,
+    },
+    /// A message could not be serialized.
+    #[error("cannot encode message: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Which pool a channel comes from. Publishing and consuming use separate connections: when the
+/// broker applies flow control to a publishing connection, consumers on other connections keep
+/// draining queues.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Role {
+    Publish,
+    Consume,
+}
+
+/// A handle on the broker: two connection pools and the health table. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: BrokerConfig,
+    publish: Pool,
+    consume: Pool,
+    health: Health,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("connection_name", &self.inner.config.connection_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Builds the pools; connections are opened on first use, so this succeeds while the broker is
+    /// down and the service can start, report not-ready, and connect when it comes up.
+    pub fn new(config: BrokerConfig, health: Health) -> Result<Self, BrokerError> {
+        let publish = Self::pool(&config, "publish", 1)?;
+        let consume = Self::pool(&config, "consume", 1)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                publish,
+                consume,
+                health,
+            }),
+        })
+    }
+
+    fn pool(config: &BrokerConfig, role: &str, size: usize) -> Result<Pool, BrokerError> {
+        let name = format!("{} ({role})", config.connection_name);
+        let cfg = deadpool_lapin::Config {
+            url: Some(config.url.clone()),
+            pool: Some(PoolConfig {
+                // One connection per role carries all channels of that role; a dead one is
+                // replaced on the next `get` because recycling checks that it is connected.
+                max_size: size,
+                timeouts: Timeouts {
+                    wait: Some(config.connect_timeout),
+                    create: Some(config.connect_timeout),
+                    recycle: Some(config.connect_timeout),
+                },
+                ..PoolConfig::default()
+            }),
+        };
+        Ok(cfg.create_pool(
+            move || {
+                lapin::ConnectionProperties::default()
+                    .with_connection_name(LongString::from(name.clone()))
+            },
+            Runtime::Tokio1,
+        )?)
+    }
+
+    /// The configuration this broker was built with.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.inner.config
+    }
+
+    /// The health table that publishers and consumers report to.
+    pub fn health(&self) -> &Health {
+        &self.inner.health
+    }
+
+    /// Opens a new channel on a pooled connection. The connection goes back to the pool at once;
+    /// the channel keeps working on it and may be kept for as long as it stays open.
+    pub(crate) async fn open_channel(&self, role: Role) -> Result<Channel, BrokerError> {
+        let pool = match role {
+            Role::Publish => &self.inner.publish,
+            Role::Consume => &self.inner.consume,
+        };
+        let connection = pool.get().await?;
+        match connection.create_channel().await {
+            Ok(channel) => Ok(channel),
+            Err(err) => {
+                // Most likely the connection died: take it out of the pool rather than hand it to
+                // the next caller.
+                let _detached = deadpool_lapin::Object::take(connection);
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Declares exchanges, queues and bindings on a fresh channel. Declarations are idempotent.
+    pub async fn declare(&self, declarations: &Declarations) -> Result<(), BrokerError> {
+        let channel = self.open_channel(Role::Consume).await?;
+        declare_on(&channel, declarations).await?;
+        // Closing can only fail if the channel is already gone, which changes nothing here.
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(())
+    }
+
+    /// Closes the pools; open channels end with their connections.
+    pub fn close(&self) {
+        self.inner.publish.close();
+        self.inner.consume.close();
+    }
+}
+
+/// Declares `declarations` on `channel`.
+pub(crate) async fn declare_on(
+    channel: &Channel,
+    declarations: &Declarations,
+) -> Result<(), lapin::Error> {
+    for exchange in &declarations.exchanges {
+        let kind = match exchange.kind {
+            ExchangeKind::Direct => LapinExchangeKind::Direct,
+            ExchangeKind::Topic => LapinExchangeKind::Topic,
+        };
+        channel
+            .exchange_declare(
+                exchange.name.as_str().into(),
+                kind,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    for queue in &declarations.queues {
+        declare_queue(channel, queue).await?;
+    }
+    Ok(())
+}
+
+async fn declare_queue(channel: &Channel, queue: &QueueSpec) -> Result<(), lapin::Error> {
+    let mut args = FieldTable::default();
+    let options = match queue.kind {
+        QueueKind::Quorum => {
+            args.insert("x-queue-type".into(), long_string("quorum"));
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            }
+        }
+        QueueKind::Exclusive => {
+            args.insert("x-queue-type".into(), long_string("classic"));
+            QueueDeclareOptions {
+                durable: false,
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            }
+        }
+    };
+    if let Some(ttl) = queue.message_ttl {
+        let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(millis));
+    }
+    if let Some((exchange, routing_key)) = &queue.dead_letter {
+        args.insert("x-dead-letter-exchange".into(), long_string(exchange));
+        args.insert("x-dead-letter-routing-key".into(), long_string(routing_key));
+        if queue.reliable_dead_letter {
+            // Quorum queues dead-letter at most once unless told otherwise; at-least-once keeps a
+            // parked command until its dead-letter queue has it. It requires reject-publish.
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                long_string("at-least-once"),
+            );
+            args.insert("x-overflow".into(), long_string("reject-publish"));
+        }
+    }
+    if let Some(limit) = queue.delivery_limit {
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(limit.into()),
+        );
+    }
+    channel
+        .queue_declare(queue.name.as_str().into(), options, args)
+        .await?;
+    for (exchange, routing_key) in &queue.bindings {
+        channel
+            .queue_bind(
+                queue.name.as_str().into(),
+                exchange.as_str().into(),
+                routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}

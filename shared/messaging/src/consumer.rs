@@ -1,0 +1,340 @@
+//! Supervised consumers with manual acks.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_lapin::lapin::{
+    BasicProperties,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
+        BasicRejectOptions,
+    },
+    types::{AMQPValue, FieldTable},
+};
+use futures::StreamExt;
+use protocol::envelope::{DecodeError, Envelope};
+use protocol::headers;
+use protocol::ids::MessageId;
+use protocol::topology::Declarations;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::backoff::Backoff;
+use crate::broker::{Broker, BrokerError, Role, declare_on};
+use crate::publisher::{Outgoing, Publisher};
+
+/// A received message, without its acker: the supervisor acks according to the handler's
+/// [`Disposition`].
+#[derive(Clone, Debug)]
+pub struct Incoming {
+    queue: String,
+    data: Vec<u8>,
+    properties: BasicProperties,
+    redelivered: bool,
+}
+
+impl Incoming {
+    /// The queue it came from.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The body.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Parses the body as an envelope (version checked first).
+    pub fn decode<P: DeserializeOwned>(&self) -> Result<Envelope<P>, DecodeError> {
+        Envelope::decode(&self.data)
+    }
+
+    /// A string header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        match self.headers()?.inner().get(name)? {
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+            AMQPValue::ShortString(s) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+
+    fn headers(&self) -> Option<&FieldTable> {
+        self.properties.headers().as_ref()
+    }
+
+    /// The `order-id` header, for logs.
+    pub fn order_id(&self) -> Option<&str> {
+        self.header(headers::ORDER_ID)
+    }
+
+    /// The message this one answers.
+    pub fn correlation_id(&self) -> Option<MessageId> {
+        self.properties
+            .correlation_id()
+            .as_ref()?
+            .as_str()
+            .parse()
+            .ok()
+    }
+
+    /// This message's id.
+    pub fn message_id(&self) -> Option<MessageId> {
+        self.properties.message_id().as_ref()?.as_str().parse().ok()
+    }
+
+    /// Where a reply should go.
+    pub fn reply_to(&self) -> Option<&str> {
+        self.properties.reply_to().as_ref().map(|s| s.as_str())
+    }
+
+    /// The message kind from the `type` property.
+    pub fn kind(&self) -> Option<&str> {
+        self.properties.kind().as_ref().map(|s| s.as_str())
+    }
+
+    /// Whether the broker delivered this message before (to this or another consumer).
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    /// How many times a quorum queue delivered it before.
+    pub fn delivery_count(&self) -> Option<i64> {
+        match self.headers()?.inner().get(headers::DELIVERY_COUNT)? {
+            AMQPValue::LongLongInt(n) => Some(*n),
+            AMQPValue::LongInt(n) => Some((*n).into()),
+            AMQPValue::LongUInt(n) => Some((*n).into()),
+            AMQPValue::ShortInt(n) => Some((*n).into()),
+            _ => None,
+        }
+    }
+}
+
+/// What to do with a message once handled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done (its effects are committed): remove it from the queue.
+    Ack,
+    /// It can never be handled (unreadable, unknown version, invalid): move it to the queue's
+    /// dead-letter queue with this reason, then remove it.
+    DeadLetter(String),
+    /// Handling failed for now: return it to the queue. A quorum queue counts the attempt and
+    /// parks the message in the dead-letter queue after its delivery limit.
+    Retry,
+}
+
+/// Handles the messages of one queue.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one message. Called concurrently for up to `prefetch` messages.
+    fn handle(&self, message: &Incoming) -> impl Future<Output = Disposition> + Send;
+}
+
+/// Whether the consumer acks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckMode {
+    /// Ack after the handler, according to its [`Disposition`].
+    Manual,
+    /// The broker forgets a message as soon as it is sent (`no_ack`). Only for reply queues:
+    /// a reply matters only to the live process that waits for it, and the queue dies with it.
+    Auto,
+}
+
+/// One supervised consumer.
+#[derive(Clone, Debug)]
+pub struct ConsumerSpec {
+    /// The queue.
+    pub queue: String,
+    /// Unacked messages the broker may push at once; also how many are handled concurrently.
+    pub prefetch: u16,
+    /// Manual or automatic acks.
+    pub ack_mode: AckMode,
+    /// Where [`Disposition::DeadLetter`] messages go (routing key = the queue's name).
+    pub dead_letter_exchange: Option<String>,
+    /// Declared on the consumer's own channel before consuming, after every reconnection (an
+    /// exclusive queue must be declared on the connection that consumes it).
+    pub declarations: Arc<Declarations>,
+}
+
+/// How long in-flight handlers may take to finish at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Consumes `spec.queue` with `handler` until `shutdown`, reconnecting with backoff after every
+/// failure. Reports itself in the broker's health table as `consumer <queue>`.
+pub async fn run<H: Handler>(
+    broker: Broker,
+    publisher: Publisher,
+    spec: ConsumerSpec,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) {
+    let component = format!("consumer {}", spec.queue);
+    broker.health().set(&component, false);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let tracker = TaskTracker::new();
+    loop {
+        let result = consume_once(
+            &broker,
+            &publisher,
+            &spec,
+            &handler,
+            &shutdown,
+            &tracker,
+            &component,
+            &mut backoff,
+        )
+        .await;
+        broker.health().set(&component, false);
+        if shutdown.is_cancelled() {
+            break;
+        }
+        match result {
+            Ok(()) => {
+                warn!(queue = %spec.queue, "consumer cancelled by the broker; subscribing again")
+            }
+            Err(err) => warn!(queue = %spec.queue, error = %err, "consumer lost; reconnecting"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(queue = %spec.queue, "handlers still running at shutdown; their messages will be redelivered");
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn consume_once<H: Handler>(
+    broker: &Broker,
+    publisher: &Publisher,
+    spec: &ConsumerSpec,
+    handler: &Arc<H>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+    component: &str,
+    backoff: &mut Backoff,
+) -> Result<(), BrokerError> {
+    let channel = broker.open_channel(Role::Consume).await?;
+    channel
+        .basic_qos(spec.prefetch, BasicQosOptions::default())
+        .await?;
+    declare_on(&channel, &spec.declarations).await?;
+    let mut consumer = channel
+        .basic_consume(
+            spec.queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: spec.ack_mode == AckMode::Auto,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    broker.health().set(component, true);
+    backoff.reset();
+    info!(queue = %spec.queue, prefetch = spec.prefetch, "consuming");
+    loop {
+        let next = tokio::select! {
+            next = consumer.next() => next,
+            () = shutdown.cancelled() => {
+                let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                // Let in-flight handlers ack on this channel before it closes.
+                tracker.close();
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
+                let _ = channel.close(200, "shutting down".into()).await;
+                return Ok(());
+            }
+        };
+        let delivery = match next {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(err)) => return Err(err.into()),
+            None => return Ok(()),
+        };
+        let Delivery {
+            data,
+            properties,
+            redelivered,
+            acker,
+            ..
+        } = delivery;
+        let message = Incoming {
+            queue: spec.queue.clone(),
+            data,
+            properties,
+            redelivered,
+        };
+        let span = info_span!(
+            "message",
+            queue = %spec.queue,
+            kind = message.kind().unwrap_or("?"),
+            order_id = message.order_id().unwrap_or("?"),
+        );
+        if spec.ack_mode == AckMode::Auto {
+            handler.handle(&message).instrument(span).await;
+            continue;
+        }
+        let handler = Arc::clone(handler);
+        let publisher = publisher.clone();
+        let dead_letter_exchange = spec.dead_letter_exchange.clone();
+        tracker.spawn(
+            async move {
+                let disposition = handler.handle(&message).await;
+                let settled = match disposition {
+                    Disposition::Ack => acker.ack(BasicAckOptions::default()).await,
+                    Disposition::Retry => {
+                        acker
+                            .reject(BasicRejectOptions { requeue: true })
+                            .await
+                    }
+                    Disposition::DeadLetter(reason) => {
+                        warn!(reason, "dead-lettering message");
+                        match dead_letter_exchange.as_deref() {
+                            Some(exchange) => {
+                                match dead_letter(&publisher, exchange, &message, &reason).await {
+                                    Ok(()) => acker.ack(BasicAckOptions::default()).await,
+                                    Err(err) => {
+                                        // Not lost: back to the queue, where the delivery limit
+                                        // parks it through the broker's own dead-lettering.
+                                        warn!(error = %err, "could not dead-letter; returning it to the queue");
+                                        acker.reject(BasicRejectOptions { requeue: true }).await
+                                    }
+                                }
+                            }
+                            // The broker dead-letters it through the queue's own arguments.
+                            None => acker.reject(BasicRejectOptions { requeue: false }).await,
+                        }
+                    }
+                };
+                if let Err(err) = settled {
+                    // The channel is gone; the broker redelivers the message to someone else.
+                    debug!(error = %err, "could not settle message");
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Publishes an unhandleable message, untouched, to the dead-letter queue beside its queue, with
+/// the reason in a header.
+async fn dead_letter(
+    publisher: &Publisher,
+    exchange: &str,
+    message: &Incoming,
+    reason: &str,
+) -> Result<(), BrokerError> {
+    let mut out = Outgoing::raw(message.data().to_vec(), exchange, message.queue())
+        .header(headers::DEAD_LETTER_REASON, reason)
+        .header(headers::DEAD_LETTER_QUEUE, message.queue());
+    if let Some(order_id) = message.order_id() {
+        out = out.header(headers::ORDER_ID, order_id);
+    }
+    publisher.publish(&out).await
+}

@@ -1,0 +1,200 @@
+//! Consuming reserve, assign and release commands: apply once, reply, ack after the commit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use messaging::{BrokerError, Disposition, Handler, Incoming, Outgoing};
+use protocol::command::{AssignRefusal, AssignReply, Command, ReleaseReply, Reply, ReserveReply};
+use protocol::envelope::TxnEnvelope;
+use service_kit::db::is_transient;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::barrier;
+use crate::inventory::{Hold, Inventory, ReserveError};
+use crate::runtime::Shared;
+
+/// How long a command waits out a database outage in place (holding its message, which stays
+/// unacked and so costs no delivery attempt) before giving it back to the queue.
+const DB_RETRY_BUDGET: Duration = Duration::from_secs(30);
+
+/// Handles the reserve, assign and release queues of a participant.
+pub struct CommandHandler<I: Inventory> {
+    shared: Arc<Shared<I>>,
+}
+
+impl<I: Inventory> CommandHandler<I> {
+    pub(crate) fn new(shared: Arc<Shared<I>>) -> Self {
+        Self { shared }
+    }
+}
+
+enum ApplyError {
+    Invalid(String),
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for ApplyError {
+    fn from(err: sqlx::Error) -> Self {
+        ApplyError::Db(err)
+    }
+}
+
+impl From<ReserveError> for ApplyError {
+    fn from(err: ReserveError) -> Self {
+        match err {
+            ReserveError::Invalid(reason) => ApplyError::Invalid(reason),
+            ReserveError::Db(err) => ApplyError::Db(err),
+        }
+    }
+}
+
+impl<I: Inventory> Handler for CommandHandler<I> {
+    async fn handle(&self, message: &Incoming) -> Disposition {
+        let envelope: TxnEnvelope<Command<I::Request>> = match message.decode() {
+            Ok(envelope) => envelope,
+            Err(err) => return Disposition::DeadLetter(err.to_string()),
+        };
+        let operation = envelope.message().operation();
+        // The enclosing "message" span already carries the order id (from the headers).
+        let span = info_span!("command", txn_id = %envelope.txn_id(), %operation);
+        self.handle_command(message, envelope)
+            .instrument(span)
+            .await
+    }
+}
+
+impl<I: Inventory> CommandHandler<I> {
+    async fn handle_command(
+        &self,
+        message: &Incoming,
+        envelope: TxnEnvelope<Command<I::Request>>,
+    ) -> Disposition {
+        let reply = match self.apply_with_retry(&envelope).await {
+            Ok(reply) => reply,
+            Err(ApplyError::Invalid(reason)) => return Disposition::DeadLetter(reason),
+            Err(ApplyError::Db(err)) => {
+                warn!(error = %err, "command failed; returning it to the queue");
+                return Disposition::Retry;
+            }
+        };
+        if let Reply::ReserveReply(ReserveReply::Reserved { .. }) = &reply {
+            self.shared.expiries.push(envelope.txn_id());
+        }
+        log_outcome(&reply);
+        let Some(reply_to) = message.reply_to() else {
+            warn!("command without reply_to: applied, but nobody to tell");
+            return Disposition::Ack;
+        };
+        match self.send_reply(&envelope, reply, reply_to).await {
+            Ok(()) => Disposition::Ack,
+            Err(BrokerError::Unroutable { .. }) => {
+                // The coordinator that asked is gone (its reply queue with it). Whoever takes
+                // the order over asks again and gets the recorded reply.
+                debug!("reply unroutable: the coordinator that asked is gone");
+                Disposition::Ack
+            }
+            Err(err) => {
+                // Applied and recorded; the redelivery will send the recorded reply.
+                warn!(error = %err, "reply not sent; returning the command to the queue");
+                Disposition::Retry
+            }
+        }
+    }
+
+    async fn apply_with_retry(
+        &self,
+        envelope: &TxnEnvelope<Command<I::Request>>,
+    ) -> Result<Reply, ApplyError> {
+        let deadline = Instant::now() + DB_RETRY_BUDGET;
+        let mut backoff =
+            messaging::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        loop {
+            match self.apply(envelope).await {
+                Err(ApplyError::Db(err)) if is_transient(&err) && Instant::now() < deadline => {
+                    warn!(error = %err, "database unavailable; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Applies the command in one database transaction with its barrier row.
+    async fn apply(
+        &self,
+        envelope: &TxnEnvelope<Command<I::Request>>,
+    ) -> Result<Reply, ApplyError> {
+        let shared = &self.shared;
+        let (txn_id, order_id) = (envelope.txn_id(), envelope.order_id());
+        let operation = envelope.message().operation();
+        let mut tx = shared.pool.begin().await?;
+        if let Some(recorded) = barrier::claim(&mut tx, txn_id, operation, order_id).await? {
+            tx.rollback().await?;
+            debug!("already applied; sending the recorded reply again");
+            return Ok(recorded);
+        }
+        let reply = match envelope.message() {
+            Command::Reserve(request) => {
+                let hold = Hold {
+                    txn_id,
+                    order_id,
+                    ttl: shared.settings.reservation_ttl,
+                };
+                Reply::ReserveReply(shared.inventory.reserve(&mut tx, hold, request).await?)
+            }
+            Command::Assign(assign) => {
+                let reply = if I::TABLE.assign(&mut tx, txn_id, &assign.items).await? {
+                    AssignReply::Assigned {
+                        items: assign.items.clone(),
+                    }
+                } else {
+                    AssignReply::Refused {
+                        reason: AssignRefusal::Expired,
+                    }
+                };
+                Reply::AssignReply(reply)
+            }
+            Command::Release(_) => {
+                barrier::refuse_later(&mut tx, txn_id, order_id).await?;
+                let items = I::TABLE.release(&mut tx, txn_id).await?;
+                Reply::ReleaseReply(ReleaseReply::Released { items })
+            }
+        };
+        barrier::record(&mut tx, txn_id, operation, &reply).await?;
+        tx.commit().await?;
+        Ok(reply)
+    }
+
+    async fn send_reply(
+        &self,
+        command: &TxnEnvelope<Command<I::Request>>,
+        reply: Reply,
+        reply_to: &str,
+    ) -> Result<(), BrokerError> {
+        let shared = &self.shared;
+        let envelope = TxnEnvelope::txn(command.order_id(), command.txn_id(), reply);
+        let message = Outgoing::txn(&envelope, shared.topology.replies_exchange(), reply_to)?
+            .correlation_id(command.message_id)
+            .transient();
+        shared.publisher.publish(&message).await
+    }
+}
+
+fn log_outcome(reply: &Reply) {
+    match reply {
+        Reply::ReserveReply(ReserveReply::Reserved { items, expires_at }) => {
+            info!(?items, %expires_at, "reserved");
+        }
+        Reply::ReserveReply(ReserveReply::Busy) => info!("all held by others for now"),
+        Reply::ReserveReply(ReserveReply::Unavailable { reason }) => {
+            info!(reason = reason.as_str(), "unavailable");
+        }
+        Reply::ReserveReply(ReserveReply::Aborted) => {
+            info!("refused: the transaction was released first");
+        }
+        Reply::AssignReply(AssignReply::Assigned { items }) => info!(?items, "assigned"),
+        Reply::AssignReply(AssignReply::Refused { reason }) => info!(?reason, "assign refused"),
+        Reply::ReleaseReply(ReleaseReply::Released { items }) => info!(?items, "released"),
+    }
+}

@@ -1,0 +1,32 @@
+//! The participant side of the order transaction, shared by the store (packets) and delivery
+//! (agents).
+//!
+//! A participant owns items. For a transaction it can **reserve** items (hold them until an
+//! expiry time), **assign** them to the order, or **release** them. The service-specific part is
+//! only how to pick items for a reservation ([`Inventory::reserve`]); everything else is the same
+//! for packets and agents and lives here:
+//!
+//! - the **barrier** ([`barrier`]): each (transaction, operation) is applied at most once, in the
+//!   same database transaction as its effect, and its reply is recorded there, so a redelivered
+//!   command changes nothing and gets the same reply. A release records refusals for the
+//!   reserve and assign of its transaction first, so a reserve that arrives after its release
+//!   cannot hold an item for a dead transaction.
+//! - **commands** ([`commands`]): consume the reserve, assign and release queues; apply; reply to
+//!   the coordinator; ack only after the commit.
+//! - **expiry** ([`expiry`]): reservation timers through a TTL wait queue, and a periodic sweep
+//!   for timers that were lost. The `reserved_until` column is the truth either way: an expired
+//!   reservation can never be assigned and others may take the item at once.
+//!
+//! # Layout
+//! - [`inventory`]: the [`Inventory`] trait and the table-generic item SQL.
+//! - [`barrier`], [`commands`], [`expiry`]: as above.
+//! - [`runtime`]: wires the consumers and the sweep for a service.
+
+pub mod barrier;
+pub mod commands;
+pub mod expiry;
+pub mod inventory;
+pub mod runtime;
+
+pub use inventory::{Hold, Inventory, ItemTable, ReserveError};
+pub use runtime::{ParticipantArgs, ParticipantSettings, start};

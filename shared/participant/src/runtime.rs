@@ -1,0 +1,168 @@
+//! Wiring: the consumers and the sweep of a participant.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use messaging::consumer::{self, AckMode, ConsumerSpec};
+use messaging::{Batcher, Outgoing, Publisher};
+use protocol::command::Operation;
+use protocol::envelope::Envelope;
+use protocol::ids::TxnId;
+use protocol::timer::ParticipantTimer;
+use protocol::topology::Topology;
+use service_kit::app::Foundation;
+use sqlx::PgPool;
+
+use crate::commands::CommandHandler;
+use crate::expiry::{ExpiryHandler, sweep_loop};
+use crate::inventory::Inventory;
+
+/// Tunables of a participant.
+#[derive(Clone, Debug)]
+pub struct ParticipantSettings {
+    /// How long a reservation holds its items.
+    pub reservation_ttl: Duration,
+    /// How long after expiry the sweep frees a reservation whose timer did not.
+    pub expiry_grace: Duration,
+    /// How often the sweep runs.
+    pub sweep_interval: Duration,
+    /// Commands handled concurrently per queue (the consumer prefetch).
+    pub prefetch: u16,
+    /// How long barrier rows are kept.
+    pub barrier_retention: Duration,
+    /// How long expiry timers are collected before being published as one message.
+    pub timer_window: Duration,
+}
+
+pub(crate) struct Shared<I: Inventory> {
+    pub(crate) inventory: I,
+    pub(crate) pool: PgPool,
+    pub(crate) publisher: Publisher,
+    pub(crate) topology: Topology,
+    pub(crate) settings: ParticipantSettings,
+    pub(crate) expiries: Batcher<TxnId>,
+}
+
+/// Starts the command and expiry consumers and the sweep of participant `I` on the service's
+/// task tracker. They run until the service shuts down.
+pub fn start<I: Inventory>(
+    inventory: I,
+    foundation: &Foundation,
+    topology: Topology,
+    settings: ParticipantSettings,
+) {
+    let Foundation {
+        pool,
+        broker,
+        publisher,
+        tracker,
+        shutdown,
+        ..
+    } = foundation;
+    let (pool, broker, publisher) = (pool.clone(), broker.clone(), publisher.clone());
+    let participant = I::PARTICIPANT;
+    // Timers fire a moment after the reservations they name expire (they are published up to
+    // one window after the first reservation of the batch), so that they find them expired.
+    let wait = settings.reservation_ttl + settings.timer_window + Duration::from_millis(500);
+    let declarations = Arc::new(topology.participant(participant, wait));
+    let timers = topology.timers_exchange(participant.as_str());
+    let expiries = Batcher::spawn(
+        publisher.clone(),
+        settings.timer_window,
+        move |txn_ids: Vec<TxnId>| {
+            let envelope = Envelope::new(ParticipantTimer::Expiries { txn_ids });
+            Outgoing::new(
+                &envelope,
+                timers.clone(),
+                Topology::timer_wait_routing_key(),
+            )
+        },
+        shutdown.clone(),
+        tracker,
+    );
+    let dead_letters = topology.dead_letter_exchange(participant.as_str());
+    let prefetch = settings.prefetch;
+    let spec = |queue: String| ConsumerSpec {
+        queue,
+        prefetch,
+        ack_mode: AckMode::Manual,
+        dead_letter_exchange: Some(dead_letters.clone()),
+        declarations: Arc::clone(&declarations),
+    };
+    let command_queues: Vec<String> = Operation::ALL
+        .iter()
+        .map(|op| topology.command_queue(participant, *op))
+        .collect();
+    let expiry_queue = topology.expiry_queue(participant);
+    let sweep_interval = settings.sweep_interval;
+    let shared = Arc::new(Shared {
+        inventory,
+        pool,
+        publisher: publisher.clone(),
+        topology,
+        settings,
+        expiries,
+    });
+    let commands = Arc::new(CommandHandler::new(Arc::clone(&shared)));
+    for queue in command_queues {
+        tracker.spawn(consumer::run(
+            broker.clone(),
+            publisher.clone(),
+            spec(queue),
+            Arc::clone(&commands),
+            shutdown.clone(),
+        ));
+    }
+    tracker.spawn(consumer::run(
+        broker,
+        publisher,
+        spec(expiry_queue),
+        Arc::new(ExpiryHandler::new(Arc::clone(&shared))),
+        shutdown.clone(),
+    ));
+    tracker.spawn(sweep_loop(shared, sweep_interval, shutdown.clone()));
+}
+
+/// The command-line/environment settings of a participant service.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ParticipantArgs {
+    /// How long a reservation holds its item. Long enough to cover transient outages between
+    /// phase 1 and phase 2; after it, the item is free again whatever happens.
+    #[arg(long, env = "RESERVATION_TTL", default_value = "30s", value_parser = service_kit::config::parse_duration)]
+    pub reservation_ttl: Duration,
+
+    /// How long after expiry the sweep frees a reservation whose timer did not.
+    #[arg(long, env = "EXPIRY_GRACE", default_value = "2s", value_parser = service_kit::config::parse_duration)]
+    pub expiry_grace: Duration,
+
+    /// How often the expiry sweep runs.
+    #[arg(long, env = "SWEEP_INTERVAL", default_value = "5s", value_parser = service_kit::config::parse_duration)]
+    pub sweep_interval: Duration,
+
+    /// Commands handled concurrently per queue (consumer prefetch). Keep it near the database
+    /// pool size: more only queues work inside the process.
+    #[arg(long, env = "COMMAND_PREFETCH", default_value_t = 32)]
+    pub command_prefetch: u16,
+
+    /// How long the idempotency records of commands are kept.
+    #[arg(long, env = "BARRIER_RETENTION", default_value = "24h", value_parser = service_kit::config::parse_duration)]
+    pub barrier_retention: Duration,
+
+    /// How long expiry timers are collected before being published as one message.
+    #[arg(long, env = "TIMER_WINDOW", default_value = "100ms", value_parser = service_kit::config::parse_duration)]
+    pub timer_window: Duration,
+}
+
+impl ParticipantArgs {
+    /// The settings these arguments describe.
+    pub fn settings(&self) -> ParticipantSettings {
+        ParticipantSettings {
+            reservation_ttl: self.reservation_ttl,
+            expiry_grace: self.expiry_grace,
+            sweep_interval: self.sweep_interval,
+            prefetch: self.command_prefetch,
+            barrier_retention: self.barrier_retention,
+            timer_window: self.timer_window,
+        }
+    }
+}

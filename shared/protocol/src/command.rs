@@ -1,0 +1,301 @@
+//! Commands from the coordinator to a participant, and the replies.
+//!
+//! Each participant has one queue per [`Operation`], so that assign and release work never waits
+//! behind a backlog of new reservations. Every command is applied at most once per
+//! (transaction, operation); a redelivered command gets the reply recorded the first time.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::Kind;
+use crate::ids::{FoodId, ItemId};
+
+/// The three operations of a participant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    /// Phase 1: hold items for the transaction until an expiry time.
+    Reserve,
+    /// Phase 2: give the held items to the order.
+    Assign,
+    /// Free what the transaction holds; blocks later reserves and assigns of the transaction.
+    Release,
+}
+
+impl Operation {
+    /// Every operation, in protocol order.
+    pub const ALL: [Operation; 3] = [Operation::Reserve, Operation::Assign, Operation::Release];
+
+    /// The name used in queue names, database rows and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Reserve => "reserve",
+            Operation::Assign => "assign",
+            Operation::Release => "release",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A command to a participant. `R` is what a reservation asks for: [`PacketRequest`] for the
+/// store, [`AgentRequest`] for delivery.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "body", rename_all = "snake_case")]
+pub enum Command<R> {
+    /// Phase 1.
+    Reserve(R),
+    /// Phase 2.
+    Assign(Assign),
+    /// Abort or compensation.
+    Release(Release),
+}
+
+impl<R> Command<R> {
+    /// Which operation this command asks for.
+    pub fn operation(&self) -> Operation {
+        match self {
+            Command::Reserve(_) => Operation::Reserve,
+            Command::Assign(_) => Operation::Assign,
+            Command::Release(_) => Operation::Release,
+        }
+    }
+}
+
+impl<R> Kind for Command<R> {
+    fn kind(&self) -> &'static str {
+        self.operation().as_str()
+    }
+}
+
+/// A command to the store.
+pub type StoreCommand = Command<PacketRequest>;
+/// A command to delivery.
+pub type DeliveryCommand = Command<AgentRequest>;
+
+/// What the store is asked to reserve: one packet per line, all or nothing. The HTTP API places
+/// one line per order today; the list is here so that an order of several items needs no new
+/// message version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketRequest {
+    /// The lines of the order, one packet each.
+    pub lines: Vec<PacketLine>,
+}
+
+/// One packet of a food.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketLine {
+    /// The food to take a packet of.
+    pub food_id: FoodId,
+}
+
+/// What delivery is asked to reserve: one agent. Empty today; a zone or a vehicle type would go
+/// here.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRequest {}
+
+/// Phase 2: give the reserved items to the order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assign {
+    /// The items the reserve reply named; the participant assigns exactly these or nothing.
+    pub items: Vec<ItemId>,
+}
+
+/// Free what the transaction holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// Why, for the participant's logs.
+    pub reason: ReleaseReason,
+}
+
+/// Why the coordinator releases a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseReason {
+    /// The order will not be placed (a reservation failed or phase 1 timed out).
+    Abort,
+    /// Every item was held by others; the order retries with a new transaction.
+    Retry,
+    /// Phase 2 failed on the other side; undo this side's assignment.
+    Compensate,
+}
+
+/// A reply from a participant, published to the coordinator's reply queue with the command's
+/// message id as correlation id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "body", rename_all = "snake_case")]
+pub enum Reply {
+    /// Reply to a reserve.
+    ReserveReply(ReserveReply),
+    /// Reply to an assign.
+    AssignReply(AssignReply),
+    /// Reply to a release.
+    ReleaseReply(ReleaseReply),
+}
+
+impl Kind for Reply {
+    fn kind(&self) -> &'static str {
+        match self {
+            Reply::ReserveReply(_) => "reserve_reply",
+            Reply::AssignReply(_) => "assign_reply",
+            Reply::ReleaseReply(_) => "release_reply",
+        }
+    }
+}
+
+/// The outcome of a reserve.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ReserveReply {
+    /// The items are held for the transaction until `expires_at`.
+    Reserved {
+        /// One item per requested line, in line order.
+        items: Vec<ItemId>,
+        /// After this instant the reservation is void: it cannot be assigned and others may take
+        /// the items.
+        expires_at: DateTime<Utc>,
+    },
+    /// Every matching item is held by other transactions that have not finished: they may yet be
+    /// released. Nothing was reserved; try again with a new transaction.
+    Busy,
+    /// Final: nothing can be had. Nothing was reserved.
+    Unavailable {
+        /// Why.
+        reason: Shortage,
+    },
+    /// The transaction was released before this reserve arrived (an empty rollback). Nothing was
+    /// reserved, and nothing ever will be for this transaction.
+    Aborted,
+}
+
+/// Why a reservation can never succeed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shortage {
+    /// Every packet of the food is assigned to an order.
+    FoodUnavailable,
+    /// No such food.
+    UnknownFood,
+    /// Every agent is assigned to an order.
+    AgentUnavailable,
+}
+
+impl Shortage {
+    /// The reason string used in replies, in the order API and in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Shortage::FoodUnavailable => "food_unavailable",
+            Shortage::UnknownFood => "unknown_food",
+            Shortage::AgentUnavailable => "agent_unavailable",
+        }
+    }
+}
+
+/// The outcome of an assign.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum AssignReply {
+    /// The items now belong to the order.
+    Assigned {
+        /// The items assigned.
+        items: Vec<ItemId>,
+    },
+    /// Final: the reservation is gone. Nothing was assigned.
+    Refused {
+        /// Why.
+        reason: AssignRefusal,
+    },
+}
+
+/// Why an assign was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssignRefusal {
+    /// The reservation expired (and may have gone to someone else).
+    Expired,
+    /// The transaction was released before the assign arrived.
+    Released,
+}
+
+/// The outcome of a release.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ReleaseReply {
+    /// Whatever the transaction held is free; `items` is empty for an empty rollback.
+    Released {
+        /// The items freed.
+        items: Vec<ItemId>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Envelope, TxnEnvelope};
+    use crate::ids::{OrderId, TxnId};
+
+    #[test]
+    fn reserve_command_wire_shape() {
+        let env = TxnEnvelope::txn(
+            OrderId::new(),
+            TxnId::new(),
+            StoreCommand::Reserve(PacketRequest {
+                lines: vec![PacketLine { food_id: FoodId(7) }],
+            }),
+        );
+        let json: serde_json::Value = serde_json::from_slice(&env.to_bytes().unwrap()).unwrap();
+        assert_eq!(json["v"], 1);
+        assert_eq!(json["kind"], "reserve");
+        assert_eq!(json["body"]["lines"][0]["food_id"], 7);
+        assert_eq!(json["order_id"], env.order_id().to_string());
+        let back: TxnEnvelope<StoreCommand> = Envelope::decode(&env.to_bytes().unwrap()).unwrap();
+        assert_eq!(back, env);
+    }
+
+    #[test]
+    fn reply_round_trips() {
+        let reply = Reply::ReserveReply(ReserveReply::Unavailable {
+            reason: Shortage::FoodUnavailable,
+        });
+        let env = TxnEnvelope::txn(OrderId::new(), TxnId::new(), reply);
+        let bytes = env.to_bytes().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["kind"], "reserve_reply");
+        assert_eq!(json["body"]["outcome"], "unavailable");
+        assert_eq!(json["body"]["reason"], "food_unavailable");
+        let back: TxnEnvelope<Reply> = Envelope::decode(&bytes).unwrap();
+        assert_eq!(back, env);
+    }
+
+    #[test]
+    fn version_is_checked_first() {
+        let err = TxnEnvelope::<StoreCommand>::decode(br#"{"v": 2, "whatever": true}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unsupported protocol version 2"), "{err}");
+        let err = TxnEnvelope::<StoreCommand>::decode(br#"{"kind": "reserve"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no protocol version"), "{err}");
+        let err = TxnEnvelope::<StoreCommand>::decode(b"\xff garbage")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a JSON object"), "{err}");
+    }
+
+    #[test]
+    fn unknown_kind_is_invalid() {
+        let raw = format!(
+            r#"{{"v":1,"message_id":"{m}","sent_at":"2026-01-01T00:00:00Z","order_id":"{m}","txn_id":"{m}","kind":"launch","body":{{}}}}"#,
+            m = uuid::Uuid::now_v7()
+        );
+        let err = TxnEnvelope::<StoreCommand>::decode(raw.as_bytes()).unwrap_err();
+        assert!(matches!(err, crate::DecodeError::Invalid(_)), "{err}");
+    }
+}

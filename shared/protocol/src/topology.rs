@@ -1,0 +1,388 @@
+//! Every exchange, queue and routing key, spelled once.
+//!
+//! All names take an optional prefix so that several deployments (or test runs) can share a
+//! virtual host. With an empty prefix the store's names are:
+//!
+//! | name | kind | what it is |
+//! |---|---|---|
+//! | `store.commands` | direct exchange | commands to the store, routing key = operation |
+//! | `store.reserve`, `store.assign`, `store.release` | quorum queues | one per operation |
+//! | `store.reserve.dlq`, … | quorum queues | messages that could not be handled, with the reason |
+//! | `store.dead-letter` | direct exchange | routes to the `.dlq` queues, routing key = source queue |
+//! | `store.timers` | direct exchange | routes expiry timers into the wait queue and out of it |
+//! | `store.expiry.wait.30000ms` | quorum queue, TTL, no consumer | expiry timers wait here |
+//! | `store.expiry` | quorum queue | expired timers, consumed by the store |
+//!
+//! delivery has the same set under `delivery.`; the coordinator has `order.replies` (exchange) with
+//! one exclusive `order.replies.<instance>` queue per running coordinator, `order.timers`,
+//! `order.timeouts.wait.<ttl>`, `order.timeouts` (+ `.dlq`) and the topic exchange `order.events`.
+//!
+//! The TTL is part of a wait queue's name because RabbitMQ refuses to redeclare a queue with other
+//! arguments: changing the TTL makes a new wait queue, and the old one drains by itself.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::command::Operation;
+use crate::ids::InstanceId;
+
+/// A participant of the transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Participant {
+    /// The store: food packets.
+    Store,
+    /// Delivery: delivery agents.
+    Delivery,
+}
+
+impl Participant {
+    /// Both participants.
+    pub const ALL: [Participant; 2] = [Participant::Store, Participant::Delivery];
+
+    /// The name used in queue names and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Participant::Store => "store",
+            Participant::Delivery => "delivery",
+        }
+    }
+}
+
+impl fmt::Display for Participant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The routing key, on an owner's timers exchange, of its wait queue.
+const WAIT_ROUTING_KEY: &str = "wait";
+/// The routing key with which a wait queue dead-letters expired timers into the owner's queue.
+const FIRED_ROUTING_KEY: &str = "fired";
+/// How many times a message is delivered before RabbitMQ parks it in the dead-letter queue. A
+/// message whose handling crashes the consumer comes back this many times, then stops.
+pub const DELIVERY_LIMIT: u32 = 10;
+
+/// An exchange kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExchangeKind {
+    /// Routing key equals binding key.
+    Direct,
+    /// Routing key matches a binding pattern.
+    Topic,
+}
+
+/// A durable exchange to declare.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExchangeSpec {
+    /// Its name.
+    pub name: String,
+    /// Direct or topic.
+    pub kind: ExchangeKind,
+}
+
+/// How a queue lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueKind {
+    /// Durable and replicated (a quorum queue): commands, timers, dead letters.
+    Quorum,
+    /// Exclusive to one connection and deleted with it: a coordinator's reply queue. Replies are
+    /// only useful to the process that waits for them.
+    Exclusive,
+}
+
+/// A queue to declare, with its arguments and bindings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// Its name.
+    pub name: String,
+    /// Durable quorum queue or exclusive reply queue.
+    pub kind: QueueKind,
+    /// Per-queue message TTL (wait queues only).
+    pub message_ttl: Option<Duration>,
+    /// Where messages go when they expire, are rejected or exceed the delivery limit:
+    /// (exchange, routing key).
+    pub dead_letter: Option<(String, String)>,
+    /// Dead-letter at least once (the message stays until the dead-letter queue has it) rather
+    /// than at most once. On for consumed queues, where a parked command must not vanish; off for
+    /// timer wait queues, whose messages are only accelerators.
+    pub reliable_dead_letter: bool,
+    /// Deliveries before a message is dead-lettered.
+    pub delivery_limit: Option<u32>,
+    /// (exchange, routing key) pairs to bind.
+    pub bindings: Vec<(String, String)>,
+}
+
+/// What one service declares at start (and again after every reconnection). Declarations are
+/// idempotent; every service declares what it consumes and the exchanges it publishes to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Declarations {
+    /// Exchanges.
+    pub exchanges: Vec<ExchangeSpec>,
+    /// Queues with their bindings.
+    pub queues: Vec<QueueSpec>,
+}
+
+impl Declarations {
+    fn exchange(&mut self, name: String, kind: ExchangeKind) {
+        if !self.exchanges.iter().any(|e| e.name == name) {
+            self.exchanges.push(ExchangeSpec { name, kind });
+        }
+    }
+}
+
+/// The names of everything, under a prefix.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Topology {
+    prefix: String,
+}
+
+impl Topology {
+    /// Names under `prefix` (empty in production; tests may use a random one).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    fn name(&self, rest: fmt::Arguments<'_>) -> String {
+        format!("{}{}", self.prefix, rest)
+    }
+
+    /// Direct exchange for the commands to a participant; routing key = operation.
+    pub fn commands_exchange(&self, participant: Participant) -> String {
+        self.name(format_args!("{participant}.commands"))
+    }
+
+    /// The routing key of an operation on its participant's commands exchange.
+    pub fn command_routing_key(operation: Operation) -> &'static str {
+        operation.as_str()
+    }
+
+    /// The queue of one operation of a participant, e.g. `store.reserve`.
+    pub fn command_queue(&self, participant: Participant, operation: Operation) -> String {
+        self.name(format_args!("{participant}.{operation}"))
+    }
+
+    /// Direct exchange for replies; routing key = the coordinator instance (the `reply_to`).
+    pub fn replies_exchange(&self) -> String {
+        self.name(format_args!("order.replies"))
+    }
+
+    /// The routing key that reaches the reply queue of a coordinator instance.
+    pub fn reply_routing_key(instance: InstanceId) -> String {
+        instance.to_string()
+    }
+
+    /// The reply queue of a coordinator instance.
+    pub fn reply_queue(&self, instance: InstanceId) -> String {
+        self.name(format_args!("order.replies.{instance}"))
+    }
+
+    /// Direct exchange of an owner's timers (`order`, `store` or `delivery`).
+    pub fn timers_exchange(&self, owner: &str) -> String {
+        self.name(format_args!("{owner}.timers"))
+    }
+
+    /// The routing key that puts a timer into its owner's wait queue.
+    pub fn timer_wait_routing_key() -> &'static str {
+        WAIT_ROUTING_KEY
+    }
+
+    /// The queue that the coordinator's deadline timers wait in.
+    pub fn order_timeouts_wait(&self, ttl: Duration) -> String {
+        self.name(format_args!("order.timeouts.wait.{}ms", ttl.as_millis()))
+    }
+
+    /// The queue of fired deadline timers, consumed by every coordinator.
+    pub fn order_timeouts(&self) -> String {
+        self.name(format_args!("order.timeouts"))
+    }
+
+    /// The queue that a participant's expiry timers wait in.
+    pub fn expiry_wait(&self, participant: Participant, ttl: Duration) -> String {
+        self.name(format_args!(
+            "{participant}.expiry.wait.{}ms",
+            ttl.as_millis()
+        ))
+    }
+
+    /// The queue of fired expiry timers of a participant.
+    pub fn expiry_queue(&self, participant: Participant) -> String {
+        self.name(format_args!("{participant}.expiry"))
+    }
+
+    /// Direct exchange that routes an owner's dead letters to `<queue>.dlq`; routing key = the
+    /// source queue's name.
+    pub fn dead_letter_exchange(&self, owner: &str) -> String {
+        self.name(format_args!("{owner}.dead-letter"))
+    }
+
+    /// The dead-letter queue beside `queue`.
+    pub fn dead_letter_queue(queue: &str) -> String {
+        format!("{queue}.dlq")
+    }
+
+    /// Topic exchange of order events (`order.placed`, `order.not_placed`).
+    pub fn events_exchange(&self) -> String {
+        self.name(format_args!("order.events"))
+    }
+
+    /// A consumed durable queue with its dead-letter queue, both added to `decl`.
+    fn consumed_queue(
+        &self,
+        decl: &mut Declarations,
+        owner: &str,
+        name: String,
+        bindings: Vec<(String, String)>,
+    ) {
+        let dlx = self.dead_letter_exchange(owner);
+        decl.exchange(dlx.clone(), ExchangeKind::Direct);
+        decl.queues.push(QueueSpec {
+            name: Self::dead_letter_queue(&name),
+            kind: QueueKind::Quorum,
+            message_ttl: None,
+            dead_letter: None,
+            reliable_dead_letter: false,
+            delivery_limit: None,
+            bindings: vec![(dlx.clone(), name.clone())],
+        });
+        decl.queues.push(QueueSpec {
+            dead_letter: Some((dlx, name.clone())),
+            reliable_dead_letter: true,
+            name,
+            kind: QueueKind::Quorum,
+            message_ttl: None,
+            delivery_limit: Some(DELIVERY_LIMIT),
+            bindings,
+        });
+    }
+
+    /// A wait queue (TTL, no consumer) that fires into `fired_queue`, and `fired_queue` itself.
+    fn timer_queues(
+        &self,
+        decl: &mut Declarations,
+        owner: &str,
+        wait_queue: String,
+        ttl: Duration,
+        fired_queue: String,
+    ) {
+        let timers = self.timers_exchange(owner);
+        decl.exchange(timers.clone(), ExchangeKind::Direct);
+        decl.queues.push(QueueSpec {
+            name: wait_queue,
+            kind: QueueKind::Quorum,
+            message_ttl: Some(ttl),
+            dead_letter: Some((timers.clone(), FIRED_ROUTING_KEY.to_owned())),
+            reliable_dead_letter: false,
+            delivery_limit: None,
+            bindings: vec![(timers.clone(), WAIT_ROUTING_KEY.to_owned())],
+        });
+        self.consumed_queue(
+            decl,
+            owner,
+            fired_queue,
+            vec![(timers, FIRED_ROUTING_KEY.to_owned())],
+        );
+    }
+
+    /// What a participant declares: its commands exchange and queues, its expiry timers, and the
+    /// replies exchange it publishes to.
+    pub fn participant(&self, participant: Participant, expiry_ttl: Duration) -> Declarations {
+        let owner = participant.as_str();
+        let mut decl = Declarations::default();
+        let commands = self.commands_exchange(participant);
+        decl.exchange(commands.clone(), ExchangeKind::Direct);
+        decl.exchange(self.replies_exchange(), ExchangeKind::Direct);
+        for operation in Operation::ALL {
+            self.consumed_queue(
+                &mut decl,
+                owner,
+                self.command_queue(participant, operation),
+                vec![(
+                    commands.clone(),
+                    Self::command_routing_key(operation).to_owned(),
+                )],
+            );
+        }
+        self.timer_queues(
+            &mut decl,
+            owner,
+            self.expiry_wait(participant, expiry_ttl),
+            expiry_ttl,
+            self.expiry_queue(participant),
+        );
+        decl
+    }
+
+    /// What the coordinator declares: the exchanges it publishes to, its deadline timers and the
+    /// events exchange. Its reply queue is declared separately ([`Topology::reply_queue_spec`])
+    /// because it belongs to one connection.
+    pub fn coordinator(&self, deadline_ttl: Duration) -> Declarations {
+        let mut decl = Declarations::default();
+        for participant in Participant::ALL {
+            decl.exchange(self.commands_exchange(participant), ExchangeKind::Direct);
+        }
+        decl.exchange(self.replies_exchange(), ExchangeKind::Direct);
+        decl.exchange(self.events_exchange(), ExchangeKind::Topic);
+        self.timer_queues(
+            &mut decl,
+            "order",
+            self.order_timeouts_wait(deadline_ttl),
+            deadline_ttl,
+            self.order_timeouts(),
+        );
+        decl
+    }
+
+    /// The exclusive reply queue of a coordinator instance.
+    pub fn reply_queue_spec(&self, instance: InstanceId) -> QueueSpec {
+        QueueSpec {
+            name: self.reply_queue(instance),
+            kind: QueueKind::Exclusive,
+            message_ttl: None,
+            dead_letter: None,
+            reliable_dead_letter: false,
+            delivery_limit: None,
+            bindings: vec![(self.replies_exchange(), Self::reply_routing_key(instance))],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_prefix() {
+        let t = Topology::new("t1.");
+        assert_eq!(
+            t.command_queue(Participant::Store, Operation::Reserve),
+            "t1.store.reserve"
+        );
+        assert_eq!(
+            t.expiry_wait(Participant::Delivery, Duration::from_secs(30)),
+            "t1.delivery.expiry.wait.30000ms"
+        );
+        assert_eq!(
+            Topology::dead_letter_queue("t1.store.assign"),
+            "t1.store.assign.dlq"
+        );
+    }
+
+    #[test]
+    fn every_consumed_queue_has_a_dead_letter_queue() {
+        let t = Topology::new("");
+        let mut all = t.participant(Participant::Store, Duration::from_secs(30));
+        all.queues
+            .extend(t.coordinator(Duration::from_secs(5)).queues);
+        for q in all.queues.iter().filter(|q| q.delivery_limit.is_some()) {
+            let dlq = Topology::dead_letter_queue(&q.name);
+            assert!(
+                all.queues.iter().any(|d| d.name == dlq),
+                "{} has no dlq",
+                q.name
+            );
+            assert!(q.dead_letter.is_some());
+        }
+    }
+}

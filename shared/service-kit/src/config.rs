@@ -1,0 +1,122 @@
+//! Settings shared by the services. Each is a command-line flag and an environment variable;
+//! `--help` lists them all.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use messaging::BrokerConfig;
+use sqlx::postgres::PgConnectOptions;
+
+use crate::db::DatabaseSettings;
+use crate::telemetry::LogFormat;
+
+/// Parses `30s`, `500ms`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+/// RabbitMQ settings.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BrokerArgs {
+    /// RabbitMQ URL; the vhost in it is honoured (`%2f` is `/`). Add `?heartbeat=10` to notice
+    /// a dead connection sooner.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+
+    /// Prefix of every exchange and queue name, so that several deployments can share a vhost.
+    #[arg(long, env = "AMQP_PREFIX", default_value = "")]
+    pub amqp_prefix: String,
+
+    /// Publisher channels kept open (with publisher confirms).
+    #[arg(long, env = "AMQP_PUBLISHER_CHANNELS", default_value_t = 4)]
+    pub amqp_publisher_channels: usize,
+
+    /// How long to wait for the broker to confirm a published message.
+    #[arg(long, env = "AMQP_CONFIRM_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub amqp_confirm_timeout: Duration,
+}
+
+impl BrokerArgs {
+    /// The broker configuration for a service named `service`.
+    pub fn config(&self, service: &str) -> BrokerConfig {
+        BrokerConfig {
+            url: self.amqp_url.clone(),
+            connection_name: service.to_owned(),
+            publisher_channels: self.amqp_publisher_channels,
+            confirm_timeout: self.amqp_confirm_timeout,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// PostgreSQL settings. The service's own database URL (e.g. `STORE_DATABASE_URL`) is a separate
+/// flag of each service; without it the service uses its default database on `DATABASE_URL`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DatabaseArgs {
+    /// The PostgreSQL server. Each service uses its own database on it unless its own
+    /// `<SERVICE>_DATABASE_URL` is set.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    pub database_url: String,
+
+    /// Connections in the service's pool.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
+    pub database_pool_size: u32,
+
+    /// Longest a statement may run (`statement_timeout`).
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub database_statement_timeout: Duration,
+}
+
+impl DatabaseArgs {
+    /// The settings for a service: its own URL if given, else `default_database` on
+    /// `DATABASE_URL`.
+    pub fn settings(
+        &self,
+        own_url: Option<&str>,
+        default_database: &str,
+    ) -> Result<DatabaseSettings, sqlx::Error> {
+        let options = match own_url {
+            Some(url) => PgConnectOptions::from_str(url)?,
+            None => PgConnectOptions::from_str(&self.database_url)?.database(default_database),
+        };
+        Ok(DatabaseSettings {
+            options,
+            pool_size: self.database_pool_size,
+            statement_timeout: self.database_statement_timeout,
+        })
+    }
+}
+
+/// Logging settings.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LogArgs {
+    /// Log filter, e.g. `info` or `info,store_service=debug`.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_filter: String,
+
+    /// `text` (human-readable) or `json` (one object per line).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Test-only settings.
+#[derive(clap::Args, Clone, Debug)]
+pub struct FaultArgs {
+    /// Crash points to arm, for fault-injection tests only: a comma-separated list of point
+    /// names; the process aborts when it reaches one. Never set this in production.
+    #[arg(
+        long,
+        env = "FAULT_POINTS",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub fault_points: String,
+}

@@ -1,0 +1,163 @@
+//! The service's database: created if missing, migrated, pooled; and which errors are transient.
+
+use std::time::Duration;
+
+use messaging::Backoff;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How to reach and pool the service's database.
+#[derive(Clone, Debug)]
+pub struct DatabaseSettings {
+    /// Server and database.
+    pub options: PgConnectOptions,
+    /// Connections in the pool.
+    pub pool_size: u32,
+    /// Longest a statement may run.
+    pub statement_timeout: Duration,
+}
+
+/// Start-up failures.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database could not be reached or created.
+    #[error("database: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Shutdown was requested while waiting for the database.
+    #[error("shut down while waiting for the database")]
+    Cancelled,
+}
+
+impl DatabaseSettings {
+    /// The database name.
+    pub fn database(&self) -> &str {
+        self.options.get_database().unwrap_or("postgres")
+    }
+
+    /// Connection options with the session timeouts that keep a stuck or abandoned transaction
+    /// from holding locks: sqlx does not cancel server-side work when a future is dropped, so the
+    /// server must.
+    fn session_options(&self) -> PgConnectOptions {
+        let statement = format!("{}ms", self.statement_timeout.as_millis());
+        self.options
+            .clone()
+            .options([
+                ("statement_timeout", statement.as_str()),
+                ("lock_timeout", "2s"),
+                ("idle_in_transaction_session_timeout", "10s"),
+            ])
+            .log_statements(tracing::log::LevelFilter::Trace)
+    }
+}
+
+/// Creates the database if missing, runs `migrator` and returns a pool. Waits with backoff
+/// while PostgreSQL is unreachable (e.g. still starting), until `shutdown`. Safe when several
+/// replicas start at once: creation tolerates losing the race, and sqlx migrations take an
+/// advisory lock.
+pub async fn connect(
+    settings: &DatabaseSettings,
+    migrator: &'static Migrator,
+    shutdown: &CancellationToken,
+) -> Result<PgPool, DbError> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        match try_connect(settings, migrator).await {
+            Ok(pool) => return Ok(pool),
+            Err(DbError::Sqlx(err)) if is_transient(&err) => {
+                warn!(error = %err, database = settings.database(), "database not reachable yet; retrying");
+            }
+            Err(err) => return Err(err),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = shutdown.cancelled() => return Err(DbError::Cancelled),
+        }
+    }
+}
+
+async fn try_connect(
+    settings: &DatabaseSettings,
+    migrator: &'static Migrator,
+) -> Result<PgPool, DbError> {
+    ensure_database(settings).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.pool_size)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(settings.session_options())
+        .await?;
+    migrator.run(&pool).await?;
+    info!(database = settings.database(), "database ready");
+    Ok(pool)
+}
+
+async fn ensure_database(settings: &DatabaseSettings) -> Result<(), sqlx::Error> {
+    let name = settings.database().to_owned();
+    let mut admin =
+        PgConnection::connect_with(&settings.options.clone().database("postgres")).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        match sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&mut admin)
+            .await
+        {
+            Ok(_) => info!(database = %name, "database created"),
+            // Another replica created it first.
+            Err(err) if is_duplicate_database(&err) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    admin.close().await
+}
+
+fn is_duplicate_database(err: &sqlx::Error) -> bool {
+    // 42P04 duplicate_database; 23505 when two CREATE DATABASE race on pg_database's index.
+    match err {
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c == "42P04" || c == "23505"),
+        _ => false,
+    }
+}
+
+/// Whether an error is worth retrying: the connection or server went away, a timeout, a
+/// serialization failure or deadlock. Anything else is a bug or bad data, and retrying would only
+/// repeat it.
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            let code: &str = &code;
+            // 08: connection exception; 40001 serialization failure; 40P01 deadlock;
+            // 55P03 lock timeout; 57014 statement timeout; 57P01-57P03 server shutting down or
+            // backend terminated; 53300 too many connections; 25P03 idle-in-transaction timeout.
+            code.starts_with("08")
+                || matches!(
+                    code,
+                    "40001"
+                        | "40P01"
+                        | "55P03"
+                        | "57014"
+                        | "57P01"
+                        | "57P02"
+                        | "57P03"
+                        | "53300"
+                        | "25P03"
+                )
+        }),
+        _ => false,
+    }
+}

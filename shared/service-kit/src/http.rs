@@ -1,0 +1,192 @@
+//! HTTP plumbing shared by the services: one JSON error type, extractors that answer bad input in
+//! that format, the health routes, and serving with graceful shutdown.
+
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use messaging::Health;
+use serde::Serialize;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// Request bodies larger than this are refused with 413: every body of the API is a few fields.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// An error answered as `{"error": "..."}` with a status. Internal errors are logged with their
+/// details and answered with a generic message: internals never reach the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request cannot be read.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404: no such resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// 413: the body is too large.
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// 415: not JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 422: readable but invalid.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// 503: a dependency is down; try again.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: a bug or an unexpected failure; details are logged, not sent.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    /// Wraps any error as an internal one.
+    pub fn internal(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Internal(Box::new(err))
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        if crate::db::is_transient(&err) {
+            error!(error = %err, "database unavailable");
+            ApiError::Unavailable("database unavailable, try again".to_owned())
+        } else {
+            ApiError::internal(err)
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(err) = &self {
+            error!(error = %err, "internal error");
+        }
+        (self.status(), Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let message = rejection.body_text();
+        match rejection {
+            JsonRejection::JsonDataError(_) => ApiError::Unprocessable(message),
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(message),
+            JsonRejection::BytesRejection(_)
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                ApiError::PayloadTooLarge
+            }
+            _ => ApiError::BadRequest(message),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
+/// `axum::Json` whose rejections are [`ApiError`]s, so that malformed JSON gets a JSON answer.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct AppJson<T>(pub T);
+
+impl<T: Serialize> IntoResponse for AppJson<T> {
+    fn into_response(self) -> Response {
+        Json(self.0).into_response()
+    }
+}
+
+/// `axum::extract::Path` whose rejections are [`ApiError`]s.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct AppPath<T>(pub T);
+
+/// What `/readyz` checks: the database answers, and every broker component is connected.
+#[derive(Clone, Debug)]
+pub struct Readiness {
+    /// The service's database.
+    pub db: PgPool,
+    /// Broker components (publisher, consumers).
+    pub health: Health,
+}
+
+/// `GET /healthz` (the process answers) and `GET /readyz` (200 only while the database and the
+/// broker are reachable; 503 with the failing checks otherwise).
+pub fn health_routes(readiness: Readiness) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(readyz))
+        .with_state(readiness)
+}
+
+async fn readyz(State(readiness): State<Readiness>) -> Response {
+    let db_ok = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&readiness.db),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    let mut checks = serde_json::Map::new();
+    checks.insert("database".to_owned(), db_ok.into());
+    let mut ready = db_ok;
+    for (component, up) in readiness.health.snapshot() {
+        ready &= up;
+        checks.insert(component, up.into());
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": checks });
+    (status, Json(body)).into_response()
+}
+
+/// Adds the body size limit every service uses.
+pub fn with_limits(router: Router) -> Router {
+    router.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// Binds `addr` (port 0 picks a free port) and logs the bound address.
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).await?;
+    info!(addr = %listener.local_addr()?, "listening");
+    Ok(listener)
+}
+
+/// Serves `router` on `listener` until `shutdown`, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

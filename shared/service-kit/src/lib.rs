@@ -1,0 +1,22 @@
+//! What every service of the system shares, so that whoever knows one service knows all three.
+//!
+//! Library code here never reads the environment: `main` parses the command line (with `clap`,
+//! whose `env` attributes make every setting an environment variable too) and passes typed
+//! settings down.
+//!
+//! # Layout
+//! - [`app`]: start-up (database, broker, listener) and the serve-then-drain run loop.
+//! - [`config`]: command-line/environment settings shared by the services.
+//! - [`db`]: create the service's database if missing, migrate it, pool it; classify errors.
+//! - [`http`]: the JSON error type, extractors that answer bad input in JSON, health routes, serving.
+//! - [`telemetry`]: logging set-up.
+//! - [`shutdown`]: the signal that starts a graceful shutdown.
+//! - [`fault`]: test-only crash points, switched on by an environment variable.
+
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod fault;
+pub mod http;
+pub mod shutdown;
+pub mod telemetry;
