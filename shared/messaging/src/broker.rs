@@ -83,6 +83,9 @@ struct Inner {
     publish: Pool,
     consume: Pool,
     health: Health,
+    /// Declarations from several consumers of one process run one at a time: RabbitMQ can fail
+    /// concurrent declarations of the same quorum queue with a connection-level error.
+    declaring: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -105,6 +108,7 @@ impl Broker {
                 publish,
                 consume,
                 health,
+                declaring: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -166,7 +170,7 @@ impl Broker {
     /// Declares exchanges, queues and bindings on a fresh channel. Declarations are idempotent.
     pub async fn declare(&self, declarations: &Declarations) -> Result<(), BrokerError> {
         let channel = self.open_channel(Role::Consume).await?;
-        declare_on(&channel, declarations).await?;
+        self.declare_on(&channel, declarations).await?;
         // Closing can only fail if the channel is already gone, which changes nothing here.
         let _ = channel.close(200, "declared".into()).await;
         Ok(())
@@ -179,11 +183,19 @@ impl Broker {
     }
 }
 
-/// Declares `declarations` on `channel`.
-pub(crate) async fn declare_on(
-    channel: &Channel,
-    declarations: &Declarations,
-) -> Result<(), lapin::Error> {
+impl Broker {
+    /// Declares `declarations` on `channel`, one declaring channel at a time.
+    pub(crate) async fn declare_on(
+        &self,
+        channel: &Channel,
+        declarations: &Declarations,
+    ) -> Result<(), lapin::Error> {
+        let _one_at_a_time = self.inner.declaring.lock().await;
+        declare_all(channel, declarations).await
+    }
+}
+
+async fn declare_all(channel: &Channel, declarations: &Declarations) -> Result<(), lapin::Error> {
     for exchange in &declarations.exchanges {
         let kind = match exchange.kind {
             ExchangeKind::Direct => LapinExchangeKind::Direct,

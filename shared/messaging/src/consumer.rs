@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backoff::Backoff;
-use crate::broker::{Broker, BrokerError, Role, declare_on};
+use crate::broker::{Broker, BrokerError, Role};
 use crate::publisher::{Outgoing, Publisher};
 
 /// A received message, without its acker: the supervisor acks according to the handler's
@@ -225,7 +225,7 @@ async fn consume_once<H: Handler>(
     channel
         .basic_qos(spec.prefetch, BasicQosOptions::default())
         .await?;
-    declare_on(&channel, &spec.declarations).await?;
+    broker.declare_on(&channel, &spec.declarations).await?;
     let mut consumer = channel
         .basic_consume(
             spec.queue.as_str().into(),
