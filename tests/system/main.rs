@@ -1,1 +1,15 @@
+//! System tests: the real service binaries against a real RabbitMQ and PostgreSQL. Each test
+//! has its own vhost and databases (see `helpers`), so tests run in parallel and leave nothing
+//! behind.
 
+// A test fails by panicking: unwrap and expect are how it says what went wrong.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// A test binary exports nothing; `pub` marks what the test modules share.
+#![allow(unreachable_pub)]
+
+mod helpers;
+
+mod contention;
+mod many_orders;
+mod orders;
+mod redelivery;

@@ -1,0 +1,391 @@
+//! Per-test broker and databases, the service binaries, and cleanup.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::OnceCell;
+
+/// Test resources older than this are left-overs of runs that were killed; any test run
+/// removes them.
+const STALE_AFTER: Duration = Duration::from_secs(3600);
+/// Every per-test vhost and database name starts with this.
+const NAME_PREFIX: &str = "sys_";
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.to_owned())
+}
+
+fn amqp_base() -> String {
+    env_or("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
+}
+
+fn management_url() -> reqwest::Url {
+    reqwest::Url::parse(&env_or(
+        "TEST_RABBITMQ_MANAGEMENT_URL",
+        "http://guest:guest@127.0.0.1:15672",
+    ))
+    .expect("TEST_RABBITMQ_MANAGEMENT_URL is a URL")
+}
+
+fn database_base() -> String {
+    env_or("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432")
+}
+
+/// The RabbitMQ management API, for vhosts, queues and connections.
+#[derive(Clone, Debug)]
+pub struct Management {
+    base: reqwest::Url,
+    user: String,
+    password: String,
+    http: reqwest::Client,
+}
+
+impl Management {
+    /// The management API from `TEST_RABBITMQ_MANAGEMENT_URL`.
+    pub fn new() -> Self {
+        let url = management_url();
+        let user = url.username().to_owned();
+        let password = url.password().unwrap_or_default().to_owned();
+        let mut base = url;
+        base.set_username("").ok();
+        base.set_password(None).ok();
+        Self {
+            base,
+            user,
+            password,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}api/{path}", self.base)
+    }
+
+    /// `GET /api/<path>` as JSON.
+    pub async fn get(&self, path: &str) -> Value {
+        let response = self
+            .http
+            .get(self.url(path))
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .expect("management API reachable (is rabbitmq_management enabled?)");
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response.json().await.expect("management API JSON")
+    }
+
+    async fn put(&self, path: &str, body: Value) {
+        let response = self
+            .http
+            .put(self.url(path))
+            .basic_auth(&self.user, Some(&self.password))
+            .json(&body)
+            .send()
+            .await
+            .expect("management API reachable (is rabbitmq_management enabled?)");
+        assert!(
+            response.status().is_success(),
+            "PUT {path}: {}",
+            response.status()
+        );
+    }
+
+    /// `DELETE /api/<path>`; a missing resource is fine.
+    pub async fn delete(&self, path: &str) {
+        let _ = self
+            .http
+            .delete(self.url(path))
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await;
+    }
+
+    /// The queues of `vhost`.
+    pub async fn queues(&self, vhost: &str) -> Vec<Value> {
+        self.get(&format!("queues/{}", encode(vhost)))
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Messages ready in a queue of `vhost` (0 if the queue does not exist).
+    pub async fn ready_messages(&self, vhost: &str, queue: &str) -> i64 {
+        self.queues(vhost)
+            .await
+            .iter()
+            .find(|q| q["name"] == queue)
+            .and_then(|q| q["messages_ready"].as_i64())
+            .unwrap_or(0)
+    }
+}
+
+/// Percent-encodes a path segment.
+pub fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The vhost and databases of one test.
+pub struct Infra {
+    /// Unique name: `sys_<unix seconds>_<random>`.
+    pub id: String,
+    /// The vhost (named like the test).
+    pub vhost: String,
+    /// AMQP URL of the vhost.
+    pub amqp_url: String,
+    /// Management API.
+    pub management: Management,
+    order_db: OnceCell<PgPool>,
+    store_db: OnceCell<PgPool>,
+    delivery_db: OnceCell<PgPool>,
+}
+
+impl Infra {
+    /// Creates the vhost (the databases are created by the services). Removes left-overs of
+    /// killed runs first, once per test process.
+    pub async fn create() -> Self {
+        static JANITOR: OnceCell<()> = OnceCell::const_new();
+        let management = Management::new();
+        JANITOR.get_or_init(|| remove_stale(&management)).await;
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let id = format!("{NAME_PREFIX}{secs}_{:08x}", rand::rng().random::<u32>());
+        management.put(&format!("vhosts/{id}"), json!({})).await;
+        management
+            .put(
+                &format!("permissions/{id}/{}", management.user),
+                json!({ "configure": ".*", "write": ".*", "read": ".*" }),
+            )
+            .await;
+        Self {
+            amqp_url: format!("{}/{id}", amqp_base()),
+            vhost: id.clone(),
+            id,
+            management,
+            order_db: OnceCell::new(),
+            store_db: OnceCell::new(),
+            delivery_db: OnceCell::new(),
+        }
+    }
+
+    /// The database URL of a service (`order`, `store` or `delivery`).
+    pub fn database_url(&self, service: &str) -> String {
+        format!("{}/{}_{service}", database_base(), self.id)
+    }
+
+    /// The environment that points a service at this test's broker and databases.
+    pub fn service_env(&self, service: &str) -> Vec<(String, String)> {
+        let upper = service.to_uppercase();
+        vec![
+            ("AMQP_URL".into(), format!("{}?heartbeat=5", self.amqp_url)),
+            (format!("{upper}_DATABASE_URL"), self.database_url(service)),
+            (format!("{upper}_HTTP_ADDR"), "127.0.0.1:0".into()),
+            ("LOG_FORMAT".into(), "json".into()),
+            // Tests run in parallel against one PostgreSQL (100 connections by default).
+            ("DATABASE_POOL_SIZE".into(), "6".into()),
+            ("RUST_LOG".into(), "info".into()),
+        ]
+    }
+
+    async fn pool(&self, service: &str) -> &PgPool {
+        let cell = match service {
+            "order" => &self.order_db,
+            "store" => &self.store_db,
+            _ => &self.delivery_db,
+        };
+        cell.get_or_init(|| async {
+            PgPoolOptions::new()
+                .max_connections(2)
+                .connect(&self.database_url(service))
+                .await
+                .expect("test database reachable")
+        })
+        .await
+    }
+
+    /// The order database.
+    pub async fn order_db(&self) -> &PgPool {
+        self.pool("order").await
+    }
+
+    /// The store database.
+    pub async fn store_db(&self) -> &PgPool {
+        self.pool("store").await
+    }
+
+    /// The delivery database.
+    pub async fn delivery_db(&self) -> &PgPool {
+        self.pool("delivery").await
+    }
+
+    /// The audit of this test's databases, with a short grace.
+    pub async fn audit(&self) -> audit::Report {
+        let db = audit::Databases {
+            order: self.order_db().await.clone(),
+            store: self.store_db().await.clone(),
+            delivery: self.delivery_db().await.clone(),
+        };
+        audit::audit(&db, Duration::from_secs(5))
+            .await
+            .expect("audit ran")
+    }
+
+    /// Packets and agents currently reserved.
+    pub async fn reserved_counts(&self) -> (i64, i64) {
+        let count = |pool: PgPool, table: &'static str| async move {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM {table} WHERE state = 'reserved'"
+            )))
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+        };
+        (
+            count(self.store_db().await.clone(), "packets").await,
+            count(self.delivery_db().await.clone(), "agents").await,
+        )
+    }
+
+    /// Orders by state.
+    pub async fn order_states(&self) -> std::collections::HashMap<String, i64> {
+        sqlx::query_as::<_, (String, i64)>("SELECT state, count(*) FROM orders GROUP BY state")
+            .fetch_all(self.order_db().await)
+            .await
+            .expect("order states")
+            .into_iter()
+            .collect()
+    }
+}
+
+impl Drop for Infra {
+    fn drop(&mut self) {
+        let id = self.id.clone();
+        // Drop runs inside the test's runtime, which is blocked while this waits: clean up on a
+        // thread with a runtime of its own, and with clients of its own (a pooled connection of
+        // the test's HTTP client is driven by the test's runtime, and would never answer).
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let management = Management::new();
+                management.delete(&format!("vhosts/{id}")).await;
+                drop_databases(&format!("{id}_")).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn admin_pool() -> Option<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("{}/postgres", database_base()))
+        .await
+        .ok()
+}
+
+/// Drops every database whose name starts with `prefix`.
+async fn drop_databases(prefix: &str) {
+    let Some(admin) = admin_pool().await else {
+        return;
+    };
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+            .bind(prefix)
+            .fetch_all(&admin)
+            .await
+            .unwrap_or_default();
+    for name in names {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await;
+    }
+    admin.close().await;
+}
+
+/// Whether a `sys_<secs>_...` name is older than [`STALE_AFTER`].
+fn is_stale(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(NAME_PREFIX) else {
+        return false;
+    };
+    let Some(secs) = rest.split('_').next().and_then(|s| s.parse::<u64>().ok()) else {
+        return false;
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    now.saturating_sub(secs) > STALE_AFTER.as_secs()
+}
+
+async fn remove_stale(management: &Management) {
+    let vhosts = management.get("vhosts").await;
+    for vhost in vhosts.as_array().into_iter().flatten() {
+        if let Some(name) = vhost["name"].as_str()
+            && is_stale(name)
+        {
+            management.delete(&format!("vhosts/{}", encode(name))).await;
+        }
+    }
+    let Some(admin) = admin_pool().await else {
+        return;
+    };
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, 'sys_')")
+            .fetch_all(&admin)
+            .await
+            .unwrap_or_default();
+    admin.close().await;
+    for name in names.into_iter().filter(|n| is_stale(n)) {
+        drop_databases(&name).await;
+    }
+}
+
+/// The path of a service binary, built (once per test process) with the same profile as the
+/// tests, so a test never runs a stale binary.
+pub fn binary(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        // target/<profile>/deps/system-<hash> → target/<profile>
+        let exe = std::env::current_exe().expect("test executable path");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target directory")
+            .to_path_buf();
+        let mut cargo = std::process::Command::new(env!("CARGO"));
+        cargo.args(["build", "--workspace", "--bins"]);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            cargo.arg("--release");
+        }
+        let status = cargo.status().expect("cargo runs");
+        assert!(status.success(), "building the service binaries failed");
+        dir
+    });
+    dir.join(name)
+}

@@ -1,0 +1,257 @@
+//! The harness of the system tests: each test gets its own RabbitMQ virtual host and its own
+//! three databases, runs the real service binaries against them (on port 0), and removes
+//! everything when it ends, even when it fails.
+//!
+//! Settings (environment variables, with local defaults):
+//! - `TEST_AMQP_URL`: the broker without a vhost (`amqp://guest:guest@127.0.0.1:5672`).
+//! - `TEST_RABBITMQ_MANAGEMENT_URL`: the management API (`http://guest:guest@127.0.0.1:15672`),
+//!   used to create and delete the per-test vhost.
+//! - `TEST_DATABASE_URL`: the PostgreSQL server (`postgres://postgres@127.0.0.1:5432`).
+//! - `TEST_LOG=1`: print the services' logs as the test runs (they are printed anyway when a
+//!   test fails).
+
+// Helpers serve every test module; not every module uses every helper.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod infra;
+pub mod service;
+
+use std::future::Future;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+pub use infra::Infra;
+pub use service::Service;
+
+/// A whole system under test: its own vhost, its own databases, three running services.
+pub struct TestSystem {
+    /// Broker and databases of this test.
+    pub infra: Infra,
+    /// The order service (coordinator).
+    pub order: Service,
+    /// The store service.
+    pub store: Service,
+    /// The delivery service.
+    pub delivery: Service,
+    http: reqwest::Client,
+}
+
+/// Environment for the services of a test, on top of the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// For every service.
+    pub all: Vec<(String, String)>,
+    /// For the order service only.
+    pub order: Vec<(String, String)>,
+    /// For the store only.
+    pub store: Vec<(String, String)>,
+    /// For delivery only.
+    pub delivery: Vec<(String, String)>,
+}
+
+impl Options {
+    /// Sets `key` for every service.
+    pub fn all(mut self, key: &str, value: &str) -> Self {
+        self.all.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Sets `key` for the order service.
+    pub fn order(mut self, key: &str, value: &str) -> Self {
+        self.order.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Sets `key` for the store.
+    pub fn store(mut self, key: &str, value: &str) -> Self {
+        self.store.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Sets `key` for delivery.
+    pub fn delivery(mut self, key: &str, value: &str) -> Self {
+        self.delivery.push((key.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+impl TestSystem {
+    /// A system with default settings, started and ready.
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    /// A system with extra settings, started and ready.
+    pub async fn start_with(options: Options) -> Self {
+        let infra = Infra::create().await;
+        let mut system = Self::new_stopped(infra, options);
+        // The participants first: they declare the command queues the coordinator sends to.
+        tokio::join!(system.store.start(), system.delivery.start());
+        system.order.start().await;
+        system
+    }
+
+    /// The services of a system, configured but not started.
+    pub fn new_stopped(infra: Infra, options: Options) -> Self {
+        let env = |name: &str, own: &[(String, String)]| {
+            let mut env = infra.service_env(name);
+            env.extend(options.all.iter().cloned());
+            env.extend(own.iter().cloned());
+            env
+        };
+        Self {
+            order: Service::new("order-service", env("order", &options.order)),
+            store: Service::new("store-service", env("store", &options.store)),
+            delivery: Service::new("delivery-service", env("delivery", &options.delivery)),
+            infra,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    /// A request to `service`; returns the status and the JSON body (`Null` if none).
+    pub async fn request(
+        &self,
+        service: &Service,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, service.url(path));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let text = response.text().await.expect("response body");
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+        };
+        (status, json)
+    }
+
+    /// POST JSON.
+    pub async fn post(&self, service: &Service, path: &str, body: Value) -> (StatusCode, Value) {
+        self.request(service, reqwest::Method::POST, path, Some(&body))
+            .await
+    }
+
+    /// GET.
+    pub async fn get(&self, service: &Service, path: &str) -> (StatusCode, Value) {
+        self.request(service, reqwest::Method::GET, path, None)
+            .await
+    }
+
+    /// The raw HTTP client, for requests the helpers do not cover.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Creates a food with `packets` packets; returns its id.
+    pub async fn create_food(&self, name: &str, packets: i64) -> i64 {
+        let (status, body) = self
+            .post(
+                &self.store,
+                "/foods",
+                json!({ "name": name, "packets": packets }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_i64().expect("food id")
+    }
+
+    /// Creates `count` agents; returns their ids.
+    pub async fn create_agents(&self, count: i64) -> Vec<i64> {
+        let (status, body) = self
+            .post(&self.delivery, "/agents", json!({ "count": count }))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|v| v.as_i64().expect("id"))
+            .collect()
+    }
+
+    /// Places an order for `food_id`.
+    pub async fn place_order(&self, food_id: i64) -> (StatusCode, Value) {
+        self.post(
+            &self.order,
+            "/orders",
+            json!({ "food_id": food_id, "customer_id": "c-42" }),
+        )
+        .await
+    }
+
+    /// A food's counts.
+    pub async fn food(&self, id: i64) -> Value {
+        let (status, body) = self.get(&self.store, &format!("/foods/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// Agent counts.
+    pub async fn agents_summary(&self) -> Value {
+        let (status, body) = self.get(&self.delivery, "/agents/summary").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// Runs the audit on the three databases.
+    pub async fn audit(&self) -> audit::Report {
+        self.infra.audit().await
+    }
+
+    /// Waits until the audit is clean (things in flight settle), or fails with its report.
+    pub async fn assert_audit_clean(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let report = self.audit().await;
+            if report.is_clean() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "audit not clean after {timeout:?}: {report:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until no packet and no agent is reserved.
+    pub async fn assert_nothing_reserved(&self, timeout: Duration) {
+        eventually("nothing reserved", timeout, || async {
+            self.infra.reserved_counts().await == (0, 0)
+        })
+        .await;
+    }
+}
+
+/// Polls `condition` until it holds, failing the test after `timeout`. The waiting is on a
+/// condition with a deadline, never a fixed sleep.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,232 @@
+//! One service process under test.
+
+use std::net::SocketAddr;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+use super::eventually;
+use super::infra::binary;
+
+/// Log lines kept per service (the last ones are printed when a test fails).
+const KEPT_LINES: usize = 5_000;
+
+/// A service binary, started and stopped by the test.
+pub struct Service {
+    /// The binary's name.
+    pub name: &'static str,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    addr: Option<SocketAddr>,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Service {
+    /// A service that will run with `env`.
+    pub fn new(name: &'static str, env: Vec<(String, String)>) -> Self {
+        Self {
+            name,
+            env,
+            child: None,
+            addr: None,
+            logs: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Sets (or replaces) an environment variable for the next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Removes an environment variable for the next start.
+    pub fn remove_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
+    /// Starts the process and waits until it listens and reports ready.
+    pub async fn start(&mut self) {
+        self.spawn().await;
+        self.wait_ready(Duration::from_secs(60)).await;
+    }
+
+    /// Starts the process and waits until it listens (not until it is ready).
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let mut command = Command::new(binary(self.name));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("service binary starts");
+        let (addr_tx, addr_rx) = oneshot::channel();
+        let mut addr_tx = Some(addr_tx);
+        let name = self.name;
+        let echo = std::env::var("TEST_LOG").is_ok_and(|v| !v.is_empty() && v != "0");
+        if let Some(stdout) = child.stdout.take() {
+            let logs = Arc::clone(&self.logs);
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(addr) = listening_addr(&line)
+                        && let Some(tx) = addr_tx.take()
+                    {
+                        let _ = tx.send(addr);
+                    }
+                    keep(&logs, name, line, echo);
+                }
+            });
+        }
+        if let Some(stderr) = child.stderr.take() {
+            let logs = Arc::clone(&self.logs);
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    keep(&logs, name, line, echo);
+                }
+            });
+        }
+        self.child = Some(child);
+        let addr = tokio::time::timeout(Duration::from_secs(60), addr_rx)
+            .await
+            .unwrap_or_else(|_| panic!("{} did not start listening: {}", self.name, self.tail(50)))
+            .unwrap_or_else(|_| panic!("{} exited before listening: {}", self.name, self.tail(50)));
+        self.addr = Some(addr);
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let url = self.url("/readyz");
+        let client = reqwest::Client::new();
+        eventually(&format!("{} ready", self.name), timeout, || async {
+            client
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+    }
+
+    /// Whether `/readyz` answers 200 right now.
+    pub async fn is_ready(&self) -> bool {
+        reqwest::Client::new()
+            .get(self.url("/readyz"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+
+    /// The URL of `path` on this service.
+    pub fn url(&self, path: &str) -> String {
+        let addr = self
+            .addr
+            .unwrap_or_else(|| panic!("{} not started", self.name));
+        format!("http://{addr}{path}")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .and_then(Child::id)
+            .unwrap_or_else(|| panic!("{} not running", self.name))
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `TERM`, …) with `kill`.
+    pub async fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .await
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {}", self.name);
+    }
+
+    /// `kill -9`, and waits for the process to be gone.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+        self.addr = None;
+    }
+
+    /// SIGTERM (graceful shutdown), and waits for the exit.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM").await;
+        self.wait_exit(Duration::from_secs(30)).await
+    }
+
+    /// Waits for the process to exit by itself (e.g. at a fault point).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("{} not running", self.name));
+        let status = tokio::time::timeout(timeout, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit within {timeout:?}", self.name))
+            .expect("wait for exit");
+        self.addr = None;
+        status
+    }
+
+    /// Whether any log line contains `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.logs
+            .lock()
+            .map(|l| l.iter().any(|line| line.contains(needle)))
+            .unwrap_or(false)
+    }
+
+    /// The last `n` log lines.
+    pub fn tail(&self, n: usize) -> String {
+        self.logs
+            .lock()
+            .map(|l| l[l.len().saturating_sub(n)..].join("\n"))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "----- last log lines of {} -----\n{}",
+                self.name,
+                self.tail(150)
+            );
+        }
+    }
+}
+
+fn keep(logs: &Mutex<Vec<String>>, name: &str, line: String, echo: bool) {
+    if echo {
+        eprintln!("[{name}] {line}");
+    }
+    if let Ok(mut logs) = logs.lock() {
+        if logs.len() >= KEPT_LINES {
+            logs.drain(..KEPT_LINES / 2);
+        }
+        logs.push(line);
+    }
+}
+
+/// The address in the service's `listening` log line (JSON logs).
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    if value["message"] != "listening" {
+        return None;
+    }
+    value["addr"].as_str()?.parse().ok()
+}

@@ -1,0 +1,220 @@
+//! Single orders: placed, not placed for each reason, and bad input.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::TestSystem;
+
+const SETTLE: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn an_order_is_placed_when_a_packet_and_an_agent_are_assigned() {
+    let system = TestSystem::start().await;
+    let food = system.create_food("Masala Dosa", 3).await;
+    system.create_agents(2).await;
+
+    let (status, body) = system.place_order(food).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["status"], "placed");
+    assert_eq!(body["food_id"], food);
+    let order_id = body["order_id"].as_str().expect("order id").to_owned();
+    let packet = body["packet_id"].as_i64().expect("packet id");
+    let agent = body["agent_id"].as_i64().expect("agent id");
+
+    let (_, packet_view) = system
+        .get(&system.store, &format!("/packets/{packet}"))
+        .await;
+    assert_eq!(packet_view["state"], "assigned");
+    assert_eq!(packet_view["order_id"], order_id.as_str());
+    assert_eq!(packet_view["food_id"], food);
+    let (_, agent_view) = system
+        .get(&system.delivery, &format!("/agents/{agent}"))
+        .await;
+    assert_eq!(agent_view["state"], "assigned");
+    assert_eq!(agent_view["order_id"], order_id.as_str());
+
+    let stock = system.food(food).await;
+    assert_eq!(
+        (&stock["available"], &stock["reserved"], &stock["assigned"]),
+        (&json!(2), &json!(0), &json!(1))
+    );
+    let agents = system.agents_summary().await;
+    assert_eq!(
+        (
+            &agents["available"],
+            &agents["reserved"],
+            &agents["assigned"]
+        ),
+        (&json!(1), &json!(0), &json!(1))
+    );
+
+    let (status, again) = system
+        .get(&system.order, &format!("/orders/{order_id}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again, body, "GET answers what POST answered");
+    system.assert_audit_clean(SETTLE).await;
+}
+
+#[tokio::test]
+async fn no_packet_left_means_not_placed_and_the_agent_is_freed() {
+    let system = TestSystem::start().await;
+    let food = system.create_food("Idli", 0).await;
+    system.create_agents(1).await;
+
+    let (status, body) = system.place_order(food).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["status"], "not_placed");
+    assert_eq!(body["reason"], "food_unavailable");
+
+    system.assert_nothing_reserved(SETTLE).await;
+    let agents = system.agents_summary().await;
+    assert_eq!(agents["available"], 1, "{agents}");
+    assert_eq!(agents["assigned"], 0, "{agents}");
+    system.assert_audit_clean(SETTLE).await;
+}
+
+#[tokio::test]
+async fn no_agent_left_means_not_placed_and_the_packet_is_freed() {
+    let system = TestSystem::start().await;
+    let food = system.create_food("Vada", 2).await;
+
+    let (status, body) = system.place_order(food).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["status"], "not_placed");
+    assert_eq!(body["reason"], "agent_unavailable");
+
+    system.assert_nothing_reserved(SETTLE).await;
+    let stock = system.food(food).await;
+    assert_eq!(stock["available"], 2, "{stock}");
+    assert_eq!(stock["assigned"], 0, "{stock}");
+    system.assert_audit_clean(SETTLE).await;
+}
+
+#[tokio::test]
+async fn an_unknown_food_is_not_placed() {
+    let system = TestSystem::start().await;
+    system.create_agents(1).await;
+
+    let (status, body) = system.place_order(987_654).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["reason"], "unknown_food");
+    system.assert_nothing_reserved(SETTLE).await;
+    assert_eq!(system.agents_summary().await["available"], 1);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_json_error_and_changes_nothing() {
+    let system = TestSystem::start().await;
+    let food = system.create_food("Upma", 1).await;
+    system.create_agents(1).await;
+    let http = system.http();
+
+    // Malformed JSON: 400.
+    let response = http
+        .post(system.order.url("/orders"))
+        .header("content-type", "application/json")
+        .body("{\"food_id\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["error"].is_string(), "{body}");
+
+    // Not JSON at all: 415.
+    let response = http
+        .post(system.order.url("/orders"))
+        .body("food_id=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // Wrong types, missing fields, unknown fields, invalid values: 422.
+    for body in [
+        json!({ "food_id": "one", "customer_id": "c" }),
+        json!({ "customer_id": "c" }),
+        json!({ "food_id": food }),
+        json!({ "food_id": food, "customer_id": "c", "extra": true }),
+        json!({ "food_id": -1, "customer_id": "c" }),
+        json!({ "food_id": food, "customer_id": "   " }),
+    ] {
+        let (status, answer) = system.post(&system.order, "/orders", body.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body} → {answer}"
+        );
+        assert!(answer["error"].is_string(), "{answer}");
+    }
+    for (path, body) in [
+        ("/foods", json!({ "name": "x", "packets": -5 })),
+        ("/foods", json!({ "name": "", "packets": 1 })),
+        ("/foods", json!({ "packets": 1 })),
+        (
+            &format!("/foods/{food}/packets") as &str,
+            json!({ "count": 0 }),
+        ),
+        (
+            &format!("/foods/{food}/packets"),
+            json!({ "count": "many" }),
+        ),
+    ] {
+        let (status, answer) = system.post(&system.store, path, body.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path} {body} → {answer}"
+        );
+    }
+    for body in [
+        json!({ "count": 0 }),
+        json!({ "count": -3 }),
+        json!({ "count": 2, "names": ["only one"] }),
+        json!({}),
+    ] {
+        let (status, answer) = system.post(&system.delivery, "/agents", body.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body} → {answer}"
+        );
+    }
+
+    // Unknown ids: 404; malformed ids: 400.
+    let unknown = uuid::Uuid::now_v7();
+    for (service, path) in [
+        (&system.order, format!("/orders/{unknown}")),
+        (&system.store, "/foods/424242".to_owned()),
+        (&system.store, "/packets/424242".to_owned()),
+        (&system.delivery, "/agents/424242".to_owned()),
+    ] {
+        let (status, answer) = system.get(service, &path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path} → {answer}");
+        assert!(answer["error"].is_string(), "{answer}");
+    }
+    let (status, _) = system
+        .post(
+            &system.store,
+            "/foods/424242/packets",
+            json!({ "count": 1 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, answer) = system.get(&system.order, "/orders/not-a-uuid").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+
+    // Nothing was created or changed.
+    assert!(system.infra.order_states().await.is_empty());
+    let stock = system.food(food).await;
+    assert_eq!(
+        (&stock["available"], &stock["assigned"]),
+        (&json!(1), &json!(0))
+    );
+    let (_, foods) = system.get(&system.store, "/foods").await;
+    assert_eq!(foods.as_array().map(Vec::len), Some(1), "{foods}");
+    assert_eq!(system.agents_summary().await["available"], 1);
+}

@@ -1,0 +1,135 @@
+//! A command delivered twice changes state once and gets the same reply.
+
+use protocol::command::{
+    AgentRequest, Assign, AssignReply, Command, PacketLine, PacketRequest, Release, ReleaseReason,
+    ReleaseReply, Reply, ReserveReply,
+};
+use protocol::envelope::TxnEnvelope;
+use protocol::ids::{FoodId, ItemId, OrderId, TxnId};
+use protocol::topology::Participant;
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::helpers::TestSystem;
+use crate::helpers::client::CommandClient;
+
+/// Rows of `table` in `state` held by `txn`.
+async fn held(pool: &PgPool, table: &str, txn: TxnId, state: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {table} WHERE txn_id = $1 AND state = $2"
+    )))
+    .bind(txn.0)
+    .bind(state)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn twice<R: Serialize + Clone>(
+    client: &CommandClient,
+    to: Participant,
+    order: OrderId,
+    txn: TxnId,
+    command: Command<R>,
+) -> Reply {
+    let envelope = TxnEnvelope::txn(order, txn, command);
+    let first = client.call(to, &envelope).await;
+    let second = client.call(to, &envelope).await;
+    assert_eq!(
+        first, second,
+        "the redelivered {to} command got another reply"
+    );
+    first
+}
+
+async fn check<R: Serialize + Clone>(
+    system: &TestSystem,
+    client: &CommandClient,
+    to: Participant,
+    table: &str,
+    pool: &PgPool,
+    reserve: R,
+) {
+    // Reserve twice: one item held, the same reply.
+    let (order, txn) = (OrderId::new(), TxnId::new());
+    let reply = twice(client, to, order, txn, Command::Reserve(reserve.clone())).await;
+    let Reply::ReserveReply(ReserveReply::Reserved { items, .. }) = reply else {
+        panic!("reserve: {reply:?}");
+    };
+    assert_eq!(items.len(), 1);
+    assert_eq!(held(pool, table, txn, "reserved").await, 1);
+
+    // Assign twice: assigned once, the same reply.
+    let assign: Command<R> = Command::Assign(Assign {
+        items: items.clone(),
+    });
+    let reply = twice(client, to, order, txn, assign).await;
+    assert_eq!(reply, Reply::AssignReply(AssignReply::Assigned { items }));
+    assert_eq!(held(pool, table, txn, "assigned").await, 1);
+
+    // Another transaction: reserve, then release twice: freed once, the same reply.
+    let (order, txn) = (OrderId::new(), TxnId::new());
+    let envelope = TxnEnvelope::txn(order, txn, Command::Reserve(reserve.clone()));
+    let reserved = client.call(to, &envelope).await;
+    let Reply::ReserveReply(ReserveReply::Reserved { items, .. }) = reserved.clone() else {
+        panic!("reserve: {reserved:?}");
+    };
+    let release: Command<R> = Command::Release(Release {
+        reason: ReleaseReason::Abort,
+    });
+    let reply = twice(client, to, order, txn, release).await;
+    assert_eq!(
+        reply,
+        Reply::ReleaseReply(ReleaseReply::Released {
+            items: items.clone()
+        })
+    );
+    let item: ItemId = items[0];
+    let state: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT state FROM {table} WHERE id = $1"
+    )))
+    .bind(item.0)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(state, "available");
+
+    // The reserve delivered again after the release: the recorded reply, nothing held.
+    assert_eq!(client.call(to, &envelope).await, reserved);
+    assert_eq!(held(pool, table, txn, "reserved").await, 0);
+    let _ = system;
+}
+
+#[tokio::test]
+async fn commands_delivered_twice_apply_once_and_reply_the_same() {
+    let system = TestSystem::start().await;
+    let food = system.create_food("Pongal", 5).await;
+    system.create_agents(5).await;
+    let client = CommandClient::connect(&system.infra).await;
+
+    let request = PacketRequest {
+        lines: vec![PacketLine {
+            food_id: FoodId(food),
+        }],
+    };
+    let store_db = system.infra.store_db().await.clone();
+    check(
+        &system,
+        &client,
+        Participant::Store,
+        "packets",
+        &store_db,
+        request,
+    )
+    .await;
+    let delivery_db = system.infra.delivery_db().await.clone();
+    check(
+        &system,
+        &client,
+        Participant::Delivery,
+        "agents",
+        &delivery_db,
+        AgentRequest {},
+    )
+    .await;
+}
