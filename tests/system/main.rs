@@ -9,7 +9,12 @@
 
 mod helpers;
 
+mod barrier;
 mod contention;
+mod crashes;
+mod expiry;
 mod many_orders;
 mod orders;
+mod outages;
+mod poison;
 mod redelivery;

@@ -9,7 +9,7 @@ use delivery_service::{Application, Config};
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     service_kit::telemetry::init(&config.log.log_filter, config.log.log_format);
-    service_kit::fault::arm(&config.fault.fault_points);
+    service_kit::fault::arm(&config.fault.fault_points)?;
     let shutdown = service_kit::shutdown::on_signal();
     let app = Application::build(config, shutdown)
         .await

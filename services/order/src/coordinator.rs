@@ -32,6 +32,7 @@ use service_kit::db::is_transient;
 use service_kit::fault;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -217,14 +218,20 @@ impl Coordinator {
             food_id,
             txn_id: TxnId::new(),
         };
-        let order = repo::insert(
+        let answer_by = Instant::now() + self.settings.response_budget;
+        // Even recording the order must not hold the client past the budget (a database that is
+        // down makes the pool wait). An insert that lands after we gave up leaves an order that
+        // recovery aborts once its lease runs out.
+        let insert = repo::insert(
             &self.pool,
             &new,
             self.settings.order_deadline,
             token,
             self.settings.lease,
-        )
-        .await?;
+        );
+        let order = tokio::time::timeout_at(answer_by, insert)
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
         self.deadlines.push(order.id);
         let (done, result) = oneshot::channel();
         let span = info_span!("order", order_id = %order.id);
@@ -239,7 +246,7 @@ impl Coordinator {
             }
             .instrument(span),
         );
-        match tokio::time::timeout(self.settings.response_budget, result).await {
+        match tokio::time::timeout_at(answer_by, result).await {
             Ok(Ok(order)) => Ok(order),
             _ => Ok(repo::load(&self.pool, order.id).await?.unwrap_or(order)),
         }
@@ -391,50 +398,17 @@ impl Coordinator {
             warn!("decided order without its items; leaving it to recovery");
             return Err(Stop::Interrupted);
         };
-        let give_up_at = reserved_until + chrono_duration(self.settings.phase2_grace);
-        let mut store: Option<bool> = None;
-        let mut delivery: Option<bool> = None;
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            let wait = self.settings.reply_timeout;
-            let (s, d) = tokio::join!(
-                async {
-                    match store {
-                        Some(done) => Some(done),
-                        None => {
-                            self.ask_assign(Participant::Store, order, packet.into(), wait)
-                                .await
-                        }
-                    }
-                },
-                async {
-                    match delivery {
-                        Some(done) => Some(done),
-                        None => {
-                            self.ask_assign(Participant::Delivery, order, agent.into(), wait)
-                                .await
-                        }
-                    }
-                },
-            );
-            (store, delivery) = (s, d);
-            if store == Some(false) || delivery == Some(false) {
-                break;
-            }
-            if store.is_some() && delivery.is_some() {
-                break;
-            }
-            if Utc::now() >= give_up_at {
-                warn!(
-                    ?store,
-                    ?delivery,
-                    "no assign answer before the reservations expired"
-                );
-                break;
-            }
-            self.keep_lease(order, token).await?;
-            self.pause(backoff.next_delay()).await?;
-        }
+        // After the reservations expire an assign can only be refused, so stop asking a little
+        // after that: a side that never answered is then compensated like a refusal.
+        let give_up_at = deadline_at(reserved_until + chrono_duration(self.settings.phase2_grace));
+        let (store, delivery) = self
+            .keeping_lease(order, token, async {
+                tokio::join!(
+                    self.ask_assign(Participant::Store, order, packet.into(), give_up_at),
+                    self.ask_assign(Participant::Delivery, order, agent.into(), give_up_at),
+                )
+            })
+            .await?;
         if store == Some(true) && delivery == Some(true) {
             return self
                 .record(order, Event::Assigned, Changes::default(), token)
@@ -451,24 +425,42 @@ impl Coordinator {
 
     /// Releases both sides (undoing any assignment) until both confirm, then `not_placed`.
     async fn compensate(&self, order: &Order, token: LeaseToken) -> Result<Order, Stop> {
-        let mut store = false;
-        let mut delivery = false;
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            let wait = self.settings.reply_timeout;
-            let (s, d) = tokio::join!(
-                async { store || self.ask_release(Participant::Store, order, wait).await },
-                async { delivery || self.ask_release(Participant::Delivery, order, wait).await },
-            );
-            (store, delivery) = (s, d);
-            if store && delivery {
-                break;
-            }
-            self.keep_lease(order, token).await?;
-            self.pause(backoff.next_delay()).await?;
+        // No deadline: "not placed" may only be said once nothing is assigned to the order.
+        let forever = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let (store, delivery) = self
+            .keeping_lease(order, token, async {
+                tokio::join!(
+                    self.ask_release(Participant::Store, order, forever),
+                    self.ask_release(Participant::Delivery, order, forever),
+                )
+            })
+            .await?;
+        if !(store && delivery) {
+            return Err(Stop::Interrupted);
         }
         self.record(order, Event::Compensated, Changes::default(), token)
             .await
+    }
+
+    /// Runs `work` while renewing the driver's lease in the background, so that a long phase 2
+    /// (a participant that is down) keeps the order with its driver. Stops if the lease is lost
+    /// or at shutdown.
+    async fn keeping_lease<T>(
+        &self,
+        order: &Order,
+        token: LeaseToken,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, Stop> {
+        tokio::pin!(work);
+        let mut renew = tokio::time::interval(self.settings.lease / 3);
+        renew.tick().await;
+        loop {
+            tokio::select! {
+                out = &mut work => return Ok(out),
+                _ = renew.tick() => self.keep_lease(order, token).await?,
+                () = self.shutdown.cancelled() => return Err(Stop::Interrupted),
+            }
+        }
     }
 
     // ----- talking to participants -----
@@ -505,16 +497,16 @@ impl Coordinator {
         }
     }
 
-    /// `Some(true)` assigned, `Some(false)` refused for good, `None` no answer (ask again).
+    /// `Some(true)` assigned, `Some(false)` refused for good, `None` no answer by `until`.
     async fn ask_assign(
         &self,
         to: Participant,
         order: &Order,
         item: ItemId,
-        wait: Duration,
+        until: Instant,
     ) -> Option<bool> {
         let command: Command<AgentRequest> = Command::Assign(Assign { items: vec![item] });
-        match self.call(to, order, command, wait).await? {
+        match self.call_until(to, order, command, until).await? {
             Reply::AssignReply(AssignReply::Assigned { .. }) => Some(true),
             Reply::AssignReply(AssignReply::Refused { reason }) => {
                 warn!(participant = %to, ?reason, "assign refused");
@@ -527,13 +519,13 @@ impl Coordinator {
         }
     }
 
-    /// True once the participant confirms the release.
-    async fn ask_release(&self, to: Participant, order: &Order, wait: Duration) -> bool {
+    /// True once the participant confirms the release (asked until `until`).
+    async fn ask_release(&self, to: Participant, order: &Order, until: Instant) -> bool {
         let command: Command<AgentRequest> = Command::Release(Release {
             reason: ReleaseReason::Compensate,
         });
         matches!(
-            self.call(to, order, command, wait).await,
+            self.call_until(to, order, command, until).await,
             Some(Reply::ReleaseReply(ReleaseReply::Released { .. }))
         )
     }
@@ -614,6 +606,43 @@ impl Coordinator {
         }
     }
 
+    /// Sends a command and waits for its reply until `until`, sending it again (the same message)
+    /// after `REPLY_TIMEOUT`, then with growing pauses. For phase 2 and compensation, where an
+    /// answer is needed however long the participant takes.
+    async fn call_until<R: Serialize>(
+        &self,
+        to: Participant,
+        order: &Order,
+        command: Command<R>,
+        until: Instant,
+    ) -> Option<Reply> {
+        let operation = command.operation();
+        let message = match self.outgoing(to, order, &command) {
+            Ok(message) => message,
+            Err(err) => {
+                warn!(participant = %to, %operation, error = %err, "cannot encode command");
+                return None;
+            }
+        };
+        let resend = Backoff::new(
+            self.settings.reply_timeout,
+            self.settings.reply_timeout * 10,
+        );
+        match self.rpc.call_until(message, resend, until).await {
+            Ok(incoming) => match incoming.decode::<protocol::envelope::TxnMessage<Reply>>() {
+                Ok(envelope) => Some(envelope.payload.message),
+                Err(err) => {
+                    warn!(participant = %to, %operation, error = %err, "unreadable reply");
+                    None
+                }
+            },
+            Err(err) => {
+                warn!(participant = %to, %operation, error = %err, "no reply");
+                None
+            }
+        }
+    }
+
     // ----- recording -----
 
     /// Records a transition, retrying database failures for a while. A lost lease stops the
@@ -684,6 +713,11 @@ fn is_ours_and_final(current: &Order, before: &Order, event: Event) -> bool {
     current.state.is_final()
         && current.txn_id == before.txn_id
         && crate::state::next(before.state, event).is_ok_and(|s| s == current.state)
+}
+
+/// The monotonic instant of a wall-clock time (now if it has passed).
+fn deadline_at(instant: DateTime<Utc>) -> Instant {
+    Instant::now() + time_until(instant)
 }
 
 fn time_until(instant: DateTime<Utc>) -> Duration {

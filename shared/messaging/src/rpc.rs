@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use protocol::ids::MessageId;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tracing::debug;
+
+use crate::backoff::Backoff;
 
 use crate::broker::BrokerError;
 use crate::consumer::{Disposition, Handler, Incoming};
@@ -18,10 +21,10 @@ pub enum RpcError {
     /// The request could not be published (and confirmed).
     #[error("request not published: {0}")]
     Publish(#[from] BrokerError),
-    /// No reply within the time given. The request may still be handled later; the late reply is
-    /// then dropped.
-    #[error("no reply within {0:?}")]
-    Timeout(Duration),
+    /// No reply in time. The request may still be handled later; the late reply is then
+    /// dropped.
+    #[error("no reply in time")]
+    Timeout,
 }
 
 type Waiters = Mutex<HashMap<MessageId, oneshot::Sender<Incoming>>>;
@@ -68,11 +71,43 @@ impl RpcClient {
         let exchange = async {
             self.publisher.publish(&request).await?;
             // The sender is only dropped with the waiter entry, which `_forget` keeps alive.
-            receiver.await.map_err(|_| RpcError::Timeout(timeout))
+            receiver.await.map_err(|_| RpcError::Timeout)
         };
         tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| RpcError::Timeout(timeout))?
+            .map_err(|_| RpcError::Timeout)?
+    }
+
+    /// Publishes `request` and waits for its reply until `deadline`, publishing the same message
+    /// (same message id) again whenever `backoff` says, in case it or its reply was lost. A reply
+    /// to any of the copies ends the wait: a slow participant's answer to an earlier copy is as
+    /// good as an answer to the latest. Cancel-safe.
+    pub async fn call_until(
+        &self,
+        request: Outgoing,
+        mut backoff: Backoff,
+        deadline: Instant,
+    ) -> Result<Incoming, RpcError> {
+        let id = request.message_id();
+        let (sender, mut receiver) = oneshot::channel();
+        self.waiters().insert(id, sender);
+        let _forget = Forget { client: self, id };
+        let request = request.reply_to(self.reply_to.clone());
+        loop {
+            if let Err(err) = self.publisher.publish(&request).await {
+                debug!(error = %err, "request not published; trying again");
+            }
+            let wait_until = (Instant::now() + backoff.next_delay()).min(deadline);
+            match tokio::time::timeout_at(wait_until, &mut receiver).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                // The sender lives in the waiter entry, which `_forget` keeps until we return.
+                Ok(Err(_)) => return Err(RpcError::Timeout),
+                Err(_) if Instant::now() >= deadline => {
+                    return Err(RpcError::Timeout);
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     /// Publishes `request` with this client's reply address, without waiting for the reply (it

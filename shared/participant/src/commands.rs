@@ -70,6 +70,10 @@ impl<I: Inventory> CommandHandler<I> {
         message: &Incoming,
         envelope: TxnEnvelope<Command<I::Request>>,
     ) -> Disposition {
+        if let Command::Assign(_) = envelope.message() {
+            // A worker that stalls between phase 1 and phase 2 (tests only).
+            service_kit::fault::pause("participant.before_assign").await;
+        }
         let reply = match self.apply_with_retry(&envelope).await {
             Ok(reply) => reply,
             Err(ApplyError::Invalid(reason)) => return Disposition::DeadLetter(reason),

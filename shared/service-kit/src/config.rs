@@ -110,8 +110,9 @@ pub struct LogArgs {
 /// Test-only settings.
 #[derive(clap::Args, Clone, Debug)]
 pub struct FaultArgs {
-    /// Crash points to arm, for fault-injection tests only: a comma-separated list of point
-    /// names; the process aborts when it reaches one. Never set this in production.
+    /// Fault points to arm, for fault-injection tests only: a comma-separated list of point
+    /// names (the process aborts when it reaches one) or `name=<duration>` (it stalls there).
+    /// Never set this in production.
     #[arg(
         long,
         env = "FAULT_POINTS",

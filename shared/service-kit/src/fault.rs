@@ -1,35 +1,70 @@
-//! Crash points for fault-injection tests.
+//! Fault points for fault-injection tests.
 //!
-//! `FAULT_POINTS=coordinator.after_commit_decision` makes the process abort (like `kill -9`:
-//! no destructors, no graceful shutdown) the first time it reaches that point. Unarmed points
-//! cost one read of a set that is empty in production.
+//! `FAULT_POINTS` is a comma-separated list. A bare name (`coordinator.after_commit_decision`)
+//! makes the process abort, like `kill -9` (no destructors, no graceful shutdown), when it
+//! reaches [`point`] with that name. `name=3s` makes [`pause`] with that name wait that long,
+//! like a worker that stalls. Unarmed points cost one lookup in a map that is empty in
+//! production.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::OnceLock;
+use std::time::Duration;
 
-static ARMED: OnceLock<HashSet<String>> = OnceLock::new();
-
-/// Arms the points named in `spec` (comma-separated). Call once, from `main`.
-pub fn arm(spec: &str) {
-    let points: HashSet<String> = spec
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if !points.is_empty() {
-        tracing::warn!(
-            ?points,
-            "fault points armed: this process will abort when it reaches them"
-        );
-    }
-    let _ = ARMED.set(points);
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Abort,
+    Pause(Duration),
 }
 
-/// Aborts the process if `name` is armed.
+static ARMED: OnceLock<HashMap<String, Fault>> = OnceLock::new();
+
+/// Why a fault spec was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid fault point {entry:?}: {reason}")]
+pub struct FaultSpecError {
+    entry: String,
+    reason: String,
+}
+
+/// Arms the points named in `spec`. Call once, from `main`.
+pub fn arm(spec: &str) -> Result<(), FaultSpecError> {
+    let mut points = HashMap::new();
+    for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, fault) = match entry.split_once('=') {
+            None => (entry, Fault::Abort),
+            Some((name, delay)) => {
+                let delay = humantime::parse_duration(delay).map_err(|e| FaultSpecError {
+                    entry: entry.to_owned(),
+                    reason: e.to_string(),
+                })?;
+                (name, Fault::Pause(delay))
+            }
+        };
+        points.insert(name.to_owned(), fault);
+    }
+    if !points.is_empty() {
+        tracing::warn!(?points, "fault points armed: for tests only");
+    }
+    let _ = ARMED.set(points);
+    Ok(())
+}
+
+fn armed(name: &str) -> Option<Fault> {
+    ARMED.get()?.get(name).copied()
+}
+
+/// Aborts the process if `name` is armed to abort.
 pub fn point(name: &str) {
-    if ARMED.get().is_some_and(|armed| armed.contains(name)) {
+    if let Some(Fault::Abort) = armed(name) {
         tracing::error!(point = name, "fault point reached: aborting");
         std::process::abort();
+    }
+}
+
+/// Waits if `name` is armed with a delay.
+pub async fn pause(name: &str) {
+    if let Some(Fault::Pause(delay)) = armed(name) {
+        tracing::warn!(point = name, ?delay, "fault point reached: pausing");
+        tokio::time::sleep(delay).await;
     }
 }

@@ -118,15 +118,53 @@ impl Management {
             .unwrap_or_default()
     }
 
-    /// Messages ready in a queue of `vhost` (0 if the queue does not exist).
-    pub async fn ready_messages(&self, vhost: &str, queue: &str) -> i64 {
-        self.queues(vhost)
-            .await
-            .iter()
-            .find(|q| q["name"] == queue)
-            .and_then(|q| q["messages_ready"].as_i64())
-            .unwrap_or(0)
+    /// Messages in a queue of `vhost` right now (up to 1,000), read with a non-destructive get
+    /// rather than from the statistics, which lag by seconds.
+    pub async fn count_messages(&self, vhost: &str, queue: &str) -> usize {
+        self.peek(vhost, queue, 1_000).await.len()
     }
+
+    /// Up to `count` messages of a queue, left in it (`ack_requeue_true`).
+    pub async fn peek(&self, vhost: &str, queue: &str, count: u32) -> Vec<Value> {
+        let response = self
+            .http
+            .post(self.url(&format!("queues/{}/{}/get", encode(vhost), encode(queue))))
+            .basic_auth(&self.user, Some(&self.password))
+            .json(&json!({ "count": count, "ackmode": "ack_requeue_true", "encoding": "auto" }))
+            .send()
+            .await
+            .expect("management API");
+        response
+            .json::<Value>()
+            .await
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// Removes every message of a queue.
+    pub async fn purge(&self, vhost: &str, queue: &str) {
+        self.delete(&format!(
+            "queues/{}/{}/contents",
+            encode(vhost),
+            encode(queue)
+        ))
+        .await;
+    }
+}
+
+/// Runs `rabbitmqctl` with `args` (the broker is on this machine in the test set-up).
+pub async fn rabbitmqctl(args: &[&str]) {
+    let output = tokio::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .await
+        .expect("rabbitmqctl runs");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// Percent-encodes a path segment.
@@ -263,6 +301,26 @@ impl Infra {
             count(self.store_db().await.clone(), "packets").await,
             count(self.delivery_db().await.clone(), "agents").await,
         )
+    }
+
+    /// Terminates every PostgreSQL backend connected to this test's databases (as an operator's
+    /// `pg_terminate_backend` would). Returns how many.
+    pub async fn terminate_backends(&self) -> i64 {
+        let admin = admin_pool().await.expect("admin connection");
+        let names: Vec<String> = ["order", "store", "delivery"]
+            .iter()
+            .map(|s| format!("{}_{s}", self.id))
+            .collect();
+        let n = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = ANY($1) AND pid <> pg_backend_pid()",
+        )
+        .bind(&names)
+        .fetch_one(&admin)
+        .await
+        .expect("terminate backends");
+        admin.close().await;
+        n
     }
 
     /// Orders by state.

@@ -15,13 +15,16 @@
 
 pub mod client;
 pub mod infra;
+pub mod load;
 pub mod service;
 
 use std::future::Future;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 use tokio::time::Instant;
 
 pub use infra::Infra;
@@ -38,6 +41,18 @@ pub struct TestSystem {
     /// The delivery service.
     pub delivery: Service,
     http: reqwest::Client,
+    // Dropped last (fields drop in order): held while the test runs.
+    _broker: BrokerShare,
+}
+
+/// Tests share one RabbitMQ node. Most tests only need their own vhost and share the node
+/// freely; a test that restarts the node takes it exclusively, waiting for the others to finish
+/// and holding back new ones while it runs.
+static BROKER: LazyLock<Arc<RwLock<()>>> = LazyLock::new(|| Arc::new(RwLock::new(())));
+
+enum BrokerShare {
+    Shared(OwnedRwLockReadGuard<()>),
+    Exclusive(OwnedRwLockWriteGuard<()>),
 }
 
 /// Environment for the services of a test, on top of the defaults.
@@ -51,6 +66,8 @@ pub struct Options {
     pub store: Vec<(String, String)>,
     /// For delivery only.
     pub delivery: Vec<(String, String)>,
+    /// The test restarts the RabbitMQ node: run it alone.
+    pub exclusive_broker: bool,
 }
 
 impl Options {
@@ -77,6 +94,27 @@ impl Options {
         self.delivery.push((key.to_owned(), value.to_owned()));
         self
     }
+
+    /// Runs this test alone on the broker (it restarts the node).
+    pub fn exclusive_broker(mut self) -> Self {
+        self.exclusive_broker = true;
+        self
+    }
+
+    /// Short timings, so that timeouts, leases, expiries and sweeps happen within a test.
+    pub fn fast() -> Self {
+        Self::default()
+            .order("ORDER_DEADLINE", "2s")
+            .order("RESPONSE_BUDGET", "3s")
+            .order("REPLY_TIMEOUT", "500ms")
+            .order("LEASE", "1s")
+            .order("PHASE2_GRACE", "2s")
+            .order("RECOVERY_INTERVAL", "300ms")
+            .all("RESERVATION_TTL", "4s")
+            .all("EXPIRY_GRACE", "500ms")
+            .all("SWEEP_INTERVAL", "300ms")
+            .all("TIMER_WINDOW", "50ms")
+    }
 }
 
 impl TestSystem {
@@ -87,16 +125,20 @@ impl TestSystem {
 
     /// A system with extra settings, started and ready.
     pub async fn start_with(options: Options) -> Self {
+        let broker = if options.exclusive_broker {
+            BrokerShare::Exclusive(Arc::clone(&BROKER).write_owned().await)
+        } else {
+            BrokerShare::Shared(Arc::clone(&BROKER).read_owned().await)
+        };
         let infra = Infra::create().await;
-        let mut system = Self::new_stopped(infra, options);
+        let mut system = Self::new_stopped(infra, options, broker);
         // The participants first: they declare the command queues the coordinator sends to.
         tokio::join!(system.store.start(), system.delivery.start());
         system.order.start().await;
         system
     }
 
-    /// The services of a system, configured but not started.
-    pub fn new_stopped(infra: Infra, options: Options) -> Self {
+    fn new_stopped(infra: Infra, options: Options, broker: BrokerShare) -> Self {
         let env = |name: &str, own: &[(String, String)]| {
             let mut env = infra.service_env(name);
             env.extend(options.all.iter().cloned());
@@ -112,7 +154,47 @@ impl TestSystem {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("http client"),
+            _broker: broker,
         }
+    }
+
+    /// Another order service (coordinator) on the same broker and database, not started.
+    pub fn another_order_service(&self) -> Service {
+        self.order.sibling()
+    }
+
+    /// Waits until every order in `outcomes` that got an id is final (asking `via`), and
+    /// returns the final bodies.
+    pub async fn wait_final(&self, via: &Service, outcomes: &[load::Outcome]) -> Vec<Value> {
+        let mut finals = Vec::new();
+        for id in outcomes.iter().filter_map(load::Outcome::order_id) {
+            finals.push(self.order_when_final(via, id).await);
+        }
+        finals
+    }
+
+    /// Waits until order `id` is final (asking `via`) and returns its body.
+    pub async fn order_when_final(&self, via: &Service, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, body) = self.get(via, &format!("/orders/{id}")).await;
+            if body["status"] != "pending" {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "order {id} not final: {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until no order in the database is unfinished.
+    pub async fn assert_all_orders_final(&self, timeout: Duration) {
+        eventually("every order final", timeout, || async {
+            let states = self.infra.order_states().await;
+            ["reserving", "assigning", "compensating"]
+                .iter()
+                .all(|s| states.get(*s).copied().unwrap_or(0) == 0)
+        })
+        .await;
     }
 
     /// A request to `service`; returns the status and the JSON body (`Null` if none).

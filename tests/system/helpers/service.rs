@@ -37,6 +37,16 @@ impl Service {
         }
     }
 
+    /// Another process of the same service with the same settings, not started.
+    pub fn sibling(&self) -> Self {
+        Self::new(self.name, self.env.clone())
+    }
+
+    /// Whether the process is running (as far as the test knows).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Sets (or replaces) an environment variable for the next start.
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);

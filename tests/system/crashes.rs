@@ -1,0 +1,118 @@
+//! Processes killed at the worst moments: every order still finishes, nothing is held, the audit
+//! is clean.
+
+use std::time::Duration;
+
+use crate::helpers::load::Load;
+use crate::helpers::{Options, TestSystem, eventually};
+
+const FINISH: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn a_store_killed_during_a_stream_of_orders_loses_nothing() {
+    let mut system = TestSystem::start_with(Options::fast()).await;
+    let food = system.create_food("Masala Dosa", 5_000).await;
+    system.create_agents(5_000).await;
+    let load = Load::start(vec![system.order.url("")], food, 8);
+    load.wait_placed(30, FINISH).await;
+
+    system.store.kill().await;
+    // Orders go on arriving while the store is dead (they wait, then time out).
+    load.wait_answered(10, FINISH).await;
+    system.store.start().await;
+    load.wait_placed(30, FINISH).await;
+    let outcomes = load.stop().await;
+
+    assert!(
+        outcomes.iter().all(|o| o.order_id().is_some()),
+        "every request got an order id"
+    );
+    let finals = system.wait_final(&system.order, &outcomes).await;
+    assert!(
+        finals
+            .iter()
+            .all(|b| b["status"] == "placed" || b["status"] == "not_placed")
+    );
+    system.assert_all_orders_final(FINISH).await;
+    system.assert_nothing_reserved(FINISH).await;
+    system.assert_audit_clean(FINISH).await;
+}
+
+/// The coordinator aborts at `point`, is restarted without it, and finishes the order alone.
+async fn coordinator_dies_at(point: &str) -> serde_json::Value {
+    let mut system = TestSystem::start_with(Options::fast().order("FAULT_POINTS", point)).await;
+    let food = system.create_food("Pongal", 3).await;
+    system.create_agents(3).await;
+
+    let placing = system
+        .http()
+        .post(system.order.url("/orders"))
+        .json(&serde_json::json!({ "food_id": food, "customer_id": "c-1" }))
+        .send()
+        .await;
+    assert!(placing.is_err(), "the coordinator died before answering");
+    system.order.wait_exit(Duration::from_secs(10)).await;
+
+    // Both items are held by the dead coordinator's transaction (or being assigned to it).
+    let (packets, agents) = system.infra.reserved_counts().await;
+    let stock = system.food(food).await;
+    assert_eq!(packets + stock["assigned"].as_i64().unwrap(), 1, "{stock}");
+    assert!(agents <= 1);
+
+    system.order.remove_env("FAULT_POINTS");
+    system.order.start().await;
+    system.assert_all_orders_final(FINISH).await;
+    system.assert_nothing_reserved(FINISH).await;
+    system.assert_audit_clean(FINISH).await;
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM orders")
+        .fetch_one(system.infra.order_db().await)
+        .await
+        .unwrap();
+    system.get(&system.order, &format!("/orders/{id}")).await.1
+}
+
+#[tokio::test]
+async fn a_coordinator_killed_after_the_commit_decision_places_the_order_after_restart() {
+    let order = coordinator_dies_at("coordinator.after_commit_decision").await;
+    assert_eq!(order["status"], "placed", "{order}");
+}
+
+#[tokio::test]
+async fn a_coordinator_killed_before_the_commit_decision_releases_everything_after_restart() {
+    let order = coordinator_dies_at("coordinator.before_commit_decision").await;
+    assert_eq!(order["status"], "not_placed", "{order}");
+    assert_eq!(order["reason"], "timeout", "{order}");
+}
+
+#[tokio::test]
+async fn with_two_coordinators_one_killed_mid_load_every_order_finishes_once() {
+    let system = TestSystem::start_with(Options::fast()).await;
+    let mut second = system.another_order_service();
+    second.start().await;
+    let food = system.create_food("Thali", 5_000).await;
+    system.create_agents(5_000).await;
+
+    let load = Load::start(vec![system.order.url(""), second.url("")], food, 8);
+    load.wait_placed(40, FINISH).await;
+    second.kill().await;
+    load.set_targets(vec![system.order.url("")]);
+    load.wait_placed(40, FINISH).await;
+    let outcomes = load.stop().await;
+
+    // Orders the dead coordinator had started are finished by the survivor.
+    system.wait_final(&system.order, &outcomes).await;
+    system.assert_all_orders_final(FINISH).await;
+    system.assert_nothing_reserved(FINISH).await;
+    system.assert_audit_clean(FINISH).await;
+    // Finished once: each order has exactly one final state, and each placed order exactly one
+    // packet and one agent (the audit); no order was placed twice under two ids either.
+    let duplicates: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT packet_id FROM orders WHERE state = 'placed'
+                               GROUP BY packet_id HAVING count(*) > 1) d",
+    )
+    .fetch_one(system.infra.order_db().await)
+    .await
+    .unwrap();
+    assert_eq!(duplicates, 0);
+    eventually("survivor ready", FINISH, || system.order.is_ready()).await;
+}

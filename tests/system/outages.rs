@@ -1,0 +1,86 @@
+//! The broker and the database going away under load: services reconnect, keep serving, and
+//! lose nothing.
+
+use std::time::Duration;
+
+use crate::helpers::infra::rabbitmqctl;
+use crate::helpers::load::Load;
+use crate::helpers::{Options, TestSystem, eventually};
+
+const FINISH: Duration = Duration::from_secs(60);
+
+async fn all_ready(system: &TestSystem) -> bool {
+    system.order.is_ready().await
+        && system.store.is_ready().await
+        && system.delivery.is_ready().await
+}
+
+async fn finish_and_audit(system: &TestSystem, load: Load) {
+    let outcomes = load.stop().await;
+    system.wait_final(&system.order, &outcomes).await;
+    system.assert_all_orders_final(FINISH).await;
+    system.assert_nothing_reserved(FINISH).await;
+    system.assert_audit_clean(FINISH).await;
+}
+
+#[tokio::test]
+async fn broker_connections_closed_mid_load_are_reopened() {
+    let system = TestSystem::start_with(Options::fast()).await;
+    let food = system.create_food("Poha", 5_000).await;
+    system.create_agents(5_000).await;
+    let load = Load::start(vec![system.order.url("")], food, 8);
+    load.wait_placed(30, FINISH).await;
+
+    rabbitmqctl(&[
+        "close_all_connections",
+        "--vhost",
+        &system.infra.vhost,
+        "--limit",
+        "1000",
+        "system test: connections closed",
+    ])
+    .await;
+
+    // Everyone reconnects and keeps serving.
+    load.wait_placed(30, FINISH).await;
+    eventually("all services ready", FINISH, || all_ready(&system)).await;
+    finish_and_audit(&system, load).await;
+}
+
+#[tokio::test]
+async fn database_connections_terminated_mid_load_are_reopened() {
+    let system = TestSystem::start_with(Options::fast()).await;
+    let food = system.create_food("Upma", 5_000).await;
+    system.create_agents(5_000).await;
+    let load = Load::start(vec![system.order.url("")], food, 8);
+    for _ in 0..3 {
+        load.wait_placed(20, FINISH).await;
+        let terminated = system.infra.terminate_backends().await;
+        assert!(terminated > 0);
+    }
+    load.wait_placed(20, FINISH).await;
+    eventually("all services ready", FINISH, || all_ready(&system)).await;
+    finish_and_audit(&system, load).await;
+}
+
+#[tokio::test]
+async fn a_broker_restart_mid_load_loses_no_confirmed_message() {
+    let system = TestSystem::start_with(Options::fast().exclusive_broker()).await;
+    let food = system.create_food("Lassi", 5_000).await;
+    system.create_agents(5_000).await;
+    let load = Load::start(vec![system.order.url("")], food, 8);
+    load.wait_placed(30, FINISH).await;
+
+    rabbitmqctl(&["stop_app"]).await;
+    eventually("the order service reports not ready", FINISH, || async {
+        !system.order.is_ready().await
+    })
+    .await;
+    rabbitmqctl(&["start_app"]).await;
+    rabbitmqctl(&["await_startup"]).await;
+
+    // Every consumer is back and orders are placed again.
+    eventually("all services ready", FINISH, || all_ready(&system)).await;
+    load.wait_placed(30, FINISH).await;
+    finish_and_audit(&system, load).await;
+}

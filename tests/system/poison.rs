@@ -1,0 +1,151 @@
+//! Unreadable messages and messages whose handling keeps failing are parked in dead-letter
+//! queues with the reason; the consumers go on.
+
+use std::time::Duration;
+
+use protocol::command::{Assign, Command, PacketLine, PacketRequest, Reply, ReserveReply};
+use protocol::envelope::TxnEnvelope;
+use protocol::ids::{FoodId, OrderId, TxnId};
+use protocol::topology::{Participant, Topology};
+use reqwest::StatusCode;
+
+use crate::helpers::client::CommandClient;
+use crate::helpers::{Options, TestSystem, eventually};
+
+const FINISH: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn poison_messages_land_in_the_dead_letter_queues_and_orders_go_on() {
+    let system = TestSystem::start_with(Options::fast()).await;
+    let food = system.create_food("Samosa", 5).await;
+    system.create_agents(5).await;
+    let client = CommandClient::connect(&system.infra).await;
+    let topology = client.topology().clone();
+
+    let poisons: [&[u8]; 3] = [
+        b"\x00\x01 not json",
+        br#"{"v": 99, "kind": "reserve"}"#,
+        br#"{"v": 1, "message_id": "nope"}"#,
+    ];
+    let mut queues = Vec::new();
+    for participant in Participant::ALL {
+        for op in protocol::command::Operation::ALL {
+            for poison in poisons {
+                client
+                    .publish_raw(
+                        &topology.commands_exchange(participant),
+                        Topology::command_routing_key(op),
+                        poison,
+                    )
+                    .await;
+            }
+            queues.push(topology.command_queue(participant, op));
+        }
+        for poison in poisons {
+            client
+                .publish_raw(
+                    &topology.timers_exchange(participant.as_str()),
+                    "fired",
+                    poison,
+                )
+                .await;
+        }
+        queues.push(topology.expiry_queue(participant));
+    }
+    for poison in poisons {
+        client
+            .publish_raw(&topology.timers_exchange("order"), "fired", poison)
+            .await;
+    }
+    queues.push(topology.order_timeouts());
+
+    let management = &system.infra.management;
+    let vhost = &system.infra.vhost;
+    for queue in &queues {
+        let dlq = Topology::dead_letter_queue(queue);
+        eventually(&format!("{dlq} holds the poison"), FINISH, || async {
+            management.count_messages(vhost, &dlq).await == 3
+        })
+        .await;
+        for message in management.peek(vhost, &dlq, 3).await {
+            let reason = &message["properties"]["headers"]["x-dead-letter-reason"];
+            assert!(
+                reason.as_str().is_some_and(|r| !r.is_empty()),
+                "{dlq}: {message}"
+            );
+            assert_eq!(
+                message["properties"]["headers"]["x-dead-letter-queue"],
+                queue.as_str()
+            );
+        }
+    }
+
+    // The consumers went on: an order is placed.
+    let (status, body) = system.place_order(food).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test]
+async fn a_command_that_keeps_failing_is_parked_after_the_delivery_limit() {
+    let system = TestSystem::start().await;
+    let food = system.create_food("Kachori", 5).await;
+    let client = CommandClient::connect(&system.infra).await;
+    let lines = PacketRequest {
+        lines: vec![PacketLine {
+            food_id: FoodId(food),
+        }],
+    };
+
+    // One order, two transactions that both reserve a packet (a coordinator bug): the second
+    // assign would give the order a second packet, which the database refuses every time.
+    let order = OrderId::new();
+    let mut items = Vec::new();
+    for txn in [TxnId::new(), TxnId::new()] {
+        let reply = client
+            .call(
+                Participant::Store,
+                &TxnEnvelope::txn(order, txn, Command::Reserve(lines.clone())),
+            )
+            .await;
+        let Reply::ReserveReply(ReserveReply::Reserved { items: held, .. }) = reply else {
+            panic!("{reply:?}");
+        };
+        items.push((txn, held));
+    }
+    let (first_txn, first_items) = items[0].clone();
+    let assign: Command<PacketRequest> = Command::Assign(Assign { items: first_items });
+    client
+        .call(
+            Participant::Store,
+            &TxnEnvelope::txn(order, first_txn, assign),
+        )
+        .await;
+    let (second_txn, second_items) = items[1].clone();
+    let assign: Command<PacketRequest> = Command::Assign(Assign {
+        items: second_items,
+    });
+    let topology = client.topology().clone();
+    client
+        .publish_raw(
+            &topology.commands_exchange(Participant::Store),
+            "assign",
+            &TxnEnvelope::txn(order, second_txn, assign)
+                .to_bytes()
+                .unwrap(),
+        )
+        .await;
+
+    let dlq = Topology::dead_letter_queue(
+        &topology.command_queue(Participant::Store, protocol::command::Operation::Assign),
+    );
+    let management = &system.infra.management;
+    eventually("the failing assign is parked", FINISH, || async {
+        management.count_messages(&system.infra.vhost, &dlq).await == 1
+    })
+    .await;
+    let parked = management.peek(&system.infra.vhost, &dlq, 1).await;
+    let death = &parked[0]["properties"]["headers"]["x-death"][0];
+    assert_eq!(death["reason"], "delivery_limit", "{}", parked[0]);
+    // The order still has exactly one packet.
+    assert_eq!(system.food(food).await["assigned"], 1);
+}
