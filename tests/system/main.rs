@@ -12,6 +12,7 @@ mod helpers;
 mod barrier;
 mod contention;
 mod crashes;
+mod events;
 mod expiry;
 mod many_orders;
 mod orders;

@@ -25,13 +25,14 @@ use protocol::command::{
     ReleaseReply, Reply, ReserveReply, Shortage,
 };
 use protocol::envelope::TxnEnvelope;
-use protocol::ids::{FoodId, ItemId, OrderId, TxnId};
+use protocol::event::{EVENT_SCHEMA_VERSION, OrderEvent, OrderEventKind};
+use protocol::ids::{EventId, FoodId, ItemId, OrderId, TxnId};
 use protocol::topology::{Participant, Topology};
 use serde::Serialize;
 use service_kit::db::is_transient;
 use service_kit::fault;
 use sqlx::PgPool;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -56,6 +57,26 @@ pub struct CoordinatorSettings {
     pub phase2_grace: Duration,
 }
 
+/// What a coordinator is made of.
+pub struct Parts {
+    /// The order database.
+    pub pool: PgPool,
+    /// Commands and replies.
+    pub rpc: Arc<RpcClient>,
+    /// Names.
+    pub topology: Topology,
+    /// Tunables.
+    pub settings: CoordinatorSettings,
+    /// Deadline timers.
+    pub deadlines: Batcher<OrderId>,
+    /// Notified after each final transition, for the outbox relay.
+    pub events: Arc<Notify>,
+    /// Where drivers run.
+    pub tracker: TaskTracker,
+    /// Cancelled at shutdown.
+    pub shutdown: CancellationToken,
+}
+
 /// How a driver starts on an order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -74,6 +95,7 @@ pub struct Coordinator {
     topology: Topology,
     settings: CoordinatorSettings,
     deadlines: Batcher<OrderId>,
+    events: Arc<Notify>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -172,23 +194,27 @@ impl From<TransitionError> for Stop {
 }
 
 impl Coordinator {
-    /// A coordinator that sends commands through `rpc` and schedules deadline timers through
-    /// `deadlines`. Drivers run on `tracker` and stop early at `shutdown`.
-    pub fn new(
-        pool: PgPool,
-        rpc: Arc<RpcClient>,
-        topology: Topology,
-        settings: CoordinatorSettings,
-        deadlines: Batcher<OrderId>,
-        tracker: TaskTracker,
-        shutdown: CancellationToken,
-    ) -> Arc<Self> {
+    /// A coordinator that sends commands through `rpc`, schedules deadline timers through
+    /// `deadlines` and wakes the outbox relay through `events`. Drivers run on `tracker` and stop
+    /// early at `shutdown`.
+    pub fn new(parts: Parts) -> Arc<Self> {
+        let Parts {
+            pool,
+            rpc,
+            topology,
+            settings,
+            deadlines,
+            events,
+            tracker,
+            shutdown,
+        } = parts;
         Arc::new(Self {
             pool,
             rpc,
             topology,
             settings,
             deadlines,
+            events,
             tracker,
             shutdown,
         })
@@ -654,8 +680,9 @@ impl Coordinator {
         changes: Changes,
         token: LeaseToken,
     ) -> Result<Order, Stop> {
+        let outbox = order_event(order, event, &changes);
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        loop {
+        let recorded = loop {
             match repo::transition(
                 &self.pool,
                 order,
@@ -663,10 +690,11 @@ impl Coordinator {
                 changes.clone(),
                 token,
                 self.settings.lease,
+                outbox.as_ref(),
             )
             .await
             {
-                Ok(next) => return Ok(next),
+                Ok(next) => break next,
                 Err(TransitionError::Db(err)) if is_transient(&err) && backoff.attempts() < 10 => {
                     warn!(error = %err, ?event, "database unavailable; retrying");
                     self.pause(backoff.next_delay()).await?;
@@ -677,11 +705,16 @@ impl Coordinator {
                     if current.lease_token == Some(token)
                         || is_ours_and_final(&current, order, event) =>
                 {
-                    return Ok(*current);
+                    break *current;
                 }
                 Err(err) => return Err(err.into()),
             }
+        };
+        if recorded.state.is_final() {
+            fault::point("coordinator.after_final_state");
+            self.events.notify_one();
         }
+        Ok(recorded)
     }
 
     async fn keep_lease(&self, order: &Order, token: LeaseToken) -> Result<(), Stop> {
@@ -705,6 +738,41 @@ impl Coordinator {
             () = self.shutdown.cancelled() => Err(Stop::Interrupted),
         }
     }
+}
+
+/// The event a final transition publishes (through the outbox), `None` for other transitions.
+fn order_event(order: &Order, event: Event, changes: &Changes) -> Option<repo::OutboxEvent> {
+    let to = crate::state::next(order.state, event).ok()?;
+    let kind = match to {
+        OrderState::Placed => OrderEventKind::Placed,
+        OrderState::NotPlaced => OrderEventKind::NotPlaced,
+        OrderState::Reserving | OrderState::Assigning | OrderState::Compensating => return None,
+    };
+    let placed = kind == OrderEventKind::Placed;
+    let finished_at = Utc::now();
+    let event = OrderEvent {
+        event_id: EventId::new(),
+        schema_version: EVENT_SCHEMA_VERSION,
+        kind,
+        order_id: order.id,
+        customer_id: order.customer_id.clone(),
+        food_id: order.food_id,
+        packet_id: order.packet_id.filter(|_| placed),
+        agent_id: order.agent_id.filter(|_| placed),
+        reason: changes
+            .reason
+            .or(order.reason)
+            .map(|r| r.as_str().to_owned()),
+        created_at: order.created_at,
+        finished_at,
+    };
+    let payload = serde_json::to_value(&event).ok()?;
+    Some(repo::OutboxEvent {
+        event_id: event.event_id,
+        routing_key: kind.routing_key(),
+        payload,
+        finished_at,
+    })
 }
 
 /// After a lost connection, whether the recorded order shows our own transition applied: it

@@ -9,12 +9,14 @@
 //!   compensation.
 //! - [`recovery`]: the deadline-timer consumer and the sweep that finish orders whose driver
 //!   stopped.
+//! - [`outbox`]: the relay that publishes order events written with final states.
 //! - [`http`]: the order API.
 //! - [`repo`]: all SQL.
 
 pub mod config;
 pub mod coordinator;
 pub mod http;
+pub mod outbox;
 pub mod recovery;
 pub mod repo;
 pub mod startup;

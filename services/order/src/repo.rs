@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use protocol::ids::{AgentId, FoodId, OrderId, PacketId, TxnId};
+use protocol::ids::{AgentId, EventId, FoodId, OrderId, PacketId, TxnId};
 use sqlx::PgPool;
 
 use crate::state::{Event, IllegalEvent, NotPlacedReason, OrderState, next};
@@ -198,9 +198,23 @@ pub enum TransitionError {
     Db(#[from] sqlx::Error),
 }
 
+/// An order event to write to the outbox with a final transition.
+#[derive(Clone, Debug)]
+pub struct OutboxEvent {
+    /// The event's id.
+    pub event_id: EventId,
+    /// `order.placed` or `order.not_placed`.
+    pub routing_key: &'static str,
+    /// The event, as published.
+    pub payload: serde_json::Value,
+    /// When the order became final (also written to the order).
+    pub finished_at: DateTime<Utc>,
+}
+
 /// Records `event` for `order`, if the order is still as the caller saw it (state and
 /// transaction) and the caller still holds the lease `token`. A transition to a non-final state
-/// renews the lease for `lease`; a final one ends it.
+/// renews the lease for `lease`; a final one ends it and must carry its outbox event, written in
+/// the same statement (so in the same transaction).
 pub async fn transition(
     pool: &PgPool,
     order: &Order,
@@ -208,23 +222,38 @@ pub async fn transition(
     changes: Changes,
     token: LeaseToken,
     lease: Duration,
+    outbox: Option<&OutboxEvent>,
 ) -> Result<Order, TransitionError> {
     let to = next(order.state, event)?;
-    let record: Option<OrderRecord> = sqlx::query_as(sql("UPDATE orders SET
-             state = $4,
-             reason = coalesce($5, reason),
-             txn_id = coalesce($6, txn_id),
-             attempt = attempt + CASE WHEN $6::uuid IS NULL THEN 0 ELSE 1 END,
-             packet_id = coalesce($7, packet_id),
-             agent_id = coalesce($8, agent_id),
-             reserved_until = coalesce($9, reserved_until),
-             deadline = coalesce($10, deadline),
-             decided_at = CASE WHEN $4 = 'assigning' THEN now() ELSE decided_at END,
-             finished_at = CASE WHEN $4 IN ('placed', 'not_placed') THEN now() END,
-             lease_token = CASE WHEN $4 IN ('placed', 'not_placed') THEN NULL ELSE lease_token END,
-             lease_until = CASE WHEN $4 IN ('placed', 'not_placed') THEN NULL ELSE now() + $11 END
-         WHERE id = $1 AND state = $2 AND txn_id = $3 AND lease_token = $12
-         RETURNING {columns}"))
+    debug_assert_eq!(
+        to.is_final(),
+        outbox.is_some(),
+        "final transitions carry their event"
+    );
+    let record: Option<OrderRecord> = sqlx::query_as(sql(
+        "WITH moved AS (
+             UPDATE orders SET
+                 state = $4,
+                 reason = coalesce($5, reason),
+                 txn_id = coalesce($6, txn_id),
+                 attempt = attempt + CASE WHEN $6::uuid IS NULL THEN 0 ELSE 1 END,
+                 packet_id = coalesce($7, packet_id),
+                 agent_id = coalesce($8, agent_id),
+                 reserved_until = coalesce($9, reserved_until),
+                 deadline = coalesce($10, deadline),
+                 decided_at = CASE WHEN $4 = 'assigning' THEN now() ELSE decided_at END,
+                 finished_at = $13,
+                 lease_token = CASE WHEN $4 IN ('placed', 'not_placed') THEN NULL ELSE lease_token END,
+                 lease_until = CASE WHEN $4 IN ('placed', 'not_placed') THEN NULL ELSE now() + $11 END
+             WHERE id = $1 AND state = $2 AND txn_id = $3 AND lease_token = $12
+             RETURNING {columns}
+         ),
+         event AS (
+             INSERT INTO outbox (event_id, order_id, routing_key, payload)
+             SELECT $14, id, $15, $16 FROM moved WHERE $14::uuid IS NOT NULL
+         )
+         SELECT {columns} FROM moved",
+    ))
     .bind(order.id)
     .bind(order.state.as_str())
     .bind(order.txn_id)
@@ -237,6 +266,10 @@ pub async fn transition(
     .bind(changes.deadline)
     .bind(lease)
     .bind(token)
+    .bind(outbox.map(|e| e.finished_at))
+    .bind(outbox.map(|e| e.event_id))
+    .bind(outbox.map(|e| e.routing_key))
+    .bind(outbox.map(|e| sqlx::types::Json(&e.payload)))
     .fetch_optional(pool)
     .await?;
     match one(record)? {
@@ -248,6 +281,61 @@ pub async fn transition(
             Err(TransitionError::Lost(Box::new(current)))
         }
     }
+}
+
+/// An event waiting in the outbox.
+#[derive(Debug, sqlx::FromRow)]
+pub struct PendingEvent {
+    /// Row id.
+    pub id: i64,
+    /// The event's id.
+    pub event_id: EventId,
+    /// Its order.
+    pub order_id: OrderId,
+    /// Its routing key.
+    pub routing_key: String,
+    /// The event.
+    pub payload: sqlx::types::Json<serde_json::Value>,
+}
+
+/// Locks up to `limit` unsent events, oldest first, skipping those another relay holds.
+pub async fn lock_unsent(
+    tx: &mut sqlx::PgConnection,
+    limit: i64,
+) -> Result<Vec<PendingEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, event_id, order_id, routing_key, payload FROM outbox
+         WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await
+}
+
+/// Marks events sent.
+pub async fn mark_sent(tx: &mut sqlx::PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Deletes up to `limit` events sent more than `retention` ago.
+pub async fn prune_sent(
+    pool: &PgPool,
+    retention: Duration,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM outbox WHERE id = ANY (ARRAY(
+             SELECT id FROM outbox WHERE sent_at < now() - $1 ORDER BY sent_at LIMIT $2))",
+    )
+    .bind(retention)
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// Extends the lease of `token` on `order` by `lease`. False if the lease was lost.

@@ -10,12 +10,14 @@ use protocol::ids::{InstanceId, OrderId};
 use protocol::timer::OrderTimer;
 use protocol::topology::{Declarations, Topology};
 use service_kit::app::{Foundation, StartupError};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::{Config, DEFAULT_DATABASE};
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, Parts};
 use crate::http;
+use crate::outbox;
 use crate::recovery::{self, Timeouts};
 
 /// Prefetch of the timeout consumer: each fired timer claims a batch of orders.
@@ -88,15 +90,24 @@ impl Application {
             foundation.shutdown.clone(),
             &foundation.tracker,
         );
-        let coordinator = Coordinator::new(
-            foundation.pool.clone(),
+        let events = Arc::new(Notify::new());
+        let coordinator = Coordinator::new(Parts {
+            pool: foundation.pool.clone(),
             rpc,
-            topology.clone(),
+            topology: topology.clone(),
             settings,
             deadlines,
-            foundation.tracker.clone(),
+            events: Arc::clone(&events),
+            tracker: foundation.tracker.clone(),
+            shutdown: foundation.shutdown.clone(),
+        });
+        foundation.tracker.spawn(outbox::relay(
+            foundation.pool.clone(),
+            foundation.publisher.clone(),
+            topology.clone(),
+            events,
             foundation.shutdown.clone(),
-        );
+        ));
 
         foundation.tracker.spawn(consumer::run(
             foundation.broker.clone(),

@@ -85,6 +85,20 @@ impl Outgoing {
         }
     }
 
+    /// Sets the message id.
+    #[must_use]
+    pub fn message_id(mut self, id: MessageId) -> Self {
+        self.message_id = id;
+        self
+    }
+
+    /// Sets the `type` property.
+    #[must_use]
+    pub fn kind(mut self, kind: &'static str) -> Self {
+        self.kind = kind;
+        self
+    }
+
     /// Where the reply should go (a routing key on the replies exchange).
     #[must_use]
     pub fn reply_to(mut self, reply_to: impl Into<String>) -> Self {
@@ -122,7 +136,7 @@ impl Outgoing {
     }
 
     /// The message id (the correlation id of a command's reply).
-    pub fn message_id(&self) -> MessageId {
+    pub fn id(&self) -> MessageId {
         self.message_id
     }
 

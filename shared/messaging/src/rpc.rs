@@ -63,7 +63,7 @@ impl RpcClient {
     /// Publishes `request` (its message id is the correlation id) and waits up to `timeout` for
     /// the reply. Cancel-safe: dropping the future forgets the request.
     pub async fn call(&self, request: Outgoing, timeout: Duration) -> Result<Incoming, RpcError> {
-        let id = request.message_id();
+        let id = request.id();
         let (sender, receiver) = oneshot::channel();
         self.waiters().insert(id, sender);
         let _forget = Forget { client: self, id };
@@ -88,7 +88,7 @@ impl RpcClient {
         mut backoff: Backoff,
         deadline: Instant,
     ) -> Result<Incoming, RpcError> {
-        let id = request.message_id();
+        let id = request.id();
         let (sender, mut receiver) = oneshot::channel();
         self.waiters().insert(id, sender);
         let _forget = Forget { client: self, id };

@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod events;
 pub mod infra;
 pub mod load;
 pub mod service;

@@ -1,0 +1,104 @@
+//! A test-side listener on the `order.events` exchange.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use messaging::consumer::{self, AckMode, ConsumerSpec};
+use messaging::{Broker, BrokerConfig, Disposition, Handler, Health, Incoming, Publisher};
+use protocol::topology::{
+    Declarations, ExchangeKind, ExchangeSpec, QueueKind, QueueSpec, Topology,
+};
+use serde_json::Value;
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::{Infra, eventually};
+
+/// Receives every order event published in a test's vhost from the moment it is created.
+pub struct EventTap {
+    events: Mutex<mpsc::UnboundedReceiver<Value>>,
+    shutdown: CancellationToken,
+}
+
+struct Forward(mpsc::UnboundedSender<Value>);
+
+impl Handler for Forward {
+    async fn handle(&self, message: &Incoming) -> Disposition {
+        let event = serde_json::from_slice(message.data()).unwrap_or(Value::Null);
+        let _ = self.0.send(event);
+        Disposition::Ack
+    }
+}
+
+impl EventTap {
+    /// Binds a queue of its own to `order.events` and starts consuming.
+    pub async fn start(infra: &Infra) -> Self {
+        let health = Health::default();
+        let broker = Broker::new(
+            BrokerConfig {
+                url: infra.amqp_url.clone(),
+                connection_name: "system test events".into(),
+                publisher_channels: 1,
+                confirm_timeout: Duration::from_secs(10),
+                connect_timeout: Duration::from_secs(5),
+            },
+            health.clone(),
+        )
+        .expect("broker config");
+        let topology = Topology::new("");
+        let queue = format!("test.events.{}", uuid::Uuid::new_v4());
+        let declarations = Declarations {
+            exchanges: vec![ExchangeSpec {
+                name: topology.events_exchange(),
+                kind: ExchangeKind::Topic,
+            }],
+            queues: vec![QueueSpec {
+                name: queue.clone(),
+                kind: QueueKind::Exclusive,
+                message_ttl: None,
+                dead_letter: None,
+                reliable_dead_letter: false,
+                delivery_limit: None,
+                bindings: vec![(topology.events_exchange(), "order.#".into())],
+            }],
+        };
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(consumer::run(
+            broker.clone(),
+            Publisher::new(broker),
+            ConsumerSpec {
+                queue,
+                prefetch: 0,
+                ack_mode: AckMode::Auto,
+                dead_letter_exchange: None,
+                declarations: Arc::new(declarations),
+            },
+            Arc::new(Forward(sender)),
+            shutdown.clone(),
+        ));
+        eventually("event tap consuming", Duration::from_secs(10), || {
+            let up = health.snapshot().iter().any(|(_, up)| *up);
+            async move { up }
+        })
+        .await;
+        Self {
+            events: Mutex::new(receiver),
+            shutdown,
+        }
+    }
+
+    /// The next event, waiting up to `timeout`.
+    pub async fn next(&self, timeout: Duration) -> Option<Value> {
+        tokio::time::timeout(timeout, self.events.lock().await.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+impl Drop for EventTap {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
