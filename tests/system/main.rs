@@ -15,6 +15,7 @@ mod crashes;
 mod events;
 mod expiry;
 mod many_orders;
+mod operations;
 mod orders;
 mod outages;
 mod poison;

@@ -10,6 +10,7 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     service_kit::telemetry::init(&config.log.log_filter, config.log.log_format);
     service_kit::fault::arm(&config.fault.fault_points)?;
+    service_kit::metrics::install()?;
     let shutdown = service_kit::shutdown::on_signal();
     let app = Application::build(config, shutdown)
         .await

@@ -13,6 +13,7 @@ use crate::inventory::Agents;
 /// The running delivery service: database, consumers, HTTP API.
 pub struct Application {
     foundation: Foundation,
+    admin_token: Option<String>,
 }
 
 impl Application {
@@ -36,7 +37,10 @@ impl Application {
             Topology::new(config.broker.amqp_prefix.clone()),
             config.participant.settings(),
         );
-        Ok(Self { foundation })
+        Ok(Self {
+            foundation,
+            admin_token: config.admin_token,
+        })
     }
 
     /// The HTTP address actually bound.
@@ -46,7 +50,10 @@ impl Application {
 
     /// Serves until shutdown, then drains.
     pub async fn run_until_stopped(self) -> Result<(), StartupError> {
-        let routes = http::routes(self.foundation.pool.clone());
+        let routes = service_kit::http::admin_guard(
+            http::routes(self.foundation.pool.clone()),
+            self.admin_token,
+        );
         self.foundation.run(routes).await
     }
 }

@@ -26,13 +26,15 @@ use protocol::command::{
 };
 use protocol::envelope::TxnEnvelope;
 use protocol::event::{EVENT_SCHEMA_VERSION, OrderEvent, OrderEventKind};
+use protocol::headers;
 use protocol::ids::{EventId, FoodId, ItemId, OrderId, TxnId};
 use protocol::topology::{Participant, Topology};
+use protocol::trace::TraceContext;
 use serde::Serialize;
 use service_kit::db::is_transient;
 use service_kit::fault;
 use sqlx::PgPool;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -171,7 +173,7 @@ fn judge(store: &Reservation, delivery: &Reservation, time_left: bool) -> Verdic
 #[derive(Debug)]
 enum Stop {
     /// Another driver holds the order now; this is how it is.
-    Lost(Order),
+    Lost(Box<Order>),
     /// The database failed (after retries) or shutdown: the lease will expire and recovery will
     /// finish the order.
     Interrupted,
@@ -180,7 +182,7 @@ enum Stop {
 impl From<TransitionError> for Stop {
     fn from(err: TransitionError) -> Self {
         match err {
-            TransitionError::Lost(order) => Stop::Lost(*order),
+            TransitionError::Lost(order) => Stop::Lost(order),
             TransitionError::Illegal(err) => {
                 warn!(error = %err, "illegal transition; leaving the order to recovery");
                 Stop::Interrupted
@@ -236,6 +238,7 @@ impl Coordinator {
         self: &Arc<Self>,
         customer_id: String,
         food_id: FoodId,
+        trace: TraceContext,
     ) -> Result<Order, sqlx::Error> {
         let token = LeaseToken::new();
         let new = NewOrder {
@@ -243,6 +246,7 @@ impl Coordinator {
             customer_id,
             food_id,
             txn_id: TxnId::new(),
+            traceparent: trace.to_string(),
         };
         let answer_by = Instant::now() + self.settings.response_budget;
         // Even recording the order must not hold the client past the budget (a database that is
@@ -259,45 +263,73 @@ impl Coordinator {
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)??;
         self.deadlines.push(order.id);
-        let (done, result) = oneshot::channel();
-        let span = info_span!("order", order_id = %order.id);
+        let (progress, mut latest) = watch::channel(order.clone());
+        let span = info_span!("order", order_id = %order.id, trace_id = %trace.trace_id());
         let this = Arc::clone(self);
         let started = order.clone();
         // A task of its own, so that a client hanging up does not cancel the transaction.
         self.tracker.spawn(
             async move {
                 info!(food_id = %started.food_id, "order received");
-                let order = this.drive(started, token, Mode::Fresh).await;
-                let _ = done.send(order);
+                this.drive(started, token, Mode::Fresh, Some(progress))
+                    .await;
             }
             .instrument(span),
         );
-        match tokio::time::timeout_at(answer_by, result).await {
-            Ok(Ok(order)) => Ok(order),
-            _ => Ok(repo::load(&self.pool, order.id).await?.unwrap_or(order)),
-        }
+        // The answer is the order as last recorded: final if it became final in time, else the
+        // stage it was recorded in (never a guess, and no extra read past the budget).
+        let _ = tokio::time::timeout_at(answer_by, latest.wait_for(|o| o.state.is_final())).await;
+        let recorded = latest.borrow().clone();
+        Ok(recorded)
     }
 
     /// Drives an order taken over from another driver, in the background.
     pub fn resume(self: &Arc<Self>, order: Order, token: LeaseToken) {
-        let span = info_span!("order", order_id = %order.id);
+        let span =
+            info_span!("order", order_id = %order.id, trace_id = %trace_of(&order).trace_id());
         let this = Arc::clone(self);
         self.tracker.spawn(
             async move {
                 info!(state = %order.state, attempt = order.attempt, "taking the order over");
-                this.drive(order, token, Mode::Recovered).await;
+                this.drive(order, token, Mode::Recovered, None).await;
             }
             .instrument(span),
         );
     }
 
-    /// Moves `order` on until it is final, another driver takes it, or shutdown. Returns the
-    /// order as last recorded.
-    async fn drive(&self, mut order: Order, token: LeaseToken, mode: Mode) -> Order {
+    /// Moves `order` on until it is final, another driver takes it, or a wait is cut short by
+    /// shutdown (an order being driven when the signal comes is finished if its replies come;
+    /// only waits stop). Each recorded state is sent to `progress`.
+    async fn drive(
+        &self,
+        order: Order,
+        token: LeaseToken,
+        mode: Mode,
+        progress: Option<watch::Sender<Order>>,
+    ) -> Order {
+        metrics::gauge!("orders_in_flight").increment(1.0);
+        let order = self.drive_steps(order, token, mode, progress).await;
+        metrics::gauge!("orders_in_flight").decrement(1.0);
+        order
+    }
+
+    async fn drive_steps(
+        &self,
+        mut order: Order,
+        token: LeaseToken,
+        mode: Mode,
+        progress: Option<watch::Sender<Order>>,
+    ) -> Order {
+        if mode == Mode::Recovered && self.shutdown.is_cancelled() {
+            // Stopping: leave it to the next coordinator rather than start now.
+            return order;
+        }
         loop {
-            if order.state.is_final() || self.shutdown.is_cancelled() {
+            if order.state.is_final() {
                 return order;
             }
+            let phase_started = Instant::now();
+            let phase = order.state;
             let step = match (order.state, mode) {
                 (OrderState::Reserving, Mode::Fresh) => self.reserve(&order, token).await,
                 (OrderState::Reserving, Mode::Recovered) => {
@@ -309,6 +341,8 @@ impl Coordinator {
                 (OrderState::Compensating, _) => self.compensate(&order, token).await,
                 (OrderState::Placed | OrderState::NotPlaced, _) => return order,
             };
+            metrics::histogram!("order_phase_seconds", "phase" => phase.as_str())
+                .record(phase_started.elapsed().as_secs_f64());
             match step {
                 Ok(next) => {
                     if next.state.is_final() {
@@ -319,10 +353,13 @@ impl Coordinator {
                         );
                     }
                     order = next;
+                    if let Some(progress) = &progress {
+                        progress.send_replace(order.clone());
+                    }
                 }
                 Err(Stop::Lost(current)) => {
                     debug!(state = %current.state, "another driver has the order");
-                    return current;
+                    return *current;
                 }
                 Err(Stop::Interrupted) => return order,
             }
@@ -358,6 +395,7 @@ impl Coordinator {
                 }
                 Verdict::Abort(reason) => return self.abort(&order, token, &sides, reason).await,
                 Verdict::Retry => {
+                    metrics::counter!("order_retries_total", "phase" => "reserve").increment(1);
                     debug!(attempt = order.attempt, store = ?sides[0], delivery = ?sides[1], "held by others for now; retrying");
                     self.release_now(&order, &sides, ReleaseReason::Retry).await;
                     let pause = backoff.next_delay().min(time_until(order.deadline));
@@ -397,8 +435,8 @@ impl Coordinator {
 
     /// Releases the sides that may hold something (the release is durable in the participant's
     /// queue once confirmed; its reply is not awaited), then records `not_placed`. Releasing
-    /// first means a crash in between leaves an order that recovery aborts again, never an
-    /// order that says "not placed" while its reservations wait for their expiry.
+    /// first means a crash in between leaves an order that recovery aborts again. A release that
+    /// cannot be published (broker down) is left to the reservation's expiry.
     async fn abort(
         &self,
         order: &Order,
@@ -593,11 +631,12 @@ impl Coordinator {
         command: &Command<R>,
     ) -> Result<Outgoing, messaging::BrokerError> {
         let envelope = TxnEnvelope::txn(order.id, order.txn_id, command);
-        Outgoing::txn(
+        Ok(Outgoing::txn(
             &envelope,
             self.topology.commands_exchange(to),
             Topology::command_routing_key(command.operation()),
-        )
+        )?
+        .header(headers::TRACEPARENT, trace_of(order).child().to_string()))
     }
 
     /// Sends a command and waits for its reply. `None` if there was none in time (or it could not
@@ -711,6 +750,18 @@ impl Coordinator {
             }
         };
         if recorded.state.is_final() {
+            metrics::counter!(
+                "orders_total",
+                "outcome" => recorded.state.as_str(),
+                "reason" => recorded.reason.map_or("", NotPlacedReason::as_str),
+            )
+            .increment(1);
+            if let Some(finished) = recorded.finished_at {
+                let took = (finished - recorded.created_at)
+                    .to_std()
+                    .unwrap_or_default();
+                metrics::histogram!("order_duration_seconds").record(took.as_secs_f64());
+            }
             fault::point("coordinator.after_final_state");
             self.events.notify_one();
         }
@@ -721,7 +772,7 @@ impl Coordinator {
         match repo::renew_lease(&self.pool, order.id, token, self.settings.lease).await {
             Ok(true) => Ok(()),
             Ok(false) => match repo::load(&self.pool, order.id).await {
-                Ok(Some(current)) => Err(Stop::Lost(current)),
+                Ok(Some(current)) => Err(Stop::Lost(Box::new(current))),
                 _ => Err(Stop::Interrupted),
             },
             // Keep going: the next renewal may work, and the lease has some time left.
@@ -738,6 +789,15 @@ impl Coordinator {
             () = self.shutdown.cancelled() => Err(Stop::Interrupted),
         }
     }
+}
+
+/// The trace an order belongs to (a new one for orders recorded without).
+fn trace_of(order: &Order) -> TraceContext {
+    order
+        .traceparent
+        .as_deref()
+        .and_then(TraceContext::parse)
+        .unwrap_or_else(TraceContext::root)
 }
 
 /// The event a final transition publishes (through the outbox), `None` for other transitions.

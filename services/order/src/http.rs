@@ -10,10 +10,11 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use protocol::ids::{FoodId, OrderId};
+use protocol::trace::TraceContext;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use service_kit::http::{ApiError, AppJson, AppPath};
@@ -40,6 +41,7 @@ struct PlaceOrder {
 
 async fn place_order(
     State(coordinator): State<Arc<Coordinator>>,
+    headers: HeaderMap,
     AppJson(body): AppJson<PlaceOrder>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if body.food_id < 1 {
@@ -54,8 +56,14 @@ async fn place_order(
             "customer_id must be 1 to 200 characters".to_owned(),
         ));
     }
+    // Continue the caller's trace if it sent one, else start a new one.
+    let trace = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse)
+        .map_or_else(TraceContext::root, |t| t.child());
     let order = coordinator
-        .place(customer_id.to_owned(), FoodId(body.food_id))
+        .place(customer_id.to_owned(), FoodId(body.food_id), trace)
         .await?;
     let status = match order.state {
         OrderState::Placed => StatusCode::CREATED,

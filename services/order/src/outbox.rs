@@ -5,8 +5,8 @@
 //! of unsent events (`FOR UPDATE SKIP LOCKED`, so relays in several coordinators share the work),
 //! publishes them with publisher confirms to the `order.events` topic exchange, and marks them
 //! sent in the same database transaction, after the confirms. A crash between the publish and
-//! the commit publishes those events again: duplicates are possible only then, and carry the same
-//! event id.
+//! the commit, or a confirm that does not come in time, publishes those events again: duplicates
+//! are possible then, and carry the same event id.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +28,9 @@ const BATCH: i64 = 200;
 /// How often the relay looks for events without being woken (events left by a coordinator that
 /// crashed, or by another one).
 const POLL: Duration = Duration::from_secs(1);
+/// How long the relay waits for a batch's confirms. Shorter than the database's
+/// `idle_in_transaction_session_timeout`, which would end the transaction holding the batch.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long sent events are kept.
 const RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// How often sent events are pruned.
@@ -97,7 +100,7 @@ async fn publish_batch(
         tx.rollback().await?;
         return Ok(0);
     }
-    let results = join_all(events.iter().map(|event| async move {
+    let publishing = join_all(events.iter().map(|event| async move {
         let body = serde_json::to_vec(&event.payload.0).map_err(messaging::BrokerError::from)?;
         let message = Outgoing::raw(body, exchange, event.routing_key.clone())
             .message_id(MessageId(event.event_id.0))
@@ -105,9 +108,11 @@ async fn publish_batch(
             .header(protocol::headers::ORDER_ID, event.order_id.to_string())
             // Nobody may be listening: an event without a bound queue is not an error.
             .mandatory(false);
-        publisher.publish(&message).await
-    }))
-    .await;
+        tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish(&message))
+            .await
+            .map_err(|_| messaging::BrokerError::ConfirmTimeout(PUBLISH_TIMEOUT))?
+    }));
+    let results = publishing.await;
     let sent: Vec<i64> = events
         .iter()
         .zip(&results)

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use messaging::{Disposition, Handler, Incoming};
 use protocol::timer::OrderTimer;
-use service_kit::db::is_transient;
+use service_kit::db::retry_transient;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -32,12 +32,17 @@ const SWEEP_BATCH: i64 = 200;
 /// Handles fired deadline timers (`order.timeouts`).
 pub struct Timeouts {
     coordinator: Arc<Coordinator>,
+    shutdown: CancellationToken,
 }
 
 impl Timeouts {
-    /// A handler that hands claimed orders to `coordinator`.
-    pub fn new(coordinator: Arc<Coordinator>) -> Self {
-        Self { coordinator }
+    /// A handler that hands claimed orders to `coordinator`; database outages are waited out
+    /// until `shutdown`.
+    pub fn new(coordinator: Arc<Coordinator>, shutdown: CancellationToken) -> Self {
+        Self {
+            coordinator,
+            shutdown,
+        }
     }
 }
 
@@ -48,12 +53,16 @@ impl Handler for Timeouts {
             Err(err) => return Disposition::DeadLetter(err.to_string()),
         };
         let OrderTimer::Deadlines { order_ids } = timer;
+        metrics::counter!("deadline_timers_total").increment(1);
         let coordinator = &self.coordinator;
         let lease = coordinator.settings().lease;
-        let mut claimed = 0;
+        let mut claimed: u64 = 0;
         for id in order_ids {
             let token = LeaseToken::new();
-            match repo::claim(coordinator.pool(), id, token, lease).await {
+            let claim = retry_transient(&self.shutdown, || {
+                repo::claim(coordinator.pool(), id, token, lease)
+            });
+            match claim.await {
                 Ok(Some(order)) => {
                     claimed += 1;
                     coordinator.resume(order, token);
@@ -61,13 +70,13 @@ impl Handler for Timeouts {
                 Ok(None) => {}
                 Err(err) => {
                     // The sweep finds this order if the timer never gets through.
-                    let level_transient = is_transient(&err);
-                    warn!(order_id = %id, error = %err, transient = level_transient, "deadline timer not applied; returning it to the queue");
+                    warn!(order_id = %id, error = %err, "deadline timer not applied; returning it to the queue");
                     return Disposition::Retry;
                 }
             }
         }
         if claimed > 0 {
+            metrics::counter!("orders_recovered_total", "via" => "timer").increment(claimed);
             info!(claimed, "deadline passed: took over unfinished orders");
         }
         Disposition::Ack

@@ -59,6 +59,8 @@ pub struct Order {
     pub created_at: DateTime<Utc>,
     /// When it became final.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The W3C trace it belongs to.
+    pub traceparent: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -78,6 +80,7 @@ struct OrderRecord {
     lease_until: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
+    traceparent: Option<String>,
 }
 
 impl TryFrom<OrderRecord> for Order {
@@ -101,13 +104,14 @@ impl TryFrom<OrderRecord> for Order {
             lease_until: r.lease_until,
             created_at: r.created_at,
             finished_at: r.finished_at,
+            traceparent: r.traceparent,
         })
     }
 }
 
 const COLUMNS: &str = "id, customer_id, food_id, state, reason, txn_id, attempt, packet_id, \
                        agent_id, reserved_until, deadline, lease_token, lease_until, created_at, \
-                       finished_at";
+                       finished_at, traceparent";
 
 fn sql(template: &str) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(template.replace("{columns}", COLUMNS))
@@ -128,6 +132,8 @@ pub struct NewOrder {
     pub food_id: FoodId,
     /// The first transaction attempt.
     pub txn_id: TxnId,
+    /// The W3C trace of the request.
+    pub traceparent: String,
 }
 
 /// Records a new order in phase 1 with a deadline `deadline` from now, leased to `token` until
@@ -140,8 +146,9 @@ pub async fn insert(
     lease: Duration,
 ) -> Result<Order, sqlx::Error> {
     let record: OrderRecord = sqlx::query_as(sql(
-        "INSERT INTO orders (id, customer_id, food_id, state, txn_id, deadline, lease_token, lease_until)
-         VALUES ($1, $2, $3, 'reserving', $4, now() + $5, $6, now() + $5 + $7)
+        "INSERT INTO orders
+             (id, customer_id, food_id, state, txn_id, deadline, lease_token, lease_until, traceparent)
+         VALUES ($1, $2, $3, 'reserving', $4, now() + $5, $6, now() + $5 + $7, $8)
          RETURNING {columns}",
     ))
     .bind(new.id)
@@ -151,6 +158,7 @@ pub async fn insert(
     .bind(deadline)
     .bind(token)
     .bind(lease)
+    .bind(&new.traceparent)
     .fetch_one(pool)
     .await?;
     Order::try_from(record)
@@ -213,7 +221,7 @@ pub struct OutboxEvent {
 
 /// Records `event` for `order`, if the order is still as the caller saw it (state and
 /// transaction) and the caller still holds the lease `token`. A transition to a non-final state
-/// renews the lease for `lease`; a final one ends it and must carry its outbox event, written in
+/// extends the lease to at least `lease` from now (never shortens it); a final one ends it and must carry its outbox event, written in
 /// the same statement (so in the same transaction).
 pub async fn transition(
     pool: &PgPool,
@@ -244,7 +252,8 @@ pub async fn transition(
                  decided_at = CASE WHEN $4 = 'assigning' THEN now() ELSE decided_at END,
                  finished_at = $13,
                  lease_token = CASE WHEN $4 IN ('placed', 'not_placed') THEN NULL ELSE lease_token END,
-                 lease_until = CASE WHEN $4 IN ('placed', 'not_placed') THEN NULL ELSE now() + $11 END
+                 lease_until = CASE WHEN $4 IN ('placed', 'not_placed') THEN NULL
+                                    ELSE greatest(lease_until, now() + $11) END
              WHERE id = $1 AND state = $2 AND txn_id = $3 AND lease_token = $12
              RETURNING {columns}
          ),

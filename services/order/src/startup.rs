@@ -72,7 +72,7 @@ impl Application {
                 declarations: reply_declarations,
             },
             rpc.replies(),
-            foundation.shutdown.clone(),
+            foundation.stop_background.clone(),
         ));
 
         let timers_exchange = topology.timers_exchange("order");
@@ -87,7 +87,7 @@ impl Application {
                     Topology::timer_wait_routing_key(),
                 )
             },
-            foundation.shutdown.clone(),
+            foundation.stop_background.clone(),
             &foundation.tracker,
         );
         let events = Arc::new(Notify::new());
@@ -98,7 +98,7 @@ impl Application {
             settings,
             deadlines,
             events: Arc::clone(&events),
-            tracker: foundation.tracker.clone(),
+            tracker: foundation.work.clone(),
             shutdown: foundation.shutdown.clone(),
         });
         foundation.tracker.spawn(outbox::relay(
@@ -106,7 +106,7 @@ impl Application {
             foundation.publisher.clone(),
             topology.clone(),
             events,
-            foundation.shutdown.clone(),
+            foundation.stop_background.clone(),
         ));
 
         foundation.tracker.spawn(consumer::run(
@@ -119,13 +119,16 @@ impl Application {
                 dead_letter_exchange: Some(topology.dead_letter_exchange("order")),
                 declarations,
             },
-            Arc::new(Timeouts::new(Arc::clone(&coordinator))),
-            foundation.shutdown.clone(),
+            Arc::new(Timeouts::new(
+                Arc::clone(&coordinator),
+                foundation.stop_background.clone(),
+            )),
+            foundation.stop_background.clone(),
         ));
         foundation.tracker.spawn(recovery::sweep_loop(
             Arc::clone(&coordinator),
             config.recovery_interval,
-            foundation.shutdown.clone(),
+            foundation.stop_background.clone(),
         ));
         info!(%instance, "coordinator started");
         Ok(Self {

@@ -15,6 +15,11 @@ pub struct Config {
     #[arg(long, env = "STORE_HTTP_ADDR", default_value = "127.0.0.1:8081")]
     pub http_addr: String,
 
+    /// When set, every request that changes something (creating foods, packets, agents) needs
+    /// `Authorization: Bearer <ADMIN_TOKEN>`; reads stay open.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub participant: ParticipantArgs,

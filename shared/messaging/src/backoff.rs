@@ -1,11 +1,12 @@
-//! Exponential backoff with full jitter.
+//! Exponential backoff with jitter.
 
 use std::time::Duration;
 
 use rand::Rng;
 
-/// Exponential backoff with full jitter: attempt `n` waits a random time in
-/// `[0, min(max, base * 2^n)]`, so that many clients retrying at once spread out.
+/// Exponential backoff with jitter: attempt `n` waits a random time in `[c/2, c]` where
+/// `c = min(max, base * 2^n)`, so that many clients retrying at once spread out while each still
+/// waits at least half the nominal delay.
 #[derive(Clone, Debug)]
 pub struct Backoff {
     base: Duration,

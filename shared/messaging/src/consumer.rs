@@ -18,6 +18,7 @@ use protocol::envelope::{DecodeError, Envelope};
 use protocol::headers;
 use protocol::ids::MessageId;
 use protocol::topology::Declarations;
+use protocol::trace::TraceContext;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -69,6 +70,11 @@ impl Incoming {
     /// The `order-id` header, for logs.
     pub fn order_id(&self) -> Option<&str> {
         self.header(headers::ORDER_ID)
+    }
+
+    /// The sender's trace context (`traceparent` header), if valid.
+    pub fn trace(&self) -> Option<TraceContext> {
+        TraceContext::parse(self.header(headers::TRACEPARENT)?)
     }
 
     /// The message this one answers.
@@ -187,6 +193,10 @@ pub async fn run<H: Handler>(
         )
         .await;
         broker.health().set(&component, false);
+        if !shutdown.is_cancelled() {
+            metrics::counter!("consumer_restarts_total", "queue" => spec.queue.clone())
+                .increment(1);
+        }
         if shutdown.is_cancelled() {
             break;
         }
@@ -270,11 +280,14 @@ async fn consume_once<H: Handler>(
             properties,
             redelivered,
         };
+        let trace = message.trace();
         let span = info_span!(
             "message",
             queue = %spec.queue,
             kind = message.kind().unwrap_or("?"),
             order_id = message.order_id().unwrap_or("?"),
+            trace_id = trace.map(|t| t.trace_id()).unwrap_or_default(),
+            span_id = trace.map(|t| t.span_id()).unwrap_or_default(),
         );
         if spec.ack_mode == AckMode::Auto {
             handler.handle(&message).instrument(span).await;
@@ -295,6 +308,8 @@ async fn consume_once<H: Handler>(
                     }
                     Disposition::DeadLetter(reason) => {
                         warn!(reason, "dead-lettering message");
+                        metrics::counter!("messages_dead_lettered_total", "queue" => message.queue().to_owned())
+                            .increment(1);
                         match dead_letter_exchange.as_deref() {
                             Some(exchange) => {
                                 match dead_letter(&publisher, exchange, &message, &reason).await {

@@ -93,7 +93,12 @@ impl RpcClient {
         self.waiters().insert(id, sender);
         let _forget = Forget { client: self, id };
         let request = request.reply_to(self.reply_to.clone());
+        let mut first = true;
         loop {
+            if !first {
+                metrics::counter!("rpc_resends_total").increment(1);
+            }
+            first = false;
             if let Err(err) = self.publisher.publish(&request).await {
                 debug!(error = %err, "request not published; trying again");
             }

@@ -40,7 +40,8 @@ pub async fn claim(
     // A committed row always has its reply: it is written in the transaction that claims it.
     recorded
         .map(|Json(reply)| Some(reply))
-        .ok_or_else(|| sqlx::Error::Protocol("barrier row without a reply".into()))
+        // Not transient: retrying cannot fill in a reply.
+        .ok_or_else(|| sqlx::Error::Decode("barrier row without a reply".into()))
 }
 
 /// Records the reply of the operation claimed in this transaction.

@@ -1,22 +1,18 @@
 //! Consuming reserve, assign and release commands: apply once, reply, ack after the commit.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use messaging::{BrokerError, Disposition, Handler, Incoming, Outgoing};
 use protocol::command::{AssignRefusal, AssignReply, Command, ReleaseReply, Reply, ReserveReply};
 use protocol::envelope::TxnEnvelope;
-use service_kit::db::is_transient;
-use tokio::time::Instant;
+use protocol::headers;
+use protocol::trace::TraceContext;
+use service_kit::db::retry_transient;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::barrier;
 use crate::inventory::{Hold, Inventory, ReserveError};
 use crate::runtime::Shared;
-
-/// How long a command waits out a database outage in place (holding its message, which stays
-/// unacked and so costs no delivery attempt) before giving it back to the queue.
-const DB_RETRY_BUDGET: Duration = Duration::from_secs(30);
 
 /// Handles the reserve, assign and release queues of a participant.
 pub struct CommandHandler<I: Inventory> {
@@ -74,6 +70,8 @@ impl<I: Inventory> CommandHandler<I> {
             // A worker that stalls between phase 1 and phase 2 (tests only).
             service_kit::fault::pause("participant.before_assign").await;
         }
+        let started = std::time::Instant::now();
+        let operation = envelope.message().operation();
         let reply = match self.apply_with_retry(&envelope).await {
             Ok(reply) => reply,
             Err(ApplyError::Invalid(reason)) => return Disposition::DeadLetter(reason),
@@ -86,11 +84,26 @@ impl<I: Inventory> CommandHandler<I> {
             self.shared.expiries.push(envelope.txn_id());
         }
         log_outcome(&reply);
+        let participant = I::PARTICIPANT.as_str();
+        metrics::counter!(
+            "participant_commands_total",
+            "participant" => participant,
+            "operation" => operation.as_str(),
+            "outcome" => outcome(&reply),
+        )
+        .increment(1);
+        metrics::histogram!(
+            "participant_command_seconds",
+            "participant" => participant,
+            "operation" => operation.as_str(),
+        )
+        .record(started.elapsed().as_secs_f64());
         let Some(reply_to) = message.reply_to() else {
             warn!("command without reply_to: applied, but nobody to tell");
             return Disposition::Ack;
         };
-        match self.send_reply(&envelope, reply, reply_to).await {
+        let trace = message.trace().map(|t| t.child());
+        match self.send_reply(&envelope, reply, reply_to, trace).await {
             Ok(()) => Disposition::Ack,
             Err(BrokerError::Unroutable { .. }) => {
                 // The coordinator that asked is gone (its reply queue with it). Whoever takes
@@ -106,21 +119,23 @@ impl<I: Inventory> CommandHandler<I> {
         }
     }
 
+    /// Applies the command, waiting out database outages in place.
     async fn apply_with_retry(
         &self,
         envelope: &TxnEnvelope<Command<I::Request>>,
     ) -> Result<Reply, ApplyError> {
-        let deadline = Instant::now() + DB_RETRY_BUDGET;
-        let mut backoff =
-            messaging::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        loop {
+        let outcome = retry_transient(&self.shared.shutdown, || async {
             match self.apply(envelope).await {
-                Err(ApplyError::Db(err)) if is_transient(&err) && Instant::now() < deadline => {
-                    warn!(error = %err, "database unavailable; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-                other => return other,
+                Ok(reply) => Ok(Ok(reply)),
+                Err(ApplyError::Invalid(reason)) => Ok(Err(reason)),
+                Err(ApplyError::Db(err)) => Err(err),
             }
+        })
+        .await;
+        match outcome {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(reason)) => Err(ApplyError::Invalid(reason)),
+            Err(err) => Err(ApplyError::Db(err)),
         }
     }
 
@@ -175,13 +190,30 @@ impl<I: Inventory> CommandHandler<I> {
         command: &TxnEnvelope<Command<I::Request>>,
         reply: Reply,
         reply_to: &str,
+        trace: Option<TraceContext>,
     ) -> Result<(), BrokerError> {
         let shared = &self.shared;
         let envelope = TxnEnvelope::txn(command.order_id(), command.txn_id(), reply);
-        let message = Outgoing::txn(&envelope, shared.topology.replies_exchange(), reply_to)?
+        let mut message = Outgoing::txn(&envelope, shared.topology.replies_exchange(), reply_to)?
             .correlation_id(command.message_id)
             .transient();
+        if let Some(trace) = trace {
+            message = message.header(headers::TRACEPARENT, trace.to_string());
+        }
         shared.publisher.publish(&message).await
+    }
+}
+
+/// A short label of a reply, for metrics.
+fn outcome(reply: &Reply) -> &'static str {
+    match reply {
+        Reply::ReserveReply(ReserveReply::Reserved { .. }) => "reserved",
+        Reply::ReserveReply(ReserveReply::Busy) => "busy",
+        Reply::ReserveReply(ReserveReply::Unavailable { .. }) => "unavailable",
+        Reply::ReserveReply(ReserveReply::Aborted) => "aborted",
+        Reply::AssignReply(AssignReply::Assigned { .. }) => "assigned",
+        Reply::AssignReply(AssignReply::Refused { .. }) => "refused",
+        Reply::ReleaseReply(ReleaseReply::Released { .. }) => "released",
     }
 }
 

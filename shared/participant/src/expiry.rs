@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use messaging::{Disposition, Handler, Incoming};
 use protocol::timer::ParticipantTimer;
-use service_kit::db::is_transient;
+use service_kit::db::retry_transient;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -33,25 +33,26 @@ impl<I: Inventory> Handler for ExpiryHandler<I> {
             Err(err) => return Disposition::DeadLetter(err.to_string()),
         };
         let ParticipantTimer::Expiries { txn_ids } = timer;
-        let result = async {
+        let result = retry_transient(&self.shared.shutdown, || async {
             let mut conn = self.shared.pool.acquire().await?;
             I::TABLE.expire(&mut conn, &txn_ids).await
-        }
+        })
         .await;
         match result {
             Ok(0) => Disposition::Ack,
             Ok(freed) => {
+                metrics::counter!(
+                    "reservations_expired_total",
+                    "participant" => I::PARTICIPANT.as_str(),
+                    "via" => "timer",
+                )
+                .increment(freed);
                 info!(
                     freed,
                     timers = txn_ids.len(),
                     "expired reservations released"
                 );
                 Disposition::Ack
-            }
-            Err(err) if is_transient(&err) => {
-                // The sweep will free them if this timer never gets through.
-                warn!(error = %err, "expiry timer not applied; returning it to the queue");
-                Disposition::Retry
             }
             Err(err) => {
                 warn!(error = %err, "expiry timer failed");
@@ -96,7 +97,11 @@ pub(crate) async fn sweep_loop<I: Inventory>(
         .await;
         match result {
             Ok((0, _)) => {}
-            Ok((freed, _)) => info!(freed, "sweep released expired reservations"),
+            Ok((freed, _)) => {
+                metrics::counter!("reservations_expired_total", "participant" => I::PARTICIPANT.as_str(), "via" => "sweep")
+                    .increment(freed);
+                info!(freed, "sweep released expired reservations");
+            }
             Err(err) => warn!(error = %err, "sweep failed; next round will retry"),
         }
     }

@@ -12,6 +12,7 @@ use protocol::timer::ParticipantTimer;
 use protocol::topology::Topology;
 use service_kit::app::Foundation;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::commands::CommandHandler;
 use crate::expiry::{ExpiryHandler, sweep_loop};
@@ -41,6 +42,8 @@ pub(crate) struct Shared<I: Inventory> {
     pub(crate) topology: Topology,
     pub(crate) settings: ParticipantSettings,
     pub(crate) expiries: Batcher<TxnId>,
+    /// Stops in-place retries at shutdown.
+    pub(crate) shutdown: CancellationToken,
 }
 
 /// Starts the command and expiry consumers and the sweep of participant `I` on the service's
@@ -56,7 +59,7 @@ pub fn start<I: Inventory>(
         broker,
         publisher,
         tracker,
-        shutdown,
+        stop_background: shutdown,
         ..
     } = foundation;
     let (pool, broker, publisher) = (pool.clone(), broker.clone(), publisher.clone());
@@ -102,6 +105,7 @@ pub fn start<I: Inventory>(
         topology,
         settings,
         expiries,
+        shutdown: shutdown.clone(),
     });
     let commands = Arc::new(CommandHandler::new(Arc::clone(&shared)));
     for queue in command_queues {

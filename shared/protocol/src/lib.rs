@@ -25,6 +25,7 @@
 //! - [`event`]: the order events published for other systems.
 //! - [`headers`]: AMQP header names.
 //! - [`topology`]: every exchange, queue and routing key, spelled once.
+//! - [`trace`]: W3C trace context for headers.
 
 pub mod command;
 pub mod envelope;
@@ -33,5 +34,6 @@ pub mod headers;
 pub mod ids;
 pub mod timer;
 pub mod topology;
+pub mod trace;
 
 pub use envelope::{DecodeError, Envelope, PROTOCOL_VERSION};

@@ -10,7 +10,7 @@
 //! | `store.reserve.dlq`, … | quorum queues | messages that could not be handled, with the reason |
 //! | `store.dead-letter` | direct exchange | routes to the `.dlq` queues, routing key = source queue |
 //! | `store.timers` | direct exchange | routes expiry timers into the wait queue and out of it |
-//! | `store.expiry.wait.30000ms` | quorum queue, TTL, no consumer | expiry timers wait here |
+//! | `store.expiry.wait.<ttl>ms` | quorum queue, TTL, no consumer | expiry timers wait here |
 //! | `store.expiry` | quorum queue | expired timers, consumed by the store |
 //!
 //! delivery has the same set under `delivery.`; the coordinator has `order.replies` (exchange) with
@@ -285,14 +285,14 @@ impl Topology {
         );
     }
 
-    /// What a participant declares: its commands exchange and queues, its expiry timers, and the
-    /// replies exchange it publishes to.
+    /// What a participant declares: its own commands exchange and queues and its expiry timers.
+    /// (It replies through `order.replies`, which the coordinator that sent the command has
+    /// declared.)
     pub fn participant(&self, participant: Participant, expiry_ttl: Duration) -> Declarations {
         let owner = participant.as_str();
         let mut decl = Declarations::default();
         let commands = self.commands_exchange(participant);
         decl.exchange(commands.clone(), ExchangeKind::Direct);
-        decl.exchange(self.replies_exchange(), ExchangeKind::Direct);
         for operation in Operation::ALL {
             self.consumed_queue(
                 &mut decl,
@@ -314,14 +314,12 @@ impl Topology {
         decl
     }
 
-    /// What the coordinator declares: the exchanges it publishes to, its deadline timers and the
-    /// events exchange. Its reply queue is declared separately ([`Topology::reply_queue_spec`])
-    /// because it belongs to one connection.
+    /// What the coordinator declares: its replies exchange, its deadline timers and the events
+    /// exchange. It publishes commands to the participants' exchanges, which the participants
+    /// declare (so a coordinator needs no right to configure them). Its reply queue is declared
+    /// separately ([`Topology::reply_queue_spec`]) because it belongs to one connection.
     pub fn coordinator(&self, deadline_ttl: Duration) -> Declarations {
         let mut decl = Declarations::default();
-        for participant in Participant::ALL {
-            decl.exchange(self.commands_exchange(participant), ExchangeKind::Direct);
-        }
         decl.exchange(self.replies_exchange(), ExchangeKind::Direct);
         decl.exchange(self.events_exchange(), ExchangeKind::Topic);
         self.timer_queues(
@@ -348,6 +346,48 @@ impl Topology {
     }
 }
 
+/// RabbitMQ permissions of a service: regular expressions over exchange and queue names (see
+/// <https://www.rabbitmq.com/docs/access-control>). Each service may configure (declare) and read
+/// only its own names, and write to its own names plus the exchanges it publishes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Permissions {
+    /// Declare and delete.
+    pub configure: String,
+    /// Publish to an exchange, bind a queue.
+    pub write: String,
+    /// Consume from a queue, bind from an exchange.
+    pub read: String,
+}
+
+impl Topology {
+    /// The permissions of `service` (`order`, `store` or `delivery`).
+    pub fn permissions(&self, service: &str) -> Permissions {
+        let p = regex_escape(&self.prefix);
+        let own = format!("^{p}{service}\\.");
+        let write = match service {
+            "order" => format!("^{p}(order\\.|store\\.commands$|delivery\\.commands$)"),
+            participant => format!("^{p}({participant}\\.|order\\.replies$)"),
+        };
+        Permissions {
+            configure: own.clone(),
+            write,
+            read: own,
+        }
+    }
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,6 +407,16 @@ mod tests {
             Topology::dead_letter_queue("t1.store.assign"),
             "t1.store.assign.dlq"
         );
+    }
+
+    #[test]
+    fn permissions_cover_own_names_only() {
+        let t = Topology::new("");
+        let store = t.permissions("store");
+        assert_eq!(store.configure, "^store\\.");
+        assert_eq!(store.write, "^(store\\.|order\\.replies$)");
+        let order = Topology::new("a.b").permissions("order");
+        assert_eq!(order.read, "^a\\.border\\.");
     }
 
     #[test]

@@ -16,7 +16,9 @@ use tracing::{info, warn};
 use crate::db::{self, DatabaseSettings, DbError};
 use crate::http::{self, Readiness};
 
-/// How long background tasks (consumers finishing their in-flight messages) get at shutdown.
+/// How long in-flight work (orders being driven) gets at shutdown, while consumers still run.
+const WORK_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long background tasks (consumers finishing their in-flight messages) get after that.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Why a service could not start or stopped with an error.
@@ -46,10 +48,16 @@ pub struct Foundation {
     pub publisher: Publisher,
     /// The bound HTTP listener.
     pub listener: TcpListener,
-    /// Background tasks (consumers, sweeps); drained at shutdown.
+    /// In-flight work that needs the consumers to finish (the coordinator's order drivers).
+    pub work: TaskTracker,
+    /// Background tasks (consumers, timers, sweeps, relays).
     pub tracker: TaskTracker,
-    /// Cancelled when the service should stop.
+    /// Cancelled when the signal to stop arrives: stop taking new work, stop waiting.
     pub shutdown: CancellationToken,
+    /// Cancelled once in-flight work has finished (or its drain time ran out): stop the
+    /// background tasks. Consumers keep running until then, so that in-flight orders still get
+    /// their replies.
+    pub stop_background: CancellationToken,
 }
 
 impl Foundation {
@@ -71,8 +79,10 @@ impl Foundation {
             broker,
             publisher,
             listener,
+            work: TaskTracker::new(),
             tracker: TaskTracker::new(),
             shutdown,
+            stop_background: CancellationToken::new(),
         })
     }
 
@@ -81,8 +91,9 @@ impl Foundation {
         self.listener.local_addr()
     }
 
-    /// Serves `routes` with the health routes and body limits until shutdown, then waits (with a
-    /// bound) for background tasks to finish and closes the broker connections.
+    /// Serves `routes` with the health routes and body limits until shutdown, then stops in
+    /// order: in-flight requests finish, in-flight work finishes (bounded), background tasks
+    /// finish (bounded), connections close.
     pub async fn run(self, routes: Router) -> Result<(), StartupError> {
         let readiness = Readiness {
             db: self.pool.clone(),
@@ -90,8 +101,18 @@ impl Foundation {
         };
         let router = http::with_limits(routes.merge(http::health_routes(readiness)));
         http::serve(self.listener, router, self.shutdown.clone()).await?;
-        info!("http server stopped; draining background work");
         self.shutdown.cancel();
+        info!("http server stopped; finishing in-flight work");
+        self.work.close();
+        if tokio::time::timeout(WORK_DRAIN_TIMEOUT, self.work.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                "in-flight work still running after {WORK_DRAIN_TIMEOUT:?}; recovery will finish it"
+            );
+        }
+        self.stop_background.cancel();
         self.tracker.close();
         if tokio::time::timeout(DRAIN_TIMEOUT, self.tracker.wait())
             .await

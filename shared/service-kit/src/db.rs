@@ -96,28 +96,34 @@ async fn try_connect(
     Ok(pool)
 }
 
+/// Creates the service's database if it does not exist. Connects to it first: where it exists
+/// (or the service's role may not create databases, as in a least-privilege set-up where an
+/// administrator created it), nothing else is needed.
 async fn ensure_database(settings: &DatabaseSettings) -> Result<(), sqlx::Error> {
+    match PgConnection::connect_with(&settings.options).await {
+        Ok(conn) => return conn.close().await,
+        Err(err) if is_missing_database(&err) => {}
+        Err(err) => return Err(err),
+    }
     let name = settings.database().to_owned();
     let mut admin =
         PgConnection::connect_with(&settings.options.clone().database("postgres")).await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut admin)
-            .await?;
-    if !exists {
-        let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
-        match sqlx::query(sqlx::AssertSqlSafe(create))
-            .execute(&mut admin)
-            .await
-        {
-            Ok(_) => info!(database = %name, "database created"),
-            // Another replica created it first.
-            Err(err) if is_duplicate_database(&err) => {}
-            Err(err) => return Err(err),
-        }
+    let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+    match sqlx::query(sqlx::AssertSqlSafe(create))
+        .execute(&mut admin)
+        .await
+    {
+        Ok(_) => info!(database = %name, "database created"),
+        // Another replica created it first.
+        Err(err) if is_duplicate_database(&err) => {}
+        Err(err) => return Err(err),
     }
     admin.close().await
+}
+
+fn is_missing_database(err: &sqlx::Error) -> bool {
+    // 3D000 invalid_catalog_name: the database does not exist.
+    matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| c == "3D000"))
 }
 
 fn is_duplicate_database(err: &sqlx::Error) -> bool {
@@ -159,5 +165,34 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
                 )
         }),
         _ => false,
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails with an error that is not [transient](is_transient),
+/// or `shutdown` (then the last transient error is returned). For work that holds an unacked
+/// message: waiting out a database outage in place costs the message no delivery attempt, so an
+/// outage never parks valid commands in a dead-letter queue.
+pub async fn retry_transient<T, F, Fut>(
+    shutdown: &CancellationToken,
+    mut attempt: F,
+) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    loop {
+        match attempt().await {
+            Err(err) if is_transient(&err) && !shutdown.is_cancelled() => {
+                if backoff.attempts().is_multiple_of(10) {
+                    warn!(error = %err, attempts = backoff.attempts(), "database unavailable; waiting");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                    () = shutdown.cancelled() => return Err(err),
+                }
+            }
+            other => return other,
+        }
     }
 }

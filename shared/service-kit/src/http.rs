@@ -1,11 +1,13 @@
 //! HTTP plumbing shared by the services: one JSON error type, extractors that answer bad input in
 //! that format, the health routes, and serving with graceful shutdown.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -133,8 +135,9 @@ pub struct Readiness {
     pub health: Health,
 }
 
-/// `GET /healthz` (the process answers) and `GET /readyz` (200 only while the database and the
-/// broker are reachable; 503 with the failing checks otherwise).
+/// `GET /healthz` (the process answers), `GET /readyz` (200 only while the database and the
+/// broker are reachable; 503 with the failing checks otherwise) and `GET /metrics` (Prometheus
+/// text format).
 pub fn health_routes(readiness: Readiness) -> Router {
     Router::new()
         .route(
@@ -142,16 +145,41 @@ pub fn health_routes(readiness: Readiness) -> Router {
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(readiness)
 }
 
-async fn readyz(State(readiness): State<Readiness>) -> Response {
-    let db_ok = tokio::time::timeout(
+async fn database_up(readiness: &Readiness) -> bool {
+    tokio::time::timeout(
         Duration::from_secs(2),
         sqlx::query("SELECT 1").execute(&readiness.db),
     )
     .await
-    .is_ok_and(|r| r.is_ok());
+    .is_ok_and(|r| r.is_ok())
+}
+
+async fn metrics(State(readiness): State<Readiness>) -> Response {
+    // Connection state is sampled at scrape time.
+    let db_up = database_up(&readiness).await;
+    ::metrics::gauge!("database_up").set(if db_up { 1.0 } else { 0.0 });
+    for (component, up) in readiness.health.snapshot() {
+        ::metrics::gauge!("broker_component_up", "component" => component).set(if up {
+            1.0
+        } else {
+            0.0
+        });
+    }
+    let idle = u32::try_from(readiness.db.num_idle()).unwrap_or(u32::MAX);
+    ::metrics::gauge!("db_pool_connections", "state" => "idle").set(f64::from(idle));
+    ::metrics::gauge!("db_pool_connections", "state" => "open").set(f64::from(readiness.db.size()));
+    let body = crate::metrics::handle()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn readyz(State(readiness): State<Readiness>) -> Response {
+    let db_ok = database_up(&readiness).await;
     let mut checks = serde_json::Map::new();
     checks.insert("database".to_owned(), db_ok.into());
     let mut ready = db_ok;
@@ -166,6 +194,47 @@ async fn readyz(State(readiness): State<Readiness>) -> Response {
     };
     let body = json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": checks });
     (status, Json(body)).into_response()
+}
+
+/// Requires `Authorization: Bearer <token>` on every request that changes something (any method
+/// but GET and HEAD) when a token is configured: the admin API (foods, packets, agents). Reads
+/// stay open. `None` leaves the router as it is (local development).
+pub fn admin_guard(router: Router, token: Option<String>) -> Router {
+    match token.filter(|t| !t.is_empty()) {
+        None => router,
+        Some(token) => router.layer(middleware::from_fn_with_state(
+            Arc::<str>::from(token),
+            require_bearer,
+        )),
+    }
+}
+
+async fn require_bearer(State(token): State<Arc<str>>, request: Request, next: Next) -> Response {
+    if matches!(*request.method(), Method::GET | Method::HEAD) {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(presented) if constant_time_eq(presented.as_bytes(), token.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({ "error": "missing or wrong admin token" })),
+        )
+            .into_response(),
+    }
+}
+
+/// Compares without stopping at the first difference, so that the time taken does not tell how
+/// much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Adds the body size limit every service uses.
@@ -189,4 +258,17 @@ pub async fn serve(
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
 }

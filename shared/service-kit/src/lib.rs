@@ -9,6 +9,7 @@
 //! - [`config`]: command-line/environment settings shared by the services.
 //! - [`db`]: create the service's database if missing, migrate it, pool it; classify errors.
 //! - [`http`]: the JSON error type, extractors that answer bad input in JSON, health routes, serving.
+//! - [`metrics`]: the Prometheus recorder behind `GET /metrics`.
 //! - [`telemetry`]: logging set-up.
 //! - [`shutdown`]: the signal that starts a graceful shutdown.
 //! - [`fault`]: test-only crash points, switched on by an environment variable.
@@ -18,5 +19,6 @@ pub mod config;
 pub mod db;
 pub mod fault;
 pub mod http;
+pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;

@@ -193,6 +193,18 @@ pub struct Infra {
     order_db: OnceCell<PgPool>,
     store_db: OnceCell<PgPool>,
     delivery_db: OnceCell<PgPool>,
+    /// Broker users created for this test (users are global to the node).
+    users: std::sync::Mutex<Vec<String>>,
+    accounts: std::sync::Mutex<Vec<(String, ServiceAccount)>>,
+}
+
+/// A service's own credentials, from [`Infra::least_privilege`].
+#[derive(Clone, Debug)]
+pub struct ServiceAccount {
+    /// `AMQP_URL` with the service's broker user.
+    pub amqp_url: String,
+    /// The service's database URL, with its own role.
+    pub database_url: String,
 }
 
 impl Infra {
@@ -222,7 +234,66 @@ impl Infra {
             order_db: OnceCell::new(),
             store_db: OnceCell::new(),
             delivery_db: OnceCell::new(),
+            users: std::sync::Mutex::new(Vec::new()),
+            accounts: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// The account [`Infra::least_privilege`] created for `service`.
+    pub fn account(&self, service: &str) -> ServiceAccount {
+        self.accounts
+            .lock()
+            .expect("accounts")
+            .iter()
+            .find(|(s, _)| s == service)
+            .map(|(_, a)| a.clone())
+            .unwrap_or_else(|| panic!("no account for {service}"))
+    }
+
+    /// One broker user per service with the permissions of `Topology::permissions` (through
+    /// `rabbitmq-setup`), and one PostgreSQL role per service that owns its database and is the
+    /// only one (besides the superuser) allowed to connect to it.
+    pub async fn least_privilege(&self, service: &'static str) -> ServiceAccount {
+        let name = format!("{}_{service}", self.id);
+        let password = format!("{:016x}", rand::rng().random::<u64>());
+        let admin =
+            rabbitmq_setup::Management::new(management_url().as_str()).expect("management URL");
+        self.users.lock().expect("users").push(name.clone());
+        admin
+            .create_users(
+                &self.vhost,
+                &protocol::topology::Topology::new(""),
+                &[rabbitmq_setup::ServiceUser {
+                    service,
+                    user: name.clone(),
+                    password: password.clone(),
+                }],
+            )
+            .await
+            .expect("broker user created");
+        let db = admin_pool().await.expect("admin connection");
+        for statement in [
+            format!("CREATE ROLE \"{name}\" LOGIN"),
+            format!("CREATE DATABASE \"{name}\" OWNER \"{name}\""),
+            format!("REVOKE CONNECT ON DATABASE \"{name}\" FROM PUBLIC"),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&db)
+                .await
+                .expect("database role set up");
+        }
+        db.close().await;
+        let amqp = amqp_base().replacen("guest:guest@", &format!("{name}:{password}@"), 1);
+        let db_base = database_base().replacen("postgres@", &format!("{name}@"), 1);
+        let account = ServiceAccount {
+            amqp_url: format!("{amqp}/{}?heartbeat=5", self.vhost),
+            database_url: format!("{db_base}/{name}"),
+        };
+        self.accounts
+            .lock()
+            .expect("accounts")
+            .push((service.to_owned(), account.clone()));
+        account
     }
 
     /// The database URL of a service (`order`, `store` or `delivery`).
@@ -337,6 +408,7 @@ impl Infra {
 impl Drop for Infra {
     fn drop(&mut self) {
         let id = self.id.clone();
+        let users = self.users.lock().map(|u| u.clone()).unwrap_or_default();
         // Drop runs inside the test's runtime, which is blocked while this waits: clean up on a
         // thread with a runtime of its own, and with clients of its own (a pooled connection of
         // the test's HTTP client is driven by the test's runtime, and would never answer).
@@ -350,6 +422,9 @@ impl Drop for Infra {
             runtime.block_on(async move {
                 let management = Management::new();
                 management.delete(&format!("vhosts/{id}")).await;
+                for user in users {
+                    management.delete(&format!("users/{}", encode(&user))).await;
+                }
                 drop_databases(&format!("{id}_")).await;
             });
         });
@@ -379,6 +454,20 @@ async fn drop_databases(prefix: &str) {
     for name in names {
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await;
+    }
+    // Roles of least-privilege tests are named like their databases.
+    let roles: Vec<String> =
+        sqlx::query_scalar("SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1)")
+            .bind(prefix)
+            .fetch_all(&admin)
+            .await
+            .unwrap_or_default();
+    for role in roles {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP ROLE IF EXISTS \"{role}\""
         )))
         .execute(&admin)
         .await;

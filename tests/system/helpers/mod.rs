@@ -126,12 +126,42 @@ impl TestSystem {
 
     /// A system with extra settings, started and ready.
     pub async fn start_with(options: Options) -> Self {
-        let broker = if options.exclusive_broker {
+        let broker = Self::share_broker(&options).await;
+        let infra = Infra::create().await;
+        Self::start_on(infra, options, broker).await
+    }
+
+    /// A system whose services run with their own least-privilege broker users and database
+    /// roles.
+    pub async fn start_least_privilege(options: Options) -> Self {
+        let broker = Self::share_broker(&options).await;
+        let infra = Infra::create().await;
+        let mut options = options;
+        for service in ["order", "store", "delivery"] {
+            let account = infra.least_privilege(service).await;
+            let own = match service {
+                "order" => &mut options.order,
+                "store" => &mut options.store,
+                _ => &mut options.delivery,
+            };
+            own.push(("AMQP_URL".into(), account.amqp_url));
+            own.push((
+                format!("{}_DATABASE_URL", service.to_uppercase()),
+                account.database_url,
+            ));
+        }
+        Self::start_on(infra, options, broker).await
+    }
+
+    async fn share_broker(options: &Options) -> BrokerShare {
+        if options.exclusive_broker {
             BrokerShare::Exclusive(Arc::clone(&BROKER).write_owned().await)
         } else {
             BrokerShare::Shared(Arc::clone(&BROKER).read_owned().await)
-        };
-        let infra = Infra::create().await;
+        }
+    }
+
+    async fn start_on(infra: Infra, options: Options, broker: BrokerShare) -> Self {
         let mut system = Self::new_stopped(infra, options, broker);
         // The participants first: they declare the command queues the coordinator sends to.
         tokio::join!(system.store.start(), system.delivery.start());

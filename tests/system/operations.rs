@@ -1,0 +1,251 @@
+//! What operators rely on: least privilege, the admin token, body limits, metrics, trace
+//! context, and a healthy topology in the management API.
+
+use std::time::Duration;
+
+use messaging::{Broker, BrokerConfig, Health};
+use protocol::topology::{Declarations, QueueKind, QueueSpec, Topology};
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::Connection;
+
+use crate::helpers::{Options, TestSystem, eventually};
+
+#[tokio::test]
+async fn services_run_with_their_own_broker_users_and_database_roles() {
+    let system = TestSystem::start_least_privilege(Options::default()).await;
+    let food = system.create_food("Misal", 2).await;
+    system.create_agents(2).await;
+    let (status, body) = system.place_order(food).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // The store's broker user cannot declare the coordinator's queues.
+    let store = system.infra.account("store");
+    let broker = Broker::new(
+        BrokerConfig {
+            url: store.amqp_url.clone(),
+            connection_name: "least privilege check".into(),
+            publisher_channels: 1,
+            confirm_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        },
+        Health::default(),
+    )
+    .unwrap();
+    let foreign = Declarations {
+        exchanges: vec![],
+        queues: vec![QueueSpec {
+            name: Topology::new("").order_timeouts(),
+            kind: QueueKind::Quorum,
+            message_ttl: None,
+            dead_letter: None,
+            reliable_dead_letter: false,
+            delivery_limit: None,
+            bindings: vec![],
+        }],
+    };
+    let refused = broker.declare(&foreign).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("ACCESS_REFUSED") || refused.contains("access"),
+        "{refused}"
+    );
+    broker.close();
+
+    // The store's database role cannot connect to the order database.
+    let order_db = system.infra.account("order").database_url;
+    let store_role_on_order_db = order_db.replacen(
+        &format!("{}_order@", system.infra.id),
+        &format!("{}_store@", system.infra.id),
+        1,
+    );
+    assert!(
+        sqlx::PgConnection::connect(&store_role_on_order_db)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_the_token_when_one_is_set_and_bodies_are_limited() {
+    let system = TestSystem::start_with(
+        Options::default()
+            .store("ADMIN_TOKEN", "s3cret")
+            .delivery("ADMIN_TOKEN", "s3cret"),
+    )
+    .await;
+    let http = system.http();
+    for (service, path, body) in [
+        (
+            &system.store,
+            "/foods",
+            json!({ "name": "Chole", "packets": 1 }),
+        ),
+        (&system.delivery, "/agents", json!({ "count": 1 })),
+    ] {
+        for auth in [None, Some("Bearer wrong"), Some("s3cret")] {
+            let mut request = http.post(service.url(path)).json(&body);
+            if let Some(auth) = auth {
+                request = request.header("authorization", auth);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{path} with {auth:?}"
+            );
+            let answer: serde_json::Value = response.json().await.unwrap();
+            assert!(answer["error"].is_string());
+        }
+        let response = http
+            .post(service.url(path))
+            .header("authorization", "Bearer s3cret")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED, "{path}");
+    }
+    // Reads stay open.
+    let (status, foods) = system.get(&system.store, "/foods").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(foods.as_array().map(Vec::len), Some(1));
+
+    // A body over the limit is refused before it is read whole.
+    let huge = json!({ "food_id": 1, "customer_id": "x".repeat(100 * 1024) });
+    let response = http
+        .post(system.order.url("/orders"))
+        .json(&huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(system.infra.order_states().await.is_empty());
+}
+
+async fn metrics(system: &TestSystem, service: &crate::helpers::Service) -> String {
+    system
+        .http()
+        .get(service.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn metrics_count_orders_and_commands() {
+    let system = TestSystem::start().await;
+    let food = system.create_food("Pav Bhaji", 1).await;
+    system.create_agents(1).await;
+    assert_eq!(system.place_order(food).await.0, StatusCode::CREATED);
+    assert_eq!(system.place_order(food).await.0, StatusCode::CONFLICT);
+
+    let order = metrics(&system, &system.order).await;
+    for line in [
+        r#"orders_total{outcome="placed",reason=""} 1"#,
+        r#"orders_total{outcome="not_placed",reason="food_unavailable"} 1"#,
+        "database_up 1",
+        "order_phase_seconds_bucket",
+        "orders_in_flight 0",
+    ] {
+        assert!(
+            order.contains(line),
+            "order /metrics lacks {line}:\n{order}"
+        );
+    }
+    let store = metrics(&system, &system.store).await;
+    for line in [
+        r#"participant_commands_total{participant="store",operation="reserve",outcome="reserved"} 1"#,
+        r#"participant_commands_total{participant="store",operation="assign",outcome="assigned"} 1"#,
+        r#"broker_component_up{component="consumer store.reserve"} 1"#,
+    ] {
+        assert!(
+            store.contains(line),
+            "store /metrics lacks {line}:\n{store}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn one_trace_id_joins_an_orders_log_lines_in_all_three_services() {
+    let system = TestSystem::start().await;
+    let food = system.create_food("Vada Pav", 1).await;
+    system.create_agents(1).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = system
+        .http()
+        .post(system.order.url("/orders"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&json!({ "food_id": food, "customer_id": "c-1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    for service in [&system.order, &system.store, &system.delivery] {
+        eventually(
+            &format!("{} logs the trace id", service.name),
+            Duration::from_secs(10),
+            || async { service.logged(trace_id) },
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn the_management_api_shows_every_queue_consumed_and_nothing_left_behind() {
+    let system = TestSystem::start().await;
+    let food = system.create_food("Sabudana", 20).await;
+    system.create_agents(20).await;
+    for _ in 0..10 {
+        system.place_order(food).await;
+    }
+    let management = &system.infra.management;
+    let vhost = &system.infra.vhost;
+    let topology = Topology::new("");
+    let mut consumed = vec![topology.order_timeouts()];
+    for participant in protocol::topology::Participant::ALL {
+        for op in protocol::command::Operation::ALL {
+            consumed.push(topology.command_queue(participant, op));
+        }
+        consumed.push(topology.expiry_queue(participant));
+    }
+    eventually(
+        "every consumed queue has a consumer and nothing unacked",
+        Duration::from_secs(30),
+        || async {
+            let queues = management.queues(vhost).await;
+            consumed.iter().all(|name| {
+                queues.iter().any(|q| {
+                    q["name"] == name.as_str()
+                        && q["consumers"].as_i64().unwrap_or(0) >= 1
+                        && q["messages_unacknowledged"].as_i64().unwrap_or(1) == 0
+                })
+            })
+        },
+    )
+    .await;
+    for name in &consumed {
+        let dlq = Topology::dead_letter_queue(name);
+        assert_eq!(management.count_messages(vhost, &dlq).await, 0, "{dlq}");
+    }
+    let exchanges = management.get(&format!("exchanges/{vhost}")).await;
+    for name in [
+        "order.events",
+        "order.replies",
+        "order.timers",
+        "store.commands",
+        "delivery.commands",
+        "store.dead-letter",
+    ] {
+        assert!(
+            exchanges
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == name),
+            "exchange {name} missing"
+        );
+    }
+}
