@@ -31,12 +31,17 @@ impl Handler for Forward {
 }
 
 impl EventTap {
-    /// Binds a queue of its own to `order.events` and starts consuming.
+    /// Binds a queue of its own to `order.events` in a test's vhost and starts consuming.
     pub async fn start(infra: &Infra) -> Self {
+        Self::start_at(&infra.amqp_url).await
+    }
+
+    /// The same, on the broker at `url`.
+    pub async fn start_at(url: &str) -> Self {
         let health = Health::default();
         let broker = Broker::new(
             BrokerConfig {
-                url: infra.amqp_url.clone(),
+                url: url.to_owned(),
                 connection_name: "system test events".into(),
                 publisher_channels: 1,
                 confirm_timeout: Duration::from_secs(10),

@@ -1,0 +1,261 @@
+//! Black-box smoke tests: they talk to a deployment only through its public HTTP APIs (and, for
+//! events, the broker), so they run against any running system:
+//!
+//! ```sh
+//! ORDER_URL=http://localhost:8080 STORE_URL=http://localhost:8081 \
+//! DELIVERY_URL=http://localhost:8082 ADMIN_TOKEN=... \
+//! SMOKE_AMQP_URL=amqp://admin:...@localhost:5672/%2f cargo test --test smoke
+//! ```
+//!
+//! Without `ORDER_URL` they start a system of their own, as the system tests do. They create
+//! their own food (with a unique name) and agents, so they can run against a deployment in use.
+
+// A test fails by panicking: unwrap and expect are how it says what went wrong.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// A test binary exports nothing; `pub` marks what the test modules share.
+#![allow(unreachable_pub)]
+
+#[path = "../system/helpers/mod.rs"]
+mod helpers;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::future::join_all;
+use helpers::TestSystem;
+use helpers::events::EventTap;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// The deployment under test: given by URLs, or started here.
+struct Target {
+    order: String,
+    store: String,
+    delivery: String,
+    admin_token: Option<String>,
+    amqp_url: Option<String>,
+    http: reqwest::Client,
+    // Keeps a self-started system alive for the test.
+    _own: Option<TestSystem>,
+}
+
+impl Target {
+    async fn connect() -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        match std::env::var("ORDER_URL") {
+            Ok(order) => {
+                let var = |name: &str| {
+                    std::env::var(name)
+                        .unwrap_or_else(|_| panic!("{name} is required with ORDER_URL"))
+                };
+                Self {
+                    order,
+                    store: var("STORE_URL"),
+                    delivery: var("DELIVERY_URL"),
+                    admin_token: std::env::var("ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+                    amqp_url: Some(var("SMOKE_AMQP_URL")),
+                    http,
+                    _own: None,
+                }
+            }
+            Err(_) => {
+                let system = TestSystem::start().await;
+                Self {
+                    order: system.order.url(""),
+                    store: system.store.url(""),
+                    delivery: system.delivery.url(""),
+                    admin_token: None,
+                    amqp_url: Some(system.infra.amqp_url.clone()),
+                    http,
+                    _own: Some(system),
+                }
+            }
+        }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let request = match &self.admin_token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let response = request.send().await.expect("the deployment answers");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, base: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(self.http.post(format!("{base}{path}")).json(&body))
+            .await
+    }
+
+    async fn get(&self, base: &str, path: &str) -> (StatusCode, Value) {
+        self.send(self.http.get(format!("{base}{path}"))).await
+    }
+
+    /// A food of our own with `packets` packets, and `agents` more agents.
+    async fn seed(&self, packets: i64, agents: i64) -> i64 {
+        let name = format!("smoke {}", uuid::Uuid::new_v4());
+        let (status, food) = self
+            .post(
+                &self.store,
+                "/foods",
+                json!({ "name": name, "packets": packets }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{food}");
+        let (status, body) = self
+            .post(&self.delivery, "/agents", json!({ "count": agents }))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        food["id"].as_i64().unwrap()
+    }
+
+    async fn order(&self, food: i64) -> (StatusCode, Value) {
+        self.post(
+            &self.order,
+            "/orders",
+            json!({ "food_id": food, "customer_id": "smoke" }),
+        )
+        .await
+    }
+
+    /// The order's body once it is final.
+    async fn final_order(&self, id: &str) -> Value {
+        let mut body = Value::Null;
+        for _ in 0..600 {
+            body = self.get(&self.order, &format!("/orders/{id}")).await.1;
+            if body["status"] != "pending" {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("order {id} not final: {body}");
+    }
+}
+
+#[tokio::test]
+async fn every_service_is_healthy_ready_and_measured() {
+    let target = Target::connect().await;
+    for base in [&target.order, &target.store, &target.delivery] {
+        for path in ["/healthz", "/readyz"] {
+            let (status, body) = target.get(base, path).await;
+            assert_eq!(status, StatusCode::OK, "{base}{path}: {body}");
+        }
+        let metrics = target
+            .http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("database_up 1"),
+            "{base}/metrics:\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn orders_are_placed_exactly_as_far_as_the_stock_goes() {
+    let target = Target::connect().await;
+    let food = target.seed(3, 6).await;
+
+    let answers = join_all((0..6).map(|_| target.order(food))).await;
+    let mut placed = Vec::new();
+    for (status, body) in &answers {
+        let id = body["order_id"].as_str().expect("an order id");
+        let order = target.final_order(id).await;
+        match order["status"].as_str() {
+            Some("placed") => placed.push(order),
+            Some("not_placed") => assert_eq!(order["reason"], "food_unavailable", "{order}"),
+            _ => panic!("{status}: {order}"),
+        }
+    }
+    assert_eq!(placed.len(), 3, "as many placed as packets");
+
+    // Invariants through the public APIs: each placed order's packet and agent are assigned to
+    // it, and none is shared.
+    let mut packets = HashSet::new();
+    let mut agents = HashSet::new();
+    for order in &placed {
+        let id = order["order_id"].as_str().unwrap();
+        let packet = order["packet_id"].as_i64().unwrap();
+        let agent = order["agent_id"].as_i64().unwrap();
+        assert!(
+            packets.insert(packet) && agents.insert(agent),
+            "shared item: {order}"
+        );
+        let (_, p) = target
+            .get(&target.store, &format!("/packets/{packet}"))
+            .await;
+        assert_eq!(
+            (
+                p["state"].as_str(),
+                p["order_id"].as_str(),
+                p["food_id"].as_i64()
+            ),
+            (Some("assigned"), Some(id), Some(food))
+        );
+        let (_, a) = target
+            .get(&target.delivery, &format!("/agents/{agent}"))
+            .await;
+        assert_eq!(
+            (a["state"].as_str(), a["order_id"].as_str()),
+            (Some("assigned"), Some(id))
+        );
+    }
+    let (_, stock) = target.get(&target.store, &format!("/foods/{food}")).await;
+    assert_eq!(
+        (stock["assigned"].as_i64(), stock["available"].as_i64()),
+        (Some(3), Some(0)),
+        "{stock}"
+    );
+    // Nothing stays reserved for the refused orders.
+    let mut reserved = stock["reserved"].as_i64();
+    for _ in 0..200 {
+        if reserved == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        reserved =
+            target.get(&target.store, &format!("/foods/{food}")).await.1["reserved"].as_i64();
+    }
+    assert_eq!(reserved, Some(0));
+}
+
+#[tokio::test]
+async fn order_events_arrive_for_placed_and_not_placed_orders() {
+    let target = Target::connect().await;
+    let url = target.amqp_url.clone().expect("SMOKE_AMQP_URL");
+    let tap = EventTap::start_at(&url).await;
+    let food = target.seed(1, 2).await;
+    let mut ids = HashSet::new();
+    for _ in 0..2 {
+        let (_, body) = target.order(food).await;
+        let id = body["order_id"].as_str().unwrap().to_owned();
+        target.final_order(&id).await;
+        ids.insert(id);
+    }
+    // Other orders' events may arrive too on a shared deployment: keep ours.
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let event = tap
+            .next(Duration::from_secs(30))
+            .await
+            .expect("events of both orders");
+        if event["order_id"]
+            .as_str()
+            .is_some_and(|id| ids.contains(id))
+        {
+            assert_eq!(event["food_id"], food);
+            kinds.push(event["kind"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["not_placed", "placed"]);
+}
