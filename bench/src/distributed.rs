@@ -1,0 +1,267 @@
+//! The distributed run: seed through the APIs, order through `POST /orders`, then check.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::load::{self, Measured, Record};
+use crate::scenario::{Plan, Scenario};
+use crate::{RunArgs, Target};
+
+/// Most packets and agents per seeding request (the services' limits).
+const SEED_CHUNK: i64 = 100_000;
+/// How long orders may take to settle after the run (pending ones finish, releases land).
+const SETTLE: Duration = Duration::from_secs(90);
+
+/// A measured run and what its checks found.
+#[derive(Debug)]
+pub(crate) struct Checked {
+    /// The measurements.
+    pub(crate) measured: Measured,
+    /// Orders answered `pending` that were final by the end of the check.
+    pub(crate) finished_later: u64,
+    /// Broken invariants; empty for a correct run.
+    pub(crate) violations: Vec<String>,
+}
+
+struct Api {
+    http: reqwest::Client,
+    target: Target,
+}
+
+impl Api {
+    fn request(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.target.admin_token {
+            Some(token) if !token.is_empty() => request.bearer_auth(token),
+            _ => request,
+        }
+    }
+
+    async fn post(&self, url: String, body: Value) -> anyhow::Result<Value> {
+        let response = self
+            .request(self.http.post(&url).json(&body))
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("POST {url}: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    async fn get(&self, url: String) -> anyhow::Result<Value> {
+        Ok(self.http.get(&url).send().await?.json().await?)
+    }
+}
+
+/// Seeds, runs and checks.
+pub(crate) async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<Checked> {
+    let api = Arc::new(Api {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .build()?,
+        target: target.clone(),
+    });
+    let plan = Plan::of(args);
+    let agents_before = api
+        .get(format!("{}/agents/summary", target.delivery_url))
+        .await
+        .context("the delivery service is not reachable")?["available"]
+        .as_i64()
+        .unwrap_or(0);
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let mut foods = Vec::new();
+    for (i, packets) in plan.foods.iter().enumerate() {
+        let food = api
+            .post(
+                format!("{}/foods", target.store_url),
+                json!({ "name": format!("bench {tag} {i}"), "packets": 0 }),
+            )
+            .await?;
+        let id = food["id"].as_i64().context("food id")?;
+        let mut left = *packets;
+        while left > 0 {
+            let n = left.min(SEED_CHUNK * 10);
+            api.post(
+                format!("{}/foods/{id}/packets", target.store_url),
+                json!({ "count": n }),
+            )
+            .await?;
+            left -= n;
+        }
+        foods.push(id);
+    }
+    let mut left = plan.agents;
+    while left > 0 {
+        let n = left.min(SEED_CHUNK);
+        api.post(
+            format!("{}/agents", target.delivery_url),
+            json!({ "count": n }),
+        )
+        .await?;
+        left -= n;
+    }
+    let foods = Arc::new(foods);
+
+    let order = {
+        let (api, foods, plan) = (Arc::clone(&api), Arc::clone(&foods), plan.clone());
+        move || {
+            let (api, foods, plan) = (Arc::clone(&api), Arc::clone(&foods), plan.clone());
+            async move {
+                let food = foods[plan.pick_food()];
+                let url = format!("{}/orders", api.target.order_url);
+                let body = json!({ "food_id": food, "customer_id": "bench" });
+                match api.http.post(&url).json(&body).send().await {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let body: Value = response.json().await.unwrap_or(Value::Null);
+                        record(status, &body)
+                    }
+                    Err(err) => Record {
+                        label: format!(
+                            "error:{}",
+                            if err.is_timeout() {
+                                "timeout"
+                            } else {
+                                "connection"
+                            }
+                        ),
+                        ..Record::default()
+                    },
+                }
+            }
+        }
+    };
+    let amount = args.amount();
+    let measured = match args.rate {
+        Some(rate) => load::open(rate, amount, 4_096, "distributed", order).await?,
+        None => load::closed(args.clients, amount, "distributed", order).await?,
+    };
+    check(&api, target, args, &plan, &foods, agents_before, measured).await
+}
+
+fn record(status: u16, body: &Value) -> Record {
+    let label = match (status, body["status"].as_str()) {
+        (201, Some("placed")) => "placed".to_owned(),
+        (409, Some("not_placed")) => {
+            format!("not_placed:{}", body["reason"].as_str().unwrap_or("?"))
+        }
+        (202, _) => "pending".to_owned(),
+        (status, _) => format!("error:{status}"),
+    };
+    Record {
+        label,
+        order_id: body["order_id"].as_str().map(str::to_owned),
+        packet: body["packet_id"].as_i64(),
+        agent: body["agent_id"].as_i64(),
+    }
+}
+
+async fn check(
+    api: &Api,
+    target: &Target,
+    args: &RunArgs,
+    plan: &Plan,
+    foods: &[i64],
+    agents_before: i64,
+    measured: Measured,
+) -> anyhow::Result<Checked> {
+    let deadline = Instant::now() + SETTLE;
+    let mut violations = Vec::new();
+    let mut placed: Vec<Record> = Vec::new();
+    let mut finished_later = 0;
+    for record in &measured.records {
+        let mut record = record.clone();
+        if record.label == "pending"
+            && let Some(id) = record.order_id.clone()
+        {
+            loop {
+                let body = api.get(format!("{}/orders/{id}", target.order_url)).await?;
+                if body["status"] != "pending" {
+                    let status = if body["status"] == "placed" { 201 } else { 409 };
+                    record = self::record(status, &body);
+                    finished_later += 1;
+                    break;
+                }
+                if Instant::now() > deadline {
+                    violations.push(format!("order {id} still pending after the run"));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        if record.label == "placed" {
+            placed.push(record);
+        }
+    }
+
+    let mut packets = HashSet::new();
+    let mut agents = HashSet::new();
+    for record in &placed {
+        if !record.packet.is_some_and(|p| packets.insert(p)) {
+            violations.push(format!("packet {:?} given twice or missing", record.packet));
+        }
+        if !record.agent.is_some_and(|a| agents.insert(a)) {
+            violations.push(format!("agent {:?} given twice or missing", record.agent));
+        }
+    }
+
+    let sent = i64::try_from(measured.records.len()).unwrap_or(i64::MAX);
+    let expected = match args.scenario {
+        Scenario::Uniform | Scenario::Hot => sent.min(plan.capacity),
+        Scenario::ScarceAgents => sent.min(plan.capacity.min(agents_before + plan.agents)),
+    };
+    let n_placed = i64::try_from(placed.len()).unwrap_or(i64::MAX);
+    if n_placed != expected {
+        violations.push(format!(
+            "{n_placed} orders placed, expected exactly {expected} ({sent} sent, capacity {})",
+            plan.capacity
+        ));
+    }
+
+    // Nothing stays reserved once the run is over.
+    loop {
+        let mut reserved = 0;
+        for food in foods {
+            reserved += api
+                .get(format!("{}/foods/{food}", target.store_url))
+                .await?["reserved"]
+                .as_i64()
+                .unwrap_or(0);
+        }
+        reserved += api
+            .get(format!("{}/agents/summary", target.delivery_url))
+            .await?["reserved"]
+            .as_i64()
+            .unwrap_or(0);
+        if reserved == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            violations.push(format!("{reserved} items still reserved after the run"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let db = audit::Databases::connect(
+        &target.order_database_url,
+        &target.store_database_url,
+        &target.delivery_database_url,
+    )
+    .await
+    .context("the audit needs the three databases (ORDER_DATABASE_URL, …)")?;
+    let report = audit::audit(&db, Duration::from_secs(10)).await?;
+    violations.extend(report.violations.iter().map(|v| format!("audit: {v}")));
+    Ok(Checked {
+        measured,
+        finished_later,
+        violations,
+    })
+}

@@ -1,0 +1,237 @@
+//! `bench`: a load generator for a running system that checks correctness, and the same orders as
+//! single-database transactions (the baseline), measured in the same run.
+//!
+//! ```sh
+//! bench run --scenario uniform --clients 16 --duration 30s      # closed loop
+//! bench run --scenario uniform --rate 400 --duration 30s        # open loop, 400 orders/s
+//! bench run --scenario hot --orders 10000 --packets 1000        # exactly 1000 placed
+//! bench sweep --clients 1,4,16,32 --plot bench.svg              # throughput and p99 vs clients
+//! ```
+//!
+//! Every run ends by checking the invariants (the audit, and the scenario's own expectations); a
+//! run with a violation exits non-zero, whatever its speed. See BENCHMARKS.md.
+//!
+//! # Layout
+//! - [`scenario`]: what is seeded and ordered.
+//! - [`load`]: closed- and open-loop drivers and their latency histograms.
+//! - [`distributed`]: runs a scenario against the services, then checks it.
+//! - [`baseline`]: the same orders as one PostgreSQL transaction each, in one database.
+//! - [`report`]: text, JSON and the SVG plot.
+
+mod baseline;
+mod distributed;
+mod load;
+mod report;
+mod scenario;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::report::{RunReport, SweepPoint};
+use crate::scenario::Scenario;
+
+/// Load generator and baseline for the order system.
+#[derive(Parser, Debug)]
+#[command(name = "bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// One scenario at one load: the distributed system, then the single-database baseline.
+    Run(RunArgs),
+    /// The same scenario at several client counts, with a plot of throughput and p99.
+    Sweep {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Client counts to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
+        clients_list: Vec<usize>,
+        /// Where to write the plot (SVG).
+        #[arg(long, default_value = "bench.svg")]
+        plot: String,
+    },
+}
+
+/// Where the system under test is.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Target {
+    /// The order service.
+    #[arg(
+        long,
+        env = "ORDER_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub(crate) order_url: String,
+    /// The store service.
+    #[arg(
+        long,
+        env = "STORE_URL",
+        default_value = "http://127.0.0.1:8081",
+        global = true
+    )]
+    pub(crate) store_url: String,
+    /// The delivery service.
+    #[arg(
+        long,
+        env = "DELIVERY_URL",
+        default_value = "http://127.0.0.1:8082",
+        global = true
+    )]
+    pub(crate) delivery_url: String,
+    /// Bearer token for the admin API, if the services require one.
+    #[arg(long, env = "ADMIN_TOKEN", global = true, hide_env_values = true)]
+    pub(crate) admin_token: Option<String>,
+    /// The order database (for the invariant check).
+    #[arg(
+        long,
+        env = "ORDER_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/order_service",
+        global = true
+    )]
+    pub(crate) order_database_url: String,
+    /// The store database (for the invariant check).
+    #[arg(
+        long,
+        env = "STORE_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/store_service",
+        global = true
+    )]
+    pub(crate) store_database_url: String,
+    /// The delivery database (for the invariant check).
+    #[arg(
+        long,
+        env = "DELIVERY_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/delivery_service",
+        global = true
+    )]
+    pub(crate) delivery_database_url: String,
+    /// The database the baseline runs in (created if missing; its tables are re-created per run).
+    #[arg(
+        long,
+        env = "BASELINE_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/bench_baseline",
+        global = true
+    )]
+    pub(crate) baseline_database_url: String,
+}
+
+/// One measurement.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct RunArgs {
+    /// What to order: `uniform` (many foods, plenty of stock), `hot` (one food, scarce packets),
+    /// `scarce-agents` (plenty of packets, few agents).
+    #[arg(long, value_enum, default_value = "uniform")]
+    pub(crate) scenario: Scenario,
+    /// Concurrent clients (closed loop: each sends its next order when the last is answered).
+    #[arg(long, default_value_t = 16)]
+    pub(crate) clients: usize,
+    /// Open loop instead: orders per second, sent on schedule whatever the answers (latency is
+    /// measured from the scheduled time, so a slow system cannot hide its queueing).
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
+    /// Run for this long.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) duration: Option<Duration>,
+    /// Or send this many orders (default for `hot` and `scarce-agents`: 10000; `uniform` runs
+    /// for 20s by default).
+    #[arg(long)]
+    pub(crate) orders: Option<u64>,
+    /// Packets in stock in total (`uniform`, `scarce-agents`: spread over 50 foods).
+    #[arg(long, default_value_t = 200_000)]
+    pub(crate) stock: i64,
+    /// Packets of the one food (`hot`).
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) packets: i64,
+    /// Agents to add (`scarce-agents`; other scenarios add as many as orders can need).
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) agents: i64,
+    /// Skip the single-database baseline.
+    #[arg(long)]
+    pub(crate) no_baseline: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+impl RunArgs {
+    /// How much work a run does.
+    pub(crate) fn amount(&self) -> load::Amount {
+        match (self.orders, self.duration) {
+            (Some(n), _) => load::Amount::Orders(n),
+            (None, Some(d)) => load::Amount::Duration(d),
+            (None, None) => match self.scenario {
+                Scenario::Uniform => load::Amount::Duration(Duration::from_secs(20)),
+                Scenario::Hot | Scenario::ScarceAgents => load::Amount::Orders(10_000),
+            },
+        }
+    }
+}
+
+async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<RunReport> {
+    let distributed = distributed::run(target, args).await?;
+    let baseline = if args.no_baseline {
+        None
+    } else {
+        Some(baseline::run(&target.baseline_database_url, args).await?)
+    };
+    Ok(RunReport::new(args, distributed, baseline))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Run(args) => run(&cli.target, args).await.map(|report| {
+            report.print(args.json);
+            report.is_correct()
+        }),
+        Command::Sweep {
+            run: args,
+            clients_list,
+            plot,
+        } => sweep(&cli.target, args, clients_list, plot).await,
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("FAILED: the run broke an invariant (see the violations above)");
+            ExitCode::from(1)
+        }
+        Err(err) => {
+            eprintln!("bench could not run: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn sweep(
+    target: &Target,
+    args: &RunArgs,
+    clients: &[usize],
+    plot: &str,
+) -> anyhow::Result<bool> {
+    let mut points = Vec::new();
+    let mut correct = true;
+    for &n in clients {
+        let args = RunArgs {
+            clients: n,
+            ..args.clone()
+        };
+        let report = run(target, &args).await?;
+        report.print(args.json);
+        correct &= report.is_correct();
+        points.push(SweepPoint::from(&report));
+    }
+    report::plot(&points, plot)?;
+    eprintln!("plot written to {plot}");
+    Ok(correct)
+}
