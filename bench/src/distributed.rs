@@ -69,6 +69,9 @@ pub(crate) async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<Check
         target: target.clone(),
     });
     let plan = Plan::of(args);
+    if !args.no_vacuum {
+        vacuum(target).await?;
+    }
     let agents_before = api
         .get(format!("{}/agents/summary", target.delivery_url))
         .await
@@ -144,6 +147,23 @@ pub(crate) async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<Check
         None => load::closed(args.clients, amount, "distributed", order).await?,
     };
     check(&api, target, args, &plan, &foods, agents_before, measured).await
+}
+
+/// Vacuums the services' busiest tables (outside any transaction, as VACUUM requires).
+async fn vacuum(target: &Target) -> anyhow::Result<()> {
+    for (url, tables) in [
+        (&target.order_database_url, "orders, outbox"),
+        (&target.store_database_url, "packets, txn_barrier"),
+        (&target.delivery_database_url, "agents, txn_barrier"),
+    ] {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+            .await
+            .with_context(|| format!("vacuum: cannot connect to {url}"))?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM (ANALYZE) {tables}")))
+            .execute(&mut conn)
+            .await?;
+    }
+    Ok(())
 }
 
 fn record(status: u16, body: &Value) -> Record {

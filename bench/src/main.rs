@@ -157,6 +157,11 @@ pub(crate) struct RunArgs {
     /// Skip the single-database baseline.
     #[arg(long)]
     pub(crate) no_baseline: bool,
+    /// Do not vacuum the services' tables before the run. (The run starts with vacuumed tables by
+    /// default, like the baseline's fresh ones, so that dead rows left by earlier runs on a
+    /// server without autovacuum do not weigh on this one.)
+    #[arg(long)]
+    pub(crate) no_vacuum: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,

@@ -31,6 +31,8 @@ const POLL: Duration = Duration::from_secs(1);
 /// How long the relay waits for a batch's confirms. Shorter than the database's
 /// `idle_in_transaction_session_timeout`, which would end the transaction holding the batch.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a wake-up, how long the relay waits for more events before publishing.
+const GATHER: Duration = Duration::from_millis(20);
 /// How long sent events are kept.
 const RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// How often sent events are pruned.
@@ -75,7 +77,11 @@ pub async fn relay(
             }
         }
         tokio::select! {
-            () = wake.notified() => {}
+            () = wake.notified() => {
+                // Let a few more final states land, so that one transaction publishes them all
+                // (under load, a relay that woke for every event would add a commit per order).
+                tokio::time::sleep(GATHER).await;
+            }
             () = tokio::time::sleep(POLL) => {}
             () = shutdown.cancelled() => return,
         }

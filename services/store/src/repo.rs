@@ -52,8 +52,9 @@ pub async fn add_packets(
     count: i64,
 ) -> Result<Option<()>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    // Lock the food row so that the food cannot vanish between the check and the insert.
-    let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM foods WHERE id = $1 FOR SHARE")
+    // Lock the food row: the food cannot vanish between the check and the insert, and concurrent
+    // additions update its packet range one at a time.
+    let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM foods WHERE id = $1 FOR UPDATE")
         .bind(food)
         .fetch_optional(&mut *tx)
         .await?;
@@ -70,11 +71,21 @@ async fn insert_packets(
     food: FoodId,
     count: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO packets (food_id) SELECT $1 FROM generate_series(1, $2)")
-        .bind(food)
-        .bind(count)
-        .execute(&mut *tx)
-        .await?;
+    // The food's row is locked by the caller's transaction, so ranges of concurrent additions
+    // cannot overwrite each other.
+    sqlx::query(
+        "WITH added AS (
+             INSERT INTO packets (food_id) SELECT $1 FROM generate_series(1, $2) RETURNING id
+         )
+         UPDATE foods SET
+             packets_lo = least(packets_lo, (SELECT min(id) FROM added)),
+             packets_hi = greatest(packets_hi, (SELECT max(id) FROM added))
+         WHERE id = $1",
+    )
+    .bind(food)
+    .bind(count)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 

@@ -1,90 +1,136 @@
-//! The barrier table (`txn_barrier`): at most once per (transaction, operation), same reply on
-//! redelivery, and no reservation after a release.
+//! The barrier table (`txn_barrier`): at most once per (transaction, operation), the same reply
+//! on redelivery, and no reservation after a release.
+//!
+//! Each row holds the reply that was sent, as typed columns (`outcome`, `reason`, `items`,
+//! `expires_at`). Reserve and assign write their row in the statement that does their work (see
+//! [`crate::inventory::Statements`]); a release first claims its row and writes refusals for the
+//! reserve and assign of its transaction, then frees what the transaction holds.
 
-use protocol::command::{AssignRefusal, AssignReply, Operation, Reply, ReserveReply};
-use protocol::ids::{OrderId, TxnId};
-use sqlx::PgConnection;
-use sqlx::types::Json;
+use chrono::{DateTime, Utc};
+use protocol::command::{
+    AssignRefusal, AssignReply, Operation, ReleaseReply, Reply, ReserveReply, Shortage,
+};
+use protocol::ids::{ItemId, OrderId, TxnId};
+use sqlx::{AssertSqlSafe, PgConnection};
 
-/// Claims (`txn_id`, `operation`) inside the caller's transaction. `None`: the operation is
-/// new, apply it and [`record`] the reply before committing. `Some(reply)`: it was applied before
-/// (or refused by an earlier release); send this reply again and change nothing.
-///
-/// The claim comes first, before any item is touched: a concurrent duplicate, or a release of
-/// the same transaction, then waits on this row instead of racing with the effect.
-pub async fn claim(
-    tx: &mut PgConnection,
+use crate::inventory::{REPLY_COLUMNS, Statements};
+
+/// A recorded reply, as stored.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Recorded {
+    outcome: String,
+    reason: Option<String>,
+    items: Option<Vec<i64>>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+fn corrupt(what: String) -> sqlx::Error {
+    // Not transient: reading again cannot repair a row.
+    sqlx::Error::Decode(what.into())
+}
+
+impl Recorded {
+    /// The reply this row records for `operation`.
+    pub fn into_reply(self, operation: Operation) -> Result<Reply, sqlx::Error> {
+        let items = || -> Vec<ItemId> {
+            self.items
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(ItemId)
+                .collect()
+        };
+        let reason = self.reason.as_deref();
+        Ok(match (operation, self.outcome.as_str()) {
+            (Operation::Reserve, "reserved") => Reply::ReserveReply(ReserveReply::Reserved {
+                items: items(),
+                expires_at: self
+                    .expires_at
+                    .ok_or_else(|| corrupt("a reservation without its expiry".into()))?,
+            }),
+            (Operation::Reserve, "busy") => Reply::ReserveReply(ReserveReply::Busy),
+            (Operation::Reserve, "aborted") => Reply::ReserveReply(ReserveReply::Aborted),
+            (Operation::Reserve, "unavailable") => {
+                let reason = match reason {
+                    Some("food_unavailable") => Shortage::FoodUnavailable,
+                    Some("unknown_food") => Shortage::UnknownFood,
+                    Some("agent_unavailable") => Shortage::AgentUnavailable,
+                    other => return Err(corrupt(format!("unknown shortage {other:?}"))),
+                };
+                Reply::ReserveReply(ReserveReply::Unavailable { reason })
+            }
+            (Operation::Assign, "assigned") => {
+                Reply::AssignReply(AssignReply::Assigned { items: items() })
+            }
+            (Operation::Assign, "refused") => {
+                let reason = match reason {
+                    Some("expired") => AssignRefusal::Expired,
+                    Some("released") => AssignRefusal::Released,
+                    other => return Err(corrupt(format!("unknown refusal {other:?}"))),
+                };
+                Reply::AssignReply(AssignReply::Refused { reason })
+            }
+            (Operation::Release, "released") => {
+                Reply::ReleaseReply(ReleaseReply::Released { items: items() })
+            }
+            (operation, outcome) => {
+                return Err(corrupt(format!("outcome {outcome:?} for a {operation}")));
+            }
+        })
+    }
+}
+
+/// Whether `err` says that the command was applied before (or refused by an earlier release):
+/// the barrier's primary key refused a second row for the (transaction, operation), or the
+/// items table's unique index on `txn_id` refused a second item for the transaction (a repeated
+/// reserve meets that index before it reaches the barrier).
+pub fn is_recorded_already(err: &sqlx::Error, statements: &Statements) -> bool {
+    matches!(err, sqlx::Error::Database(db)
+        if db.code().is_some_and(|c| c == "23505")
+            && db.constraint().is_some_and(|c| c == "txn_barrier_pkey" || c == &*statements.txn_index))
+}
+
+/// The reply recorded for (`txn_id`, `operation`).
+pub async fn recorded(
+    conn: &mut PgConnection,
     txn_id: TxnId,
     operation: Operation,
-    order_id: OrderId,
-) -> Result<Option<Reply>, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO txn_barrier (txn_id, operation, order_id) VALUES ($1, $2, $3)
-         ON CONFLICT DO NOTHING",
-    )
+) -> Result<Reply, sqlx::Error> {
+    let row: Recorded = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {REPLY_COLUMNS} FROM txn_barrier WHERE txn_id = $1 AND operation = $2"
+    )))
     .bind(txn_id)
     .bind(operation.as_str())
-    .bind(order_id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if inserted == 1 {
-        return Ok(None);
-    }
-    let recorded: Option<Json<Reply>> =
-        sqlx::query_scalar("SELECT reply FROM txn_barrier WHERE txn_id = $1 AND operation = $2")
-            .bind(txn_id)
-            .bind(operation.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-    // A committed row always has its reply: it is written in the transaction that claims it.
-    recorded
-        .map(|Json(reply)| Some(reply))
-        // Not transient: retrying cannot fill in a reply.
-        .ok_or_else(|| sqlx::Error::Decode("barrier row without a reply".into()))
+    .fetch_one(&mut *conn)
+    .await?;
+    row.into_reply(operation)
 }
 
-/// Records the reply of the operation claimed in this transaction.
-pub async fn record(
+/// Applies a release in the caller's transaction: claims it (and refuses the later reserve and
+/// assign of its transaction), then frees what the transaction holds, reserved or assigned. A
+/// release seen before gets its recorded reply and changes nothing.
+///
+/// Two statements, not one: the claim waits for a reserve or assign of the same transaction that
+/// is committing right now, and only a statement that starts after that wait sees its items.
+pub async fn release(
     tx: &mut PgConnection,
-    txn_id: TxnId,
-    operation: Operation,
-    reply: &Reply,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE txn_barrier SET reply = $3 WHERE txn_id = $1 AND operation = $2")
-        .bind(txn_id)
-        .bind(operation.as_str())
-        .bind(Json(reply))
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
-}
-
-/// For a release: claims the reserve and assign of the same transaction with refusals, unless
-/// they were applied already. A reserve or assign that arrives later (or is in flight right now,
-/// and loses the race for its row) gets the refusal and changes nothing: no item is ever held for
-/// a released transaction.
-pub async fn refuse_later(
-    tx: &mut PgConnection,
+    statements: &Statements,
     txn_id: TxnId,
     order_id: OrderId,
-) -> Result<(), sqlx::Error> {
-    let reserve = Reply::ReserveReply(ReserveReply::Aborted);
-    let assign = Reply::AssignReply(AssignReply::Refused {
-        reason: AssignRefusal::Released,
-    });
-    sqlx::query(
-        "INSERT INTO txn_barrier (txn_id, operation, order_id, reply)
-         VALUES ($1, 'reserve', $2, $3), ($1, 'assign', $2, $4)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(txn_id)
-    .bind(order_id)
-    .bind(Json(reserve))
-    .bind(Json(assign))
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+) -> Result<Reply, sqlx::Error> {
+    let claimed: bool = sqlx::query_scalar(AssertSqlSafe(statements.release_claim.clone()))
+        .bind(txn_id)
+        .bind(order_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !claimed {
+        return recorded(tx, txn_id, Operation::Release).await;
+    }
+    let row: Recorded = sqlx::query_as(AssertSqlSafe(statements.release_free.clone()))
+        .bind(txn_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    row.into_reply(Operation::Release)
 }
 
 /// Deletes up to `limit` barrier rows older than `retention_secs`: by then no redelivery of their

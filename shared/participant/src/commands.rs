@@ -3,15 +3,16 @@
 use std::sync::Arc;
 
 use messaging::{BrokerError, Disposition, Handler, Incoming, Outgoing};
-use protocol::command::{AssignRefusal, AssignReply, Command, ReleaseReply, Reply, ReserveReply};
+use protocol::command::{AssignReply, Command, ReleaseReply, Reply, ReserveReply};
 use protocol::envelope::TxnEnvelope;
 use protocol::headers;
 use protocol::trace::TraceContext;
 use service_kit::db::retry_transient;
+use sqlx::AssertSqlSafe;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::barrier;
-use crate::inventory::{Hold, Inventory, ReserveError};
+use crate::barrier::{self, Recorded};
+use crate::inventory::{Inventory, ReserveError, item_ids};
 use crate::runtime::Shared;
 
 /// Handles the reserve, assign and release queues of a participant.
@@ -139,7 +140,8 @@ impl<I: Inventory> CommandHandler<I> {
         }
     }
 
-    /// Applies the command in one database transaction with its barrier row.
+    /// Applies the command with its barrier row: reserve and assign in one statement each, a
+    /// release in one short transaction.
     async fn apply(
         &self,
         envelope: &TxnEnvelope<Command<I::Request>>,
@@ -147,42 +149,42 @@ impl<I: Inventory> CommandHandler<I> {
         let shared = &self.shared;
         let (txn_id, order_id) = (envelope.txn_id(), envelope.order_id());
         let operation = envelope.message().operation();
-        let mut tx = shared.pool.begin().await?;
-        if let Some(recorded) = barrier::claim(&mut tx, txn_id, operation, order_id).await? {
-            tx.rollback().await?;
-            debug!("already applied; sending the recorded reply again");
-            return Ok(recorded);
-        }
-        let reply = match envelope.message() {
+        let statements = &shared.statements;
+        let applied = match envelope.message() {
             Command::Reserve(request) => {
-                let hold = Hold {
-                    txn_id,
-                    order_id,
-                    ttl: shared.settings.reservation_ttl,
-                };
-                Reply::ReserveReply(shared.inventory.reserve(&mut tx, hold, request).await?)
+                let key = shared.inventory.key(request)?;
+                sqlx::query_as::<_, Recorded>(AssertSqlSafe(statements.reserve.clone()))
+                    .bind(txn_id)
+                    .bind(order_id)
+                    .bind(shared.settings.reservation_ttl)
+                    .bind(key)
+                    .fetch_one(&shared.pool)
+                    .await
             }
             Command::Assign(assign) => {
-                let reply = if I::TABLE.assign(&mut tx, txn_id, &assign.items).await? {
-                    AssignReply::Assigned {
-                        items: assign.items.clone(),
-                    }
-                } else {
-                    AssignReply::Refused {
-                        reason: AssignRefusal::Expired,
-                    }
-                };
-                Reply::AssignReply(reply)
+                sqlx::query_as::<_, Recorded>(AssertSqlSafe(statements.assign.clone()))
+                    .bind(txn_id)
+                    .bind(order_id)
+                    .bind(item_ids(&assign.items))
+                    .fetch_one(&shared.pool)
+                    .await
             }
             Command::Release(_) => {
-                barrier::refuse_later(&mut tx, txn_id, order_id).await?;
-                let items = I::TABLE.release(&mut tx, txn_id).await?;
-                Reply::ReleaseReply(ReleaseReply::Released { items })
+                let mut tx = shared.pool.begin().await?;
+                let reply = barrier::release(&mut tx, statements, txn_id, order_id).await?;
+                tx.commit().await?;
+                return Ok(reply);
             }
         };
-        barrier::record(&mut tx, txn_id, operation, &reply).await?;
-        tx.commit().await?;
-        Ok(reply)
+        match applied {
+            Ok(row) => Ok(row.into_reply(operation)?),
+            Err(err) if barrier::is_recorded_already(&err, statements) => {
+                debug!("applied before (or refused by a release); sending the recorded reply");
+                let mut conn = shared.pool.acquire().await?;
+                Ok(barrier::recorded(&mut conn, txn_id, operation).await?)
+            }
+            Err(err) => Err(err.into()),
+        }
     }
 
     async fn send_reply(

@@ -3,14 +3,15 @@
 //!
 //! A participant owns items. For a transaction it can **reserve** items (hold them until an
 //! expiry time), **assign** them to the order, or **release** them. The service-specific part is
-//! only how to pick items for a reservation ([`Inventory::reserve`]); everything else is the same
+//! only how to pick an item for a reservation and why none could be picked ([`Inventory`]);
+//! everything else is the same
 //! for packets and agents and lives here:
 //!
 //! - the **barrier** ([`barrier`]): each (transaction, operation) is applied at most once, in the
-//!   same database transaction as its effect, and its reply is recorded there, so a redelivered
-//!   command changes nothing and gets the same reply. A release records refusals for the
-//!   reserve and assign of its transaction first, so a reserve that arrives after its release
-//!   cannot hold an item for a dead transaction.
+//!   same database statement (or transaction) as its effect, and its reply is recorded there, so
+//!   a redelivered command changes nothing and gets the same reply. A release records refusals
+//!   for the reserve and assign of its transaction first, so a reserve that arrives after its
+//!   release cannot hold an item for a dead transaction.
 //! - **commands** ([`commands`]): consume the reserve, assign and release queues; apply; reply to
 //!   the coordinator; ack only after the commit.
 //! - **expiry** ([`expiry`]): reservation timers through a TTL wait queue, and a periodic sweep
@@ -28,5 +29,5 @@ pub mod expiry;
 pub mod inventory;
 pub mod runtime;
 
-pub use inventory::{Hold, Inventory, ItemTable, ReserveError};
+pub use inventory::{Inventory, ItemTable, ReserveError, Statements};
 pub use runtime::{ParticipantArgs, ParticipantSettings, start};

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::commands::CommandHandler;
 use crate::expiry::{ExpiryHandler, sweep_loop};
-use crate::inventory::Inventory;
+use crate::inventory::{Inventory, Statements};
 
 /// Tunables of a participant.
 #[derive(Clone, Debug)]
@@ -42,6 +42,8 @@ pub(crate) struct Shared<I: Inventory> {
     pub(crate) topology: Topology,
     pub(crate) settings: ParticipantSettings,
     pub(crate) expiries: Batcher<TxnId>,
+    /// The command statements, assembled once.
+    pub(crate) statements: Statements,
     /// Stops in-place retries at shutdown.
     pub(crate) shutdown: CancellationToken,
 }
@@ -105,6 +107,7 @@ pub fn start<I: Inventory>(
         topology,
         settings,
         expiries,
+        statements: Statements::of::<I>(),
         shutdown: shutdown.clone(),
     });
     let commands = Arc::new(CommandHandler::new(Arc::clone(&shared)));
