@@ -133,3 +133,54 @@ async fn commands_delivered_twice_apply_once_and_reply_the_same() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_batch_of_commands_is_applied_and_answered_command_by_command() {
+    let system = TestSystem::start().await;
+    let food = system.create_food("Poori", 5).await;
+    let client = CommandClient::connect(&system.infra).await;
+    let request = PacketRequest {
+        lines: vec![PacketLine {
+            food_id: FoodId(food),
+        }],
+    };
+    let (a, b) = (
+        TxnEnvelope::txn(
+            OrderId::new(),
+            TxnId::new(),
+            Command::Reserve(request.clone()),
+        ),
+        TxnEnvelope::txn(
+            OrderId::new(),
+            TxnId::new(),
+            Command::Reserve(request.clone()),
+        ),
+    );
+    // The same command twice in one batch (a copy), and another one.
+    let mut again = a.clone();
+    again.message_id = protocol::ids::MessageId::new();
+    let replies = client
+        .call_batch(Participant::Store, &[a.clone(), b.clone(), again])
+        .await;
+    assert_eq!(replies.len(), 3);
+    assert_eq!(replies[0], replies[2], "the copy gets the recorded reply");
+    let held = |r: &Reply| match r {
+        Reply::ReserveReply(ReserveReply::Reserved { items, .. }) => items.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_ne!(
+        held(&replies[0]),
+        held(&replies[1]),
+        "two transactions, two packets"
+    );
+    let store = system.infra.store_db().await;
+    assert_eq!(
+        held_by(store, "packets", a.txn_id()).await + held_by(store, "packets", b.txn_id()).await,
+        2
+    );
+    assert_eq!(system.food(food).await["reserved"], 2);
+}
+
+async fn held_by(pool: &PgPool, table: &str, txn: TxnId) -> i64 {
+    held(pool, table, txn, "reserved").await
+}

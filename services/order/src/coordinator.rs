@@ -24,7 +24,7 @@ use protocol::command::{
     AgentRequest, Assign, AssignReply, Command, PacketLine, PacketRequest, Release, ReleaseReason,
     ReleaseReply, Reply, ReserveReply, Shortage,
 };
-use protocol::envelope::TxnEnvelope;
+use protocol::envelope::{Envelope, TxnEnvelope, TxnMessage};
 use protocol::event::{EVENT_SCHEMA_VERSION, OrderEvent, OrderEventKind};
 use protocol::headers;
 use protocol::ids::{EventId, FoodId, ItemId, OrderId, TxnId};
@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::repo::{self, Changes, LeaseToken, NewOrder, Order, TransitionError};
+use crate::repo::{self, Changes, LeaseToken, NewOrder, Order, Orders, TransitionError};
 use crate::state::{Event, NotPlacedReason, OrderState};
 
 /// Tunables of the coordinator.
@@ -62,7 +62,7 @@ pub struct CoordinatorSettings {
 /// What a coordinator is made of.
 pub struct Parts {
     /// The order database.
-    pub pool: PgPool,
+    pub orders: Orders,
     /// Commands and replies.
     pub rpc: Arc<RpcClient>,
     /// Names.
@@ -92,7 +92,7 @@ pub enum Mode {
 
 /// The coordinator, shared by the HTTP handlers, the timeout consumer and recovery.
 pub struct Coordinator {
-    pool: PgPool,
+    orders: Orders,
     rpc: Arc<RpcClient>,
     topology: Topology,
     settings: CoordinatorSettings,
@@ -201,7 +201,7 @@ impl Coordinator {
     /// early at `shutdown`.
     pub fn new(parts: Parts) -> Arc<Self> {
         let Parts {
-            pool,
+            orders,
             rpc,
             topology,
             settings,
@@ -211,7 +211,7 @@ impl Coordinator {
             shutdown,
         } = parts;
         Arc::new(Self {
-            pool,
+            orders,
             rpc,
             topology,
             settings,
@@ -224,7 +224,7 @@ impl Coordinator {
 
     /// The database pool.
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        self.orders.pool()
     }
 
     /// The settings.
@@ -252,8 +252,7 @@ impl Coordinator {
         // Even recording the order must not hold the client past the budget (a database that is
         // down makes the pool wait). An insert that lands after we gave up leaves an order that
         // recovery aborts once its lease runs out.
-        let insert = repo::insert(
-            &self.pool,
+        let insert = self.orders.insert(
             &new,
             self.settings.order_deadline,
             token,
@@ -657,7 +656,7 @@ impl Coordinator {
             }
         };
         match self.rpc.call(message, wait).await {
-            Ok(incoming) => match incoming.decode::<protocol::envelope::TxnMessage<Reply>>() {
+            Ok(bytes) => match Envelope::<TxnMessage<Reply>>::decode(&bytes) {
                 Ok(envelope) => Some(envelope.payload.message),
                 Err(err) => {
                     warn!(participant = %to, %operation, error = %err, "unreadable reply");
@@ -694,7 +693,7 @@ impl Coordinator {
             self.settings.reply_timeout * 10,
         );
         match self.rpc.call_until(message, resend, until).await {
-            Ok(incoming) => match incoming.decode::<protocol::envelope::TxnMessage<Reply>>() {
+            Ok(bytes) => match Envelope::<TxnMessage<Reply>>::decode(&bytes) {
                 Ok(envelope) => Some(envelope.payload.message),
                 Err(err) => {
                     warn!(participant = %to, %operation, error = %err, "unreadable reply");
@@ -722,16 +721,17 @@ impl Coordinator {
         let outbox = order_event(order, event, &changes);
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         let recorded = loop {
-            match repo::transition(
-                &self.pool,
-                order,
-                event,
-                changes.clone(),
-                token,
-                self.settings.lease,
-                outbox.as_ref(),
-            )
-            .await
+            match self
+                .orders
+                .transition(
+                    order,
+                    event,
+                    changes.clone(),
+                    token,
+                    self.settings.lease,
+                    outbox.as_ref(),
+                )
+                .await
             {
                 Ok(next) => break next,
                 Err(TransitionError::Db(err)) if is_transient(&err) && backoff.attempts() < 10 => {
@@ -769,9 +769,9 @@ impl Coordinator {
     }
 
     async fn keep_lease(&self, order: &Order, token: LeaseToken) -> Result<(), Stop> {
-        match repo::renew_lease(&self.pool, order.id, token, self.settings.lease).await {
+        match repo::renew_lease(self.orders.pool(), order.id, token, self.settings.lease).await {
             Ok(true) => Ok(()),
-            Ok(false) => match repo::load(&self.pool, order.id).await {
+            Ok(false) => match repo::load(self.orders.pool(), order.id).await {
                 Ok(Some(current)) => Err(Stop::Lost(Box::new(current))),
                 _ => Err(Stop::Interrupted),
             },

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::coordinator::Coordinator;
-use crate::repo::{self, LeaseToken};
+use crate::repo;
 
 /// Orders claimed per sweep round.
 const SWEEP_BATCH: i64 = 200;
@@ -56,28 +56,24 @@ impl Handler for Timeouts {
         metrics::counter!("deadline_timers_total").increment(1);
         let coordinator = &self.coordinator;
         let lease = coordinator.settings().lease;
-        let mut claimed: u64 = 0;
-        for id in order_ids {
-            let token = LeaseToken::new();
-            let claim = retry_transient(&self.shutdown, || {
-                repo::claim(coordinator.pool(), id, token, lease)
-            });
-            match claim.await {
-                Ok(Some(order)) => {
-                    claimed += 1;
-                    coordinator.resume(order, token);
-                }
-                Ok(None) => {}
-                Err(err) => {
-                    // The sweep finds this order if the timer never gets through.
-                    warn!(order_id = %id, error = %err, "deadline timer not applied; returning it to the queue");
-                    return Disposition::Retry;
-                }
+        let claim = retry_transient(&self.shutdown, || {
+            repo::claim(coordinator.pool(), &order_ids, lease)
+        });
+        let claimed = match claim.await {
+            Ok(claimed) => claimed,
+            Err(err) => {
+                // The sweep finds these orders if the timer never gets through.
+                warn!(error = %err, "deadline timer not applied; returning it to the queue");
+                return Disposition::Retry;
             }
+        };
+        if !claimed.is_empty() {
+            let n = u64::try_from(claimed.len()).unwrap_or(u64::MAX);
+            metrics::counter!("orders_recovered_total", "via" => "timer").increment(n);
+            info!(claimed = n, "deadline passed: took over unfinished orders");
         }
-        if claimed > 0 {
-            metrics::counter!("orders_recovered_total", "via" => "timer").increment(claimed);
-            info!(claimed, "deadline passed: took over unfinished orders");
+        for (order, token) in claimed {
+            coordinator.resume(order, token);
         }
         Disposition::Ack
     }

@@ -4,7 +4,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use protocol::ids::{AgentId, EventId, FoodId, OrderId, PacketId, TxnId};
-use sqlx::PgPool;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
+
+use service_kit::group_commit::{GroupCommit, Write};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
+use tokio_util::task::TaskTracker;
 
 use crate::state::{Event, IllegalEvent, NotPlacedReason, OrderState, next};
 
@@ -63,8 +69,9 @@ pub struct Order {
     pub traceparent: Option<String>,
 }
 
-#[derive(sqlx::FromRow)]
-struct OrderRecord {
+/// An order row as read.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct OrderRecord {
     id: OrderId,
     customer_id: String,
     food_id: FoodId,
@@ -117,6 +124,10 @@ fn sql(template: &str) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(template.replace("{columns}", COLUMNS))
 }
 
+fn sql_text(template: &str) -> Arc<str> {
+    template.replace("{columns}", COLUMNS).into()
+}
+
 fn one(record: Option<OrderRecord>) -> Result<Option<Order>, sqlx::Error> {
     record.map(Order::try_from).transpose()
 }
@@ -136,32 +147,213 @@ pub struct NewOrder {
     pub traceparent: String,
 }
 
-/// Records a new order in phase 1 with a deadline `deadline` from now, leased to `token` until
-/// its deadline plus `lease`.
-pub async fn insert(
-    pool: &PgPool,
-    new: &NewOrder,
-    deadline: Duration,
-    token: LeaseToken,
-    lease: Duration,
-) -> Result<Order, sqlx::Error> {
-    let record: OrderRecord = sqlx::query_as(sql(
+/// The order database, with group commit for the writes of the drivers.
+#[derive(Clone, Debug)]
+pub struct Orders {
+    pool: PgPool,
+    writes: GroupCommit<OrderWrite>,
+}
+
+/// Group-commit workers of the coordinator's writes.
+const WRITERS: usize = 4;
+
+impl Orders {
+    /// The order database; its writers run on `tracker`.
+    pub fn new(pool: PgPool, tracker: &TaskTracker) -> Self {
+        Self {
+            writes: GroupCommit::start(pool.clone(), WRITERS, tracker),
+            pool,
+        }
+    }
+
+    /// The pool, for reads and for the writes of recovery.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Records a new order in phase 1 with a deadline `deadline` from now, leased to `token`
+    /// until its deadline plus `lease`.
+    pub async fn insert(
+        &self,
+        new: &NewOrder,
+        deadline: Duration,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> Result<Order, sqlx::Error> {
+        let write = OrderWrite::Insert {
+            new: new.clone(),
+            deadline,
+            token,
+            lease,
+        };
+        let record = self
+            .writes
+            .run(write)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        Order::try_from(record)
+    }
+
+    /// Records `event` for `order`, if the order is still as the caller saw it (state and
+    /// transaction) and the caller still holds the lease `token`. A transition to a non-final
+    /// state extends the lease to at least `lease` from now (never shortens it); a final one ends
+    /// it and must carry its outbox event, written in the same statement (so in the same
+    /// transaction).
+    pub async fn transition(
+        &self,
+        order: &Order,
+        event: Event,
+        changes: Changes,
+        token: LeaseToken,
+        lease: Duration,
+        outbox: Option<&OutboxEvent>,
+    ) -> Result<Order, TransitionError> {
+        let to = next(order.state, event)?;
+        debug_assert_eq!(
+            to.is_final(),
+            outbox.is_some(),
+            "final transitions carry their event"
+        );
+        let write = OrderWrite::Transition {
+            id: order.id,
+            from: order.state,
+            txn_id: order.txn_id,
+            to,
+            changes,
+            lease,
+            token,
+            outbox: outbox.cloned(),
+        };
+        match one(self.writes.run(write).await?)? {
+            Some(order) => Ok(order),
+            None => {
+                let current = load(&self.pool, order.id)
+                    .await?
+                    .ok_or(sqlx::Error::RowNotFound)?;
+                Err(TransitionError::Lost(Box::new(current)))
+            }
+        }
+    }
+}
+
+/// A write of a driver: one statement, run with group commit.
+#[derive(Debug)]
+pub(crate) enum OrderWrite {
+    Insert {
+        new: NewOrder,
+        deadline: Duration,
+        token: LeaseToken,
+        lease: Duration,
+    },
+    Transition {
+        id: OrderId,
+        from: OrderState,
+        txn_id: TxnId,
+        to: OrderState,
+        changes: Changes,
+        lease: Duration,
+        token: LeaseToken,
+        outbox: Option<OutboxEvent>,
+    },
+}
+
+static INSERT: LazyLock<Arc<str>> = LazyLock::new(|| {
+    sql_text(
         "INSERT INTO orders
              (id, customer_id, food_id, state, txn_id, deadline, lease_token, lease_until, traceparent)
          VALUES ($1, $2, $3, 'reserving', $4, now() + $5, $6, now() + $5 + $7, $8)
          RETURNING {columns}",
-    ))
-    .bind(new.id)
-    .bind(&new.customer_id)
-    .bind(new.food_id)
-    .bind(new.txn_id)
-    .bind(deadline)
-    .bind(token)
-    .bind(lease)
-    .bind(&new.traceparent)
-    .fetch_one(pool)
-    .await?;
-    Order::try_from(record)
+    )
+});
+
+static TRANSITION: LazyLock<Arc<str>> = LazyLock::new(|| {
+    sql_text(
+        "WITH moved AS (
+             UPDATE orders SET
+                 state = $4,
+                 reason = coalesce($5, reason),
+                 txn_id = coalesce($6, txn_id),
+                 attempt = attempt + CASE WHEN $6::uuid IS NULL THEN 0 ELSE 1 END,
+                 packet_id = coalesce($7, packet_id),
+                 agent_id = coalesce($8, agent_id),
+                 reserved_until = coalesce($9, reserved_until),
+                 deadline = coalesce($10, deadline),
+                 decided_at = CASE WHEN $4 = 'assigning' THEN now() ELSE decided_at END,
+                 finished_at = $13,
+                 lease_token = CASE WHEN $4 IN ('placed', 'not_placed') THEN NULL ELSE lease_token END,
+                 lease_until = CASE WHEN $4 IN ('placed', 'not_placed') THEN NULL
+                                    ELSE greatest(lease_until, now() + $11) END
+             WHERE id = $1 AND state = $2 AND txn_id = $3 AND lease_token = $12
+             RETURNING {columns}
+         ),
+         event AS (
+             INSERT INTO outbox (event_id, order_id, routing_key, payload)
+             SELECT $14, id, $15, $16 FROM moved WHERE $14::uuid IS NOT NULL
+         )
+         SELECT {columns} FROM moved",
+    )
+});
+
+impl Write for OrderWrite {
+    type Output = Option<OrderRecord>;
+
+    fn run<'c>(
+        &'c self,
+        conn: &'c mut PgConnection,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<OrderRecord>, sqlx::Error>> + Send + 'c>> {
+        match self {
+            OrderWrite::Insert {
+                new,
+                deadline,
+                token,
+                lease,
+            } => Box::pin(
+                sqlx::query_as(AssertSqlSafe(INSERT.clone()))
+                    .bind(new.id)
+                    .bind(new.customer_id.clone())
+                    .bind(new.food_id)
+                    .bind(new.txn_id)
+                    .bind(*deadline)
+                    .bind(*token)
+                    .bind(*lease)
+                    .bind(new.traceparent.clone())
+                    .fetch_optional(conn),
+            ),
+            OrderWrite::Transition {
+                id,
+                from,
+                txn_id,
+                to,
+                changes,
+                lease,
+                token,
+                outbox,
+            } => Box::pin(
+                sqlx::query_as(AssertSqlSafe(TRANSITION.clone()))
+                    .bind(*id)
+                    .bind(from.as_str())
+                    .bind(*txn_id)
+                    .bind(to.as_str())
+                    .bind(changes.reason.map(NotPlacedReason::as_str))
+                    .bind(changes.txn_id)
+                    .bind(changes.packet_id)
+                    .bind(changes.agent_id)
+                    .bind(changes.reserved_until)
+                    .bind(changes.deadline)
+                    .bind(*lease)
+                    .bind(*token)
+                    .bind(outbox.as_ref().map(|e| e.finished_at))
+                    .bind(outbox.as_ref().map(|e| e.event_id))
+                    .bind(outbox.as_ref().map(|e| e.routing_key))
+                    .bind(
+                        outbox
+                            .as_ref()
+                            .map(|e| sqlx::types::Json(e.payload.clone())),
+                    )
+                    .fetch_optional(conn),
+            ),
+        }
+    }
 }
 
 /// The order, if it exists.
@@ -217,79 +409,6 @@ pub struct OutboxEvent {
     pub payload: serde_json::Value,
     /// When the order became final (also written to the order).
     pub finished_at: DateTime<Utc>,
-}
-
-/// Records `event` for `order`, if the order is still as the caller saw it (state and
-/// transaction) and the caller still holds the lease `token`. A transition to a non-final state
-/// extends the lease to at least `lease` from now (never shortens it); a final one ends it and must carry its outbox event, written in
-/// the same statement (so in the same transaction).
-pub async fn transition(
-    pool: &PgPool,
-    order: &Order,
-    event: Event,
-    changes: Changes,
-    token: LeaseToken,
-    lease: Duration,
-    outbox: Option<&OutboxEvent>,
-) -> Result<Order, TransitionError> {
-    let to = next(order.state, event)?;
-    debug_assert_eq!(
-        to.is_final(),
-        outbox.is_some(),
-        "final transitions carry their event"
-    );
-    let record: Option<OrderRecord> = sqlx::query_as(sql(
-        "WITH moved AS (
-             UPDATE orders SET
-                 state = $4,
-                 reason = coalesce($5, reason),
-                 txn_id = coalesce($6, txn_id),
-                 attempt = attempt + CASE WHEN $6::uuid IS NULL THEN 0 ELSE 1 END,
-                 packet_id = coalesce($7, packet_id),
-                 agent_id = coalesce($8, agent_id),
-                 reserved_until = coalesce($9, reserved_until),
-                 deadline = coalesce($10, deadline),
-                 decided_at = CASE WHEN $4 = 'assigning' THEN now() ELSE decided_at END,
-                 finished_at = $13,
-                 lease_token = CASE WHEN $4 IN ('placed', 'not_placed') THEN NULL ELSE lease_token END,
-                 lease_until = CASE WHEN $4 IN ('placed', 'not_placed') THEN NULL
-                                    ELSE greatest(lease_until, now() + $11) END
-             WHERE id = $1 AND state = $2 AND txn_id = $3 AND lease_token = $12
-             RETURNING {columns}
-         ),
-         event AS (
-             INSERT INTO outbox (event_id, order_id, routing_key, payload)
-             SELECT $14, id, $15, $16 FROM moved WHERE $14::uuid IS NOT NULL
-         )
-         SELECT {columns} FROM moved",
-    ))
-    .bind(order.id)
-    .bind(order.state.as_str())
-    .bind(order.txn_id)
-    .bind(to.as_str())
-    .bind(changes.reason.map(NotPlacedReason::as_str))
-    .bind(changes.txn_id)
-    .bind(changes.packet_id)
-    .bind(changes.agent_id)
-    .bind(changes.reserved_until)
-    .bind(changes.deadline)
-    .bind(lease)
-    .bind(token)
-    .bind(outbox.map(|e| e.finished_at))
-    .bind(outbox.map(|e| e.event_id))
-    .bind(outbox.map(|e| e.routing_key))
-    .bind(outbox.map(|e| sqlx::types::Json(&e.payload)))
-    .fetch_optional(pool)
-    .await?;
-    match one(record)? {
-        Some(order) => Ok(order),
-        None => {
-            let current = load(pool, order.id)
-                .await?
-                .ok_or_else(|| sqlx::Error::RowNotFound)?;
-            Err(TransitionError::Lost(Box::new(current)))
-        }
-    }
 }
 
 /// An event waiting in the outbox.
@@ -367,24 +486,37 @@ pub async fn renew_lease(
         == 1)
 }
 
-/// Claims `order` for `token` if it is unfinished and its lease has run out.
+/// Claims those of `orders` that are unfinished and whose lease has run out, each with a fresh
+/// token (returned with it). One statement for a whole timer batch: nearly all of its orders are
+/// long finished and are skipped by the primary-key lookup.
 pub async fn claim(
     pool: &PgPool,
-    order: OrderId,
-    token: LeaseToken,
+    orders: &[OrderId],
     lease: Duration,
-) -> Result<Option<Order>, sqlx::Error> {
-    one(sqlx::query_as(sql(
-        "UPDATE orders SET lease_token = $2, lease_until = now() + $3
-         WHERE id = $1 AND state IN ('reserving', 'assigning', 'compensating')
+) -> Result<Vec<(Order, LeaseToken)>, sqlx::Error> {
+    let ids: Vec<uuid::Uuid> = orders.iter().map(|o| o.0).collect();
+    let records: Vec<OrderRecord> = sqlx::query_as(sql(
+        "UPDATE orders SET lease_token = gen_random_uuid(), lease_until = now() + $2
+         WHERE id = ANY($1) AND state IN ('reserving', 'assigning', 'compensating')
            AND (lease_until IS NULL OR lease_until < now())
          RETURNING {columns}",
     ))
-    .bind(order)
-    .bind(token)
+    .bind(&ids)
     .bind(lease)
-    .fetch_optional(pool)
-    .await?)
+    .fetch_all(pool)
+    .await?;
+    with_tokens(records)
+}
+
+fn with_tokens(records: Vec<OrderRecord>) -> Result<Vec<(Order, LeaseToken)>, sqlx::Error> {
+    records
+        .into_iter()
+        .map(|r| {
+            let order = Order::try_from(r)?;
+            let token = order.lease_token.ok_or(sqlx::Error::RowNotFound)?;
+            Ok((order, token))
+        })
+        .collect()
 }
 
 /// Claims up to `limit` unfinished orders whose lease has run out, each with its own fresh token
@@ -410,12 +542,5 @@ pub async fn claim_expired(
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    records
-        .into_iter()
-        .map(|r| {
-            let order = Order::try_from(r)?;
-            let token = order.lease_token.ok_or(sqlx::Error::RowNotFound)?;
-            Ok((order, token))
-        })
-        .collect()
+    with_tokens(records)
 }

@@ -19,6 +19,7 @@ use crate::coordinator::{Coordinator, Parts};
 use crate::http;
 use crate::outbox;
 use crate::recovery::{self, Timeouts};
+use crate::repo::Orders;
 
 /// Prefetch of the timeout consumer: each fired timer claims a batch of orders.
 const TIMEOUT_PREFETCH: u16 = 4;
@@ -92,7 +93,7 @@ impl Application {
         );
         let events = Arc::new(Notify::new());
         let coordinator = Coordinator::new(Parts {
-            pool: foundation.pool.clone(),
+            orders: Orders::new(foundation.pool.clone(), &foundation.tracker),
             rpc,
             topology: topology.clone(),
             settings,

@@ -140,6 +140,11 @@ impl Outgoing {
         self.message_id
     }
 
+    /// The body.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
     /// The exchange it goes to.
     pub fn exchange(&self) -> &str {
         &self.exchange

@@ -1,33 +1,58 @@
-//! Request/reply over the broker, matched on correlation id.
+//! Request/reply over the broker, matched on correlation id, with commands of concurrent callers
+//! sent together.
+//!
+//! Requests for the same destination (exchange and routing key) that are ready at the same moment
+//! travel in one message (a [`protocol::batch`] command batch): each destination has a lane that
+//! keeps at most [`LANE_IN_FLIGHT`] publishes outstanding and puts everything that queued up
+//! meanwhile into the next one. At low load that is one request per message, sent at once; under
+//! load the batches grow by themselves, and so do the participant's transactions. Each request
+//! keeps its own message id, and its reply (alone, or inside a reply batch) is matched on it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use protocol::batch::{self, Batch, BatchedReply};
 use protocol::ids::MessageId;
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::backoff::Backoff;
-
 use crate::broker::BrokerError;
 use crate::consumer::{Disposition, Handler, Incoming};
 use crate::publisher::{Outgoing, Publisher};
+
+/// Publishes a lane keeps outstanding; requests that arrive meanwhile form the next batch.
+pub const LANE_IN_FLIGHT: usize = 2;
+/// Requests in one batch at most.
+const MAX_BATCH: usize = 128;
 
 /// Why a call got no reply.
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
     /// The request could not be published (and confirmed).
     #[error("request not published: {0}")]
-    Publish(#[from] BrokerError),
+    Publish(String),
     /// No reply in time. The request may still be handled later; the late reply is then
     /// dropped.
     #[error("no reply in time")]
     Timeout,
 }
 
-type Waiters = Mutex<HashMap<MessageId, oneshot::Sender<Incoming>>>;
+impl From<BrokerError> for RpcError {
+    fn from(err: BrokerError) -> Self {
+        RpcError::Publish(err.to_string())
+    }
+}
+
+/// The reply: the JSON of its envelope.
+pub type ReplyBytes = Vec<u8>;
+
+type Waiters = Mutex<HashMap<MessageId, oneshot::Sender<ReplyBytes>>>;
+
+/// A request waiting in a lane, with where to report whether it was published.
+type Queued = (Outgoing, oneshot::Sender<Result<(), String>>);
 
 /// Sends requests and hands each reply to the task waiting for it. Consume the reply queue with
 /// [`RpcClient::replies`] as handler.
@@ -35,6 +60,7 @@ pub struct RpcClient {
     publisher: Publisher,
     reply_to: String,
     waiters: Waiters,
+    lanes: Mutex<HashMap<(String, String), mpsc::UnboundedSender<Queued>>>,
 }
 
 impl std::fmt::Debug for RpcClient {
@@ -52,6 +78,7 @@ impl RpcClient {
             publisher,
             reply_to,
             waiters: Mutex::new(HashMap::new()),
+            lanes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -60,17 +87,13 @@ impl RpcClient {
         &self.publisher
     }
 
-    /// Publishes `request` (its message id is the correlation id) and waits up to `timeout` for
-    /// the reply. Cancel-safe: dropping the future forgets the request.
-    pub async fn call(&self, request: Outgoing, timeout: Duration) -> Result<Incoming, RpcError> {
-        let id = request.id();
-        let (sender, receiver) = oneshot::channel();
-        self.waiters().insert(id, sender);
-        let _forget = Forget { client: self, id };
-        let request = request.reply_to(self.reply_to.clone());
+    /// Sends `request` (its message id is the correlation id), possibly together with other
+    /// requests for the same destination, and waits up to `timeout` for the reply. Cancel-safe:
+    /// dropping the future forgets the request.
+    pub async fn call(&self, request: Outgoing, timeout: Duration) -> Result<ReplyBytes, RpcError> {
+        let (receiver, _forget) = self.wait_for(request.id());
         let exchange = async {
-            self.publisher.publish(&request).await?;
-            // The sender is only dropped with the waiter entry, which `_forget` keeps alive.
+            self.enqueue(request).await?;
             receiver.await.map_err(|_| RpcError::Timeout)
         };
         tokio::time::timeout(timeout, exchange)
@@ -78,28 +101,32 @@ impl RpcClient {
             .map_err(|_| RpcError::Timeout)?
     }
 
-    /// Publishes `request` and waits for its reply until `deadline`, publishing the same message
+    /// Sends `request` and waits for its reply until `deadline`, publishing the same message
     /// (same message id) again whenever `backoff` says, in case it or its reply was lost. A reply
     /// to any of the copies ends the wait: a slow participant's answer to an earlier copy is as
-    /// good as an answer to the latest. Cancel-safe.
+    /// good as an answer to the latest. The first copy may travel in a batch; later ones go
+    /// alone. Cancel-safe.
     pub async fn call_until(
         &self,
         request: Outgoing,
         mut backoff: Backoff,
         deadline: Instant,
-    ) -> Result<Incoming, RpcError> {
-        let id = request.id();
-        let (sender, mut receiver) = oneshot::channel();
-        self.waiters().insert(id, sender);
-        let _forget = Forget { client: self, id };
+    ) -> Result<ReplyBytes, RpcError> {
+        let (mut receiver, _forget) = self.wait_for(request.id());
         let request = request.reply_to(self.reply_to.clone());
         let mut first = true;
         loop {
-            if !first {
+            let sent = if first {
+                first = false;
+                self.enqueue(request.clone()).await
+            } else {
                 metrics::counter!("rpc_resends_total").increment(1);
-            }
-            first = false;
-            if let Err(err) = self.publisher.publish(&request).await {
+                self.publisher
+                    .publish(&request)
+                    .await
+                    .map_err(RpcError::from)
+            };
+            if let Err(err) = sent {
                 debug!(error = %err, "request not published; trying again");
             }
             let wait_until = (Instant::now() + backoff.next_delay()).min(deadline);
@@ -107,12 +134,54 @@ impl RpcClient {
                 Ok(Ok(reply)) => return Ok(reply),
                 // The sender lives in the waiter entry, which `_forget` keeps until we return.
                 Ok(Err(_)) => return Err(RpcError::Timeout),
-                Err(_) if Instant::now() >= deadline => {
-                    return Err(RpcError::Timeout);
-                }
+                Err(_) if Instant::now() >= deadline => return Err(RpcError::Timeout),
                 Err(_) => {}
             }
         }
+    }
+
+    /// Sends `requests` together, as one command batch for their common destination, and waits
+    /// up to `timeout` for every reply. The lanes batch concurrent calls by themselves; this is
+    /// for when a caller has several requests at hand (and for tests of batches).
+    pub async fn call_batch(
+        &self,
+        requests: Vec<Outgoing>,
+        timeout: Duration,
+    ) -> Vec<Result<ReplyBytes, RpcError>> {
+        let (Some(first), waits) = (
+            requests.first(),
+            requests
+                .iter()
+                .map(|r| self.wait_for(r.id()))
+                .collect::<Vec<_>>(),
+        ) else {
+            return Vec::new();
+        };
+        let (exchange, routing_key) = (first.exchange().to_owned(), first.routing_key().to_owned());
+        let group: Vec<Queued> = requests
+            .into_iter()
+            .map(|r| (r.reply_to(self.reply_to.clone()), oneshot::channel().0))
+            .collect();
+        let published = match batch_message(&group, &exchange, &routing_key, &self.reply_to) {
+            Ok(message) => self
+                .publisher
+                .publish(&message)
+                .await
+                .map_err(RpcError::from),
+            Err(err) => Err(RpcError::from(err)),
+        };
+        let deadline = Instant::now() + timeout;
+        let mut results = Vec::with_capacity(waits.len());
+        for (receiver, _forget) in waits {
+            results.push(match &published {
+                Err(err) => Err(RpcError::Publish(err.to_string())),
+                Ok(()) => match tokio::time::timeout_at(deadline, receiver).await {
+                    Ok(Ok(reply)) => Ok(reply),
+                    _ => Err(RpcError::Timeout),
+                },
+            });
+        }
+        results
     }
 
     /// Publishes `request` with this client's reply address, without waiting for the reply (it
@@ -128,14 +197,133 @@ impl RpcClient {
         self.waiters().len()
     }
 
-    fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, oneshot::Sender<Incoming>>> {
-        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// The handler for the reply queue.
     pub fn replies(self: &Arc<Self>) -> Arc<Replies> {
         Arc::new(Replies(Arc::clone(self)))
     }
+
+    fn waiters(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<MessageId, oneshot::Sender<ReplyBytes>>> {
+        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait_for(&self, id: MessageId) -> (oneshot::Receiver<ReplyBytes>, Forget<'_>) {
+        let (sender, receiver) = oneshot::channel();
+        self.waiters().insert(id, sender);
+        (receiver, Forget { client: self, id })
+    }
+
+    fn deliver(&self, id: MessageId, reply: ReplyBytes) {
+        match self.waiters().remove(&id) {
+            Some(sender) => {
+                let _ = sender.send(reply);
+            }
+            None => {
+                debug!(correlation_id = %id, "reply nobody waits for (late or duplicate); dropped")
+            }
+        }
+    }
+
+    /// Queues `request` in the lane of its destination and waits until it is published.
+    async fn enqueue(&self, request: Outgoing) -> Result<(), RpcError> {
+        let request = request.reply_to(self.reply_to.clone());
+        let key = (
+            request.exchange().to_owned(),
+            request.routing_key().to_owned(),
+        );
+        let (published, result) = oneshot::channel();
+        let lane = {
+            let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+            lanes
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    let (sender, receiver) = mpsc::unbounded_channel();
+                    tokio::spawn(lane(
+                        self.publisher.clone(),
+                        key.0.clone(),
+                        key.1.clone(),
+                        self.reply_to.clone(),
+                        receiver,
+                    ));
+                    sender
+                })
+                .clone()
+        };
+        lane.send((request, published))
+            .map_err(|_| RpcError::Publish("lane closed".into()))?;
+        result
+            .await
+            .map_err(|_| RpcError::Publish("lane closed".into()))?
+            .map_err(RpcError::Publish)
+    }
+}
+
+/// Publishes the requests of one destination: each publish takes whatever queued up.
+async fn lane(
+    publisher: Publisher,
+    exchange: String,
+    routing_key: String,
+    reply_to: String,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
+) {
+    let in_flight = Arc::new(Semaphore::new(LANE_IN_FLIGHT));
+    loop {
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let mut group = vec![first];
+        while group.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let (publisher, exchange, routing_key, reply_to) = (
+            publisher.clone(),
+            exchange.clone(),
+            routing_key.clone(),
+            reply_to.clone(),
+        );
+        tokio::spawn(async move {
+            metrics::histogram!("rpc_batch_size").record(group.len() as f64);
+            let result = match group.as_slice() {
+                [(single, _)] => publisher.publish(single).await,
+                _ => match batch_message(&group, &exchange, &routing_key, &reply_to) {
+                    Ok(message) => publisher.publish(&message).await,
+                    Err(err) => Err(err),
+                },
+            };
+            let result = result.map_err(|err| {
+                warn!(error = %err, requests = group.len(), "requests not published");
+                err.to_string()
+            });
+            for (_, published) in group {
+                let _ = published.send(result.clone());
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn batch_message(
+    group: &[Queued],
+    exchange: &str,
+    routing_key: &str,
+    reply_to: &str,
+) -> Result<Outgoing, BrokerError> {
+    let items = group
+        .iter()
+        .map(|(request, _)| batch::raw(request.payload().to_vec()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let batch = Batch::new(batch::COMMAND_BATCH, items);
+    Ok(Outgoing::raw(batch.to_bytes()?, exchange, routing_key)
+        .message_id(batch.message_id)
+        .kind(batch::COMMAND_BATCH)
+        .reply_to(reply_to))
 }
 
 /// Removes a waiter when its call ends, however it ends.
@@ -150,23 +338,27 @@ impl Drop for Forget<'_> {
     }
 }
 
-/// Consumes the reply queue and wakes the caller of each reply.
+/// Consumes the reply queue and wakes the caller of each reply (alone or in a reply batch).
 #[derive(Debug)]
 pub struct Replies(Arc<RpcClient>);
 
 impl Handler for Replies {
     async fn handle(&self, message: &Incoming) -> Disposition {
-        let waiter = message
-            .correlation_id()
-            .and_then(|id| self.0.waiters().remove(&id));
-        match waiter {
-            Some(sender) => {
-                let _ = sender.send(message.clone());
+        if message.kind() == Some(batch::REPLY_BATCH) {
+            match Batch::<BatchedReply>::decode(message.data(), batch::REPLY_BATCH) {
+                Ok(batch) => {
+                    for item in batch.items {
+                        self.0
+                            .deliver(item.in_reply_to, item.reply.get().as_bytes().to_vec());
+                    }
+                }
+                Err(err) => warn!(error = %err, "unreadable reply batch; dropped"),
             }
-            None => debug!(
-                correlation_id = ?message.correlation_id(),
-                "reply nobody waits for (late or duplicate); dropped"
-            ),
+        } else {
+            match message.correlation_id() {
+                Some(id) => self.0.deliver(id, message.data().to_vec()),
+                None => warn!("reply without a correlation id; dropped"),
+            }
         }
         Disposition::Ack
     }

@@ -1,14 +1,20 @@
 //! Consuming reserve, assign and release commands: apply once, reply, ack after the commit.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::future::join_all;
 use messaging::{BrokerError, Disposition, Handler, Incoming, Outgoing};
+use protocol::batch::{self, Batch, BatchedReply};
 use protocol::command::{AssignReply, Command, ReleaseReply, Reply, ReserveReply};
 use protocol::envelope::TxnEnvelope;
 use protocol::headers;
-use protocol::trace::TraceContext;
+use protocol::ids::{OrderId, TxnId};
+use serde_json::value::RawValue;
 use service_kit::db::retry_transient;
-use sqlx::AssertSqlSafe;
+use service_kit::group_commit::Write;
+use sqlx::{AssertSqlSafe, PgConnection};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::barrier::{self, Recorded};
@@ -48,37 +54,122 @@ impl From<ReserveError> for ApplyError {
 
 impl<I: Inventory> Handler for CommandHandler<I> {
     async fn handle(&self, message: &Incoming) -> Disposition {
+        if message.kind() == Some(batch::COMMAND_BATCH) {
+            return self.handle_batch(message).await;
+        }
         let envelope: TxnEnvelope<Command<I::Request>> = match message.decode() {
             Ok(envelope) => envelope,
             Err(err) => return Disposition::DeadLetter(err.to_string()),
         };
-        let operation = envelope.message().operation();
         // The enclosing "message" span already carries the order id (from the headers).
-        let span = info_span!("command", txn_id = %envelope.txn_id(), %operation);
-        self.handle_command(message, envelope)
-            .instrument(span)
-            .await
+        let span = info_span!(
+            "command",
+            txn_id = %envelope.txn_id(),
+            operation = %envelope.message().operation(),
+        );
+        let reply = match self.process(&envelope).instrument(span).await {
+            Ok(reply) => reply,
+            Err(disposition) => return disposition,
+        };
+        let Some(reply_to) = message.reply_to() else {
+            warn!("command without reply_to: applied, but nobody to tell");
+            return Disposition::Ack;
+        };
+        let reply = TxnEnvelope::txn(envelope.order_id(), envelope.txn_id(), reply);
+        let outgoing = Outgoing::txn(&reply, self.shared.topology.replies_exchange(), reply_to)
+            .map(|out| out.correlation_id(envelope.message_id));
+        self.send(outgoing, message).await
     }
 }
 
 impl<I: Inventory> CommandHandler<I> {
-    async fn handle_command(
+    /// A batch: every command applied on its own (their writes share group-committed
+    /// transactions), the replies sent together. An unreadable or invalid command parks the
+    /// whole message, after the others were applied and answered.
+    async fn handle_batch(&self, message: &Incoming) -> Disposition {
+        let batch = match Batch::<Box<RawValue>>::decode(message.data(), batch::COMMAND_BATCH) {
+            Ok(batch) => batch,
+            Err(err) => return Disposition::DeadLetter(err.to_string()),
+        };
+        let mut commands = Vec::with_capacity(batch.items.len());
+        for (i, item) in batch.items.iter().enumerate() {
+            match TxnEnvelope::<Command<I::Request>>::decode(item.get().as_bytes()) {
+                Ok(envelope) => commands.push(envelope),
+                Err(err) => {
+                    return Disposition::DeadLetter(format!("command {i} of the batch: {err}"));
+                }
+            }
+        }
+        let results = join_all(commands.iter().map(|envelope| {
+            let span = info_span!(
+                "command",
+                order_id = %envelope.order_id(),
+                txn_id = %envelope.txn_id(),
+                operation = %envelope.message().operation(),
+            );
+            self.process(envelope).instrument(span)
+        }))
+        .await;
+        let mut replies = Vec::with_capacity(commands.len());
+        let mut failed = None;
+        for (envelope, result) in commands.iter().zip(results) {
+            match result {
+                Ok(reply) => {
+                    let reply = TxnEnvelope::txn(envelope.order_id(), envelope.txn_id(), reply);
+                    match reply.to_bytes().map(batch::raw) {
+                        Ok(Ok(raw)) => replies.push(BatchedReply {
+                            in_reply_to: envelope.message_id,
+                            reply: raw,
+                        }),
+                        Ok(Err(err)) | Err(err) => {
+                            warn!(error = %err, "reply not encodable");
+                            failed = Some(Disposition::Retry);
+                        }
+                    }
+                }
+                Err(disposition) => {
+                    failed = Some(match (failed, disposition) {
+                        (Some(Disposition::DeadLetter(reason)), _)
+                        | (_, Disposition::DeadLetter(reason)) => Disposition::DeadLetter(reason),
+                        _ => Disposition::Retry,
+                    });
+                }
+            }
+        }
+        let sent = match message.reply_to() {
+            Some(reply_to) if !replies.is_empty() => {
+                let batch = Batch::new(batch::REPLY_BATCH, replies);
+                let outgoing = batch.to_bytes().map_err(BrokerError::from).map(|bytes| {
+                    Outgoing::raw(bytes, self.shared.topology.replies_exchange(), reply_to)
+                        .message_id(batch.message_id)
+                        .kind(batch::REPLY_BATCH)
+                        .transient()
+                });
+                self.send(outgoing, message).await
+            }
+            _ => Disposition::Ack,
+        };
+        failed.unwrap_or(sent)
+    }
+
+    /// Applies one command (waiting out database outages), schedules its expiry if it reserved
+    /// something, and counts it. `Err` is what to do with the message instead of replying.
+    async fn process(
         &self,
-        message: &Incoming,
-        envelope: TxnEnvelope<Command<I::Request>>,
-    ) -> Disposition {
+        envelope: &TxnEnvelope<Command<I::Request>>,
+    ) -> Result<Reply, Disposition> {
         if let Command::Assign(_) = envelope.message() {
             // A worker that stalls between phase 1 and phase 2 (tests only).
             service_kit::fault::pause("participant.before_assign").await;
         }
         let started = std::time::Instant::now();
         let operation = envelope.message().operation();
-        let reply = match self.apply_with_retry(&envelope).await {
+        let reply = match self.apply_with_retry(envelope).await {
             Ok(reply) => reply,
-            Err(ApplyError::Invalid(reason)) => return Disposition::DeadLetter(reason),
+            Err(ApplyError::Invalid(reason)) => return Err(Disposition::DeadLetter(reason)),
             Err(ApplyError::Db(err)) => {
                 warn!(error = %err, "command failed; returning it to the queue");
-                return Disposition::Retry;
+                return Err(Disposition::Retry);
             }
         };
         if let Reply::ReserveReply(ReserveReply::Reserved { .. }) = &reply {
@@ -99,12 +190,22 @@ impl<I: Inventory> CommandHandler<I> {
             "operation" => operation.as_str(),
         )
         .record(started.elapsed().as_secs_f64());
-        let Some(reply_to) = message.reply_to() else {
-            warn!("command without reply_to: applied, but nobody to tell");
-            return Disposition::Ack;
+        Ok(reply)
+    }
+
+    /// Sends a reply (or a reply batch) and says what to do with the command message.
+    async fn send(&self, reply: Result<Outgoing, BrokerError>, message: &Incoming) -> Disposition {
+        let mut reply = match reply {
+            Ok(reply) => reply,
+            Err(err) => {
+                warn!(error = %err, "reply not encodable");
+                return Disposition::Retry;
+            }
         };
-        let trace = message.trace().map(|t| t.child());
-        match self.send_reply(&envelope, reply, reply_to, trace).await {
+        if let Some(trace) = message.trace() {
+            reply = reply.header(headers::TRACEPARENT, trace.child().to_string());
+        }
+        match self.shared.publisher.publish(&reply).await {
             Ok(()) => Disposition::Ack,
             Err(BrokerError::Unroutable { .. }) => {
                 // The coordinator that asked is gone (its reply queue with it). Whoever takes
@@ -150,25 +251,24 @@ impl<I: Inventory> CommandHandler<I> {
         let (txn_id, order_id) = (envelope.txn_id(), envelope.order_id());
         let operation = envelope.message().operation();
         let statements = &shared.statements;
-        let applied = match envelope.message() {
-            Command::Reserve(request) => {
-                let key = shared.inventory.key(request)?;
-                sqlx::query_as::<_, Recorded>(AssertSqlSafe(statements.reserve.clone()))
-                    .bind(txn_id)
-                    .bind(order_id)
-                    .bind(shared.settings.reservation_ttl)
-                    .bind(key)
-                    .fetch_one(&shared.pool)
-                    .await
-            }
-            Command::Assign(assign) => {
-                sqlx::query_as::<_, Recorded>(AssertSqlSafe(statements.assign.clone()))
-                    .bind(txn_id)
-                    .bind(order_id)
-                    .bind(item_ids(&assign.items))
-                    .fetch_one(&shared.pool)
-                    .await
-            }
+        let write = match envelope.message() {
+            Command::Reserve(request) => CommandWrite {
+                statement: statements.reserve.clone(),
+                binds: Binds::Reserve {
+                    txn_id,
+                    order_id,
+                    ttl: shared.settings.reservation_ttl,
+                    key: shared.inventory.key(request)?,
+                },
+            },
+            Command::Assign(assign) => CommandWrite {
+                statement: statements.assign.clone(),
+                binds: Binds::Assign {
+                    txn_id,
+                    order_id,
+                    items: item_ids(&assign.items),
+                },
+            },
             Command::Release(_) => {
                 let mut tx = shared.pool.begin().await?;
                 let reply = barrier::release(&mut tx, statements, txn_id, order_id).await?;
@@ -176,6 +276,7 @@ impl<I: Inventory> CommandHandler<I> {
                 return Ok(reply);
             }
         };
+        let applied = shared.writes.run(write).await;
         match applied {
             Ok(row) => Ok(row.into_reply(operation)?),
             Err(err) if barrier::is_recorded_already(&err, statements) => {
@@ -186,23 +287,51 @@ impl<I: Inventory> CommandHandler<I> {
             Err(err) => Err(err.into()),
         }
     }
+}
 
-    async fn send_reply(
-        &self,
-        command: &TxnEnvelope<Command<I::Request>>,
-        reply: Reply,
-        reply_to: &str,
-        trace: Option<TraceContext>,
-    ) -> Result<(), BrokerError> {
-        let shared = &self.shared;
-        let envelope = TxnEnvelope::txn(command.order_id(), command.txn_id(), reply);
-        let mut message = Outgoing::txn(&envelope, shared.topology.replies_exchange(), reply_to)?
-            .correlation_id(command.message_id)
-            .transient();
-        if let Some(trace) = trace {
-            message = message.header(headers::TRACEPARENT, trace.to_string());
-        }
-        shared.publisher.publish(&message).await
+/// A reserve or an assign, as one statement that does the work and records the reply; run with
+/// group commit.
+pub(crate) struct CommandWrite {
+    statement: Arc<str>,
+    binds: Binds,
+}
+
+enum Binds {
+    Reserve {
+        txn_id: TxnId,
+        order_id: OrderId,
+        ttl: std::time::Duration,
+        key: Option<i64>,
+    },
+    Assign {
+        txn_id: TxnId,
+        order_id: OrderId,
+        items: Vec<i64>,
+    },
+}
+
+impl Write for CommandWrite {
+    type Output = Recorded;
+
+    fn run<'c>(
+        &'c self,
+        conn: &'c mut PgConnection,
+    ) -> Pin<Box<dyn Future<Output = Result<Recorded, sqlx::Error>> + Send + 'c>> {
+        let query = sqlx::query_as::<_, Recorded>(AssertSqlSafe(self.statement.clone()));
+        let query = match &self.binds {
+            Binds::Reserve {
+                txn_id,
+                order_id,
+                ttl,
+                key,
+            } => query.bind(*txn_id).bind(*order_id).bind(*ttl).bind(*key),
+            Binds::Assign {
+                txn_id,
+                order_id,
+                items,
+            } => query.bind(*txn_id).bind(*order_id).bind(items.clone()),
+        };
+        Box::pin(query.fetch_one(conn))
     }
 }
 

@@ -11,12 +11,17 @@ use protocol::ids::TxnId;
 use protocol::timer::ParticipantTimer;
 use protocol::topology::Topology;
 use service_kit::app::Foundation;
+use service_kit::group_commit::GroupCommit;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::commands::CommandHandler;
+use crate::commands::{CommandHandler, CommandWrite};
 use crate::expiry::{ExpiryHandler, sweep_loop};
 use crate::inventory::{Inventory, Statements};
+
+/// Group-commit workers: each runs one transaction at a time, so this many transactions of
+/// reserves and assigns can be in flight at once.
+const WRITERS: usize = 4;
 
 /// Tunables of a participant.
 #[derive(Clone, Debug)]
@@ -44,6 +49,8 @@ pub(crate) struct Shared<I: Inventory> {
     pub(crate) expiries: Batcher<TxnId>,
     /// The command statements, assembled once.
     pub(crate) statements: Statements,
+    /// Reserves and assigns, with group commit.
+    pub(crate) writes: GroupCommit<CommandWrite>,
     /// Stops in-place retries at shutdown.
     pub(crate) shutdown: CancellationToken,
 }
@@ -100,6 +107,7 @@ pub fn start<I: Inventory>(
         .collect();
     let expiry_queue = topology.expiry_queue(participant);
     let sweep_interval = settings.sweep_interval;
+    let writes = GroupCommit::start(pool.clone(), WRITERS, tracker);
     let shared = Arc::new(Shared {
         inventory,
         pool,
@@ -108,6 +116,7 @@ pub fn start<I: Inventory>(
         settings,
         expiries,
         statements: Statements::of::<I>(),
+        writes,
         shutdown: shutdown.clone(),
     });
     let commands = Arc::new(CommandHandler::new(Arc::clone(&shared)));

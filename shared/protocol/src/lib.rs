@@ -20,6 +20,7 @@
 //! # Layout
 //! - [`ids`]: newtypes for every identifier.
 //! - [`envelope`]: the versioned envelope that wraps every message.
+//! - [`batch`]: several commands (or replies) in one message.
 //! - [`command`]: commands from the coordinator to the participants, and their replies.
 //! - [`timer`]: the messages that travel through the TTL wait queues.
 //! - [`event`]: the order events published for other systems.
@@ -27,6 +28,7 @@
 //! - [`topology`]: every exchange, queue and routing key, spelled once.
 //! - [`trace`]: W3C trace context for headers.
 
+pub mod batch;
 pub mod command;
 pub mod envelope;
 pub mod event;

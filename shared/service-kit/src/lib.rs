@@ -12,12 +12,14 @@
 //! - [`metrics`]: the Prometheus recorder behind `GET /metrics`.
 //! - [`telemetry`]: logging set-up.
 //! - [`shutdown`]: the signal that starts a graceful shutdown.
+//! - [`group_commit`]: single-statement writes that arrive together share one transaction.
 //! - [`fault`]: test-only crash points, switched on by an environment variable.
 
 pub mod app;
 pub mod config;
 pub mod db;
 pub mod fault;
+pub mod group_commit;
 pub mod http;
 pub mod metrics;
 pub mod shutdown;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use messaging::consumer::{self, AckMode, ConsumerSpec};
 use messaging::{Broker, BrokerConfig, Health, Outgoing, Publisher, RpcClient};
 use protocol::command::{Command, Reply};
-use protocol::envelope::{TxnEnvelope, TxnMessage};
+use protocol::envelope::{Envelope, TxnEnvelope, TxnMessage};
 use protocol::ids::InstanceId;
 use protocol::topology::{Declarations, ExchangeKind, ExchangeSpec, Participant, Topology};
 use serde::Serialize;
@@ -98,16 +98,35 @@ impl CommandClient {
         to: Participant,
         envelope: &TxnEnvelope<Command<R>>,
     ) -> Reply {
-        let incoming = self
+        let bytes = self
             .rpc
             .call(self.message(to, envelope), Duration::from_secs(10))
             .await
             .expect("a reply");
-        incoming
-            .decode::<TxnMessage<Reply>>()
+        Envelope::<TxnMessage<Reply>>::decode(&bytes)
             .expect("a readable reply")
             .payload
             .message
+    }
+
+    /// Delivers `envelopes` to `to` in one command batch and returns their replies, in order.
+    pub async fn call_batch<R: Serialize>(
+        &self,
+        to: Participant,
+        envelopes: &[TxnEnvelope<Command<R>>],
+    ) -> Vec<Reply> {
+        let messages = envelopes.iter().map(|e| self.message(to, e)).collect();
+        self.rpc
+            .call_batch(messages, Duration::from_secs(10))
+            .await
+            .into_iter()
+            .map(|reply| {
+                Envelope::<TxnMessage<Reply>>::decode(&reply.expect("a reply"))
+                    .expect("a readable reply")
+                    .payload
+                    .message
+            })
+            .collect()
     }
 
     /// Publishes raw bytes (confirmed) to `exchange` with `routing_key`.
