@@ -78,6 +78,12 @@ pub(crate) async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<Check
         .context("the delivery service is not reachable")?["available"]
         .as_i64()
         .unwrap_or(0);
+    if args.scenario == Scenario::ScarceAgents && agents_before > 0 {
+        eprintln!(
+            "note: {agents_before} agents were already free; agents are only scarce on a \
+             delivery database without free agents"
+        );
+    }
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let mut foods = Vec::new();
     for (i, packets) in plan.foods.iter().enumerate() {
@@ -233,9 +239,11 @@ async fn check(
     }
 
     let sent = i64::try_from(measured.records.len()).unwrap_or(i64::MAX);
+    // Agents are shared by every food: those free before the run count too.
+    let packets: i64 = plan.foods.iter().sum();
     let expected = match args.scenario {
         Scenario::Uniform | Scenario::Hot => sent.min(plan.capacity),
-        Scenario::ScarceAgents => sent.min(plan.capacity.min(agents_before + plan.agents)),
+        Scenario::ScarceAgents => sent.min(packets.min(agents_before + plan.agents)),
     };
     let n_placed = i64::try_from(placed.len()).unwrap_or(i64::MAX);
     if n_placed != expected {

@@ -75,6 +75,7 @@ async fn create_agents(
         None => None,
     };
     let ids = repo::create_agents(&pool, count, names.as_deref()).await?;
+    repo::analyze_after_load(&pool, count).await?;
     tracing::info!(count, "agents created");
     Ok((StatusCode::CREATED, Json(json!({ "ids": ids }))))
 }

@@ -53,6 +53,18 @@ pub async fn create_agents(
     }
 }
 
+/// Loads of at least this many rows refresh the table's statistics.
+const ANALYZE_AFTER: i64 = 10_000;
+
+/// Refreshes the planner's statistics after a bulk load (rather than wait for autovacuum, which
+/// may be off), so that reserves keep their plan.
+pub async fn analyze_after_load(pool: &PgPool, rows: i64) -> Result<(), sqlx::Error> {
+    if rows >= ANALYZE_AFTER {
+        sqlx::query("ANALYZE agents").execute(pool).await?;
+    }
+    Ok(())
+}
+
 /// Counts by state.
 pub async fn summary(pool: &PgPool) -> Result<Summary, sqlx::Error> {
     sqlx::query_as(
