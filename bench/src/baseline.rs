@@ -16,6 +16,9 @@ use crate::distributed::Checked;
 use crate::load::{self, Record};
 use crate::scenario::Plan;
 
+/// Connections of the baseline's pool at most.
+const BASELINE_CONNECTIONS: usize = 48;
+
 const SCHEMA: &[&str] = &[
     "DROP TABLE IF EXISTS orders, packets, agents, foods",
     "CREATE TABLE foods (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name TEXT NOT NULL)",
@@ -65,8 +68,11 @@ async fn prepare(url: &str, clients: usize) -> anyhow::Result<PgPool> {
             .await?;
     }
     admin.close().await?;
+    // As many connections as the three services hold together by default (3 x 16): more clients
+    // than that wait for a connection, as they would on any server with a connection limit.
+    let connections = clients.min(BASELINE_CONNECTIONS) + 1;
     let pool = PgPoolOptions::new()
-        .max_connections(u32::try_from(clients + 2).unwrap_or(64))
+        .max_connections(u32::try_from(connections).unwrap_or(49))
         .connect_with(options.disable_statement_logging())
         .await?;
     for statement in SCHEMA {

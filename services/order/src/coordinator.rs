@@ -169,6 +169,16 @@ fn judge(store: &Reservation, delivery: &Reservation, time_left: bool) -> Verdic
     }
 }
 
+/// How long a call waits for its reply.
+#[derive(Clone, Copy, Debug)]
+enum Wait {
+    /// One message, one wait (phase 1: a reserve that goes unanswered is released instead).
+    Once(Duration),
+    /// Until then, sending the message again now and then (phase 2 and compensation, which
+    /// need an answer however long the participant takes).
+    Resending(Instant),
+}
+
 /// Why a driver stopped before the order was final.
 #[derive(Debug)]
 enum Stop {
@@ -536,11 +546,17 @@ impl Coordinator {
                         food_id: order.food_id,
                     }],
                 };
-                self.call(to, order, Command::Reserve(request), wait).await
+                self.call(to, order, Command::Reserve(request), Wait::Once(wait))
+                    .await
             }
             Participant::Delivery => {
-                self.call(to, order, Command::Reserve(AgentRequest {}), wait)
-                    .await
+                self.call(
+                    to,
+                    order,
+                    Command::Reserve(AgentRequest {}),
+                    Wait::Once(wait),
+                )
+                .await
             }
         };
         match reply {
@@ -569,7 +585,10 @@ impl Coordinator {
         until: Instant,
     ) -> Option<bool> {
         let command: Command<AgentRequest> = Command::Assign(Assign { items: vec![item] });
-        match self.call_until(to, order, command, until).await? {
+        match self
+            .call(to, order, command, Wait::Resending(until))
+            .await?
+        {
             Reply::AssignReply(AssignReply::Assigned { .. }) => Some(true),
             Reply::AssignReply(AssignReply::Refused { reason }) => {
                 warn!(participant = %to, ?reason, "assign refused");
@@ -588,7 +607,7 @@ impl Coordinator {
             reason: ReleaseReason::Compensate,
         });
         matches!(
-            self.call_until(to, order, command, until).await,
+            self.call(to, order, command, Wait::Resending(until)).await,
             Some(Reply::ReleaseReply(ReleaseReply::Released { .. }))
         )
     }
@@ -645,7 +664,7 @@ impl Coordinator {
         to: Participant,
         order: &Order,
         command: Command<R>,
-        wait: Duration,
+        wait: Wait,
     ) -> Option<Reply> {
         let operation = command.operation();
         let message = match self.outgoing(to, order, &command) {
@@ -655,7 +674,18 @@ impl Coordinator {
                 return None;
             }
         };
-        match self.rpc.call(message, wait).await {
+        let reply = match wait {
+            Wait::Once(timeout) => self.rpc.call(message, timeout).await,
+            // Sent again (the same message) after `REPLY_TIMEOUT`, then with growing pauses.
+            Wait::Resending(until) => {
+                let resend = Backoff::new(
+                    self.settings.reply_timeout,
+                    self.settings.reply_timeout * 10,
+                );
+                self.rpc.call_until(message, resend, until).await
+            }
+        };
+        match reply {
             Ok(bytes) => match Envelope::<TxnMessage<Reply>>::decode(&bytes) {
                 Ok(envelope) => Some(envelope.payload.message),
                 Err(err) => {
@@ -665,43 +695,6 @@ impl Coordinator {
             },
             Err(err) => {
                 debug!(participant = %to, %operation, error = %err, "no reply");
-                None
-            }
-        }
-    }
-
-    /// Sends a command and waits for its reply until `until`, sending it again (the same message)
-    /// after `REPLY_TIMEOUT`, then with growing pauses. For phase 2 and compensation, where an
-    /// answer is needed however long the participant takes.
-    async fn call_until<R: Serialize>(
-        &self,
-        to: Participant,
-        order: &Order,
-        command: Command<R>,
-        until: Instant,
-    ) -> Option<Reply> {
-        let operation = command.operation();
-        let message = match self.outgoing(to, order, &command) {
-            Ok(message) => message,
-            Err(err) => {
-                warn!(participant = %to, %operation, error = %err, "cannot encode command");
-                return None;
-            }
-        };
-        let resend = Backoff::new(
-            self.settings.reply_timeout,
-            self.settings.reply_timeout * 10,
-        );
-        match self.rpc.call_until(message, resend, until).await {
-            Ok(bytes) => match Envelope::<TxnMessage<Reply>>::decode(&bytes) {
-                Ok(envelope) => Some(envelope.payload.message),
-                Err(err) => {
-                    warn!(participant = %to, %operation, error = %err, "unreadable reply");
-                    None
-                }
-            },
-            Err(err) => {
-                warn!(participant = %to, %operation, error = %err, "no reply");
                 None
             }
         }
