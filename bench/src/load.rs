@@ -61,6 +61,34 @@ struct Shared {
     started: AtomicU64,
 }
 
+impl Shared {
+    fn new() -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            latency: Mutex::new(histogram()?),
+            records: Mutex::new(Vec::new()),
+            started: AtomicU64::new(0),
+        }))
+    }
+
+    /// Records an answered order whose latency runs from `since`, and moves the progress bar.
+    async fn add(
+        &self,
+        since: Instant,
+        record: Record,
+        amount: Amount,
+        started: Instant,
+        bar: &ProgressBar,
+    ) {
+        let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.latency.lock().await.saturating_record(micros.max(1));
+        self.records.lock().await.push(record);
+        match amount {
+            Amount::Orders(_) => bar.inc(1),
+            Amount::Duration(_) => bar.set_position(started.elapsed().as_secs()),
+        }
+    }
+}
+
 fn progress(amount: Amount, what: &str) -> ProgressBar {
     let bar = match amount {
         Amount::Orders(n) => ProgressBar::new(n),
@@ -112,11 +140,7 @@ where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Record> + Send,
 {
-    let shared = Arc::new(Shared {
-        latency: Mutex::new(histogram()?),
-        records: Mutex::new(Vec::new()),
-        started: AtomicU64::new(0),
-    });
+    let shared = Shared::new()?;
     let bar = progress(amount, what);
     let started = Instant::now();
     let handles: Vec<_> = (0..clients.max(1))
@@ -138,13 +162,7 @@ where
                     }
                     let sent = Instant::now();
                     let record = op().await;
-                    let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-                    shared.latency.lock().await.saturating_record(micros.max(1));
-                    shared.records.lock().await.push(record);
-                    match amount {
-                        Amount::Orders(_) => bar.inc(1),
-                        Amount::Duration(_) => bar.set_position(started.elapsed().as_secs()),
-                    }
+                    shared.add(sent, record, amount, started, &bar).await;
                 }
             })
         })
@@ -170,11 +188,7 @@ where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Record> + Send,
 {
-    let shared = Arc::new(Shared {
-        latency: Mutex::new(histogram()?),
-        records: Mutex::new(Vec::new()),
-        started: AtomicU64::new(0),
-    });
+    let shared = Shared::new()?;
     let bar = progress(amount, what);
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let permits = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
@@ -198,13 +212,7 @@ where
         tasks.spawn(async move {
             let record = op().await;
             drop(permit);
-            let micros = u64::try_from(scheduled.elapsed().as_micros()).unwrap_or(u64::MAX);
-            shared.latency.lock().await.saturating_record(micros.max(1));
-            shared.records.lock().await.push(record);
-            match amount {
-                Amount::Orders(_) => bar.inc(1),
-                Amount::Duration(_) => bar.set_position(started.elapsed().as_secs()),
-            }
+            shared.add(scheduled, record, amount, started, &bar).await;
         });
         n = n.saturating_add(1);
     }

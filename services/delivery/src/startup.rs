@@ -2,8 +2,8 @@
 
 use std::net::SocketAddr;
 
-use protocol::topology::Topology;
-use service_kit::app::{Foundation, StartupError};
+use participant::{Identity, ParticipantApp};
+use service_kit::app::StartupError;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, DEFAULT_DATABASE};
@@ -11,49 +11,36 @@ use crate::http;
 use crate::inventory::Agents;
 
 /// The running delivery service: database, consumers, HTTP API.
-pub struct Application {
-    foundation: Foundation,
-    admin_token: Option<String>,
-}
+pub struct Application(ParticipantApp);
 
 impl Application {
     /// Connects and migrates the database, starts the command consumers and binds the HTTP
     /// listener. Everything stops when `shutdown` is cancelled.
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, StartupError> {
-        let database = config
-            .db
-            .settings(config.delivery_database_url.as_deref(), DEFAULT_DATABASE)?;
-        let foundation = Foundation::lay(
-            &database,
-            &crate::MIGRATOR,
-            config.broker.config("delivery-service"),
+        let identity = Identity {
+            name: "delivery-service",
+            default_database: DEFAULT_DATABASE,
+            migrator: &crate::MIGRATOR,
+        };
+        ParticipantApp::build(
+            Agents,
+            identity,
+            config.delivery_database_url.as_deref(),
             &config.http_addr,
+            config.service,
             shutdown,
         )
-        .await?;
-        participant::start(
-            Agents,
-            &foundation,
-            Topology::new(config.broker.amqp_prefix.clone()),
-            config.participant.settings(),
-        );
-        Ok(Self {
-            foundation,
-            admin_token: config.admin_token,
-        })
+        .await
+        .map(Self)
     }
 
     /// The HTTP address actually bound.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.foundation.local_addr()
+        self.0.local_addr()
     }
 
     /// Serves until shutdown, then drains.
     pub async fn run_until_stopped(self) -> Result<(), StartupError> {
-        let routes = service_kit::http::admin_guard(
-            http::routes(self.foundation.pool.clone()),
-            self.admin_token,
-        );
-        self.foundation.run(routes).await
+        self.0.run(http::routes).await
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use service_kit::config::{BrokerArgs, DatabaseArgs, FaultArgs, LogArgs, parse_duration};
+use service_kit::config::{ServiceArgs, parse_duration};
 
 use crate::coordinator::CoordinatorSettings;
 
@@ -50,19 +50,7 @@ pub struct Config {
 
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub broker: BrokerArgs,
-
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub db: DatabaseArgs,
-
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub log: LogArgs,
-
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub fault: FaultArgs,
+    pub common: ServiceArgs,
 }
 
 /// The database used when `ORDER_DATABASE_URL` is not set.

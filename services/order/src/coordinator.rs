@@ -59,26 +59,6 @@ pub struct CoordinatorSettings {
     pub phase2_grace: Duration,
 }
 
-/// What a coordinator is made of.
-pub struct Parts {
-    /// The order database.
-    pub orders: Orders,
-    /// Commands and replies.
-    pub rpc: Arc<RpcClient>,
-    /// Names.
-    pub topology: Topology,
-    /// Tunables.
-    pub settings: CoordinatorSettings,
-    /// Deadline timers.
-    pub deadlines: Batcher<OrderId>,
-    /// Notified after each final transition, for the outbox relay.
-    pub events: Arc<Notify>,
-    /// Where drivers run.
-    pub tracker: TaskTracker,
-    /// Cancelled at shutdown.
-    pub shutdown: CancellationToken,
-}
-
 /// How a driver starts on an order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -92,14 +72,22 @@ pub enum Mode {
 
 /// The coordinator, shared by the HTTP handlers, the timeout consumer and recovery.
 pub struct Coordinator {
-    orders: Orders,
-    rpc: Arc<RpcClient>,
-    topology: Topology,
-    settings: CoordinatorSettings,
-    deadlines: Batcher<OrderId>,
-    events: Arc<Notify>,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
+    /// The order database.
+    pub(crate) orders: Orders,
+    /// Commands and replies.
+    pub(crate) rpc: Arc<RpcClient>,
+    /// Names.
+    pub(crate) topology: Topology,
+    /// Tunables.
+    pub(crate) settings: CoordinatorSettings,
+    /// Deadline timers.
+    pub(crate) deadlines: Batcher<OrderId>,
+    /// Notified after each final transition, for the outbox relay.
+    pub(crate) events: Arc<Notify>,
+    /// Where drivers run (drained at shutdown while the consumers still run).
+    pub(crate) tracker: TaskTracker,
+    /// Cancelled at shutdown: drivers stop waiting.
+    pub(crate) shutdown: CancellationToken,
 }
 
 /// What a participant answered to a reserve.
@@ -206,32 +194,6 @@ impl From<TransitionError> for Stop {
 }
 
 impl Coordinator {
-    /// A coordinator that sends commands through `rpc`, schedules deadline timers through
-    /// `deadlines` and wakes the outbox relay through `events`. Drivers run on `tracker` and stop
-    /// early at `shutdown`.
-    pub fn new(parts: Parts) -> Arc<Self> {
-        let Parts {
-            orders,
-            rpc,
-            topology,
-            settings,
-            deadlines,
-            events,
-            tracker,
-            shutdown,
-        } = parts;
-        Arc::new(Self {
-            orders,
-            rpc,
-            topology,
-            settings,
-            deadlines,
-            events,
-            tracker,
-            shutdown,
-        })
-    }
-
     /// The database pool.
     pub fn pool(&self) -> &PgPool {
         self.orders.pool()

@@ -8,10 +8,7 @@ use order_service::{Application, Config};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    service_kit::telemetry::init(&config.log.log_filter, config.log.log_format);
-    service_kit::fault::arm(&config.fault.fault_points)?;
-    service_kit::metrics::install()?;
-    let shutdown = service_kit::shutdown::on_signal();
+    let shutdown = service_kit::app::init(&config.common)?;
     let app = Application::build(config, shutdown)
         .await
         .context("order-service failed to start")?;

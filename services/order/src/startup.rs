@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::{Config, DEFAULT_DATABASE};
-use crate::coordinator::{Coordinator, Parts};
+use crate::coordinator::Coordinator;
 use crate::http;
 use crate::outbox;
 use crate::recovery::{self, Timeouts};
@@ -35,18 +35,19 @@ impl Application {
     /// listener. Everything stops when `shutdown` is cancelled.
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, StartupError> {
         let database = config
+            .common
             .db
             .settings(config.order_database_url.as_deref(), DEFAULT_DATABASE)?;
         let foundation = Foundation::lay(
             &database,
             &crate::MIGRATOR,
-            config.broker.config("order-service"),
+            config.common.broker.config("order-service"),
             &config.http_addr,
             shutdown,
         )
         .await?;
         let instance = InstanceId::new();
-        let topology = Topology::new(config.broker.amqp_prefix.clone());
+        let topology = Topology::new(config.common.broker.amqp_prefix.clone());
         let settings = config.coordinator();
         // Deadline timers fire once a dead driver's lease has surely run out.
         let timer_wait = settings.order_deadline + settings.lease + config.timer_window;
@@ -92,7 +93,7 @@ impl Application {
             &foundation.tracker,
         );
         let events = Arc::new(Notify::new());
-        let coordinator = Coordinator::new(Parts {
+        let coordinator = Arc::new(Coordinator {
             orders: Orders::new(foundation.pool.clone(), &foundation.tracker),
             rpc,
             topology: topology.clone(),

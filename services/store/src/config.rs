@@ -1,7 +1,6 @@
 //! Settings of the store service.
 
-use participant::ParticipantArgs;
-use service_kit::config::{BrokerArgs, DatabaseArgs, FaultArgs, LogArgs};
+use participant::ParticipantServiceArgs;
 
 /// The store service: foods and their packets.
 #[derive(clap::Parser, Clone, Debug)]
@@ -15,30 +14,9 @@ pub struct Config {
     #[arg(long, env = "STORE_HTTP_ADDR", default_value = "127.0.0.1:8081")]
     pub http_addr: String,
 
-    /// When set, every request that changes something (creating foods, packets, agents) needs
-    /// `Authorization: Bearer <ADMIN_TOKEN>`; reads stay open.
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
-
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub participant: ParticipantArgs,
-
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub broker: BrokerArgs,
-
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub db: DatabaseArgs,
-
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub log: LogArgs,
-
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub fault: FaultArgs,
+    pub service: ParticipantServiceArgs,
 }
 
 /// The database used when `STORE_DATABASE_URL` is not set.

@@ -22,12 +22,15 @@
 //! - [`inventory`]: the [`Inventory`] trait and the table-generic item SQL.
 //! - [`barrier`], [`commands`], [`expiry`]: as above.
 //! - [`runtime`]: wires the consumers and the sweep for a service.
+//! - [`app`]: the start-up and run loop of a participant service.
 
+pub mod app;
 pub mod barrier;
 pub mod commands;
 pub mod expiry;
 pub mod inventory;
 pub mod runtime;
 
+pub use app::{Identity, ParticipantApp, ParticipantServiceArgs};
 pub use inventory::{Inventory, ItemTable, ReserveError, Statements};
 pub use runtime::{ParticipantArgs, ParticipantSettings, start};

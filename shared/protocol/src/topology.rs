@@ -332,6 +332,27 @@ impl Topology {
         decl
     }
 
+    /// What a consumer of order events declares: the events exchange, and an exclusive queue of
+    /// its own (deleted when it disconnects) bound with `pattern` (`order.#` for every event).
+    pub fn events_tap(&self, queue: String, pattern: &str) -> Declarations {
+        let events = self.events_exchange();
+        Declarations {
+            exchanges: vec![ExchangeSpec {
+                name: events.clone(),
+                kind: ExchangeKind::Topic,
+            }],
+            queues: vec![QueueSpec {
+                name: queue,
+                kind: QueueKind::Exclusive,
+                message_ttl: None,
+                dead_letter: None,
+                reliable_dead_letter: false,
+                delivery_limit: None,
+                bindings: vec![(events, pattern.to_owned())],
+            }],
+        }
+    }
+
     /// The exclusive reply queue of a coordinator instance.
     pub fn reply_queue_spec(&self, instance: InstanceId) -> QueueSpec {
         QueueSpec {

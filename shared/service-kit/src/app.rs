@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::config::ServiceArgs;
 use crate::db::{self, DatabaseSettings, DbError};
 use crate::http::{self, Readiness};
 
@@ -36,6 +37,26 @@ pub enum StartupError {
     /// The HTTP listener.
     #[error("http: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Why the process could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// `FAULT_POINTS` is invalid.
+    #[error(transparent)]
+    Fault(#[from] crate::fault::FaultSpecError),
+    /// The metrics recorder could not be installed.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
+}
+
+/// Sets the process up, from `main`: logging, fault points, the metrics recorder, and the
+/// signal handler whose token starts the graceful shutdown.
+pub fn init(args: &ServiceArgs) -> Result<CancellationToken, InitError> {
+    crate::telemetry::init(&args.log.log_filter, args.log.log_format);
+    crate::fault::arm(&args.fault.fault_points)?;
+    crate::metrics::install()?;
+    Ok(crate::shutdown::on_signal())
 }
 
 /// What every service stands on.

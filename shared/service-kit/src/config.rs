@@ -107,6 +107,26 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
+/// The settings every service has: broker, database server, logging, fault points.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub broker: BrokerArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub db: DatabaseArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub fault: FaultArgs,
+}
+
 /// Test-only settings.
 #[derive(clap::Args, Clone, Debug)]
 pub struct FaultArgs {

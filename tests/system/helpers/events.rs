@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use messaging::consumer::{self, AckMode, ConsumerSpec};
 use messaging::{Broker, BrokerConfig, Disposition, Handler, Health, Incoming, Publisher};
-use protocol::topology::{
-    Declarations, ExchangeKind, ExchangeSpec, QueueKind, QueueSpec, Topology,
-};
+use protocol::topology::Topology;
 use serde_json::Value;
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -52,21 +50,7 @@ impl EventTap {
         .expect("broker config");
         let topology = Topology::new("");
         let queue = format!("test.events.{}", uuid::Uuid::new_v4());
-        let declarations = Declarations {
-            exchanges: vec![ExchangeSpec {
-                name: topology.events_exchange(),
-                kind: ExchangeKind::Topic,
-            }],
-            queues: vec![QueueSpec {
-                name: queue.clone(),
-                kind: QueueKind::Exclusive,
-                message_ttl: None,
-                dead_letter: None,
-                reliable_dead_letter: false,
-                delivery_limit: None,
-                bindings: vec![(topology.events_exchange(), "order.#".into())],
-            }],
-        };
+        let declarations = topology.events_tap(queue.clone(), "order.#");
         let (sender, receiver) = mpsc::unbounded_channel();
         let shutdown = CancellationToken::new();
         tokio::spawn(consumer::run(

@@ -36,77 +36,46 @@ fn database_base() -> String {
     env_or("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432")
 }
 
-/// The RabbitMQ management API, for vhosts, queues and connections.
+/// The RabbitMQ management API, for vhosts, queues and connections (the set-up tool's client,
+/// with what the tests need on top).
 #[derive(Clone, Debug)]
 pub struct Management {
-    base: reqwest::Url,
-    user: String,
-    password: String,
-    http: reqwest::Client,
+    api: rabbitmq_setup::Management,
 }
 
 impl Management {
     /// The management API from `TEST_RABBITMQ_MANAGEMENT_URL`.
     pub fn new() -> Self {
-        let url = management_url();
-        let user = url.username().to_owned();
-        let password = url.password().unwrap_or_default().to_owned();
-        let mut base = url;
-        base.set_username("").ok();
-        base.set_password(None).ok();
         Self {
-            base,
-            user,
-            password,
-            http: reqwest::Client::new(),
+            api: rabbitmq_setup::Management::new(management_url().as_str())
+                .expect("TEST_RABBITMQ_MANAGEMENT_URL is usable"),
         }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}api/{path}", self.base)
+    /// The set-up tool's client.
+    pub fn api(&self) -> &rabbitmq_setup::Management {
+        &self.api
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        self.api
+            .request(method, path, body)
+            .await
+            .unwrap_or_else(|err| panic!("management API (is rabbitmq_management enabled?): {err}"))
     }
 
     /// `GET /api/<path>` as JSON.
     pub async fn get(&self, path: &str) -> Value {
-        let response = self
-            .http
-            .get(self.url(path))
-            .basic_auth(&self.user, Some(&self.password))
-            .send()
-            .await
-            .expect("management API reachable (is rabbitmq_management enabled?)");
-        assert!(
-            response.status().is_success(),
-            "GET {path}: {}",
-            response.status()
-        );
-        response.json().await.expect("management API JSON")
+        self.call(reqwest::Method::GET, path, None).await
     }
 
     async fn put(&self, path: &str, body: Value) {
-        let response = self
-            .http
-            .put(self.url(path))
-            .basic_auth(&self.user, Some(&self.password))
-            .json(&body)
-            .send()
-            .await
-            .expect("management API reachable (is rabbitmq_management enabled?)");
-        assert!(
-            response.status().is_success(),
-            "PUT {path}: {}",
-            response.status()
-        );
+        self.call(reqwest::Method::PUT, path, Some(body)).await;
     }
 
     /// `DELETE /api/<path>`; a missing resource is fine.
     pub async fn delete(&self, path: &str) {
-        let _ = self
-            .http
-            .delete(self.url(path))
-            .basic_auth(&self.user, Some(&self.password))
-            .send()
-            .await;
+        let _ = self.api.request(reqwest::Method::DELETE, path, None).await;
     }
 
     /// The queues of `vhost`.
@@ -126,19 +95,12 @@ impl Management {
 
     /// Up to `count` messages of a queue, left in it (`ack_requeue_true`).
     pub async fn peek(&self, vhost: &str, queue: &str, count: u32) -> Vec<Value> {
-        let response = self
-            .http
-            .post(self.url(&format!("queues/{}/{}/get", encode(vhost), encode(queue))))
-            .basic_auth(&self.user, Some(&self.password))
-            .json(&json!({ "count": count, "ackmode": "ack_requeue_true", "encoding": "auto" }))
-            .send()
+        let body = json!({ "count": count, "ackmode": "ack_requeue_true", "encoding": "auto" });
+        let path = format!("queues/{}/{}/get", encode(vhost), encode(queue));
+        self.call(reqwest::Method::POST, &path, Some(body))
             .await
-            .expect("management API");
-        response
-            .json::<Value>()
-            .await
-            .ok()
-            .and_then(|v| v.as_array().cloned())
+            .as_array()
+            .cloned()
             .unwrap_or_default()
     }
 
@@ -167,18 +129,7 @@ pub async fn rabbitmqctl(args: &[&str]) {
     );
 }
 
-/// Percent-encodes a path segment.
-pub fn encode(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+pub use rabbitmq_setup::encode;
 
 /// The vhost and databases of one test.
 pub struct Infra {
@@ -222,7 +173,7 @@ impl Infra {
         management.put(&format!("vhosts/{id}"), json!({})).await;
         management
             .put(
-                &format!("permissions/{id}/{}", management.user),
+                &format!("permissions/{id}/{}", encode(management.api().user())),
                 json!({ "configure": ".*", "write": ".*", "read": ".*" }),
             )
             .await;

@@ -44,7 +44,8 @@ pub struct Management {
     http: reqwest::Client,
 }
 
-fn encode(segment: &str) -> String {
+/// Percent-encodes a path segment (a vhost, a queue or a user name).
+pub fn encode(segment: &str) -> String {
     segment
         .bytes()
         .map(|b| match b {
@@ -73,12 +74,14 @@ impl Management {
         })
     }
 
-    async fn send(
+    /// `method /api/<path>` with an optional JSON body; the JSON answer (`null` if none). A
+    /// `DELETE` of something missing is fine.
+    pub async fn request(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<serde_json::Value>,
-    ) -> Result<(), SetupError> {
+    ) -> Result<serde_json::Value, SetupError> {
         let mut request = self
             .http
             .request(method.clone(), format!("{}api/{path}", self.base))
@@ -87,16 +90,29 @@ impl Management {
             request = request.json(&body);
         }
         let response = request.send().await?;
-        if response.status().is_success()
-            || (method == reqwest::Method::DELETE && response.status() == 404)
-        {
-            Ok(())
+        let status = response.status();
+        if status.is_success() || (method == reqwest::Method::DELETE && status == 404) {
+            Ok(response.json().await.unwrap_or(serde_json::Value::Null))
         } else {
             Err(SetupError::Refused {
                 what: format!("{method} {path}"),
-                status: response.status(),
+                status,
             })
         }
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(), SetupError> {
+        self.request(method, path, body).await.map(|_| ())
+    }
+
+    /// The user name of the administrator credentials.
+    pub fn user(&self) -> &str {
+        &self.user
     }
 
     /// Creates `vhost` if missing.

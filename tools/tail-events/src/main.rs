@@ -12,9 +12,7 @@ use std::sync::Arc;
 use clap::Parser;
 use messaging::consumer::{self, AckMode, ConsumerSpec};
 use messaging::{Broker, Disposition, Handler, Health, Incoming, Publisher};
-use protocol::topology::{
-    Declarations, ExchangeKind, ExchangeSpec, QueueKind, QueueSpec, Topology,
-};
+use protocol::topology::Topology;
 use service_kit::config::BrokerArgs;
 
 /// Prints order events as they arrive.
@@ -52,21 +50,7 @@ async fn main() -> anyhow::Result<()> {
         args.broker.amqp_prefix,
         uuid::Uuid::new_v4()
     );
-    let declarations = Declarations {
-        exchanges: vec![ExchangeSpec {
-            name: topology.events_exchange(),
-            kind: ExchangeKind::Topic,
-        }],
-        queues: vec![QueueSpec {
-            name: queue.clone(),
-            kind: QueueKind::Exclusive,
-            message_ttl: None,
-            dead_letter: None,
-            reliable_dead_letter: false,
-            delivery_limit: None,
-            bindings: vec![(topology.events_exchange(), args.routing_key.clone())],
-        }],
-    };
+    let declarations = topology.events_tap(queue.clone(), &args.routing_key);
     let shutdown = service_kit::shutdown::on_signal();
     consumer::run(
         broker,

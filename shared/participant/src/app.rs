@@ -1,0 +1,97 @@
+//! The start-up and run loop of a participant service (store, delivery).
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use protocol::topology::Topology;
+use service_kit::app::{Foundation, StartupError};
+use service_kit::config::ServiceArgs;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use tokio_util::sync::CancellationToken;
+
+use crate::inventory::Inventory;
+use crate::runtime::{self, ParticipantArgs};
+
+/// The settings of a participant service, besides its own database URL and HTTP address.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ParticipantServiceArgs {
+    /// When set, every request that changes something (creating foods, packets, agents) needs
+    /// `Authorization: Bearer <ADMIN_TOKEN>`; reads stay open.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub participant: ParticipantArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: ServiceArgs,
+}
+
+/// Who the service is.
+#[derive(Clone, Copy, Debug)]
+pub struct Identity {
+    /// The binary's name, shown as the broker connection's name.
+    pub name: &'static str,
+    /// The database used when the service's own database URL is not set.
+    pub default_database: &'static str,
+    /// Its migrations.
+    pub migrator: &'static Migrator,
+}
+
+/// A running participant: database, broker consumers, HTTP listener.
+pub struct ParticipantApp {
+    foundation: Foundation,
+    admin_token: Option<String>,
+}
+
+impl ParticipantApp {
+    /// Connects and migrates the database, starts the consumers of participant `I` and binds the
+    /// HTTP listener. Everything stops when `shutdown` is cancelled.
+    pub async fn build<I: Inventory>(
+        inventory: I,
+        identity: Identity,
+        own_database_url: Option<&str>,
+        http_addr: &str,
+        args: ParticipantServiceArgs,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StartupError> {
+        let common = &args.common;
+        let database = common
+            .db
+            .settings(own_database_url, identity.default_database)?;
+        let foundation = Foundation::lay(
+            &database,
+            identity.migrator,
+            common.broker.config(identity.name),
+            http_addr,
+            shutdown,
+        )
+        .await?;
+        runtime::start(
+            inventory,
+            &foundation,
+            Topology::new(common.broker.amqp_prefix.clone()),
+            args.participant.settings(),
+        );
+        Ok(Self {
+            foundation,
+            admin_token: args.admin_token,
+        })
+    }
+
+    /// The HTTP address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.foundation.local_addr()
+    }
+
+    /// Serves `routes` (given the database pool; the admin token guards the requests that change
+    /// something) until shutdown, then drains.
+    pub async fn run(self, routes: impl FnOnce(PgPool) -> Router) -> Result<(), StartupError> {
+        let routes =
+            service_kit::http::admin_guard(routes(self.foundation.pool.clone()), self.admin_token);
+        self.foundation.run(routes).await
+    }
+}
