@@ -36,7 +36,7 @@ impl Inventory for Agents {
             UNION ALL
             SELECT id FROM (
                 SELECT id FROM agents
-                WHERE state = 'reserved' AND reserved_until < now()
+                WHERE state = 'reserved' AND reserved_until < statement_timestamp()
                 ORDER BY reserved_until LIMIT 1 FOR UPDATE SKIP LOCKED) expired
         ) free LIMIT 1";
 

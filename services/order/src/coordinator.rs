@@ -435,7 +435,11 @@ impl Coordinator {
         };
         // After the reservations expire an assign can only be refused, so stop asking a little
         // after that: a side that never answered is then compensated like a refusal.
-        let give_up_at = deadline_at(reserved_until + chrono_duration(self.settings.phase2_grace));
+        // A driver that takes the order over late (all coordinators were down) still asks for a
+        // few reply timeouts: the assigns may have been applied, and their recorded replies say
+        // so.
+        let give_up_at = deadline_at(reserved_until + chrono_duration(self.settings.phase2_grace))
+            .max(Instant::now() + self.settings.reply_timeout * 3);
         let (store, delivery) = self
             .keeping_lease(order, token, async {
                 tokio::join!(

@@ -186,12 +186,15 @@ impl Orders {
             token,
             lease,
         };
-        let record = self
-            .writes
-            .run(write)
-            .await?
-            .ok_or(sqlx::Error::RowNotFound)?;
-        Order::try_from(record)
+        match self.writes.run(write).await? {
+            Some(record) => Order::try_from(record),
+            // Already there: a group whose commit looked failed had in fact committed, and the
+            // insert ran again alone. It is ours if it carries our lease token.
+            None => match load(&self.pool, new.id).await? {
+                Some(order) if order.lease_token == Some(token) => Ok(order),
+                _ => Err(sqlx::Error::RowNotFound),
+            },
+        }
     }
 
     /// Records `event` for `order`, if the order is still as the caller saw it (state and
@@ -262,6 +265,7 @@ static INSERT: LazyLock<Arc<str>> = LazyLock::new(|| {
         "INSERT INTO orders
              (id, customer_id, food_id, state, txn_id, deadline, lease_token, lease_until, traceparent)
          VALUES ($1, $2, $3, 'reserving', $4, now() + $5, $6, now() + $5 + $7, $8)
+         ON CONFLICT (id) DO NOTHING
          RETURNING {columns}",
     )
 });
@@ -296,6 +300,13 @@ static TRANSITION: LazyLock<Arc<str>> = LazyLock::new(|| {
 
 impl Write for OrderWrite {
     type Output = Option<OrderRecord>;
+
+    fn order_key(&self) -> u128 {
+        match self {
+            OrderWrite::Insert { new, .. } => new.id.0.as_u128(),
+            OrderWrite::Transition { id, .. } => id.0.as_u128(),
+        }
+    }
 
     fn run<'c>(
         &'c self,

@@ -38,7 +38,7 @@ impl Inventory for Packets {
             UNION ALL
             SELECT id FROM (
                 SELECT id FROM packets
-                WHERE food_id = $4 AND state = 'reserved' AND reserved_until < now()
+                WHERE food_id = $4 AND state = 'reserved' AND reserved_until < statement_timestamp()
                 ORDER BY reserved_until LIMIT 1 FOR UPDATE SKIP LOCKED) expired
         ) free LIMIT 1";
 

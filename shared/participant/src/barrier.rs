@@ -106,18 +106,24 @@ pub async fn recorded(
     row.into_reply(operation)
 }
 
-/// Applies a release in the caller's transaction: claims it (and refuses the later reserve and
-/// assign of its transaction), then frees what the transaction holds, reserved or assigned. A
-/// release seen before gets its recorded reply and changes nothing.
+/// Applies a release in the caller's transaction: locks what the transaction holds, claims the
+/// release (and refuses the later reserve and assign of its transaction), then frees what the
+/// transaction holds, reserved or assigned. A release seen before gets its recorded reply and
+/// changes nothing.
 ///
-/// Two statements, not one: the claim waits for a reserve or assign of the same transaction that
-/// is committing right now, and only a statement that starts after that wait sees its items.
+/// Separate statements, not one: the claim waits for a reserve or assign of the same transaction
+/// that is committing right now, and only a statement that starts after that wait sees its
+/// items.
 pub async fn release(
     tx: &mut PgConnection,
     statements: &Statements,
     txn_id: TxnId,
     order_id: OrderId,
 ) -> Result<Reply, sqlx::Error> {
+    sqlx::query(AssertSqlSafe(statements.release_lock.clone()))
+        .bind(txn_id)
+        .execute(&mut *tx)
+        .await?;
     let claimed: bool = sqlx::query_scalar(AssertSqlSafe(statements.release_claim.clone()))
         .bind(txn_id)
         .bind(order_id)

@@ -92,11 +92,14 @@ impl<I: Inventory> CommandHandler<I> {
             Err(err) => return Disposition::DeadLetter(err.to_string()),
         };
         let mut commands = Vec::with_capacity(batch.items.len());
+        let mut failed = None;
         for (i, item) in batch.items.iter().enumerate() {
             match TxnEnvelope::<Command<I::Request>>::decode(item.get().as_bytes()) {
                 Ok(envelope) => commands.push(envelope),
                 Err(err) => {
-                    return Disposition::DeadLetter(format!("command {i} of the batch: {err}"));
+                    failed = Some(Disposition::DeadLetter(format!(
+                        "command {i} of the batch: {err}"
+                    )));
                 }
             }
         }
@@ -111,7 +114,6 @@ impl<I: Inventory> CommandHandler<I> {
         }))
         .await;
         let mut replies = Vec::with_capacity(commands.len());
-        let mut failed = None;
         for (envelope, result) in commands.iter().zip(results) {
             match result {
                 Ok(reply) => {
@@ -282,7 +284,15 @@ impl<I: Inventory> CommandHandler<I> {
             Err(err) if barrier::is_recorded_already(&err, statements) => {
                 debug!("applied before (or refused by a release); sending the recorded reply");
                 let mut conn = shared.pool.acquire().await?;
-                Ok(barrier::recorded(&mut conn, txn_id, operation).await?)
+                match barrier::recorded(&mut conn, txn_id, operation).await {
+                    // The transaction still holds an item but its barrier row was pruned: the
+                    // command is older than BARRIER_RETENTION, and its reply is gone with it.
+                    Err(sqlx::Error::RowNotFound) => Err(ApplyError::Invalid(
+                        "a repeat of a command older than BARRIER_RETENTION (its record was pruned)"
+                            .to_owned(),
+                    )),
+                    other => Ok(other?),
+                }
             }
             Err(err) => Err(err.into()),
         }
@@ -312,6 +322,12 @@ enum Binds {
 
 impl Write for CommandWrite {
     type Output = Recorded;
+
+    fn order_key(&self) -> u128 {
+        match &self.binds {
+            Binds::Reserve { txn_id, .. } | Binds::Assign { txn_id, .. } => txn_id.0.as_u128(),
+        }
+    }
 
     fn run<'c>(
         &'c self,

@@ -116,6 +116,9 @@ impl ItemTable {
 
 /// The statements of the commands, assembled once from the participant's table and fragments.
 ///
+/// Times are `statement_timestamp()`, not `now()`: with group commit a statement may run some
+/// time after its transaction began, and an expiry is judged (and set) by the statement's clock.
+///
 /// Reserve and assign do their work first and then insert their barrier row with the reply, in
 /// the same statement. The barrier's primary key decides: a duplicate of an applied command, or a
 /// command whose transaction was released first, fails the insert with a unique violation, which
@@ -127,6 +130,10 @@ pub struct Statements {
     pub reserve: Arc<str>,
     /// Assign: `$1` txn, `$2` order, `$3` items.
     pub assign: Arc<str>,
+    /// Release, step 0: lock the items the transaction holds, so that an assign of the same
+    /// transaction either finishes first or finds them gone (locking in the same order as the
+    /// assign, items then barrier row, so that the two never deadlock). `$1` txn.
+    pub release_lock: Arc<str>,
     /// Release, step 1: claim the release and refuse the later reserve and assign of the
     /// transaction; returns whether the release is new. `$1` txn, `$2` order.
     pub release_claim: Arc<str>,
@@ -148,8 +155,8 @@ impl Statements {
             "WITH picked AS ({pick}),
              taken AS (
                  UPDATE {table} t
-                 SET state = 'reserved', txn_id = $1, order_id = $2, reserved_until = now() + $3,
-                     updated_at = now()
+                 SET state = 'reserved', txn_id = $1, order_id = $2,
+                     reserved_until = statement_timestamp() + $3, updated_at = now()
                  FROM picked WHERE t.id = picked.id
                  RETURNING t.id, t.reserved_until
              ),
@@ -171,7 +178,8 @@ impl Statements {
         let assign = format!(
             "WITH held AS (
                  SELECT id FROM {table}
-                 WHERE id = ANY($3) AND txn_id = $1 AND state = 'reserved' AND reserved_until > now()
+                 WHERE id = ANY($3) AND txn_id = $1 AND state = 'reserved'
+                   AND reserved_until > statement_timestamp()
                  FOR UPDATE
              ),
              verdict AS (
@@ -191,6 +199,7 @@ impl Statements {
              FROM verdict
              RETURNING {REPLY_COLUMNS}"
         );
+        let release_lock = format!("SELECT id FROM {table} WHERE txn_id = $1 FOR UPDATE");
         let release_claim = "WITH claim AS (
                  INSERT INTO txn_barrier (txn_id, operation, order_id, outcome)
                  VALUES ($1, 'release', $2, 'released')
@@ -221,6 +230,7 @@ impl Statements {
         Self {
             reserve: reserve.into(),
             assign: assign.into(),
+            release_lock: release_lock.into(),
             release_claim: release_claim.into(),
             release_free: release_free.into(),
             txn_index: format!("{table}_txn").into(),

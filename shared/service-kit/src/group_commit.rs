@@ -29,6 +29,13 @@ pub trait Write: Send + Sync + 'static {
     /// What the write returns.
     type Output: Send + 'static;
 
+    /// Writes of a group run in the order of this key. Writes that lock rows (an assign locks the
+    /// items of its transaction) then take locks in one order in every group, and two groups never
+    /// wait for each other crosswise.
+    fn order_key(&self) -> u128 {
+        0
+    }
+
     /// Runs the write.
     fn run<'c>(
         &'c self,
@@ -105,7 +112,8 @@ async fn worker<W: Write>(pool: PgPool, receiver: Arc<Mutex<mpsc::UnboundedRecei
     }
 }
 
-async fn run_group<W: Write>(pool: &PgPool, group: Vec<Pending<W>>) {
+async fn run_group<W: Write>(pool: &PgPool, mut group: Vec<Pending<W>>) {
+    group.sort_by_key(|(write, _)| write.order_key());
     if group.len() > 1 {
         match together(pool, &group).await {
             Ok(outputs) => {
