@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use futures::future::join_all;
+
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -217,4 +219,87 @@ async fn bad_input_gets_a_json_error_and_changes_nothing() {
     let (_, foods) = system.get(&system.store, "/foods").await;
     assert_eq!(foods.as_array().map(Vec::len), Some(1), "{foods}");
     assert_eq!(system.agents_summary().await["available"], 1);
+}
+
+/// Posts an order for `customer` with `Idempotency-Key: key`; the status, whether the answer is
+/// marked as a replay, and the body.
+async fn place_with_key(
+    system: &TestSystem,
+    food: i64,
+    customer: &str,
+    key: &str,
+) -> (StatusCode, bool, serde_json::Value) {
+    let response = system
+        .http()
+        .post(system.order.url("/orders"))
+        .header("idempotency-key", key)
+        .json(&json!({ "food_id": food, "customer_id": customer }))
+        .send()
+        .await
+        .expect("POST /orders");
+    let status = response.status();
+    let replayed = response
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|v| v == "true");
+    let body = response.json().await.expect("JSON body");
+    (status, replayed, body)
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_gets_the_first_order_and_creates_no_other() {
+    let system = TestSystem::start().await;
+    let food = system.create_food("Pongal", 5).await;
+    let other_food = system.create_food("Vada", 5).await;
+    system.create_agents(5).await;
+
+    let (status, replayed, first) = place_with_key(&system, food, "c-42", "k-1").await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert!(!replayed, "a first request is not a replay");
+
+    // The same request again: the same order, nothing new reserved or assigned.
+    let (status, replayed, again) = place_with_key(&system, food, "c-42", "k-1").await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert!(replayed, "a repeated key is answered as a replay");
+    assert_eq!(again, first);
+
+    // Keys belong to a customer: another customer's "k-1" is another order.
+    let (status, replayed, other) = place_with_key(&system, food, "c-7", "k-1").await;
+    assert_eq!(status, StatusCode::CREATED, "{other}");
+    assert!(!replayed);
+    assert_ne!(other["order_id"], first["order_id"]);
+
+    // The same key for another food is a client error.
+    let (status, _, answer) = place_with_key(&system, other_food, "c-42", "k-1").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(answer["error"].is_string(), "{answer}");
+
+    // Concurrent requests with one key: one order, and every answer names it.
+    let answers = join_all((0..8).map(|_| place_with_key(&system, food, "c-42", "k-2"))).await;
+    let ids: std::collections::HashSet<_> = answers
+        .iter()
+        .map(|(_, _, body)| body["order_id"].clone())
+        .collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    assert_eq!(
+        answers.iter().filter(|(_, replayed, _)| !replayed).count(),
+        1,
+        "exactly one request created the order: {answers:?}"
+    );
+
+    // Malformed keys: 400, nothing created.
+    for key in ["", &"k".repeat(201), "two words"] {
+        let (status, _, answer) = place_with_key(&system, food, "c-42", key).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{key:?} → {answer}");
+        assert!(answer["error"].is_string(), "{answer}");
+    }
+
+    let id = answers[0].2["order_id"].as_str().expect("order id");
+    let settled = system.order_when_final(&system.order, id).await;
+    assert_eq!(settled["status"], "placed", "{settled}");
+    let states = system.infra.order_states().await;
+    assert_eq!(states, [("placed".to_owned(), 3)].into(), "{states:?}");
+    assert_eq!(system.food(food).await["assigned"], 3);
+    assert_eq!(system.food(other_food).await["assigned"], 0);
+    system.assert_audit_clean(SETTLE).await;
 }

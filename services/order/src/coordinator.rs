@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::repo::{self, Changes, LeaseToken, NewOrder, Order, Orders, TransitionError};
+use crate::repo::{self, Changes, Inserted, LeaseToken, NewOrder, Order, Orders, TransitionError};
 use crate::state::{Event, NotPlacedReason, OrderState};
 
 /// Tunables of the coordinator.
@@ -57,6 +57,16 @@ pub struct CoordinatorSettings {
     pub lease: Duration,
     /// How long after the reservations expire phase 2 keeps asking before compensating.
     pub phase2_grace: Duration,
+}
+
+/// What `POST /orders` came to.
+#[derive(Clone, Debug)]
+pub enum Placement {
+    /// A new order, as recorded when it became final or when the response budget ran out.
+    New(Order),
+    /// The customer's earlier order with the same idempotency key, as recorded now (its own
+    /// driver goes on with it).
+    Replayed(Order),
 }
 
 /// How a driver starts on an order.
@@ -206,12 +216,14 @@ impl Coordinator {
 
     /// Records a new order and drives it. Returns the order as recorded when it became final,
     /// or as recorded when the response budget ran out (the driver goes on in the background).
+    /// If the customer already has an order with `idempotency_key`, returns that one instead.
     pub async fn place(
         self: &Arc<Self>,
         customer_id: String,
         food_id: FoodId,
+        idempotency_key: Option<String>,
         trace: TraceContext,
-    ) -> Result<Order, sqlx::Error> {
+    ) -> Result<Placement, sqlx::Error> {
         let token = LeaseToken::new();
         let new = NewOrder {
             id: OrderId::new(),
@@ -219,6 +231,7 @@ impl Coordinator {
             food_id,
             txn_id: TxnId::new(),
             traceparent: trace.to_string(),
+            idempotency_key,
         };
         let answer_by = Instant::now() + self.settings.response_budget;
         // Even recording the order must not hold the client past the budget (a database that is
@@ -230,9 +243,16 @@ impl Coordinator {
             token,
             self.settings.lease,
         );
-        let order = tokio::time::timeout_at(answer_by, insert)
+        let order = match tokio::time::timeout_at(answer_by, insert)
             .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+            .map_err(|_| sqlx::Error::PoolTimedOut)??
+        {
+            Inserted::New(order) => order,
+            Inserted::Existing(order) => {
+                info!(order_id = %order.id, state = %order.state, "idempotency key seen before: answering with its order");
+                return Ok(Placement::Replayed(order));
+            }
+        };
         self.deadlines.push(order.id);
         let (progress, mut latest) = watch::channel(order.clone());
         let span = info_span!("order", order_id = %order.id, trace_id = %trace.trace_id());
@@ -251,7 +271,7 @@ impl Coordinator {
         // stage it was recorded in (never a guess, and no extra read past the budget).
         let _ = tokio::time::timeout_at(answer_by, latest.wait_for(|o| o.state.is_final())).await;
         let recorded = latest.borrow().clone();
-        Ok(recorded)
+        Ok(Placement::New(recorded))
     }
 
     /// Drives an order taken over from another driver, in the background.

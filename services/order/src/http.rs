@@ -4,13 +4,18 @@
 //!   `201 {"order_id", "status": "placed", "food_id", "packet_id", "agent_id"}`, or
 //!   `409 {"order_id", "status": "not_placed", "food_id", "reason"}`, or, when no decision is
 //!   reached within the response budget, `202 {"order_id", "status": "pending", "stage"}`.
+//!
+//!   With an `Idempotency-Key` header (1 to 200 visible ASCII characters), a request that repeats
+//!   a key the customer used before creates nothing: it is answered with that order as recorded
+//!   now (the status code as above) and the header `Idempotent-Replayed: true`; `422` if that
+//!   order is for another food.
 //! - `GET /orders/{id}` → `200` with the same body for the order's current state; `404` if
 //!   there is no such order.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use protocol::ids::{FoodId, OrderId};
@@ -20,9 +25,16 @@ use serde_json::{Value, json};
 use service_kit::http::{ApiError, AppJson, AppPath};
 use uuid::Uuid;
 
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, Placement};
 use crate::repo::{self, Order};
 use crate::state::OrderState;
+
+/// The request header that carries the client's key for an order.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The response header that marks an answer with an earlier request's order.
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// The longest idempotency key accepted.
+const MAX_KEY_LEN: usize = 200;
 
 /// The routes, with the coordinator as state.
 pub fn routes(coordinator: Arc<Coordinator>) -> Router {
@@ -43,7 +55,7 @@ async fn place_order(
     State(coordinator): State<Arc<Coordinator>>,
     headers: HeaderMap,
     AppJson(body): AppJson<PlaceOrder>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
     if body.food_id < 1 {
         return Err(ApiError::Unprocessable(format!(
             "food_id must be a positive integer, got {}",
@@ -56,15 +68,30 @@ async fn place_order(
             "customer_id must be 1 to 200 characters".to_owned(),
         ));
     }
+    let key = idempotency_key(&headers)?;
     // Continue the caller's trace if it sent one, else start a new one.
     let trace = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(TraceContext::parse)
         .map_or_else(TraceContext::root, |t| t.child());
-    let order = coordinator
-        .place(customer_id.to_owned(), FoodId(body.food_id), trace)
+    let placement = coordinator
+        .place(customer_id.to_owned(), FoodId(body.food_id), key, trace)
         .await?;
+    let mut response_headers = HeaderMap::new();
+    let order = match placement {
+        Placement::New(order) => order,
+        Placement::Replayed(order) => {
+            if order.food_id != FoodId(body.food_id) {
+                return Err(ApiError::Unprocessable(format!(
+                    "this Idempotency-Key was used for order {} of food {}",
+                    order.id, order.food_id
+                )));
+            }
+            response_headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+            order
+        }
+    };
     let status = match order.state {
         OrderState::Placed => StatusCode::CREATED,
         OrderState::NotPlaced => StatusCode::CONFLICT,
@@ -72,7 +99,22 @@ async fn place_order(
             StatusCode::ACCEPTED
         }
     };
-    Ok((status, Json(view(&order))))
+    Ok((status, response_headers, Json(view(&order))))
+}
+
+/// The `Idempotency-Key` header, if sent and well-formed.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or_default();
+    let visible = |c: char| c.is_ascii_graphic();
+    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.chars().all(visible) {
+        return Err(ApiError::BadRequest(format!(
+            "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"
+        )));
+    }
+    Ok(Some(key.to_owned()))
 }
 
 async fn get_order(

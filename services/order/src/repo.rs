@@ -145,6 +145,17 @@ pub struct NewOrder {
     pub txn_id: TxnId,
     /// The W3C trace of the request.
     pub traceparent: String,
+    /// The client's key for this order (unique per customer), if it sent one.
+    pub idempotency_key: Option<String>,
+}
+
+/// What recording a new order came to.
+#[derive(Clone, Debug)]
+pub enum Inserted {
+    /// Recorded now, leased to the caller.
+    New(Order),
+    /// The customer already has an order with this idempotency key: that order, as recorded.
+    Existing(Order),
 }
 
 /// The order database, with group commit for the writes of the drivers.
@@ -172,29 +183,38 @@ impl Orders {
     }
 
     /// Records a new order in phase 1 with a deadline `deadline` from now, leased to `token`
-    /// until its deadline plus `lease`.
+    /// until its deadline plus `lease`; or finds the customer's order with the same idempotency
+    /// key.
     pub async fn insert(
         &self,
         new: &NewOrder,
         deadline: Duration,
         token: LeaseToken,
         lease: Duration,
-    ) -> Result<Order, sqlx::Error> {
+    ) -> Result<Inserted, sqlx::Error> {
         let write = OrderWrite::Insert {
             new: new.clone(),
             deadline,
             token,
             lease,
         };
-        match self.writes.run(write).await? {
-            Some(record) => Order::try_from(record),
-            // Already there: a group whose commit looked failed had in fact committed, and the
-            // insert ran again alone. It is ours if it carries our lease token.
-            None => match load(&self.pool, new.id).await? {
-                Some(order) if order.lease_token == Some(token) => Ok(order),
-                _ => Err(sqlx::Error::RowNotFound),
-            },
+        if let Some(record) = self.writes.run(write).await? {
+            return Order::try_from(record).map(Inserted::New);
         }
+        // A conflict. Either on the id: a group whose commit looked failed had in fact committed,
+        // and the insert ran again alone (the order is ours if it carries our lease token). Or on
+        // the idempotency key: the customer's earlier request recorded the order.
+        if let Some(order) = load(&self.pool, new.id).await?
+            && order.lease_token == Some(token)
+        {
+            return Ok(Inserted::New(order));
+        }
+        if let Some(key) = &new.idempotency_key
+            && let Some(order) = load_by_key(&self.pool, &new.customer_id, key).await?
+        {
+            return Ok(Inserted::Existing(order));
+        }
+        Err(sqlx::Error::RowNotFound)
     }
 
     /// Records `event` for `order`, if the order is still as the caller saw it (state and
@@ -263,9 +283,10 @@ pub(crate) enum OrderWrite {
 static INSERT: LazyLock<Arc<str>> = LazyLock::new(|| {
     sql_text(
         "INSERT INTO orders
-             (id, customer_id, food_id, state, txn_id, deadline, lease_token, lease_until, traceparent)
-         VALUES ($1, $2, $3, 'reserving', $4, now() + $5, $6, now() + $5 + $7, $8)
-         ON CONFLICT (id) DO NOTHING
+             (id, customer_id, food_id, state, txn_id, deadline, lease_token, lease_until, traceparent,
+              idempotency_key)
+         VALUES ($1, $2, $3, 'reserving', $4, now() + $5, $6, now() + $5 + $7, $8, $9)
+         ON CONFLICT DO NOTHING
          RETURNING {columns}",
     )
 });
@@ -328,6 +349,7 @@ impl Write for OrderWrite {
                     .bind(*token)
                     .bind(*lease)
                     .bind(new.traceparent.clone())
+                    .bind(new.idempotency_key.clone())
                     .fetch_optional(conn),
             ),
             OrderWrite::Transition {
@@ -375,6 +397,21 @@ pub async fn load(pool: &PgPool, id: OrderId) -> Result<Option<Order>, sqlx::Err
             .fetch_optional(pool)
             .await?,
     )
+}
+
+/// The customer's order with idempotency key `key`, if there is one.
+pub async fn load_by_key(
+    pool: &PgPool,
+    customer_id: &str,
+    key: &str,
+) -> Result<Option<Order>, sqlx::Error> {
+    one(sqlx::query_as(sql(
+        "SELECT {columns} FROM orders WHERE customer_id = $1 AND idempotency_key = $2",
+    ))
+    .bind(customer_id)
+    .bind(key)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// What a transition changes besides the state.
