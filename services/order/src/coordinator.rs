@@ -34,7 +34,7 @@ use serde::Serialize;
 use service_kit::db::is_transient;
 use service_kit::fault;
 use sqlx::PgPool;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -67,6 +67,14 @@ pub enum Placement {
     /// The customer's earlier order with the same idempotency key, as recorded now (its own
     /// driver goes on with it).
     Replayed(Order),
+}
+
+/// What the task that records a new order reports to the request that asked for it.
+enum Started {
+    /// Recorded; the driver sends each recorded state here.
+    New(watch::Receiver<Order>),
+    /// The customer's order with the same idempotency key.
+    Existing(Order),
 }
 
 /// How a driver starts on an order.
@@ -234,39 +242,49 @@ impl Coordinator {
             idempotency_key,
         };
         let answer_by = Instant::now() + self.settings.response_budget;
-        // Even recording the order must not hold the client past the budget (a database that is
-        // down makes the pool wait). An insert that lands after we gave up leaves an order that
-        // recovery aborts once its lease runs out.
-        let insert = self.orders.insert(
-            &new,
-            self.settings.order_deadline,
-            token,
-            self.settings.lease,
-        );
-        let order = match tokio::time::timeout_at(answer_by, insert)
-            .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)??
-        {
-            Inserted::New(order) => order,
-            Inserted::Existing(order) => {
-                info!(order_id = %order.id, state = %order.state, "idempotency key seen before: answering with its order");
-                return Ok(Placement::Replayed(order));
-            }
-        };
-        self.deadlines.push(order.id);
-        let (progress, mut latest) = watch::channel(order.clone());
-        let span = info_span!("order", order_id = %order.id, trace_id = %trace.trace_id());
+        let span = info_span!("order", order_id = %new.id, trace_id = %trace.trace_id());
+        let (started, recorded) = oneshot::channel();
         let this = Arc::clone(self);
-        let started = order.clone();
-        // A task of its own, so that a client hanging up does not cancel the transaction.
+        // Recording and driving run in a task of their own, so that neither the response budget
+        // nor a client hanging up cancels them: an order whose insert lands after the client was
+        // answered `503` is still driven (and found by a retry with the same idempotency key).
         self.tracker.spawn(
             async move {
-                info!(food_id = %started.food_id, "order received");
-                this.drive(started, token, Mode::Fresh, Some(progress))
+                let inserted = this
+                    .orders
+                    .insert(&new, this.settings.order_deadline, token, this.settings.lease)
                     .await;
+                let order = match inserted {
+                    Ok(Inserted::New(order)) => order,
+                    Ok(Inserted::Existing(order)) => {
+                        info!(existing = %order.id, state = %order.state, "idempotency key seen before: answering with its order");
+                        let _ = started.send(Ok(Started::Existing(order)));
+                        return;
+                    }
+                    Err(err) => {
+                        warn!(error = %err, "order not recorded");
+                        let _ = started.send(Err(err));
+                        return;
+                    }
+                };
+                this.deadlines.push(order.id);
+                let (progress, latest) = watch::channel(order.clone());
+                let _ = started.send(Ok(Started::New(latest)));
+                info!(food_id = %order.food_id, "order received");
+                this.drive(order, token, Mode::Fresh, Some(progress)).await;
             }
             .instrument(span),
         );
+        // Even recording the order must not hold the client past the budget (a database that is
+        // down makes the pool wait).
+        let started = tokio::time::timeout_at(answer_by, recorded)
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
+            .map_err(|_| sqlx::Error::PoolClosed)??;
+        let mut latest = match started {
+            Started::New(latest) => latest,
+            Started::Existing(order) => return Ok(Placement::Replayed(order)),
+        };
         // The answer is the order as last recorded: final if it became final in time, else the
         // stage it was recorded in (never a guess, and no extra read past the budget).
         let _ = tokio::time::timeout_at(answer_by, latest.wait_for(|o| o.state.is_final())).await;

@@ -211,6 +211,7 @@ impl Orders {
         }
         if let Some(key) = &new.idempotency_key
             && let Some(order) = load_by_key(&self.pool, &new.customer_id, key).await?
+            && order.id != new.id
         {
             return Ok(Inserted::Existing(order));
         }
@@ -280,6 +281,10 @@ pub(crate) enum OrderWrite {
     },
 }
 
+/// The namespace of the name-based UUIDs that order keyed inserts in a group.
+const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6f1c_2d0e_8a4b_4c5e_9f3a_7b2d_1e0c_5a94);
+
 static INSERT: LazyLock<Arc<str>> = LazyLock::new(|| {
     sql_text(
         "INSERT INTO orders
@@ -324,6 +329,21 @@ impl Write for OrderWrite {
 
     fn order_key(&self) -> u128 {
         match self {
+            // A keyed insert waits for an uncommitted insert of the same key in another group:
+            // ordered by the key (the same in every process), two groups never wait crosswise.
+            OrderWrite::Insert {
+                new:
+                    NewOrder {
+                        customer_id,
+                        idempotency_key: Some(key),
+                        ..
+                    },
+                ..
+            } => uuid::Uuid::new_v5(
+                &IDEMPOTENCY_NAMESPACE,
+                format!("{customer_id}\0{key}").as_bytes(),
+            )
+            .as_u128(),
             OrderWrite::Insert { new, .. } => new.id.0.as_u128(),
             OrderWrite::Transition { id, .. } => id.0.as_u128(),
         }
