@@ -7,7 +7,7 @@ use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::TestSystem;
+use crate::helpers::{Options, TestSystem, eventually};
 
 const SETTLE: Duration = Duration::from_secs(10);
 
@@ -301,5 +301,34 @@ async fn a_repeated_idempotency_key_gets_the_first_order_and_creates_no_other() 
     assert_eq!(states, [("placed".to_owned(), 3)].into(), "{states:?}");
     assert_eq!(system.food(food).await["assigned"], 3);
     assert_eq!(system.food(other_food).await["assigned"], 0);
+    system.assert_audit_clean(SETTLE).await;
+}
+
+#[tokio::test]
+async fn an_order_recorded_after_its_request_was_answered_is_driven_only_if_keyed() {
+    // No response budget: every request is answered `503` before its order is recorded.
+    let system = TestSystem::start_with(Options::default().order("RESPONSE_BUDGET", "0s")).await;
+    let food = system.create_food("Poha", 4).await;
+    system.create_agents(4).await;
+
+    let (status, answer) = system.place_order(food).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert!(answer["error"].is_string(), "{answer}");
+    // Nobody can find an unkeyed order recorded too late: it is not placed, and holds nothing.
+    eventually("the unkeyed order is final", SETTLE, || async {
+        system.infra.order_states().await == [("not_placed".to_owned(), 1)].into()
+    })
+    .await;
+
+    // A keyed one is found by a retry with its key, so it is driven to its end.
+    let (status, _, answer) = place_with_key(&system, food, "c-42", "late").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    eventually("the keyed order is placed", SETTLE, || async {
+        system.infra.order_states().await
+            == [("not_placed".to_owned(), 1), ("placed".to_owned(), 1)].into()
+    })
+    .await;
+    assert_eq!(system.food(food).await["assigned"], 1);
+    system.assert_nothing_reserved(SETTLE).await;
     system.assert_audit_clean(SETTLE).await;
 }

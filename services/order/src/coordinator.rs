@@ -246,8 +246,11 @@ impl Coordinator {
         let (started, recorded) = oneshot::channel();
         let this = Arc::clone(self);
         // Recording and driving run in a task of their own, so that neither the response budget
-        // nor a client hanging up cancels them: an order whose insert lands after the client was
-        // answered `503` is still driven (and found by a retry with the same idempotency key).
+        // nor a client hanging up cancels them halfway. An insert that lands after the request
+        // was answered `503` (or abandoned) is driven if the order carries an idempotency key,
+        // since a retry with that key finds it; without one, nobody can find it, so it is ended
+        // `not_placed` at once (nothing was sent for it yet).
+        let keyed = new.idempotency_key.is_some();
         self.tracker.spawn(
             async move {
                 let inserted = this
@@ -269,18 +272,34 @@ impl Coordinator {
                 };
                 this.deadlines.push(order.id);
                 let (progress, latest) = watch::channel(order.clone());
-                let _ = started.send(Ok(Started::New(latest)));
+                if started.send(Ok(Started::New(latest))).is_err() && !keyed {
+                    info!("recorded after its request was answered: not placed");
+                    let changes = Changes {
+                        reason: Some(NotPlacedReason::Timeout),
+                        ..Changes::default()
+                    };
+                    let event = Event::Aborted(NotPlacedReason::Timeout);
+                    let _ = this.record(&order, event, changes, token).await;
+                    return;
+                }
                 info!(food_id = %order.food_id, "order received");
                 this.drive(order, token, Mode::Fresh, Some(progress)).await;
             }
             .instrument(span),
         );
         // Even recording the order must not hold the client past the budget (a database that is
-        // down makes the pool wait).
-        let started = tokio::time::timeout_at(answer_by, recorded)
-            .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)?
-            .map_err(|_| sqlx::Error::PoolClosed)??;
+        // down makes the pool wait). Closing the channel when giving up settles the race with
+        // the task: either it reported in time, or it learns that nobody waits.
+        let mut recorded = recorded;
+        let started = match tokio::time::timeout_at(answer_by, &mut recorded).await {
+            Ok(report) => report.map_err(|_| sqlx::Error::PoolClosed)??,
+            Err(_) => {
+                recorded.close();
+                recorded
+                    .try_recv()
+                    .map_err(|_| sqlx::Error::PoolTimedOut)??
+            }
+        };
         let mut latest = match started {
             Started::New(latest) => latest,
             Started::Existing(order) => return Ok(Placement::Replayed(order)),
