@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use service_kit::config::{ServiceArgs, parse_duration};
+use service_kit::config::{ServiceArgs, parse_duration, parse_positive_duration};
 
 use crate::coordinator::CoordinatorSettings;
 
@@ -28,12 +28,12 @@ pub struct Config {
     pub response_budget: Duration,
 
     /// How long a phase-2 or compensation request waits for its reply before it is sent again.
-    #[arg(long, env = "REPLY_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "REPLY_TIMEOUT", default_value = "2s", value_parser = parse_positive_duration)]
     pub reply_timeout: Duration,
 
     /// How long an order's driver holds its lease beyond its last renewal. A coordinator that
     /// dies leaves its orders to the others (or to itself after a restart) this long after.
-    #[arg(long, env = "LEASE", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "LEASE", default_value = "5s", value_parser = parse_positive_duration)]
     pub lease: Duration,
 
     /// How long after the reservations expire phase 2 keeps asking before compensating.
@@ -41,7 +41,7 @@ pub struct Config {
     pub phase2_grace: Duration,
 
     /// How often the recovery sweep looks for orders whose driver stopped.
-    #[arg(long, env = "RECOVERY_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "RECOVERY_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
     pub recovery_interval: Duration,
 
     /// How long deadline timers are collected before being published as one message.

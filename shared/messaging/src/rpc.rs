@@ -282,6 +282,12 @@ async fn lane(
                 Err(_) => break,
             }
         }
+        // A caller that stopped waiting while its request queued has moved on (a reserve it gave
+        // up on is released instead): sending the request now would only act behind its back.
+        group.retain(|(_, published)| !published.is_closed());
+        if group.is_empty() {
+            continue;
+        }
         let (publisher, exchange, routing_key, reply_to) = (
             publisher.clone(),
             exchange.clone(),

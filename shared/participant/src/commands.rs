@@ -125,7 +125,9 @@ impl<I: Inventory> CommandHandler<I> {
                         }),
                         Ok(Err(err)) | Err(err) => {
                             warn!(error = %err, "reply not encodable");
-                            failed = Some(Disposition::Retry);
+                            if !matches!(failed, Some(Disposition::DeadLetter(_))) {
+                                failed = Some(Disposition::Retry);
+                            }
                         }
                     }
                 }

@@ -152,7 +152,7 @@ pub struct ParticipantArgs {
     pub expiry_grace: Duration,
 
     /// How often the expiry sweep runs.
-    #[arg(long, env = "SWEEP_INTERVAL", default_value = "5s", value_parser = service_kit::config::parse_duration)]
+    #[arg(long, env = "SWEEP_INTERVAL", default_value = "5s", value_parser = service_kit::config::parse_positive_duration)]
     pub sweep_interval: Duration,
 
     /// Commands handled concurrently per queue (consumer prefetch). Keep it near the database

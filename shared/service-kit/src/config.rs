@@ -15,6 +15,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
 }
 
+/// Parses a duration like [`parse_duration`], refusing zero (for periods and leases).
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be longer than zero".to_owned()),
+        Ok(d) => Ok(d),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
 /// RabbitMQ settings.
 #[derive(clap::Args, Clone, Debug)]
 pub struct BrokerArgs {
@@ -140,4 +149,20 @@ pub struct FaultArgs {
         hide_default_value = true
     )]
     pub fault_points: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_must_be_longer_than_zero() {
+        assert_eq!(
+            parse_positive_duration("250ms"),
+            Ok(Duration::from_millis(250))
+        );
+        assert!(parse_positive_duration("0s").is_err());
+        assert!(parse_positive_duration("soon").is_err());
+        assert_eq!(parse_duration("0s").ok(), Some(Duration::ZERO));
+    }
 }
