@@ -243,7 +243,7 @@ impl Coordinator {
         };
         let answer_by = Instant::now() + self.settings.response_budget;
         let span = info_span!("order", order_id = %new.id, trace_id = %trace.trace_id());
-        let (started, recorded) = oneshot::channel();
+        let (started, mut recorded) = oneshot::channel();
         let this = Arc::clone(self);
         // Recording and driving run in a task of their own, so that neither the response budget
         // nor a client hanging up cancels them halfway. An insert that lands after the request
@@ -290,7 +290,6 @@ impl Coordinator {
         // Even recording the order must not hold the client past the budget (a database that is
         // down makes the pool wait). Closing the channel when giving up settles the race with
         // the task: either it reported in time, or it learns that nobody waits.
-        let mut recorded = recorded;
         let started = match tokio::time::timeout_at(answer_by, &mut recorded).await {
             Ok(report) => report.map_err(|_| sqlx::Error::PoolClosed)??,
             Err(_) => {
