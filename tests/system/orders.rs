@@ -306,14 +306,17 @@ async fn a_repeated_idempotency_key_gets_the_first_order_and_creates_no_other() 
 
 #[tokio::test]
 async fn an_order_recorded_after_its_request_was_answered_is_driven_only_if_keyed() {
-    // No response budget: every request is answered `503` before its order is recorded.
+    // No response budget, and the `orders` table held by the test while each request is made:
+    // every request is answered `503` before its order can be recorded.
     let system = TestSystem::start_with(Options::default().order("RESPONSE_BUDGET", "0s")).await;
     let food = system.create_food("Poha", 4).await;
     system.create_agents(4).await;
 
+    let hold = hold_orders_table(&system).await;
     let (status, answer) = system.place_order(food).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
     assert!(answer["error"].is_string(), "{answer}");
+    hold.commit().await.expect("release the orders table");
     // Nobody can find an unkeyed order recorded too late: it is not placed, and holds nothing.
     eventually("the unkeyed order is final", SETTLE, || async {
         system.infra.order_states().await == [("not_placed".to_owned(), 1)].into()
@@ -321,8 +324,10 @@ async fn an_order_recorded_after_its_request_was_answered_is_driven_only_if_keye
     .await;
 
     // A keyed one is found by a retry with its key, so it is driven to its end.
+    let hold = hold_orders_table(&system).await;
     let (status, _, answer) = place_with_key(&system, food, "c-42", "late").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    hold.commit().await.expect("release the orders table");
     eventually("the keyed order is placed", SETTLE, || async {
         system.infra.order_states().await
             == [("not_placed".to_owned(), 1), ("placed".to_owned(), 1)].into()
@@ -331,4 +336,21 @@ async fn an_order_recorded_after_its_request_was_answered_is_driven_only_if_keye
     assert_eq!(system.food(food).await["assigned"], 1);
     system.assert_nothing_reserved(SETTLE).await;
     system.assert_audit_clean(SETTLE).await;
+}
+
+/// Locks the coordinator's `orders` table against writes (reads go on) until the returned
+/// transaction ends.
+async fn hold_orders_table(system: &TestSystem) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut hold = system
+        .infra
+        .order_db()
+        .await
+        .begin()
+        .await
+        .expect("begin a transaction on the order database");
+    sqlx::query("LOCK TABLE orders IN EXCLUSIVE MODE")
+        .execute(&mut *hold)
+        .await
+        .expect("lock the orders table");
+    hold
 }
