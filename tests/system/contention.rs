@@ -6,10 +6,12 @@ use std::time::Duration;
 use futures::future::join_all;
 use reqwest::StatusCode;
 
-use crate::helpers::TestSystem;
+use crate::helpers::{Options, TestSystem};
 
 async fn run(packets: i64, agents: i64, orders: usize) {
-    let system = TestSystem::start().await;
+    // Every order must end with a final answer while hundreds wait on each other's reservations:
+    // deadlines far beyond what a loaded machine needs, so that none ends `timeout`.
+    let system = TestSystem::start_with(Options::patient()).await;
     let food = system.create_food("Biryani", packets).await;
     system.create_agents(agents).await;
 

@@ -40,7 +40,13 @@ async fn a_store_killed_during_a_stream_of_orders_loses_nothing() {
 
 /// The coordinator aborts at `point`, is restarted without it, and finishes the order alone.
 async fn coordinator_dies_at(point: &str) -> serde_json::Value {
-    let mut system = TestSystem::start_with(Options::fast().order("FAULT_POINTS", point)).await;
+    // Reservations that outlast the restart and the lease by far: the order must be finished by
+    // the restarted coordinator, not by the participants' expiry racing it.
+    let options = Options::fast()
+        .order("FAULT_POINTS", point)
+        .order("ORDER_DEADLINE", "5s")
+        .all("RESERVATION_TTL", "60s");
+    let mut system = TestSystem::start_with(options).await;
     let food = system.create_food("Pongal", 3).await;
     system.create_agents(3).await;
 

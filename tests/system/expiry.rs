@@ -12,7 +12,11 @@ const FINISH: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn a_worker_stalled_longer_than_the_reservation_ttl_changes_nothing_when_it_wakes() {
-    let system = TestSystem::start_with(Options::fast().all("RESERVATION_TTL", "2s")).await;
+    // The answers wait for the final state (the budget only has to be long enough for it).
+    let options = Options::fast()
+        .all("RESERVATION_TTL", "2s")
+        .order("RESPONSE_BUDGET", "20s");
+    let system = TestSystem::start_with(options).await;
     let food = system.create_food("Kheer", 10).await;
     system.create_agents(10).await;
 
@@ -90,7 +94,7 @@ async fn an_assign_that_beats_the_expiry_places_the_order_with_both_items() {
 async fn purged_timers_are_made_up_for_by_the_sweeps() {
     // Long enough for the test to find the expiry timers in their wait queue and purge them.
     let options = Options::fast()
-        .all("RESERVATION_TTL", "6s")
+        .all("RESERVATION_TTL", "15s")
         .order("FAULT_POINTS", "coordinator.before_commit_decision");
     let mut system = TestSystem::start_with(options).await;
     let food = system.create_food("Jalebi", 2).await;

@@ -8,11 +8,11 @@ use futures::future::join_all;
 use rand::Rng;
 use reqwest::StatusCode;
 
-use crate::helpers::TestSystem;
+use crate::helpers::{Options, TestSystem};
 
 #[tokio::test]
 async fn every_placed_order_has_one_packet_and_one_agent_pointing_back() {
-    let system = TestSystem::start().await;
+    let system = TestSystem::start_with(Options::patient()).await;
     let mut foods = Vec::new();
     for (name, packets) in [
         ("Dosa", 30),

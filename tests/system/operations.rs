@@ -8,6 +8,7 @@ use protocol::topology::{Declarations, QueueKind, QueueSpec, Topology};
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::Connection;
+use tokio::time::Instant;
 
 use crate::helpers::{Options, TestSystem, eventually};
 
@@ -136,35 +137,53 @@ async fn metrics(system: &TestSystem, service: &crate::helpers::Service) -> Stri
 
 #[tokio::test]
 async fn metrics_count_orders_and_commands() {
-    let system = TestSystem::start().await;
+    // No resent command may be counted twice: replies are waited for as long as the test runs.
+    let system = TestSystem::start_with(Options::default().order("REPLY_TIMEOUT", "60s")).await;
     let food = system.create_food("Pav Bhaji", 1).await;
     system.create_agents(1).await;
     assert_eq!(system.place_order(food).await.0, StatusCode::CREATED);
     assert_eq!(system.place_order(food).await.0, StatusCode::CONFLICT);
 
-    let order = metrics(&system, &system.order).await;
-    for line in [
-        r#"orders_total{outcome="placed",reason=""} 1"#,
-        r#"orders_total{outcome="not_placed",reason="food_unavailable"} 1"#,
-        "database_up 1",
-        "order_phase_seconds_bucket",
-        "orders_in_flight 0",
-    ] {
-        assert!(
-            order.contains(line),
-            "order /metrics lacks {line}:\n{order}"
-        );
-    }
-    let store = metrics(&system, &system.store).await;
-    for line in [
-        r#"participant_commands_total{participant="store",operation="reserve",outcome="reserved"} 1"#,
-        r#"participant_commands_total{participant="store",operation="assign",outcome="assigned"} 1"#,
-        r#"broker_component_up{component="consumer store.reserve"} 1"#,
-    ] {
-        assert!(
-            store.contains(line),
-            "store /metrics lacks {line}:\n{store}"
-        );
+    // Gauges and probes settle just after the answers: wait for every line, then show what lacks.
+    let expected = [
+        (
+            &system.order,
+            vec![
+                r#"orders_total{outcome="placed",reason=""} 1"#,
+                r#"orders_total{outcome="not_placed",reason="food_unavailable"} 1"#,
+                "database_up 1",
+                "order_phase_seconds_bucket",
+                "orders_in_flight 0",
+            ],
+        ),
+        (
+            &system.store,
+            vec![
+                r#"participant_commands_total{participant="store",operation="reserve",outcome="reserved"} 1"#,
+                r#"participant_commands_total{participant="store",operation="assign",outcome="assigned"} 1"#,
+                r#"broker_component_up{component="consumer store.reserve"} 1"#,
+            ],
+        ),
+    ];
+    for (service, lines) in expected {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = metrics(&system, service).await;
+            let lacking: Vec<&str> = lines
+                .iter()
+                .copied()
+                .filter(|line| !text.contains(line))
+                .collect();
+            if lacking.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} /metrics lacks {lacking:?}:\n{text}",
+                service.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

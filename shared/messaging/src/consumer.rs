@@ -168,16 +168,29 @@ pub struct ConsumerSpec {
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Consumes `spec.queue` with `handler` until `shutdown`, reconnecting with backoff after every
-/// failure. Reports itself in the broker's health table as `consumer <queue>`.
-pub async fn run<H: Handler>(
+/// failure. Reports itself in the broker's health table as `consumer <queue>`: down from the call
+/// (before the returned future is first polled, so a readiness check made right after spawning it
+/// already waits for it), up while subscribed.
+pub fn run<H: Handler>(
     broker: Broker,
     publisher: Publisher,
     spec: ConsumerSpec,
     handler: Arc<H>,
     shutdown: CancellationToken,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let component = format!("consumer {}", spec.queue);
     broker.health().set(&component, false);
+    supervise(broker, publisher, spec, handler, shutdown, component)
+}
+
+async fn supervise<H: Handler>(
+    broker: Broker,
+    publisher: Publisher,
+    spec: ConsumerSpec,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+    component: String,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let tracker = TaskTracker::new();
     loop {

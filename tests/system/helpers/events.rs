@@ -67,7 +67,7 @@ impl EventTap {
             shutdown.clone(),
         ));
         eventually("event tap consuming", Duration::from_secs(10), || {
-            let up = health.snapshot().iter().any(|(_, up)| *up);
+            let up = health.all_up();
             async move { up }
         })
         .await;

@@ -102,6 +102,15 @@ impl Options {
         self
     }
 
+    /// Long deadlines, for tests that place many orders at once and expect every one of them to
+    /// get its final answer (never `timeout`, never `202`) however slow the machine is.
+    pub fn patient() -> Self {
+        Self::default()
+            .order("ORDER_DEADLINE", "20s")
+            .order("RESPONSE_BUDGET", "25s")
+            .all("RESERVATION_TTL", "60s")
+    }
+
     /// Short timings, so that timeouts, leases, expiries and sweeps happen within a test.
     pub fn fast() -> Self {
         Self::default()
