@@ -22,8 +22,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::future::join_all;
-use helpers::TestSystem;
 use helpers::events::EventTap;
+use helpers::{TestSystem, eventually};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -216,16 +216,10 @@ async fn orders_are_placed_exactly_as_far_as_the_stock_goes() {
         "{stock}"
     );
     // Nothing stays reserved for the refused orders.
-    let mut reserved = stock["reserved"].as_i64();
-    for _ in 0..200 {
-        if reserved == Some(0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        reserved =
-            target.get(&target.store, &format!("/foods/{food}")).await.1["reserved"].as_i64();
-    }
-    assert_eq!(reserved, Some(0));
+    eventually("nothing reserved", Duration::from_secs(10), || async {
+        target.get(&target.store, &format!("/foods/{food}")).await.1["reserved"].as_i64() == Some(0)
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-
 use reqwest::StatusCode;
 use serde_json::json;
 
