@@ -192,7 +192,9 @@ pub(crate) fn plot(points: &[SweepPoint], path: &str) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1100, 450)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(550);
-    let max_clients = points.iter().map(|p| p.clients).max().unwrap_or(1) as f64;
+    // Client counts usually double from point to point: a logarithmic axis spaces them evenly.
+    let min_clients = points.iter().map(|p| p.clients).min().unwrap_or(1).max(1) as f64;
+    let max_clients = points.iter().map(|p| p.clients).max().unwrap_or(1).max(1) as f64;
     let series = |f: &dyn Fn(&SweepPoint) -> Option<f64>| -> Vec<(f64, f64)> {
         points
             .iter()
@@ -234,10 +236,11 @@ pub(crate) fn plot(points: &[SweepPoint], path: &str) -> anyhow::Result<()> {
             .margin(15)
             .x_label_area_size(35)
             .y_label_area_size(55)
-            .build_cartesian_2d(0.0..max_clients * 1.05, 0.0..top)?;
+            .build_cartesian_2d((min_clients / 1.2..max_clients * 1.2).log_scale(), 0.0..top)?;
         chart
             .configure_mesh()
-            .x_desc("clients")
+            .x_desc("clients (logarithmic)")
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .y_desc(unit)
             .draw()?;
         chart
