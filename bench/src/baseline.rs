@@ -240,10 +240,12 @@ pub(crate) async fn run(url: &str, args: &RunArgs) -> anyhow::Result<Checked> {
         }
     };
     let amount = args.amount();
+    let cpu = crate::cpu_sample(args);
     let measured = match args.rate {
         Some(rate) => load::open(rate, amount, 4_096, "baseline", order).await?,
         None => load::closed(args.clients, amount, "baseline", order).await?,
     };
+    let cpu = crate::cpu_usage(cpu, measured.orders());
 
     let mut violations = Vec::new();
     let (placed, packets, agents, broken): (i64, i64, i64, i64) = sqlx::query_as(
@@ -279,5 +281,6 @@ pub(crate) async fn run(url: &str, args: &RunArgs) -> anyhow::Result<Checked> {
         measured,
         finished_later: 0,
         violations,
+        cpu,
     })
 }

@@ -26,6 +26,8 @@ pub(crate) struct Checked {
     pub(crate) finished_later: u64,
     /// Broken invariants; empty for a correct run.
     pub(crate) violations: Vec<String>,
+    /// CPU per order while the orders ran, if asked for.
+    pub(crate) cpu: Option<crate::cpu::Usage>,
 }
 
 struct Api {
@@ -148,11 +150,15 @@ pub(crate) async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<Check
         }
     };
     let amount = args.amount();
+    let cpu = crate::cpu_sample(args);
     let measured = match args.rate {
         Some(rate) => load::open(rate, amount, 4_096, "distributed", order).await?,
         None => load::closed(args.clients, amount, "distributed", order).await?,
     };
-    check(&api, target, args, &plan, &foods, agents_before, measured).await
+    let cpu = crate::cpu_usage(cpu, measured.orders());
+    let mut checked = check(&api, target, args, &plan, &foods, agents_before, measured).await?;
+    checked.cpu = cpu;
+    Ok(checked)
 }
 
 /// Vacuums the services' busiest tables (outside any transaction, as VACUUM requires).
@@ -291,5 +297,6 @@ async fn check(
         measured,
         finished_later,
         violations,
+        cpu: None,
     })
 }

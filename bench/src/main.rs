@@ -16,9 +16,11 @@
 //! - [`load`]: closed- and open-loop drivers and their latency histograms.
 //! - [`distributed`]: runs a scenario against the services, then checks it.
 //! - [`baseline`]: the same orders as one PostgreSQL transaction each, in one database.
+//! - [`cpu`]: CPU time per process over a run, when the system runs on this machine.
 //! - [`report`]: text, JSON and the SVG plot.
 
 mod baseline;
+mod cpu;
 mod distributed;
 mod load;
 mod report;
@@ -165,6 +167,11 @@ pub(crate) struct RunArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Report the CPU time each process spent per order while the orders ran (PostgreSQL,
+    /// RabbitMQ, each service, `bench`), from Linux's `/proc`. Meaningful only when the whole
+    /// system runs on this machine.
+    #[arg(long)]
+    pub(crate) cpu: bool,
 }
 
 impl RunArgs {
@@ -239,4 +246,21 @@ async fn sweep(
     report::plot(&points, plot)?;
     eprintln!("plot written to {plot}");
     Ok(correct)
+}
+
+/// Starts measuring CPU if asked to; a machine without `/proc` gets a warning, not a failed run.
+pub(crate) fn cpu_sample(args: &RunArgs) -> Option<cpu::Sample> {
+    if !args.cpu {
+        return None;
+    }
+    cpu::Sample::take()
+        .inspect_err(|err| eprintln!("warning: no CPU figures: {err}"))
+        .ok()
+}
+
+/// The CPU spent since `before`, per order.
+pub(crate) fn cpu_usage(before: Option<cpu::Sample>, orders: u64) -> Option<cpu::Usage> {
+    cpu::Usage::since(&before?, orders)
+        .inspect_err(|err| eprintln!("warning: no CPU figures: {err}"))
+        .ok()
 }

@@ -6,6 +6,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::RunArgs;
+use crate::cpu::Usage;
 use crate::distributed::Checked;
 use crate::scenario::Scenario;
 
@@ -32,6 +33,9 @@ pub(crate) struct Side {
     pub(crate) finished_later: u64,
     /// Broken invariants.
     pub(crate) violations: Vec<String>,
+    /// CPU per order while the orders ran (`--cpu`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cpu: Option<Usage>,
 }
 
 impl From<Checked> for Side {
@@ -54,6 +58,7 @@ impl From<Checked> for Side {
             max_ms: m.latency.max() as f64 / 1000.0,
             finished_later: checked.finished_later,
             violations: checked.violations,
+            cpu: checked.cpu,
         }
     }
 }
@@ -145,6 +150,9 @@ impl RunReport {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             println!("{name} outcomes: {}", outcomes.join(" "));
+            if let Some(cpu) = &side.cpu {
+                println!("{name} CPU: {}", cpu.summary());
+            }
             if side.finished_later > 0 {
                 println!(
                     "{name}: {} answered pending, final later",
