@@ -282,5 +282,6 @@ pub(crate) async fn run(url: &str, args: &RunArgs) -> anyhow::Result<Checked> {
         finished_later: 0,
         violations,
         cpu,
+        breakdown: None,
     })
 }

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::breakdown::{self, Mean, Scrape};
 use crate::load::{self, Measured, Record};
 use crate::scenario::{Plan, Scenario};
 use crate::{RunArgs, Target};
@@ -28,6 +29,8 @@ pub(crate) struct Checked {
     pub(crate) violations: Vec<String>,
     /// CPU per order while the orders ran, if asked for.
     pub(crate) cpu: Option<crate::cpu::Usage>,
+    /// The services' histogram means over the run, by service, if asked for.
+    pub(crate) breakdown: Option<Vec<(String, Vec<Mean>)>>,
 }
 
 struct Api {
@@ -58,6 +61,33 @@ impl Api {
 
     async fn get(&self, url: String) -> anyhow::Result<Value> {
         Ok(self.http.get(&url).send().await?.json().await?)
+    }
+
+    /// The histograms of each service, by name.
+    async fn scrape(&self) -> anyhow::Result<Vec<(&'static str, Scrape)>> {
+        let mut scrapes = Vec::new();
+        for (name, base) in [
+            ("order", &self.target.order_url),
+            ("store", &self.target.store_url),
+            ("delivery", &self.target.delivery_url),
+        ] {
+            let url = format!("{base}/metrics");
+            let response = self.request(self.http.get(&url)).send().await?;
+            let status = response.status();
+            if !status.is_success() {
+                bail!("GET {url}: {status}");
+            }
+            scrapes.push((name, Scrape::parse(&response.text().await?)));
+        }
+        Ok(scrapes)
+    }
+
+    /// The services' histograms now, or a warning (the figures are an extra, not the run).
+    async fn scrape_or_warn(&self) -> Option<Vec<(&'static str, Scrape)>> {
+        self.scrape()
+            .await
+            .inspect_err(|err| eprintln!("warning: no breakdown: {err:#}"))
+            .ok()
     }
 }
 
@@ -150,14 +180,30 @@ pub(crate) async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<Check
         }
     };
     let amount = args.amount();
+    let scraped = if args.breakdown {
+        api.scrape_or_warn().await
+    } else {
+        None
+    };
     let cpu = crate::cpu_sample(args);
     let measured = match args.rate {
         Some(rate) => load::open(rate, amount, 4_096, "distributed", order).await?,
         None => load::closed(args.clients, amount, "distributed", order).await?,
     };
     let cpu = crate::cpu_usage(cpu, measured.orders());
+    let breakdown = match scraped {
+        Some(before) => api.scrape_or_warn().await.map(|after| {
+            before
+                .iter()
+                .zip(&after)
+                .map(|((name, b), (_, a))| ((*name).to_owned(), breakdown::means(b, a)))
+                .collect()
+        }),
+        None => None,
+    };
     let mut checked = check(&api, target, args, &plan, &foods, agents_before, measured).await?;
     checked.cpu = cpu;
+    checked.breakdown = breakdown;
     Ok(checked)
 }
 
@@ -298,5 +344,6 @@ async fn check(
         finished_later,
         violations,
         cpu: None,
+        breakdown: None,
     })
 }

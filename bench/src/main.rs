@@ -16,10 +16,12 @@
 //! - [`load`]: closed- and open-loop drivers and their latency histograms.
 //! - [`distributed`]: runs a scenario against the services, then checks it.
 //! - [`baseline`]: the same orders as one PostgreSQL transaction each, in one database.
+//! - [`breakdown`]: the services' own histograms over a run: time per phase and per command.
 //! - [`cpu`]: CPU time per process over a run, when the system runs on this machine.
 //! - [`report`]: text, JSON and the SVG plot.
 
 mod baseline;
+mod breakdown;
 mod cpu;
 mod distributed;
 mod load;
@@ -172,6 +174,11 @@ pub(crate) struct RunArgs {
     /// system runs on this machine.
     #[arg(long)]
     pub(crate) cpu: bool,
+    /// Report where the orders' time went, from the services' own histograms (`GET /metrics`
+    /// before and after the run): the coordinator's time per phase, each participant's time per
+    /// command, and the mean sizes of command batches and group commits.
+    #[arg(long)]
+    pub(crate) breakdown: bool,
 }
 
 impl RunArgs {

@@ -6,6 +6,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::RunArgs;
+use crate::breakdown::{self, Mean};
 use crate::cpu::Usage;
 use crate::distributed::Checked;
 use crate::scenario::Scenario;
@@ -36,6 +37,9 @@ pub(crate) struct Side {
     /// CPU per order while the orders ran (`--cpu`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cpu: Option<Usage>,
+    /// The services' histogram means over the run, by service (`--breakdown`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) breakdown: Option<Vec<(String, Vec<Mean>)>>,
 }
 
 impl From<Checked> for Side {
@@ -59,6 +63,7 @@ impl From<Checked> for Side {
             finished_later: checked.finished_later,
             violations: checked.violations,
             cpu: checked.cpu,
+            breakdown: checked.breakdown,
         }
     }
 }
@@ -152,6 +157,9 @@ impl RunReport {
             println!("{name} outcomes: {}", outcomes.join(" "));
             if let Some(cpu) = &side.cpu {
                 println!("{name} CPU: {}", cpu.summary());
+            }
+            for (service, means) in side.breakdown.iter().flatten() {
+                println!("{name} breakdown, {}", breakdown::summary(service, means));
             }
             if side.finished_later > 0 {
                 println!(
