@@ -53,6 +53,14 @@ pub(crate) struct Mean {
     pub(crate) mean: f64,
 }
 
+/// Whether a series measures time (its name ends in `_seconds`, as Prometheus names do).
+fn is_duration(series: &str) -> bool {
+    series
+        .split('{')
+        .next()
+        .is_some_and(|name| name.ends_with("_seconds"))
+}
+
 /// The means of every histogram that was observed between `before` and `after`.
 pub(crate) fn means(before: &Scrape, after: &Scrape) -> Vec<Mean> {
     after
@@ -64,11 +72,7 @@ pub(crate) fn means(before: &Scrape, after: &Scrape) -> Vec<Mean> {
                 return None;
             }
             let sum = sum - before.sums.get(series).unwrap_or(&0.0);
-            let scale = if series.split('{').next()?.ends_with("_seconds") {
-                1000.0
-            } else {
-                1.0
-            };
+            let scale = if is_duration(series) { 1000.0 } else { 1.0 };
             Some(Mean {
                 series: series.clone(),
                 count,
@@ -83,16 +87,7 @@ pub(crate) fn summary(service: &str, means: &[Mean]) -> String {
     let items: Vec<String> = means
         .iter()
         .map(|m| {
-            let unit = if m
-                .series
-                .split('{')
-                .next()
-                .is_some_and(|n| n.ends_with("_seconds"))
-            {
-                " ms"
-            } else {
-                ""
-            };
+            let unit = if is_duration(&m.series) { " ms" } else { "" };
             format!("{} {:.2}{unit}", m.series, m.mean)
         })
         .collect();
