@@ -5,14 +5,15 @@ use std::time::Duration;
 
 use crate::helpers::infra::rabbitmqctl;
 use crate::helpers::load::Load;
-use crate::helpers::{Options, TestSystem, eventually};
+use crate::helpers::{Options, TestSystem, eventually, eventually_explained};
 
 const FINISH: Duration = Duration::from_secs(60);
 
-async fn all_ready(system: &TestSystem) -> bool {
-    system.order.is_ready().await
-        && system.store.is_ready().await
-        && system.delivery.is_ready().await
+/// Every service ready, or the `/readyz` answer of the first that is not.
+async fn all_ready(system: &TestSystem) -> Result<(), String> {
+    system.order.readiness().await?;
+    system.store.readiness().await?;
+    system.delivery.readiness().await
 }
 
 async fn finish_and_audit(system: &TestSystem, load: Load) {
@@ -43,7 +44,7 @@ async fn broker_connections_closed_mid_load_are_reopened() {
 
     // Everyone reconnects and keeps serving.
     load.wait_placed(30, FINISH).await;
-    eventually("all services ready", FINISH, || all_ready(&system)).await;
+    eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
     finish_and_audit(&system, load).await;
 }
 
@@ -59,7 +60,7 @@ async fn database_connections_terminated_mid_load_are_reopened() {
         assert!(terminated > 0);
     }
     load.wait_placed(20, FINISH).await;
-    eventually("all services ready", FINISH, || all_ready(&system)).await;
+    eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
     finish_and_audit(&system, load).await;
 }
 
@@ -80,7 +81,7 @@ async fn a_broker_restart_mid_load_loses_no_confirmed_message() {
     rabbitmqctl(&["await_startup"]).await;
 
     // Every consumer is back and orders are placed again.
-    eventually("all services ready", FINISH, || all_ready(&system)).await;
+    eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
     load.wait_placed(30, FINISH).await;
     finish_and_audit(&system, load).await;
 }

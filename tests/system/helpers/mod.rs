@@ -365,14 +365,35 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    eventually_explained(what, timeout, || {
+        let holds = condition();
+        async move {
+            if holds.await {
+                Ok(())
+            } else {
+                Err(String::new())
+            }
+        }
+    })
+    .await;
+}
+
+/// Like [`eventually`], for a condition that says why it does not hold yet: the last reason is
+/// part of the failure.
+pub async fn eventually_explained<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
     let deadline = Instant::now() + timeout;
     loop {
-        if condition().await {
-            return;
-        }
+        let why_not = match condition().await {
+            Ok(()) => return,
+            Err(why_not) => why_not,
+        };
         assert!(
             Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
+            "timed out after {timeout:?} waiting for: {what} {why_not}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

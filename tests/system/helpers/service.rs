@@ -135,6 +135,23 @@ impl Service {
             .is_ok_and(|r| r.status().is_success())
     }
 
+    /// `Ok` when `/readyz` answers 200; otherwise which of its checks failed (its JSON body), or
+    /// why it did not answer.
+    pub async fn readiness(&self) -> Result<(), String> {
+        let response = reqwest::Client::new()
+            .get(self.url("/readyz"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|err| format!("({}: {err})", self.name))?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        Err(format!("({}: {status} {body})", self.name))
+    }
+
     /// The URL of `path` on this service.
     pub fn url(&self, path: &str) -> String {
         let addr = self
