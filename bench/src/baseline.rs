@@ -240,12 +240,12 @@ pub(crate) async fn run(url: &str, args: &RunArgs) -> anyhow::Result<Checked> {
         }
     };
     let amount = args.amount();
-    let cpu = crate::cpu_sample(args);
+    let cpu = crate::cpu::start(args.cpu);
     let measured = match args.rate {
         Some(rate) => load::open(rate, amount, 4_096, "baseline", order).await?,
         None => load::closed(args.clients, amount, "baseline", order).await?,
     };
-    let cpu = crate::cpu_usage(cpu, measured.orders());
+    let cpu = crate::cpu::finish(cpu, measured.orders());
 
     let mut violations = Vec::new();
     let (placed, packets, agents, broken): (i64, i64, i64, i64) = sqlx::query_as(

@@ -126,6 +126,24 @@ fn process_ticks(stat: &str) -> Option<(&str, u64)> {
     Some((comm, utime + stime))
 }
 
+/// A first sample if `enabled`. A machine without `/proc` gets a warning, not a failed run: the
+/// figures are an extra.
+pub(crate) fn start(enabled: bool) -> Option<Sample> {
+    if !enabled {
+        return None;
+    }
+    Sample::take()
+        .inspect_err(|err| eprintln!("warning: no CPU figures: {err}"))
+        .ok()
+}
+
+/// The CPU spent since `before` (from [`start`]), per order.
+pub(crate) fn finish(before: Option<Sample>, orders: u64) -> Option<Usage> {
+    Usage::since(&before?, orders)
+        .inspect_err(|err| eprintln!("warning: no CPU figures: {err}"))
+        .ok()
+}
+
 /// CPU spent between two samples.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Usage {

@@ -185,12 +185,12 @@ pub(crate) async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<Check
     } else {
         None
     };
-    let cpu = crate::cpu_sample(args);
+    let cpu = crate::cpu::start(args.cpu);
     let measured = match args.rate {
         Some(rate) => load::open(rate, amount, 4_096, "distributed", order).await?,
         None => load::closed(args.clients, amount, "distributed", order).await?,
     };
-    let cpu = crate::cpu_usage(cpu, measured.orders());
+    let cpu = crate::cpu::finish(cpu, measured.orders());
     let breakdown = match scraped {
         Some(before) => api.scrape_or_warn().await.map(|after| {
             before

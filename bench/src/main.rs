@@ -254,20 +254,3 @@ async fn sweep(
     eprintln!("plot written to {plot}");
     Ok(correct)
 }
-
-/// Starts measuring CPU if asked to; a machine without `/proc` gets a warning, not a failed run.
-pub(crate) fn cpu_sample(args: &RunArgs) -> Option<cpu::Sample> {
-    if !args.cpu {
-        return None;
-    }
-    cpu::Sample::take()
-        .inspect_err(|err| eprintln!("warning: no CPU figures: {err}"))
-        .ok()
-}
-
-/// The CPU spent since `before`, per order.
-pub(crate) fn cpu_usage(before: Option<cpu::Sample>, orders: u64) -> Option<cpu::Usage> {
-    cpu::Usage::since(&before?, orders)
-        .inspect_err(|err| eprintln!("warning: no CPU figures: {err}"))
-        .ok()
-}

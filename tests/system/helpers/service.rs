@@ -127,12 +127,7 @@ impl Service {
 
     /// Whether `/readyz` answers 200 right now.
     pub async fn is_ready(&self) -> bool {
-        reqwest::Client::new()
-            .get(self.url("/readyz"))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
+        self.readiness().await.is_ok()
     }
 
     /// `Ok` when `/readyz` answers 200; otherwise which of its checks failed (its JSON body), or
