@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use crate::helpers::infra::rabbitmqctl;
+use messaging::{Broker, BrokerConfig, Health, Outgoing, Publisher};
+use reqwest::StatusCode;
+
+use crate::helpers::infra::{StoppedBroker, rabbitmqctl};
 use crate::helpers::load::Load;
 use crate::helpers::{Options, TestSystem, eventually, eventually_explained};
 
@@ -72,16 +75,74 @@ async fn a_broker_restart_mid_load_loses_no_confirmed_message() {
     let load = Load::start(vec![system.order.url("")], food, 8);
     load.wait_placed(30, FINISH).await;
 
-    rabbitmqctl(&["stop_app"]).await;
+    let stopped = StoppedBroker::stop().await;
     eventually("the order service reports not ready", FINISH, || async {
         !system.order.is_ready().await
     })
     .await;
-    rabbitmqctl(&["start_app"]).await;
-    rabbitmqctl(&["await_startup"]).await;
+    stopped.start().await;
 
     // Every consumer is back and orders are placed again.
     eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
     load.wait_placed(30, FINISH).await;
     finish_and_audit(&system, load).await;
+}
+
+/// A publisher on the test's vhost that reports to `health`, like a service's.
+fn test_publisher(system: &TestSystem, health: &Health) -> Publisher {
+    let broker = Broker::new(
+        BrokerConfig {
+            url: system.infra.amqp_url.clone(),
+            connection_name: "system test publisher".into(),
+            publisher_channels: 2,
+            confirm_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+        },
+        health.clone(),
+    )
+    .expect("broker config");
+    Publisher::new(broker)
+}
+
+#[tokio::test]
+async fn after_a_broker_restart_idle_services_and_publishers_are_ready_again() {
+    let system = TestSystem::start_with(Options::fast().exclusive_broker()).await;
+    let food = system.create_food("Chaas", 10).await;
+    system.create_agents(10).await;
+
+    // A publisher that publishes once during the outage and never again afterwards, like a
+    // service that nothing asks to publish once the broker is back.
+    let health = Health::default();
+    let publisher = test_publisher(&system, &health);
+    // To the default exchange, routed nowhere: only the broker's confirm matters here.
+    let event = Outgoing::raw(b"{}".to_vec(), "", "system-test.nowhere").mandatory(false);
+    publisher
+        .publish(&event)
+        .await
+        .expect("publish before the outage");
+    assert!(health.all_up());
+
+    let stopped = StoppedBroker::stop().await;
+    eventually("the order service reports not ready", FINISH, || async {
+        !system.order.is_ready().await
+    })
+    .await;
+    assert!(publisher.publish(&event).await.is_err());
+    assert_eq!(
+        health.snapshot(),
+        vec![("amqp publisher".to_owned(), false)]
+    );
+    stopped.start().await;
+
+    // No traffic at all until everything says it is ready.
+    eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
+    eventually("the idle publisher reports up", FINISH, || {
+        let up = health.all_up();
+        async move { up }
+    })
+    .await;
+
+    let (status, body) = system.place_order(food).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    system.assert_audit_clean(FINISH).await;
 }

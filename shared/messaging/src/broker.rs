@@ -63,6 +63,14 @@ pub enum BrokerError {
     Encode(#[from] serde_json::Error),
 }
 
+impl BrokerError {
+    /// Whether the broker took the message but no queue was bound for it: the connection and
+    /// channel are fine.
+    pub fn is_unroutable(&self) -> bool {
+        matches!(self, Self::Unroutable { .. })
+    }
+}
+
 /// Which pool a channel comes from. Publishing and consuming use separate connections: when the
 /// broker applies flow control to a publishing connection, consumers on other connections keep
 /// draining queues.

@@ -1,7 +1,8 @@
 //! Confirmed publishing on long-lived channels.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use chrono::Utc;
 use deadpool_lapin::lapin::{
@@ -13,8 +14,9 @@ use protocol::envelope::{Envelope, Kind, TxnEnvelope};
 use protocol::headers;
 use protocol::ids::MessageId;
 use serde::Serialize;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 
+use crate::backoff::Backoff;
 use crate::broker::{Broker, BrokerError, Role};
 
 /// A message ready to publish. Build it from an envelope, then adjust routing and properties.
@@ -182,6 +184,11 @@ impl Outgoing {
 
 /// Publishes with publisher confirms on a few long-lived channels, reopened after failures.
 /// Cheap to clone; many tasks publish concurrently.
+///
+/// Reports itself in the broker's health table as `amqp publisher`: down after a failed publish,
+/// up again after a successful one or, without traffic, as soon as a background probe has
+/// reopened every channel. So a service that nothing asks to publish still becomes ready again
+/// once the broker is back.
 #[derive(Clone)]
 pub struct Publisher {
     inner: Arc<Inner>,
@@ -191,9 +198,22 @@ struct Inner {
     broker: Broker,
     slots: Vec<Mutex<Option<Channel>>>,
     next: AtomicUsize,
+    /// Wakes the probe after a failed publish (and when the publisher is dropped, to end it).
+    failed: Arc<Notify>,
+    /// Whether the probe task was started (on the first failure, from inside the runtime).
+    probing: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.failed.notify_one();
+    }
 }
 
 const HEALTH_COMPONENT: &str = "amqp publisher";
+/// First wait of the probe after a failure; it backs off up to [`PROBE_MAX_DELAY`].
+const PROBE_BASE_DELAY: Duration = Duration::from_millis(100);
+const PROBE_MAX_DELAY: Duration = Duration::from_secs(5);
 
 impl Publisher {
     /// A publisher with `broker.config().publisher_channels` channels, opened on first use.
@@ -207,6 +227,8 @@ impl Publisher {
                 broker,
                 slots,
                 next: AtomicUsize::new(0),
+                failed: Arc::new(Notify::new()),
+                probing: AtomicBool::new(false),
             }),
         }
     }
@@ -215,17 +237,46 @@ impl Publisher {
     /// responsibility for it (for a persistent message to a quorum queue: written to a majority).
     pub async fn publish(&self, message: &Outgoing) -> Result<(), BrokerError> {
         let slot = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
-        let channel = self.channel(slot).await?;
-        let result = self.publish_on(&channel, message).await;
-        let health = self.inner.broker.health();
-        match &result {
-            Ok(()) | Err(BrokerError::Unroutable { .. }) => health.set(HEALTH_COMPONENT, true),
-            Err(_) => {
-                health.set(HEALTH_COMPONENT, false);
-                self.discard(slot, &channel).await;
+        let result = match self.channel(slot).await {
+            Ok(channel) => {
+                let result = self.publish_on(&channel, message).await;
+                if result.as_ref().is_err_and(|err| !err.is_unroutable()) {
+                    self.discard(slot, &channel).await;
+                }
+                result
             }
+            // No channel: the broker is unreachable, or refuses this connection.
+            Err(err) => Err(err),
+        };
+        let health = self.inner.broker.health();
+        if result.as_ref().is_err_and(|err| !err.is_unroutable()) {
+            health.set(HEALTH_COMPONENT, false);
+            self.wake_probe();
+        } else {
+            health.set(HEALTH_COMPONENT, true);
         }
         result
+    }
+
+    /// Wakes the probe, starting it on the first failure.
+    fn wake_probe(&self) {
+        if !self.inner.probing.swap(true, Ordering::AcqRel) {
+            tokio::spawn(probe(
+                Arc::downgrade(&self.inner),
+                Arc::clone(&self.inner.failed),
+            ));
+        }
+        // A failure while the probe is busy leaves a permit, so it checks once more afterwards:
+        // the component is never left up on the strength of a check made before the failure.
+        self.inner.failed.notify_one();
+    }
+
+    /// Opens every channel that is not open. `Ok` means the broker takes publishes again.
+    async fn reopen_all(&self) -> Result<(), BrokerError> {
+        for slot in 0..self.inner.slots.len() {
+            self.channel(slot).await?;
+        }
+        Ok(())
     }
 
     async fn publish_on(&self, channel: &Channel, message: &Outgoing) -> Result<(), BrokerError> {
@@ -283,6 +334,35 @@ impl Publisher {
                     let close = old.close(200, "discarded after error".into());
                     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), close).await;
                 });
+            }
+        }
+    }
+}
+
+/// After each failed publish: reopens the channels with backoff until that works, then reports
+/// the publisher up. Ends when the publisher is dropped; holds it only while checking, so that it
+/// never keeps a dropped publisher alive.
+async fn probe(inner: Weak<Inner>, failed: Arc<Notify>) {
+    loop {
+        failed.notified().await;
+        let mut backoff = Backoff::new(PROBE_BASE_DELAY, PROBE_MAX_DELAY);
+        loop {
+            tokio::time::sleep(backoff.next_delay()).await;
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let publisher = Publisher { inner };
+            match publisher.reopen_all().await {
+                Ok(()) => {
+                    publisher.inner.broker.health().set(HEALTH_COMPONENT, true);
+                    tracing::info!("amqp publisher: channels open again");
+                    break;
+                }
+                Err(err) => tracing::debug!(
+                    error = %err,
+                    attempts = backoff.attempts(),
+                    "amqp publisher: still cannot open a channel"
+                ),
             }
         }
     }

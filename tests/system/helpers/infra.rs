@@ -129,6 +129,42 @@ pub async fn rabbitmqctl(args: &[&str]) {
     );
 }
 
+/// The broker node, stopped (`rabbitmqctl stop_app`) until [`StoppedBroker::start`]. A test that
+/// fails while the node is down starts it again when this is dropped, so that the tests after it
+/// find the broker running.
+#[must_use = "the broker starts again when this is dropped"]
+pub struct StoppedBroker {
+    started: bool,
+}
+
+impl StoppedBroker {
+    /// Stops the node's RabbitMQ application.
+    pub async fn stop() -> Self {
+        rabbitmqctl(&["stop_app"]).await;
+        Self { started: false }
+    }
+
+    /// Starts it again and waits until it is up.
+    pub async fn start(mut self) {
+        rabbitmqctl(&["start_app"]).await;
+        self.started = true;
+        rabbitmqctl(&["await_startup"]).await;
+    }
+}
+
+impl Drop for StoppedBroker {
+    fn drop(&mut self) {
+        if !self.started {
+            // Only reached when the test is already failing: the results change nothing.
+            for args in [["start_app"].as_slice(), &["await_startup"]] {
+                let _ = std::process::Command::new("rabbitmqctl")
+                    .args(args)
+                    .status();
+            }
+        }
+    }
+}
+
 pub use rabbitmq_setup::encode;
 
 /// The vhost and databases of one test.
