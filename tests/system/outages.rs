@@ -6,7 +6,7 @@ use std::time::Duration;
 use messaging::{Broker, BrokerConfig, Health, Outgoing, Publisher};
 use reqwest::StatusCode;
 
-use crate::helpers::infra::{StoppedBroker, rabbitmqctl};
+use crate::helpers::infra::{MemoryAlarm, StoppedBroker, rabbitmqctl};
 use crate::helpers::load::Load;
 use crate::helpers::{Options, TestSystem, eventually, eventually_explained};
 
@@ -144,5 +144,54 @@ async fn after_a_broker_restart_idle_services_and_publishers_are_ready_again() {
 
     let (status, body) = system.place_order(food).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    system.assert_audit_clean(FINISH).await;
+}
+
+#[tokio::test]
+async fn a_blocked_broker_fails_publishes_in_bounded_time_and_they_resume_when_unblocked() {
+    let system = TestSystem::start_with(Options::fast().exclusive_broker()).await;
+    let food = system.create_food("Jaljeera", 10).await;
+    system.create_agents(10).await;
+    let health = Health::default();
+    let publisher = test_publisher(&system, &health);
+    let message = Outgoing::raw(b"{}".to_vec(), "", "system-test.nowhere").mandatory(false);
+    publisher
+        .publish(&message)
+        .await
+        .expect("publish before the alarm");
+
+    // A memory alarm: the broker stops reading from publishing connections.
+    let alarm = MemoryAlarm::raise().await;
+    // Every publish ends with an error (confirm timeout, then channel open timeout) instead of
+    // waiting for the alarm to clear. The deadline is only there to fail instead of hanging.
+    for attempt in 0..3 {
+        let publish = tokio::time::timeout(FINISH, publisher.publish(&message)).await;
+        assert!(
+            matches!(publish, Ok(Err(_))),
+            "publish {attempt} during the alarm: {publish:?}"
+        );
+    }
+    assert_eq!(
+        health.snapshot(),
+        vec![("amqp publisher".to_owned(), false)]
+    );
+    // An order meanwhile is not placed, or still pending; it is never placed without both sides.
+    let (status, body) = system.place_order(food).await;
+    assert!(
+        [StatusCode::CONFLICT, StatusCode::ACCEPTED].contains(&status),
+        "{status}: {body}"
+    );
+    alarm.clear().await;
+
+    eventually("the publisher reports up without traffic", FINISH, || {
+        let up = health.all_up();
+        async move { up }
+    })
+    .await;
+    eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
+    let (status, body) = system.place_order(food).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    system.assert_all_orders_final(FINISH).await;
+    system.assert_nothing_reserved(FINISH).await;
     system.assert_audit_clean(FINISH).await;
 }

@@ -42,9 +42,20 @@ pub enum BrokerError {
     /// A protocol or connection error.
     #[error("AMQP error: {0}")]
     Amqp(#[from] lapin::Error),
-    /// The broker did not confirm a publish in time; it may or may not have the message.
+    /// A publish was not sent and confirmed in time; the broker may or may not have the message.
     #[error("the broker did not confirm the message within {0:?}")]
     ConfirmTimeout(Duration),
+    /// The broker has blocked the connection (memory or disk alarm) and takes no publishes.
+    #[error("the broker has blocked the connection (resource alarm)")]
+    Blocked,
+    /// The broker did not answer a request in time.
+    #[error("the broker did not answer {what} within {after:?}")]
+    Timeout {
+        /// The request.
+        what: &'static str,
+        /// How long it waited.
+        after: Duration,
+    },
     /// The broker refused to take responsibility for a message.
     #[error("the broker refused the message (nack)")]
     Nacked,
@@ -164,14 +175,26 @@ impl Broker {
             Role::Consume => &self.inner.consume,
         };
         let connection = pool.get().await?;
-        match connection.create_channel().await {
-            Ok(channel) => Ok(channel),
-            Err(err) => {
+        // The broker stops reading from a connection it has blocked (memory or disk alarm), so
+        // a channel requested on it would wait for the alarm to clear.
+        if connection.status().blocked() {
+            return Err(BrokerError::Blocked);
+        }
+        let timeout = self.inner.config.connect_timeout;
+        match tokio::time::timeout(timeout, connection.create_channel()).await {
+            Ok(Ok(channel)) => Ok(channel),
+            Ok(Err(err)) => {
                 // Most likely the connection died: take it out of the pool rather than hand it to
                 // the next caller.
                 let _detached = deadpool_lapin::Object::take(connection);
                 Err(err.into())
             }
+            // Alive but not answering (blocked after the check above, or overloaded): it stays
+            // in the pool, and the caller backs off.
+            Err(_) => Err(BrokerError::Timeout {
+                what: "opening a channel",
+                after: timeout,
+            }),
         }
     }
 

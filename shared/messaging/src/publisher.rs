@@ -280,20 +280,25 @@ impl Publisher {
     }
 
     async fn publish_on(&self, channel: &Channel, message: &Outgoing) -> Result<(), BrokerError> {
-        let confirm = channel
-            .basic_publish(
-                message.exchange.as_str().into(),
-                message.routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: message.mandatory,
-                    ..BasicPublishOptions::default()
-                },
-                &message.payload,
-                message.properties(),
-            )
-            .await?;
+        // The deadline covers sending too: lapin holds publishes while the broker has blocked
+        // the connection (resource alarm), which would otherwise wait for the alarm to clear.
+        let publish = async {
+            channel
+                .basic_publish(
+                    message.exchange.as_str().into(),
+                    message.routing_key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: message.mandatory,
+                        ..BasicPublishOptions::default()
+                    },
+                    &message.payload,
+                    message.properties(),
+                )
+                .await?
+                .await
+        };
         let timeout = self.inner.broker.config().confirm_timeout;
-        let confirmation = tokio::time::timeout(timeout, confirm)
+        let confirmation = tokio::time::timeout(timeout, publish)
             .await
             .map_err(|_| BrokerError::ConfirmTimeout(timeout))??;
         match confirmation {
@@ -314,9 +319,16 @@ impl Publisher {
             return Ok(channel.clone());
         }
         let channel = self.inner.broker.open_channel(Role::Publish).await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let timeout = self.inner.broker.config().connect_timeout;
+        tokio::time::timeout(
+            timeout,
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await
+        .map_err(|_| BrokerError::Timeout {
+            what: "confirm.select",
+            after: timeout,
+        })??;
         *guard = Some(channel.clone());
         Ok(channel)
     }

@@ -165,6 +165,52 @@ impl Drop for StoppedBroker {
     }
 }
 
+/// A memory alarm on the broker node: it blocks every publishing connection until
+/// [`MemoryAlarm::clear`], or until dropped, which puts the node's watermark back.
+#[must_use = "the alarm is cleared when this is dropped"]
+pub struct MemoryAlarm {
+    watermark: String,
+    cleared: bool,
+}
+
+impl MemoryAlarm {
+    /// Lowers the node's memory high watermark below what it uses, which raises the alarm.
+    pub async fn raise() -> Self {
+        let output = tokio::process::Command::new("rabbitmqctl")
+            .args(["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."])
+            .output()
+            .await
+            .expect("rabbitmqctl runs");
+        let watermark = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        assert!(
+            output.status.success() && watermark.parse::<f64>().is_ok(),
+            "cannot read the memory high watermark: {watermark:?}"
+        );
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0.000001"]).await;
+        Self {
+            watermark,
+            cleared: false,
+        }
+    }
+
+    /// Puts the watermark back, which clears the alarm.
+    pub async fn clear(mut self) {
+        rabbitmqctl(&["set_vm_memory_high_watermark", &self.watermark]).await;
+        self.cleared = true;
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        if !self.cleared {
+            // Only reached when the test is already failing: the result changes nothing.
+            let _ = std::process::Command::new("rabbitmqctl")
+                .args(["set_vm_memory_high_watermark", &self.watermark])
+                .status();
+        }
+    }
+}
+
 pub use rabbitmq_setup::encode;
 
 /// The vhost and databases of one test.
