@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use messaging::{Broker, BrokerConfig, Health, Outgoing, Publisher};
+use messaging::{Broker, BrokerConfig, BrokerError, Health, Outgoing, Publisher};
 use reqwest::StatusCode;
 
 use crate::helpers::infra::{MemoryAlarm, StoppedBroker, rabbitmqctl};
@@ -88,20 +88,56 @@ async fn a_broker_restart_mid_load_loses_no_confirmed_message() {
     finish_and_audit(&system, load).await;
 }
 
-/// A publisher on the test's vhost that reports to `health`, like a service's.
-fn test_publisher(system: &TestSystem, health: &Health) -> Publisher {
-    let broker = Broker::new(
-        BrokerConfig {
-            url: system.infra.amqp_url.clone(),
-            connection_name: "system test publisher".into(),
-            publisher_channels: 2,
-            confirm_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(2),
-        },
-        health.clone(),
-    )
-    .expect("broker config");
-    Publisher::new(broker)
+/// A publisher on the test's vhost with a health table of its own, like a service's, and a
+/// message for it routed nowhere (to the default exchange): only the broker's confirm matters.
+struct ProbePublisher {
+    publisher: Publisher,
+    health: Health,
+    message: Outgoing,
+}
+
+impl ProbePublisher {
+    fn new(system: &TestSystem) -> Self {
+        let health = Health::default();
+        let broker = Broker::new(
+            BrokerConfig {
+                url: system.infra.amqp_url.clone(),
+                connection_name: "system test publisher".into(),
+                publisher_channels: 2,
+                confirm_timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(2),
+            },
+            health.clone(),
+        )
+        .expect("broker config");
+        Self {
+            publisher: Publisher::new(broker),
+            health,
+            message: Outgoing::raw(b"{}".to_vec(), "", "system-test.nowhere").mandatory(false),
+        }
+    }
+
+    /// Publishes the message; fails the test if that takes longer than `FINISH`.
+    async fn publish(&self) -> Result<(), BrokerError> {
+        tokio::time::timeout(FINISH, self.publisher.publish(&self.message))
+            .await
+            .expect("a publish that ends, with or without an error")
+    }
+
+    /// What its `amqp publisher` readiness check says.
+    fn is_up(&self) -> bool {
+        assert_eq!(self.health.snapshot().len(), 1, "one component");
+        self.health.all_up()
+    }
+
+    /// Waits, publishing nothing, until it reports up.
+    async fn wait_up(&self) {
+        eventually("the idle publisher reports up", FINISH, || {
+            let up = self.is_up();
+            async move { up }
+        })
+        .await;
+    }
 }
 
 #[tokio::test]
@@ -112,35 +148,22 @@ async fn after_a_broker_restart_idle_services_and_publishers_are_ready_again() {
 
     // A publisher that publishes once during the outage and never again afterwards, like a
     // service that nothing asks to publish once the broker is back.
-    let health = Health::default();
-    let publisher = test_publisher(&system, &health);
-    // To the default exchange, routed nowhere: only the broker's confirm matters here.
-    let event = Outgoing::raw(b"{}".to_vec(), "", "system-test.nowhere").mandatory(false);
-    publisher
-        .publish(&event)
-        .await
-        .expect("publish before the outage");
-    assert!(health.all_up());
+    let probe = ProbePublisher::new(&system);
+    probe.publish().await.expect("publish before the outage");
+    assert!(probe.is_up());
 
     let stopped = StoppedBroker::stop().await;
     eventually("the order service reports not ready", FINISH, || async {
         !system.order.is_ready().await
     })
     .await;
-    assert!(publisher.publish(&event).await.is_err());
-    assert_eq!(
-        health.snapshot(),
-        vec![("amqp publisher".to_owned(), false)]
-    );
+    assert!(probe.publish().await.is_err());
+    assert!(!probe.is_up());
     stopped.start().await;
 
     // No traffic at all until everything says it is ready.
     eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
-    eventually("the idle publisher reports up", FINISH, || {
-        let up = health.all_up();
-        async move { up }
-    })
-    .await;
+    probe.wait_up().await;
 
     let (status, body) = system.place_order(food).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -152,29 +175,19 @@ async fn a_blocked_broker_fails_publishes_in_bounded_time_and_they_resume_when_u
     let system = TestSystem::start_with(Options::fast().exclusive_broker()).await;
     let food = system.create_food("Jaljeera", 10).await;
     system.create_agents(10).await;
-    let health = Health::default();
-    let publisher = test_publisher(&system, &health);
-    let message = Outgoing::raw(b"{}".to_vec(), "", "system-test.nowhere").mandatory(false);
-    publisher
-        .publish(&message)
-        .await
-        .expect("publish before the alarm");
+    let probe = ProbePublisher::new(&system);
+    probe.publish().await.expect("publish before the alarm");
 
     // A memory alarm: the broker stops reading from publishing connections.
     let alarm = MemoryAlarm::raise().await;
-    // Every publish ends with an error (confirm timeout, then channel open timeout) instead of
-    // waiting for the alarm to clear. The deadline is only there to fail instead of hanging.
+    // Every publish ends with an error instead of waiting for the alarm to clear: the first at
+    // its confirm timeout, the next ones as soon as they need a channel on the blocked
+    // connection.
     for attempt in 0..3 {
-        let publish = tokio::time::timeout(FINISH, publisher.publish(&message)).await;
-        assert!(
-            matches!(publish, Ok(Err(_))),
-            "publish {attempt} during the alarm: {publish:?}"
-        );
+        let publish = probe.publish().await;
+        assert!(publish.is_err(), "publish {attempt} during the alarm");
     }
-    assert_eq!(
-        health.snapshot(),
-        vec![("amqp publisher".to_owned(), false)]
-    );
+    assert!(!probe.is_up());
     // An order meanwhile is not placed, or still pending; it is never placed without both sides.
     let (status, body) = system.place_order(food).await;
     assert!(
@@ -183,11 +196,7 @@ async fn a_blocked_broker_fails_publishes_in_bounded_time_and_they_resume_when_u
     );
     alarm.clear().await;
 
-    eventually("the publisher reports up without traffic", FINISH, || {
-        let up = health.all_up();
-        async move { up }
-    })
-    .await;
+    probe.wait_up().await;
     eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
     let (status, body) = system.place_order(food).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
