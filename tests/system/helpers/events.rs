@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messaging::consumer::{self, AckMode, ConsumerSpec};
-use messaging::{Broker, BrokerConfig, Disposition, Handler, Health, Incoming, Publisher};
+use messaging::{
+    Broker, BrokerConfig, Disposition, Handler, Health, Incoming, Outgoing, Publisher,
+};
 use protocol::topology::Topology;
 use serde_json::Value;
 use tokio::sync::{Mutex, mpsc};
@@ -15,6 +17,8 @@ use super::{Infra, eventually};
 /// Receives every order event published in a test's vhost from the moment it is created.
 pub struct EventTap {
     events: Mutex<mpsc::UnboundedReceiver<Value>>,
+    publisher: Publisher,
+    exchange: String,
     shutdown: CancellationToken,
 }
 
@@ -49,13 +53,14 @@ impl EventTap {
         )
         .expect("broker config");
         let topology = Topology::new("");
+        let publisher = Publisher::new(broker.clone());
         let queue = format!("test.events.{}", uuid::Uuid::new_v4());
         let declarations = topology.events_tap(queue.clone(), "order.#");
         let (sender, receiver) = mpsc::unbounded_channel();
         let shutdown = CancellationToken::new();
         tokio::spawn(consumer::run(
-            broker.clone(),
-            Publisher::new(broker),
+            broker,
+            publisher.clone(),
             ConsumerSpec {
                 queue,
                 prefetch: 0,
@@ -73,8 +78,35 @@ impl EventTap {
         .await;
         Self {
             events: Mutex::new(receiver),
+            publisher,
+            exchange: topology.events_exchange(),
             shutdown,
         }
+    }
+
+    /// Asserts that no event was published before this call that has not been read yet. It
+    /// publishes a marker of its own to `order.events` and reads up to it: everything that the
+    /// broker confirmed before the marker sits in front of it in the tap's queue.
+    pub async fn assert_nothing_unread(&self, why: &str) {
+        let marker = uuid::Uuid::new_v4().to_string();
+        let body = serde_json::json!({ "test_marker": marker }).to_string();
+        let message = Outgoing::raw(
+            body.into_bytes(),
+            self.exchange.clone(),
+            "order.test.marker",
+        );
+        self.publisher
+            .publish(&message)
+            .await
+            .expect("the marker is published");
+        let next = self
+            .next(Duration::from_secs(20))
+            .await
+            .expect("the marker comes back");
+        assert_eq!(
+            next["test_marker"], marker,
+            "{why}: this came first: {next}"
+        );
     }
 
     /// The next event, waiting up to `timeout`.
