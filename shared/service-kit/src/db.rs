@@ -141,6 +141,18 @@ fn is_duplicate_database(err: &sqlx::Error) -> bool {
     }
 }
 
+/// An error that may say "the database is unavailable for now; try again".
+pub trait Transient {
+    /// Whether trying again later may succeed.
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for sqlx::Error {
+    fn is_transient(&self) -> bool {
+        is_transient(self)
+    }
+}
+
 /// Whether an error is worth retrying: the connection or server went away, a timeout, a
 /// serialization failure or deadlock. Anything else is a bug or bad data, and retrying would only
 /// repeat it.
@@ -179,18 +191,19 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
 /// or `shutdown` (then the last transient error is returned). For work that holds an unacked
 /// message: waiting out a database outage in place costs the message no delivery attempt, so an
 /// outage never parks valid commands in a dead-letter queue.
-pub async fn retry_transient<T, F, Fut>(
+pub async fn retry_transient<T, E, F, Fut>(
     shutdown: &CancellationToken,
     mut attempt: F,
-) -> Result<T, sqlx::Error>
+) -> Result<T, E>
 where
+    E: Transient + std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     loop {
         match attempt().await {
-            Err(err) if is_transient(&err) && !shutdown.is_cancelled() => {
+            Err(err) if err.is_transient() && !shutdown.is_cancelled() => {
                 if backoff.attempts().is_multiple_of(10) {
                     warn!(error = %err, attempts = backoff.attempts(), "database unavailable; waiting");
                 }
