@@ -16,6 +16,9 @@
 //!   transaction.
 //! - **expiry**: a reservation that was neither assigned nor released by its expiry time is free
 //!   again; the expiry time in the participant's database is the truth.
+//! - **batch**: several commands (or replies) of concurrent orders in one message ([`batch`]);
+//!   writes that share a database transaction are a *group* (group commit), and timer ids
+//!   published together a *timer window*.
 //!
 //! # Layout
 //! - [`ids`]: newtypes for every identifier.
@@ -26,6 +29,7 @@
 //! - [`event`]: the order events published for other systems.
 //! - [`headers`]: AMQP header names.
 //! - [`topology`]: every exchange, queue and routing key, spelled once.
+//! - [`sides`]: one value per participant ([`sides::Sides`]).
 //! - [`trace`]: W3C trace context for headers.
 
 pub mod batch;
@@ -34,6 +38,7 @@ pub mod envelope;
 pub mod event;
 pub mod headers;
 pub mod ids;
+pub mod sides;
 pub mod timer;
 pub mod topology;
 pub mod trace;
