@@ -25,9 +25,10 @@ use serde_json::{Value, json};
 use service_kit::http::{ApiError, AppJson, AppPath};
 use uuid::Uuid;
 
-use crate::coordinator::{Coordinator, Placement};
-use crate::repo::{self, Order};
-use crate::state::OrderState;
+use crate::coordinator::Coordinator;
+use crate::machine::{Order, OrderState};
+use crate::placement::{PlaceError, Placement};
+use crate::repo::{self, RepoError};
 
 /// The request header that carries the client's key for an order.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -100,6 +101,26 @@ async fn place_order(
         }
     };
     Ok((status, response_headers, Json(view(&order))))
+}
+
+impl From<PlaceError> for ApiError {
+    fn from(err: PlaceError) -> Self {
+        match err {
+            PlaceError::Repo(err) => err.into(),
+            PlaceError::NotRecordedInTime | PlaceError::Stopping => {
+                ApiError::Unavailable("database unavailable, try again".to_owned())
+            }
+        }
+    }
+}
+
+impl From<RepoError> for ApiError {
+    fn from(err: RepoError) -> Self {
+        match err {
+            RepoError::Db(err) => err.into(),
+            other => ApiError::internal(other),
+        }
+    }
 }
 
 /// The `Idempotency-Key` header, if sent and well-formed.

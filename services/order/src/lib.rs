@@ -2,25 +2,34 @@
 //! with the store and delivery.
 //!
 //! # Layout
-//! - [`config`]: settings (flags and environment variables).
-//! - [`startup`]: [`Application`], which a test can start on port 0.
-//! - [`state`]: the order state machine (one exhaustive transition function).
-//! - [`coordinator`]: drives an order through phase 1, the commit decision, phase 2 and
-//!   compensation.
-//! - [`recovery`]: the deadline-timer consumer and the sweep that finish orders whose driver
-//!   stopped.
-//! - [`outbox`]: the relay that publishes order events written with final states.
+//! Follow one order: [`http`] → [`placement`] → [`driver`] (asking [`machine::rules`] what to
+//! do, [`participants`] to do it, [`machine::apply`] what it comes to) → [`coordinator`]'s
+//! `record` → [`repo`] and [`outbox`].
+//!
+//! - [`machine`]: the order as a value, its events and the one transition function; its
+//!   [`machine::rules`] decide each next step. Pure: no I/O, no clock.
+//! - [`driver`]: carries out the machine's steps until the order is final.
+//! - [`participants`]: the typed client of the store and delivery.
+//! - [`coordinator`]: what drivers share; recording an event, keeping a lease.
+//! - [`placement`]: `POST /orders`: record (or find by idempotency key), drive, answer in time.
+//! - [`recovery`]: the deadline-timer consumer and the sweep that take over orders whose
+//!   driver stopped.
+//! - [`outbox`]: the events written with final orders, and the relay that publishes them.
+//! - [`repo`]: the order table.
 //! - [`http`]: the order API.
-//! - [`repo`]: all SQL.
+//! - [`config`], [`startup`]: settings, and [`Application`], which a test can start on port 0.
 
 pub mod config;
 pub mod coordinator;
+pub mod driver;
 pub mod http;
+pub mod machine;
 pub mod outbox;
+pub mod participants;
+pub mod placement;
 pub mod recovery;
 pub mod repo;
 pub mod startup;
-pub mod state;
 
 pub use config::Config;
 pub use startup::Application;

@@ -1,7 +1,7 @@
 //! The outbox relay: publishes order events written with final states.
 //!
 //! Every final transition writes its event to the `outbox` table in the same transaction
-//! (`repo::transition`), so there is no final order without its event. The relay locks a batch
+//! (`repo::Orders::save`), so there is no final order without its event. The relay locks a round
 //! of unsent events (`FOR UPDATE SKIP LOCKED`, so relays in several coordinators share the work),
 //! publishes them with publisher confirms to the `order.events` topic exchange, and marks them
 //! sent in the same database transaction, after the confirms. A crash between the publish and
@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use messaging::{Backoff, Outgoing, Publisher};
-use protocol::ids::MessageId;
+use protocol::event::{EVENT_SCHEMA_VERSION, OrderEvent, OrderEventKind};
+use protocol::ids::{EventId, MessageId, OrderId};
 use protocol::topology::Topology;
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -21,15 +22,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::repo;
+use crate::machine::{Order, OrderState};
 
-/// Events published per database transaction.
-const BATCH: i64 = 200;
+/// Events published per round (one database transaction).
+const EVENTS_PER_ROUND: i64 = 200;
 /// How often the relay looks for events without being woken (events left by a coordinator that
 /// crashed, or by another one).
 const POLL: Duration = Duration::from_secs(1);
-/// How long the relay waits for a batch's confirms. Shorter than the database's
-/// `idle_in_transaction_session_timeout`, which would end the transaction holding the batch.
+/// How long the relay waits for a round's confirms. Shorter than the database's
+/// `idle_in_transaction_session_timeout`, which would end the transaction holding the round.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a wake-up, how long the relay waits for more events before publishing.
 const GATHER: Duration = Duration::from_millis(20);
@@ -37,6 +38,46 @@ const GATHER: Duration = Duration::from_millis(20);
 const RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// How often sent events are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// An order event to write to the outbox with a final order.
+#[derive(Clone, Debug)]
+pub struct OutboxEvent {
+    /// The event's id.
+    pub event_id: EventId,
+    /// `order.placed` or `order.not_placed`.
+    pub routing_key: &'static str,
+    /// The event, as published.
+    pub payload: serde_json::Value,
+}
+
+/// The event that a final order publishes; `None` for an unfinished one.
+pub fn event_for(order: &Order) -> Option<OutboxEvent> {
+    let kind = match order.state {
+        OrderState::Placed => OrderEventKind::Placed,
+        OrderState::NotPlaced => OrderEventKind::NotPlaced,
+        OrderState::Reserving | OrderState::Assigning | OrderState::Compensating => return None,
+    };
+    let placed = kind == OrderEventKind::Placed;
+    let event = OrderEvent {
+        event_id: EventId::new(),
+        schema_version: EVENT_SCHEMA_VERSION,
+        kind,
+        order_id: order.id,
+        customer_id: order.customer_id.clone(),
+        food_id: order.food_id,
+        packet_id: order.packet_id.filter(|_| placed),
+        agent_id: order.agent_id.filter(|_| placed),
+        reason: order.reason.map(|r| r.as_str().to_owned()),
+        created_at: order.created_at,
+        finished_at: order.finished_at?,
+    };
+    let payload = serde_json::to_value(&event).ok()?;
+    Some(OutboxEvent {
+        event_id: event.event_id,
+        routing_key: kind.routing_key(),
+        payload,
+    })
+}
 
 /// Runs the relay until `shutdown`. `wake` is notified after every final transition.
 pub async fn relay(
@@ -50,13 +91,13 @@ pub async fn relay(
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut next_prune = Instant::now();
     loop {
-        match publish_batch(&pool, &publisher, &exchange).await {
+        match publish_round(&pool, &publisher, &exchange).await {
             Ok(n) => {
                 backoff.reset();
                 if n > 0 {
                     debug!(published = n, "order events published");
                 }
-                if i64::try_from(n).unwrap_or(i64::MAX) == BATCH {
+                if i64::try_from(n).unwrap_or(i64::MAX) == EVENTS_PER_ROUND {
                     continue;
                 }
             }
@@ -70,7 +111,7 @@ pub async fn relay(
         }
         if Instant::now() >= next_prune {
             next_prune = Instant::now() + PRUNE_EVERY;
-            match repo::prune_sent(&pool, RETENTION, 10_000).await {
+            match prune_sent(&pool, RETENTION, 10_000).await {
                 Ok(0) => {}
                 Ok(n) => info!(pruned = n, "old order events pruned from the outbox"),
                 Err(err) => warn!(error = %err, "outbox prune failed"),
@@ -94,14 +135,14 @@ enum RelayError {
     Db(#[from] sqlx::Error),
 }
 
-/// Publishes one batch; returns how many events were published and marked sent.
-async fn publish_batch(
+/// Publishes one round; returns how many events were published and marked sent.
+async fn publish_round(
     pool: &PgPool,
     publisher: &Publisher,
     exchange: &str,
 ) -> Result<usize, RelayError> {
     let mut tx = pool.begin().await?;
-    let events = repo::lock_unsent(&mut tx, BATCH).await?;
+    let events = lock_unsent(&mut tx, EVENTS_PER_ROUND).await?;
     if events.is_empty() {
         tx.rollback().await?;
         return Ok(0);
@@ -128,7 +169,53 @@ async fn publish_batch(
     if let Some(Err(err)) = results.iter().find(|r| r.is_err()) {
         warn!(error = %err, failed = events.len() - sent.len(), "some order events not published");
     }
-    repo::mark_sent(&mut tx, &sent).await?;
+    mark_sent(&mut tx, &sent).await?;
     tx.commit().await?;
     Ok(sent.len())
+}
+
+/// An event waiting in the outbox.
+#[derive(Debug, sqlx::FromRow)]
+struct PendingEvent {
+    id: i64,
+    event_id: EventId,
+    order_id: OrderId,
+    routing_key: String,
+    payload: sqlx::types::Json<serde_json::Value>,
+}
+
+/// Locks up to `limit` unsent events, oldest first, skipping those another relay holds.
+async fn lock_unsent(
+    tx: &mut sqlx::PgConnection,
+    limit: i64,
+) -> Result<Vec<PendingEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, event_id, order_id, routing_key, payload FROM outbox
+         WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await
+}
+
+/// Marks events sent.
+async fn mark_sent(tx: &mut sqlx::PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Deletes up to `limit` events sent more than `retention` ago.
+async fn prune_sent(pool: &PgPool, retention: Duration, limit: i64) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM outbox WHERE id = ANY (ARRAY(
+             SELECT id FROM outbox WHERE sent_at < now() - $1 ORDER BY sent_at LIMIT $2))",
+    )
+    .bind(retention)
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }

@@ -5,11 +5,11 @@
 //! them from their recorded state: an undecided order is aborted, a decided one is driven to its
 //! end. Two paths lead there:
 //!
-//! - **Deadline timers**: every new order's id goes into a timer batch that waits in the
+//! - **Deadline timers**: every new order's id goes into a timer message that waits in the
 //!   `order.timeouts.wait.*` queue for the phase-1 deadline plus the lease, then fires into
 //!   `order.timeouts`. A fired timer claims those of its orders that are unfinished with an
 //!   expired lease. Finished orders (nearly all) are skipped.
-//! - **The sweep**: every `RECOVERY_INTERVAL`, each coordinator claims a batch of unfinished
+//! - **The sweep**: every `RECOVERY_INTERVAL`, each coordinator claims rounds of unfinished
 //!   orders with expired leases (`FOR UPDATE SKIP LOCKED`, so coordinators never claim the same
 //!   order). It finds what lost or purged timers missed, and orders of a coordinator that crashed
 //!   before it published their timers.
@@ -26,8 +26,8 @@ use tracing::{info, warn};
 use crate::coordinator::Coordinator;
 use crate::repo;
 
-/// Orders claimed per sweep round.
-const SWEEP_BATCH: i64 = 200;
+/// Orders claimed per round of the sweep.
+const CLAIMS_PER_ROUND: i64 = 200;
 
 /// Handles fired deadline timers (`order.timeouts`).
 pub struct Timeouts {
@@ -95,7 +95,7 @@ pub async fn sweep_loop(
             () = shutdown.cancelled() => return,
         }
         loop {
-            match repo::claim_expired(coordinator.pool(), lease, SWEEP_BATCH).await {
+            match repo::claim_expired(coordinator.pool(), lease, CLAIMS_PER_ROUND).await {
                 Ok(claimed) => {
                     let n = claimed.len();
                     if n > 0 {
@@ -107,7 +107,7 @@ pub async fn sweep_loop(
                     for (order, token) in claimed {
                         coordinator.resume(order, token);
                     }
-                    if i64::try_from(n).unwrap_or(i64::MAX) < SWEEP_BATCH {
+                    if i64::try_from(n).unwrap_or(i64::MAX) < CLAIMS_PER_ROUND {
                         break;
                     }
                 }

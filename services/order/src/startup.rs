@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use messaging::consumer::{self, AckMode, ConsumerSpec};
-use messaging::{Batcher, Outgoing, RpcClient};
+use messaging::{Outgoing, RpcClient, TimerWindow};
 use protocol::envelope::Envelope;
 use protocol::ids::{InstanceId, OrderId};
 use protocol::timer::OrderTimer;
@@ -18,6 +18,7 @@ use crate::config::{Config, DEFAULT_DATABASE};
 use crate::coordinator::Coordinator;
 use crate::http;
 use crate::outbox;
+use crate::participants::Participants;
 use crate::recovery::{self, Timeouts};
 use crate::repo::Orders;
 
@@ -78,7 +79,7 @@ impl Application {
         ));
 
         let timers_exchange = topology.timers_exchange("order");
-        let deadlines = Batcher::spawn(
+        let deadlines = TimerWindow::spawn(
             foundation.publisher.clone(),
             config.timer_window,
             move |order_ids: Vec<OrderId>| {
@@ -95,8 +96,7 @@ impl Application {
         let events = Arc::new(Notify::new());
         let coordinator = Arc::new(Coordinator {
             orders: Orders::new(foundation.pool.clone(), &foundation.tracker),
-            rpc,
-            topology: topology.clone(),
+            participants: Participants::new(rpc, topology.clone(), settings.reply_timeout),
             settings,
             deadlines,
             events: Arc::clone(&events),

@@ -35,7 +35,6 @@ pub struct Incoming {
     queue: String,
     data: Vec<u8>,
     properties: BasicProperties,
-    redelivered: bool,
 }
 
 impl Incoming {
@@ -100,22 +99,6 @@ impl Incoming {
     /// The message kind from the `type` property.
     pub fn kind(&self) -> Option<&str> {
         self.properties.kind().as_ref().map(|s| s.as_str())
-    }
-
-    /// Whether the broker delivered this message before (to this or another consumer).
-    pub fn redelivered(&self) -> bool {
-        self.redelivered
-    }
-
-    /// How many times a quorum queue delivered it before.
-    pub fn delivery_count(&self) -> Option<i64> {
-        match self.headers()?.inner().get(headers::DELIVERY_COUNT)? {
-            AMQPValue::LongLongInt(n) => Some(*n),
-            AMQPValue::LongInt(n) => Some((*n).into()),
-            AMQPValue::LongUInt(n) => Some((*n).into()),
-            AMQPValue::ShortInt(n) => Some((*n).into()),
-            _ => None,
-        }
     }
 }
 
@@ -283,7 +266,6 @@ async fn consume_once<H: Handler>(
         let Delivery {
             data,
             properties,
-            redelivered,
             acker,
             ..
         } = delivery;
@@ -291,7 +273,6 @@ async fn consume_once<H: Handler>(
             queue: spec.queue.clone(),
             data,
             properties,
-            redelivered,
         };
         let trace = message.trace();
         let span = info_span!(

@@ -19,26 +19,26 @@
 //!   separate connections, as RabbitMQ advises), topology declaration.
 //! - [`publisher`]: [`Outgoing`] and the confirming [`Publisher`].
 //! - [`consumer`]: [`Incoming`], [`Handler`], [`Disposition`] and the consumer supervisor.
-//! - [`rpc`]: request/reply matched on correlation id.
-//! - [`batch`]: timers collected for a short window and published as one message.
+//! - [`rpc`]: request/reply matched on correlation id, concurrent commands sent as one batch.
+//! - [`timer_window`]: timer ids gathered for a short window and published as one message.
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`health`]: which components are connected, for readiness probes.
 
 pub mod backoff;
-pub mod batch;
 pub mod broker;
 pub mod consumer;
 pub mod health;
 pub mod publisher;
 pub mod rpc;
+pub mod timer_window;
 
 pub use backoff::Backoff;
-pub use batch::Batcher;
 pub use broker::{Broker, BrokerConfig, BrokerError};
 pub use consumer::{AckMode, ConsumerSpec, Disposition, Handler, Incoming};
 pub use health::Health;
 pub use publisher::{Outgoing, Publisher};
-pub use rpc::{RpcClient, RpcError};
+pub use rpc::{RpcClient, RpcError, Wait};
+pub use timer_window::TimerWindow;
 
 /// lapin, as deadpool-lapin uses it, so that the two versions cannot drift apart.
 pub use deadpool_lapin::lapin;

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use protocol::batch::{self, Batch, BatchedReply};
+use protocol::command::{Answer, AnswerError, decode_answer};
 use protocol::ids::MessageId;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
@@ -38,6 +39,24 @@ pub enum RpcError {
     /// dropped.
     #[error("no reply in time")]
     Timeout,
+    /// A reply came, but not one the command could have: a broken participant.
+    #[error(transparent)]
+    Unreadable(#[from] AnswerError),
+}
+
+/// How long a call waits for its reply.
+#[derive(Clone, Debug)]
+pub enum Wait {
+    /// One message, one wait: a request that goes unanswered is the caller's to handle.
+    Once(Duration),
+    /// Until `until`, publishing the same message again whenever `backoff` says (for requests
+    /// that need an answer however long the participant takes).
+    Resending {
+        /// When to give up.
+        until: Instant,
+        /// Pauses between copies.
+        backoff: Backoff,
+    },
 }
 
 impl From<BrokerError> for RpcError {
@@ -46,8 +65,8 @@ impl From<BrokerError> for RpcError {
     }
 }
 
-/// The reply: the JSON of its envelope.
-pub type ReplyBytes = Vec<u8>;
+/// A reply as received: the JSON of its envelope.
+type ReplyBytes = Vec<u8>;
 
 type Waiters = Mutex<HashMap<MessageId, oneshot::Sender<ReplyBytes>>>;
 
@@ -82,15 +101,24 @@ impl RpcClient {
         })
     }
 
-    /// The publisher requests go through.
-    pub fn publisher(&self) -> &Publisher {
-        &self.publisher
+    /// Sends `request` (its message id is the correlation id) and waits for its reply as `wait`
+    /// says, read as the answer `A` that the command expects. Cancel-safe: dropping the future
+    /// forgets the request.
+    pub async fn call<A: Answer>(&self, request: Outgoing, wait: Wait) -> Result<A, RpcError> {
+        let bytes = match wait {
+            Wait::Once(timeout) => self.call_once(request, timeout).await?,
+            Wait::Resending { until, backoff } => self.call_until(request, backoff, until).await?,
+        };
+        Ok(decode_answer(&bytes)?)
     }
 
-    /// Sends `request` (its message id is the correlation id), possibly together with other
-    /// requests for the same destination, and waits up to `timeout` for the reply. Cancel-safe:
-    /// dropping the future forgets the request.
-    pub async fn call(&self, request: Outgoing, timeout: Duration) -> Result<ReplyBytes, RpcError> {
+    /// Sends `request`, possibly together with other requests for the same destination, and
+    /// waits up to `timeout` for the reply.
+    async fn call_once(
+        &self,
+        request: Outgoing,
+        timeout: Duration,
+    ) -> Result<ReplyBytes, RpcError> {
         let (receiver, _forget) = self.wait_for(request.id());
         let exchange = async {
             self.enqueue(request).await?;
@@ -105,8 +133,8 @@ impl RpcClient {
     /// (same message id) again whenever `backoff` says, in case it or its reply was lost. A reply
     /// to any of the copies ends the wait: a slow participant's answer to an earlier copy is as
     /// good as an answer to the latest. The first copy may travel in a batch; later ones go
-    /// alone. Cancel-safe.
-    pub async fn call_until(
+    /// alone.
+    async fn call_until(
         &self,
         request: Outgoing,
         mut backoff: Backoff,
@@ -141,13 +169,14 @@ impl RpcClient {
     }
 
     /// Sends `requests` together, as one command batch for their common destination, and waits
-    /// up to `timeout` for every reply. The lanes batch concurrent calls by themselves; this is
-    /// for when a caller has several requests at hand (and for tests of batches).
-    pub async fn call_batch(
+    /// up to `timeout` for every reply. The lanes batch concurrent calls by themselves; this
+    /// makes a batch on purpose, for tests of how participants handle batches.
+    #[cfg(feature = "testing")]
+    pub async fn call_batch<A: Answer>(
         &self,
         requests: Vec<Outgoing>,
         timeout: Duration,
-    ) -> Vec<Result<ReplyBytes, RpcError>> {
+    ) -> Vec<Result<A, RpcError>> {
         let (Some(first), waits) = (
             requests.first(),
             requests
@@ -176,7 +205,7 @@ impl RpcClient {
             results.push(match &published {
                 Err(err) => Err(RpcError::Publish(err.to_string())),
                 Ok(()) => match tokio::time::timeout_at(deadline, receiver).await {
-                    Ok(Ok(reply)) => Ok(reply),
+                    Ok(Ok(reply)) => decode_answer(&reply).map_err(RpcError::from),
                     _ => Err(RpcError::Timeout),
                 },
             });
@@ -190,11 +219,6 @@ impl RpcClient {
         self.publisher
             .publish(&request.reply_to(self.reply_to.clone()))
             .await
-    }
-
-    /// Requests waiting for a reply.
-    pub fn in_flight(&self) -> usize {
-        self.waiters().len()
     }
 
     /// The handler for the reply queue.

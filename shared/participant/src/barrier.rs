@@ -3,8 +3,13 @@
 //!
 //! Each row holds the reply that was sent, as typed columns (`outcome`, `reason`, `items`,
 //! `expires_at`). Reserve and assign write their row in the statement that does their work (see
-//! [`crate::inventory::Statements`]); a release first claims its row and writes refusals for the
-//! reserve and assign of its transaction, then frees what the transaction holds.
+//! [`Statements`]); a release first claims its row and writes refusals for the reserve and assign
+//! of its transaction, then frees what the transaction holds.
+//!
+//! All the SQL on `txn_barrier` is here. The work on the items that a statement does before it
+//! records its row comes from the participant's [`ItemTable`](crate::ItemTable).
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use protocol::command::{
@@ -13,7 +18,7 @@ use protocol::command::{
 use protocol::ids::{ItemId, OrderId, TxnId};
 use sqlx::{AssertSqlSafe, PgConnection};
 
-use crate::inventory::{REPLY_COLUMNS, Statements};
+use crate::inventory::Inventory;
 
 /// A recorded reply, as stored.
 #[derive(Debug, sqlx::FromRow)]
@@ -77,6 +82,100 @@ impl Recorded {
                 return Err(corrupt(format!("outcome {outcome:?} for a {operation}")));
             }
         })
+    }
+}
+
+/// The columns every barrier statement returns: the recorded reply.
+pub const REPLY_COLUMNS: &str = "outcome, reason, items, expires_at";
+
+/// The statements of the commands, assembled once: the participant's work on its items (the
+/// `WITH` clauses of [`ItemTable`](crate::ItemTable), with its [`Inventory::PICK`] and
+/// [`Inventory::SHORTAGE`]), then the barrier row with the reply.
+///
+/// Times are `statement_timestamp()`, not `now()`: with group commit a statement may run some
+/// time after its transaction began, and an expiry is judged (and set) by the statement's clock.
+///
+/// Reserve and assign do their work first and then insert their barrier row with the reply, in
+/// the same statement. The barrier's primary key decides: a duplicate of an applied command, or a
+/// command whose transaction was released first, fails the insert with a unique violation, which
+/// undoes the whole statement (its effect included); the caller then reads the recorded reply. A
+/// concurrent duplicate or release waits on the key until this statement's transaction ends.
+#[derive(Clone, Debug)]
+pub struct Statements {
+    /// Reserve: `$1` txn, `$2` order, `$3` ttl, `$4` key.
+    pub reserve: Arc<str>,
+    /// Assign: `$1` txn, `$2` order, `$3` items.
+    pub assign: Arc<str>,
+    /// Release, step 0: lock the items the transaction holds, so that an assign of the same
+    /// transaction either finishes first or finds them gone (locking in the same order as the
+    /// assign, items then barrier row, so that the two never deadlock). `$1` txn.
+    pub release_lock: Arc<str>,
+    /// Release, step 1: claim the release and refuse the later reserve and assign of the
+    /// transaction; returns whether the release is new. `$1` txn, `$2` order.
+    pub release_claim: Arc<str>,
+    /// Release, step 2 (a new statement, so that it sees what a reserve or assign that it waited
+    /// for committed): free the items and record them. `$1` txn.
+    pub release_free: Arc<str>,
+    /// The unique index on the items' `txn_id` (`<table>_txn`): one item per transaction.
+    pub txn_index: Arc<str>,
+}
+
+impl Statements {
+    /// The statements of participant `I`.
+    pub fn of<I: Inventory>() -> Self {
+        let items = I::TABLE;
+        let reserve = format!(
+            "{ctes}
+             INSERT INTO txn_barrier (txn_id, operation, order_id, outcome, reason, items, expires_at)
+             SELECT $1, 'reserve', $2,
+                    CASE WHEN v IN ('reserved', 'busy') THEN v ELSE 'unavailable' END,
+                    CASE WHEN v IN ('reserved', 'busy') THEN NULL ELSE v END,
+                    (SELECT array_agg(id) FROM taken),
+                    (SELECT min(reserved_until) FROM taken)
+             FROM verdict
+             RETURNING {REPLY_COLUMNS}",
+            ctes = items.reserve_ctes(I::PICK, I::SHORTAGE),
+        );
+        let assign = format!(
+            "{ctes}
+             INSERT INTO txn_barrier (txn_id, operation, order_id, outcome, reason, items)
+             SELECT $1, 'assign', $2,
+                    CASE WHEN all_held THEN 'assigned' ELSE 'refused' END,
+                    CASE WHEN all_held THEN NULL ELSE 'expired' END,
+                    CASE WHEN all_held THEN $3::bigint[] END
+             FROM verdict
+             RETURNING {REPLY_COLUMNS}",
+            ctes = items.assign_ctes(),
+        );
+        let release_claim = "WITH claim AS (
+                 INSERT INTO txn_barrier (txn_id, operation, order_id, outcome)
+                 VALUES ($1, 'release', $2, 'released')
+                 ON CONFLICT DO NOTHING
+                 RETURNING 1
+             ),
+             refusals AS (
+                 INSERT INTO txn_barrier (txn_id, operation, order_id, outcome, reason)
+                 VALUES ($1, 'reserve', $2, 'aborted', NULL),
+                        ($1, 'assign', $2, 'refused', 'released')
+                 ON CONFLICT DO NOTHING
+             )
+             SELECT EXISTS (SELECT 1 FROM claim)";
+        let release_free = format!(
+            "{ctes}
+             UPDATE txn_barrier
+             SET items = coalesce((SELECT array_agg(id ORDER BY id) FROM freed), '{{}}')
+             WHERE txn_id = $1 AND operation = 'release'
+             RETURNING {REPLY_COLUMNS}",
+            ctes = items.free_ctes(),
+        );
+        Self {
+            reserve: reserve.into(),
+            assign: assign.into(),
+            release_lock: items.lock_held().into(),
+            release_claim: release_claim.into(),
+            release_free: release_free.into(),
+            txn_index: items.txn_index().into(),
+        }
     }
 }
 

@@ -1,7 +1,5 @@
 //! Consuming reserve, assign and release commands: apply once, reply, ack after the commit.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::future::join_all;
@@ -10,16 +8,13 @@ use protocol::batch::{self, Batch, BatchedReply};
 use protocol::command::{AssignReply, Command, ReleaseReply, Reply, ReserveReply};
 use protocol::envelope::TxnEnvelope;
 use protocol::headers;
-use protocol::ids::{OrderId, TxnId};
 use serde_json::value::RawValue;
 use service_kit::db::retry_transient;
-use service_kit::group_commit::Write;
-use sqlx::{AssertSqlSafe, PgConnection};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::barrier::{self, Recorded};
+use crate::barrier;
+use crate::context::{CommandWrite, Shared};
 use crate::inventory::{Inventory, ReserveError, item_ids};
-use crate::runtime::Shared;
 
 /// Handles the reserve, assign and release queues of a participant.
 pub struct CommandHandler<I: Inventory> {
@@ -256,23 +251,19 @@ impl<I: Inventory> CommandHandler<I> {
         let operation = envelope.message().operation();
         let statements = &shared.statements;
         let write = match envelope.message() {
-            Command::Reserve(request) => CommandWrite {
-                statement: statements.reserve.clone(),
-                binds: Binds::Reserve {
-                    txn_id,
-                    order_id,
-                    ttl: shared.settings.reservation_ttl,
-                    key: shared.inventory.key(request)?,
-                },
-            },
-            Command::Assign(assign) => CommandWrite {
-                statement: statements.assign.clone(),
-                binds: Binds::Assign {
-                    txn_id,
-                    order_id,
-                    items: item_ids(&assign.items),
-                },
-            },
+            Command::Reserve(request) => CommandWrite::reserve(
+                statements.reserve.clone(),
+                txn_id,
+                order_id,
+                shared.settings.reservation_ttl,
+                shared.inventory.key(request)?,
+            ),
+            Command::Assign(assign) => CommandWrite::assign(
+                statements.assign.clone(),
+                txn_id,
+                order_id,
+                item_ids(&assign.items),
+            ),
             Command::Release(_) => {
                 let mut tx = shared.pool.begin().await?;
                 let reply = barrier::release(&mut tx, statements, txn_id, order_id).await?;
@@ -298,58 +289,6 @@ impl<I: Inventory> CommandHandler<I> {
             }
             Err(err) => Err(err.into()),
         }
-    }
-}
-
-/// A reserve or an assign, as one statement that does the work and records the reply; run with
-/// group commit.
-pub(crate) struct CommandWrite {
-    statement: Arc<str>,
-    binds: Binds,
-}
-
-enum Binds {
-    Reserve {
-        txn_id: TxnId,
-        order_id: OrderId,
-        ttl: std::time::Duration,
-        key: Option<i64>,
-    },
-    Assign {
-        txn_id: TxnId,
-        order_id: OrderId,
-        items: Vec<i64>,
-    },
-}
-
-impl Write for CommandWrite {
-    type Output = Recorded;
-
-    fn order_key(&self) -> u128 {
-        match &self.binds {
-            Binds::Reserve { txn_id, .. } | Binds::Assign { txn_id, .. } => txn_id.0.as_u128(),
-        }
-    }
-
-    fn run<'c>(
-        &'c self,
-        conn: &'c mut PgConnection,
-    ) -> Pin<Box<dyn Future<Output = Result<Recorded, sqlx::Error>> + Send + 'c>> {
-        let query = sqlx::query_as::<_, Recorded>(AssertSqlSafe(self.statement.clone()));
-        let query = match &self.binds {
-            Binds::Reserve {
-                txn_id,
-                order_id,
-                ttl,
-                key,
-            } => query.bind(*txn_id).bind(*order_id).bind(*ttl).bind(*key),
-            Binds::Assign {
-                txn_id,
-                order_id,
-                items,
-            } => query.bind(*txn_id).bind(*order_id).bind(items.clone()),
-        };
-        Box::pin(query.fetch_one(conn))
     }
 }
 

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::barrier;
+use crate::context::Shared;
 use crate::inventory::Inventory;
-use crate::runtime::Shared;
 
 /// Handles fired expiry timers: frees the reservations that are still only reserved and past
 /// their expiry. A timer that fires a little early (clock skew) frees nothing; the sweep gets

@@ -1,7 +1,6 @@
 //! What differs between participants (how to pick an item and why none could be picked), and
-//! the SQL that does not.
-
-use std::sync::Arc;
+//! the SQL on their items table that does not. The barrier's side of the command statements is
+//! in [`crate::barrier`], which assembles them.
 
 use protocol::ids::{ItemId, TxnId};
 use protocol::topology::Participant;
@@ -25,7 +24,8 @@ pub enum ReserveError {
 ///
 /// A reserve is one SQL statement: pick an item, mark it reserved and record the barrier row
 /// with the reply, or record why nothing could be picked. The participant supplies the picking
-/// query and the explanation; [`Statements`] assembles the statement once at start.
+/// query and the explanation; [`Statements`](crate::barrier::Statements) assembles the statement
+/// once at start.
 pub trait Inventory: Send + Sync + 'static {
     /// What a reserve command asks for.
     type Request: Serialize + DeserializeOwned + Send + Sync + std::fmt::Debug + 'static;
@@ -112,46 +112,13 @@ impl ItemTable {
         .await?
         .rows_affected())
     }
-}
 
-/// The statements of the commands, assembled once from the participant's table and fragments.
-///
-/// Times are `statement_timestamp()`, not `now()`: with group commit a statement may run some
-/// time after its transaction began, and an expiry is judged (and set) by the statement's clock.
-///
-/// Reserve and assign do their work first and then insert their barrier row with the reply, in
-/// the same statement. The barrier's primary key decides: a duplicate of an applied command, or a
-/// command whose transaction was released first, fails the insert with a unique violation, which
-/// undoes the whole statement (its effect included); the caller then reads the recorded reply. A
-/// concurrent duplicate or release waits on the key until this statement's transaction ends.
-#[derive(Clone, Debug)]
-pub struct Statements {
-    /// Reserve: `$1` txn, `$2` order, `$3` ttl, `$4` key.
-    pub reserve: Arc<str>,
-    /// Assign: `$1` txn, `$2` order, `$3` items.
-    pub assign: Arc<str>,
-    /// Release, step 0: lock the items the transaction holds, so that an assign of the same
-    /// transaction either finishes first or finds them gone (locking in the same order as the
-    /// assign, items then barrier row, so that the two never deadlock). `$1` txn.
-    pub release_lock: Arc<str>,
-    /// Release, step 1: claim the release and refuse the later reserve and assign of the
-    /// transaction; returns whether the release is new. `$1` txn, `$2` order.
-    pub release_claim: Arc<str>,
-    /// Release, step 2 (a new statement, so that it sees what a reserve or assign that it waited
-    /// for committed): free the items and record them. `$1` txn.
-    pub release_free: Arc<str>,
-    /// The unique index on the items' `txn_id` (`<table>_txn`): one item per transaction.
-    pub txn_index: Arc<str>,
-}
-
-/// The columns every barrier statement returns: the recorded reply.
-pub const REPLY_COLUMNS: &str = "outcome, reason, items, expires_at";
-
-impl Statements {
-    /// The statements of participant `I`.
-    pub fn of<I: Inventory>() -> Self {
-        let table = I::TABLE.name;
-        let reserve = format!(
+    /// The `WITH` clause of a reserve (`$1` txn, `$2` order, `$3` ttl, `$4` key): takes the item
+    /// `pick` finds, if any. Defines `taken (id, reserved_until)` and `verdict (v)`: `'reserved'`,
+    /// or what `shortage` says.
+    pub(crate) fn reserve_ctes(&self, pick: &str, shortage: &str) -> String {
+        let table = self.name;
+        format!(
             "WITH picked AS ({pick}),
              taken AS (
                  UPDATE {table} t
@@ -163,19 +130,15 @@ impl Statements {
              verdict AS (
                  SELECT CASE WHEN EXISTS (SELECT 1 FROM taken) THEN 'reserved'
                              ELSE ({shortage}) END AS v
-             )
-             INSERT INTO txn_barrier (txn_id, operation, order_id, outcome, reason, items, expires_at)
-             SELECT $1, 'reserve', $2,
-                    CASE WHEN v IN ('reserved', 'busy') THEN v ELSE 'unavailable' END,
-                    CASE WHEN v IN ('reserved', 'busy') THEN NULL ELSE v END,
-                    (SELECT array_agg(id) FROM taken),
-                    (SELECT min(reserved_until) FROM taken)
-             FROM verdict
-             RETURNING {REPLY_COLUMNS}",
-            pick = I::PICK,
-            shortage = I::SHORTAGE,
-        );
-        let assign = format!(
+             )"
+        )
+    }
+
+    /// The `WITH` clause of an assign (`$1` txn, `$3` items): assigns the items if the
+    /// transaction still holds every one of them, unexpired. Defines `verdict (all_held)`.
+    pub(crate) fn assign_ctes(&self) -> String {
+        let table = self.name;
+        format!(
             "WITH held AS (
                  SELECT id FROM {table}
                  WHERE id = ANY($3) AND txn_id = $1 AND state = 'reserved'
@@ -190,51 +153,34 @@ impl Statements {
                  UPDATE {table} t SET state = 'assigned', reserved_until = NULL, updated_at = now()
                  FROM held, verdict
                  WHERE t.id = held.id AND verdict.all_held
-             )
-             INSERT INTO txn_barrier (txn_id, operation, order_id, outcome, reason, items)
-             SELECT $1, 'assign', $2,
-                    CASE WHEN all_held THEN 'assigned' ELSE 'refused' END,
-                    CASE WHEN all_held THEN NULL ELSE 'expired' END,
-                    CASE WHEN all_held THEN $3::bigint[] END
-             FROM verdict
-             RETURNING {REPLY_COLUMNS}"
-        );
-        let release_lock = format!("SELECT id FROM {table} WHERE txn_id = $1 FOR UPDATE");
-        let release_claim = "WITH claim AS (
-                 INSERT INTO txn_barrier (txn_id, operation, order_id, outcome)
-                 VALUES ($1, 'release', $2, 'released')
-                 ON CONFLICT DO NOTHING
-                 RETURNING 1
-             ),
-             refusals AS (
-                 INSERT INTO txn_barrier (txn_id, operation, order_id, outcome, reason)
-                 VALUES ($1, 'reserve', $2, 'aborted', NULL),
-                        ($1, 'assign', $2, 'refused', 'released')
-                 ON CONFLICT DO NOTHING
-             )
-             SELECT EXISTS (SELECT 1 FROM claim)"
-            .to_owned();
-        let release_free = format!(
+             )"
+        )
+    }
+
+    /// Locks the items that transaction `$1` holds.
+    pub(crate) fn lock_held(&self) -> String {
+        let table = self.name;
+        format!("SELECT id FROM {table} WHERE txn_id = $1 FOR UPDATE")
+    }
+
+    /// The `WITH` clause of a release (`$1` txn): frees what the transaction holds, reserved or
+    /// assigned. Defines `freed (id)`.
+    pub(crate) fn free_ctes(&self) -> String {
+        let table = self.name;
+        format!(
             "WITH freed AS (
                  UPDATE {table}
                  SET state = 'available', txn_id = NULL, order_id = NULL, reserved_until = NULL,
                      updated_at = now()
                  WHERE txn_id = $1 AND state IN ('reserved', 'assigned')
                  RETURNING id
-             )
-             UPDATE txn_barrier
-             SET items = coalesce((SELECT array_agg(id ORDER BY id) FROM freed), '{{}}')
-             WHERE txn_id = $1 AND operation = 'release'
-             RETURNING {REPLY_COLUMNS}"
-        );
-        Self {
-            reserve: reserve.into(),
-            assign: assign.into(),
-            release_lock: release_lock.into(),
-            release_claim: release_claim.into(),
-            release_free: release_free.into(),
-            txn_index: format!("{table}_txn").into(),
-        }
+             )"
+        )
+    }
+
+    /// The name of the unique index on the items' `txn_id` (one item per transaction).
+    pub(crate) fn txn_index(&self) -> String {
+        format!("{}_txn", self.name)
     }
 }
 

@@ -19,18 +19,27 @@
 //!   reservation can never be assigned and others may take the item at once.
 //!
 //! # Layout
-//! - [`inventory`]: the [`Inventory`] trait and the table-generic item SQL.
-//! - [`barrier`], [`commands`], [`expiry`]: as above.
-//! - [`runtime`]: wires the consumers and the sweep for a service.
+//! Each module uses only those below it:
 //! - [`app`]: the start-up and run loop of a participant service.
+//! - [`runtime`]: wires the consumers and the sweep for a service; the command-line settings.
+//! - [`commands`], [`expiry`]: as above.
+//! - [`context`]: what the consumers and the sweep share (settings, pool, statements, the
+//!   group-commit writer and its write).
+//! - [`barrier`]: all the SQL on the barrier table (`txn_barrier`), the recorded replies, and
+//!   the command statements ([`Statements`]) assembled from the item work and the barrier row.
+//! - [`inventory`]: the [`Inventory`] trait and the table-generic SQL on the items table
+//!   ([`ItemTable`]).
 
 pub mod app;
 pub mod barrier;
 pub mod commands;
+pub mod context;
 pub mod expiry;
 pub mod inventory;
 pub mod runtime;
 
 pub use app::{Identity, ParticipantApp, ParticipantServiceArgs};
-pub use inventory::{Inventory, ItemTable, ReserveError, Statements};
-pub use runtime::{ParticipantArgs, ParticipantSettings, start};
+pub use barrier::Statements;
+pub use context::ParticipantSettings;
+pub use inventory::{Inventory, ItemTable, ReserveError};
+pub use runtime::{ParticipantArgs, start};

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messaging::consumer::{self, AckMode, ConsumerSpec};
-use messaging::{Batcher, Outgoing, Publisher};
+use messaging::{Outgoing, TimerWindow};
 use protocol::command::Operation;
 use protocol::envelope::Envelope;
 use protocol::ids::TxnId;
@@ -12,48 +12,17 @@ use protocol::timer::ParticipantTimer;
 use protocol::topology::Topology;
 use service_kit::app::Foundation;
 use service_kit::group_commit::GroupCommit;
-use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
-use crate::commands::{CommandHandler, CommandWrite};
+use crate::barrier::Statements;
+use crate::commands::CommandHandler;
+pub use crate::context::ParticipantSettings;
+use crate::context::Shared;
 use crate::expiry::{ExpiryHandler, sweep_loop};
-use crate::inventory::{Inventory, Statements};
+use crate::inventory::Inventory;
 
 /// Group-commit workers: each runs one transaction at a time, so this many transactions of
 /// reserves and assigns can be in flight at once.
 const WRITERS: usize = 4;
-
-/// Tunables of a participant.
-#[derive(Clone, Debug)]
-pub struct ParticipantSettings {
-    /// How long a reservation holds its items.
-    pub reservation_ttl: Duration,
-    /// How long after expiry the sweep frees a reservation whose timer did not.
-    pub expiry_grace: Duration,
-    /// How often the sweep runs.
-    pub sweep_interval: Duration,
-    /// Commands handled concurrently per queue (the consumer prefetch).
-    pub prefetch: u16,
-    /// How long barrier rows are kept.
-    pub barrier_retention: Duration,
-    /// How long expiry timers are collected before being published as one message.
-    pub timer_window: Duration,
-}
-
-pub(crate) struct Shared<I: Inventory> {
-    pub(crate) inventory: I,
-    pub(crate) pool: PgPool,
-    pub(crate) publisher: Publisher,
-    pub(crate) topology: Topology,
-    pub(crate) settings: ParticipantSettings,
-    pub(crate) expiries: Batcher<TxnId>,
-    /// The command statements, assembled once.
-    pub(crate) statements: Statements,
-    /// Reserves and assigns, with group commit.
-    pub(crate) writes: GroupCommit<CommandWrite>,
-    /// Stops in-place retries at shutdown.
-    pub(crate) shutdown: CancellationToken,
-}
 
 /// Starts the command and expiry consumers and the sweep of participant `I` on the service's
 /// task tracker. They run until the service shuts down.
@@ -78,7 +47,7 @@ pub fn start<I: Inventory>(
     let wait = settings.reservation_ttl + settings.timer_window + Duration::from_millis(500);
     let declarations = Arc::new(topology.participant(participant, wait));
     let timers = topology.timers_exchange(participant.as_str());
-    let expiries = Batcher::spawn(
+    let expiries = TimerWindow::spawn(
         publisher.clone(),
         settings.timer_window,
         move |txn_ids: Vec<TxnId>| {

@@ -76,8 +76,6 @@ impl<R> Kind for Command<R> {
 
 /// A command to the store.
 pub type StoreCommand = Command<PacketRequest>;
-/// A command to delivery.
-pub type DeliveryCommand = Command<AgentRequest>;
 
 /// What the store is asked to reserve: one packet per line, all or nothing. The HTTP API places
 /// one line per order today; the list is here so that an order of several items needs no new
@@ -147,6 +145,63 @@ impl Kind for Reply {
             Reply::ReleaseReply(_) => "release_reply",
         }
     }
+}
+
+/// An answer that a caller expects to a command: the reply type bound to a command, read out of
+/// the [`Reply`] of a reply envelope. [`Reply`] itself takes any answer.
+pub trait Answer: Sized {
+    /// The answer inside `reply`, or `reply` back if it answers another operation.
+    fn from_reply(reply: Reply) -> Result<Self, Reply>;
+}
+
+impl Answer for Reply {
+    fn from_reply(reply: Reply) -> Result<Self, Reply> {
+        Ok(reply)
+    }
+}
+
+impl Answer for ReserveReply {
+    fn from_reply(reply: Reply) -> Result<Self, Reply> {
+        match reply {
+            Reply::ReserveReply(answer) => Ok(answer),
+            other => Err(other),
+        }
+    }
+}
+
+impl Answer for AssignReply {
+    fn from_reply(reply: Reply) -> Result<Self, Reply> {
+        match reply {
+            Reply::AssignReply(answer) => Ok(answer),
+            other => Err(other),
+        }
+    }
+}
+
+impl Answer for ReleaseReply {
+    fn from_reply(reply: Reply) -> Result<Self, Reply> {
+        match reply {
+            Reply::ReleaseReply(answer) => Ok(answer),
+            other => Err(other),
+        }
+    }
+}
+
+/// Why a reply could not be read as the answer expected.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    /// Not a reply envelope.
+    #[error("unreadable reply: {0}")]
+    Unreadable(#[from] crate::DecodeError),
+    /// A reply to another operation.
+    #[error("unexpected reply {0}")]
+    Unexpected(&'static str),
+}
+
+/// Reads the reply envelope in `bytes` as the answer `A`.
+pub fn decode_answer<A: Answer>(bytes: &[u8]) -> Result<A, AnswerError> {
+    let envelope = crate::envelope::Envelope::<crate::envelope::TxnMessage<Reply>>::decode(bytes)?;
+    A::from_reply(envelope.payload.message).map_err(|other| AnswerError::Unexpected(other.kind()))
 }
 
 /// The outcome of a reserve.
@@ -271,6 +326,32 @@ mod tests {
         assert_eq!(json["body"]["reason"], "food_unavailable");
         let back: TxnEnvelope<Reply> = Envelope::decode(&bytes).unwrap();
         assert_eq!(back, env);
+    }
+
+    #[test]
+    fn an_answer_is_read_as_the_reply_its_command_expects() {
+        let reply = Reply::AssignReply(AssignReply::Assigned {
+            items: vec![ItemId(3)],
+        });
+        let bytes = TxnEnvelope::txn(OrderId::new(), TxnId::new(), reply.clone())
+            .to_bytes()
+            .unwrap();
+        assert_eq!(
+            decode_answer::<AssignReply>(&bytes).unwrap(),
+            AssignReply::Assigned {
+                items: vec![ItemId(3)]
+            }
+        );
+        assert_eq!(decode_answer::<Reply>(&bytes).unwrap(), reply);
+        let err = decode_answer::<ReserveReply>(&bytes).unwrap_err();
+        assert!(
+            matches!(err, AnswerError::Unexpected("assign_reply")),
+            "{err}"
+        );
+        assert!(matches!(
+            decode_answer::<ReleaseReply>(b"nonsense"),
+            Err(AnswerError::Unreadable(_))
+        ));
     }
 
     #[test]

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messaging::consumer::{self, AckMode, ConsumerSpec};
-use messaging::{Broker, BrokerConfig, Health, Outgoing, Publisher, RpcClient};
+use messaging::{Broker, BrokerConfig, Health, Outgoing, Publisher, RpcClient, Wait};
 use protocol::command::{Command, Reply};
-use protocol::envelope::{Envelope, TxnEnvelope, TxnMessage};
+use protocol::envelope::TxnEnvelope;
 use protocol::ids::InstanceId;
 use protocol::topology::{Declarations, ExchangeKind, ExchangeSpec, Participant, Topology};
 use serde::Serialize;
@@ -98,15 +98,13 @@ impl CommandClient {
         to: Participant,
         envelope: &TxnEnvelope<Command<R>>,
     ) -> Reply {
-        let bytes = self
-            .rpc
-            .call(self.message(to, envelope), Duration::from_secs(10))
+        self.rpc
+            .call(
+                self.message(to, envelope),
+                Wait::Once(Duration::from_secs(10)),
+            )
             .await
-            .expect("a reply");
-        Envelope::<TxnMessage<Reply>>::decode(&bytes)
             .expect("a readable reply")
-            .payload
-            .message
     }
 
     /// Delivers `envelopes` to `to` in one command batch and returns their replies, in order.
@@ -120,12 +118,7 @@ impl CommandClient {
             .call_batch(messages, Duration::from_secs(10))
             .await
             .into_iter()
-            .map(|reply| {
-                Envelope::<TxnMessage<Reply>>::decode(&reply.expect("a reply"))
-                    .expect("a readable reply")
-                    .payload
-                    .message
-            })
+            .map(|reply| reply.expect("a readable reply"))
             .collect()
     }
 

@@ -1,4 +1,4 @@
-//! Batching of timer messages.
+//! The timer window: timer ids gathered for a short window and published as one timer message.
 //!
 //! Timers are accelerators (the database is the truth and a sweep is the backstop), so they are
 //! collected for a short window and published as one message: a handful of timer messages per
@@ -15,20 +15,20 @@ use tracing::{debug, warn};
 use crate::broker::BrokerError;
 use crate::publisher::{Outgoing, Publisher};
 
-/// Ids waiting to be published before the batch is flushed anyway.
-const MAX_BATCH: usize = 1_000;
+/// Ids in one timer message at most: a full window is published at once.
+const MAX_IDS: usize = 1_000;
 /// Ids that may wait in memory; beyond this (broker down for long) new ids are dropped and left
 /// to the sweep.
 const CAPACITY: usize = 100_000;
 
-/// Collects ids and publishes them in batches. Cheap to clone.
+/// Gathers ids and publishes each window of them as one timer message. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Batcher<T> {
+pub struct TimerWindow<T> {
     sender: mpsc::Sender<T>,
 }
 
-impl<T: Send + 'static> Batcher<T> {
-    /// Starts the flushing task on `tracker`. `build` turns a batch into a message. A batch is
+impl<T: Send + 'static> TimerWindow<T> {
+    /// Starts the flushing task on `tracker`. `build` turns a window's ids into a message. A window is
     /// published `window` after its first id arrived (or when full), and at shutdown.
     pub fn spawn<F>(
         publisher: Publisher,
@@ -45,7 +45,7 @@ impl<T: Send + 'static> Batcher<T> {
         Self { sender }
     }
 
-    /// Adds an id to the current batch. Never waits: if the buffer is full, the id is left to the
+    /// Adds an id to the current window. Never waits: if the buffer is full, the id is left to the
     /// sweep.
     pub fn push(&self, item: T) {
         if self.sender.try_send(item).is_err() {
@@ -69,19 +69,19 @@ async fn flush_loop<T, F>(
             () = shutdown.cancelled() => None,
         };
         let Some(first) = first else { break };
-        let mut batch = vec![first];
+        let mut ids = vec![first];
         let deadline = Instant::now() + window;
-        while batch.len() < MAX_BATCH {
+        while ids.len() < MAX_IDS {
             tokio::select! {
                 item = receiver.recv() => match item {
-                    Some(item) => batch.push(item),
+                    Some(item) => ids.push(item),
                     None => break,
                 },
                 () = tokio::time::sleep_until(deadline) => break,
                 () = shutdown.cancelled() => break,
             }
         }
-        publish(&publisher, &build, batch).await;
+        publish(&publisher, &build, ids).await;
     }
     // Shutdown: publish what is left.
     let mut rest = Vec::new();
@@ -93,16 +93,16 @@ async fn flush_loop<T, F>(
     }
 }
 
-async fn publish<T, F>(publisher: &Publisher, build: &F, batch: Vec<T>)
+async fn publish<T, F>(publisher: &Publisher, build: &F, ids: Vec<T>)
 where
     F: Fn(Vec<T>) -> Result<Outgoing, BrokerError> + Sync,
 {
-    let size = batch.len();
-    let result = match build(batch) {
+    let size = ids.len();
+    let result = match build(ids) {
         Ok(message) => publisher.publish(&message).await,
         Err(err) => Err(err),
     };
     if let Err(err) = result {
-        warn!(error = %err, size, "timer batch not published; the sweep will handle it");
+        warn!(error = %err, size, "timer message not published; the sweep will handle it");
     }
 }

@@ -1,0 +1,224 @@
+//! The driver: carries out what the machine decides, step by step, until the order is final.
+//!
+//! Each turn asks `machine::rules::next_step` what to do with the order as recorded, does it
+//! (sends commands, waits for answers), asks the rule of that phase what the answers come to,
+//! and records the resulting event. New orders, take-overs after a crash and fired timers all go
+//! through this loop; only [`Driving`] differs.
+//!
+//! - **Phase 1** asks the store and delivery to reserve at once. Both held: the commit decision
+//!   is recorded (`assigning`) before any assign is sent. A final refusal: whatever may be held
+//!   is released, then `not_placed`. Items only held by other unfinished transactions: release,
+//!   back off with jitter, and try again with a new transaction until the order's deadline.
+//!   Releasing before retrying means two orders never wait on each other.
+//! - **Phase 2** asks both to assign, asking sides that did not answer again until the
+//!   reservations' expiry plus a grace. Both assigned: `placed`. Otherwise: `compensating`.
+//! - **Compensation** releases both sides (a release undoes an assignment) until both confirm,
+//!   then `not_placed`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use messaging::Backoff;
+use protocol::command::ReleaseReason;
+use protocol::ids::{AgentId, PacketId, TxnId};
+use protocol::sides::Sides;
+use service_kit::fault;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::coordinator::{Coordinator, Stop};
+use crate::machine::rules::{self, AfterReserve, Driving, Reservation, Step};
+use crate::machine::{Event, NotPlacedReason, Order};
+use crate::repo::LeaseToken;
+
+impl Coordinator {
+    /// Moves `order` on until it is final, another driver takes it, or a wait is cut short by
+    /// shutdown (an order being driven when the signal comes is finished if its replies come;
+    /// only waits stop). Each recorded state is sent to `progress`.
+    pub(crate) async fn drive(
+        &self,
+        order: Order,
+        token: LeaseToken,
+        driving: Driving,
+        progress: Option<watch::Sender<Order>>,
+    ) -> Order {
+        metrics::gauge!("orders_in_flight").increment(1.0);
+        let order = self.drive_steps(order, token, driving, progress).await;
+        metrics::gauge!("orders_in_flight").decrement(1.0);
+        order
+    }
+
+    async fn drive_steps(
+        &self,
+        mut order: Order,
+        token: LeaseToken,
+        driving: Driving,
+        progress: Option<watch::Sender<Order>>,
+    ) -> Order {
+        if driving == Driving::TakenOver && self.shutdown.is_cancelled() {
+            // Stopping: leave it to the next coordinator rather than start now.
+            return order;
+        }
+        loop {
+            let phase_started = Instant::now();
+            let phase = order.state;
+            let step = match rules::next_step(&order, driving) {
+                Step::Done => return order,
+                Step::Inconsistent => {
+                    warn!(state = %order.state, "decided order without its items; leaving it to the audit");
+                    return order;
+                }
+                Step::Reserve => self.reserve(&order, token).await,
+                Step::Abort { reason, release } => self.abort(&order, token, release, reason).await,
+                Step::Assign {
+                    packet,
+                    agent,
+                    until,
+                } => self.assign(&order, token, packet, agent, until).await,
+                Step::Compensate => self.compensate(&order, token).await,
+            };
+            metrics::histogram!("order_phase_seconds", "phase" => phase.as_str())
+                .record(phase_started.elapsed().as_secs_f64());
+            match step {
+                Ok(next) => {
+                    if next.state.is_final() {
+                        info!(
+                            state = %next.state,
+                            reason = next.reason.map_or("", |r| r.as_str()),
+                            "order finished"
+                        );
+                    }
+                    order = next;
+                    if let Some(progress) = &progress {
+                        progress.send_replace(order.clone());
+                    }
+                }
+                Err(Stop::Lost(current)) => {
+                    debug!(state = %current.state, "another driver has the order");
+                    return *current;
+                }
+                Err(Stop::Interrupted) => return order,
+            }
+        }
+    }
+
+    /// Phase 1, with its retries, until the commit decision or an abort is recorded.
+    async fn reserve(&self, order: &Order, token: LeaseToken) -> Result<Order, Stop> {
+        let mut order = order.clone();
+        let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(250));
+        loop {
+            let left = time_until(order.deadline);
+            let answers = if left.is_zero() {
+                Sides::both(Reservation::NoAnswer)
+            } else {
+                self.participants.reserve(&order, left).await
+            };
+            let time_left = !time_until(order.deadline).is_zero();
+            match rules::after_reserve(&answers, time_left, self.settings.phase2_grace) {
+                AfterReserve::Commit(decided) => return self.decide(&order, token, decided).await,
+                AfterReserve::Abort { reason, release } => {
+                    return self.abort(&order, token, release, reason).await;
+                }
+                AfterReserve::Retry { release } => {
+                    metrics::counter!("order_retries_total", "phase" => "reserve").increment(1);
+                    debug!(attempt = order.attempt, store = ?answers.store, delivery = ?answers.delivery, "held by others for now; retrying");
+                    self.participants
+                        .release_now(&order, release, ReleaseReason::Retry)
+                        .await;
+                    let pause = backoff.next_delay().min(time_until(order.deadline));
+                    self.pause(pause).await?;
+                    let retried = Event::Retried { txn: TxnId::new() };
+                    order = self.record(&order, retried, token).await?;
+                }
+            }
+        }
+    }
+
+    /// Records the commit decision: from here on the order is placed unless an assign fails.
+    async fn decide(
+        &self,
+        order: &Order,
+        token: LeaseToken,
+        decided: Event,
+    ) -> Result<Order, Stop> {
+        fault::point("coordinator.before_commit_decision");
+        let order = self.record(order, decided, token).await?;
+        info!(
+            packet_id = ?order.packet_id,
+            agent_id = ?order.agent_id,
+            reserved_until = ?order.reserved_until,
+            "both reserved: commit decided"
+        );
+        fault::point("coordinator.after_commit_decision");
+        Ok(order)
+    }
+
+    /// Releases the sides that may hold something (the release is durable in the participant's
+    /// queue once confirmed; its reply is not awaited), then records `not_placed`. Releasing
+    /// first means a crash in between leaves an order that recovery aborts again. A release that
+    /// cannot be published (broker down) is left to the reservation's expiry.
+    async fn abort(
+        &self,
+        order: &Order,
+        token: LeaseToken,
+        release: Sides<bool>,
+        reason: NotPlacedReason,
+    ) -> Result<Order, Stop> {
+        self.participants
+            .release_now(order, release, ReleaseReason::Abort)
+            .await;
+        self.record(order, Event::Aborted { reason }, token).await
+    }
+
+    /// Phase 2.
+    async fn assign(
+        &self,
+        order: &Order,
+        token: LeaseToken,
+        packet: PacketId,
+        agent: AgentId,
+        until: DateTime<Utc>,
+    ) -> Result<Order, Stop> {
+        // After the reservations expire an assign can only be refused, so stop asking a little
+        // after that: a side that never answered is then compensated like a refusal.
+        // A driver that takes the order over late (all coordinators were down) still asks for a
+        // few reply timeouts: the assigns may have been applied, and their recorded replies say
+        // so.
+        let give_up_at = deadline_at(until).max(Instant::now() + self.settings.reply_timeout * 3);
+        let answers = self
+            .keeping_lease(
+                order,
+                token,
+                self.participants.assign(order, packet, agent, give_up_at),
+            )
+            .await?;
+        let event = rules::after_assign(&answers);
+        if let Event::AssignFailed { side, failure } = &event {
+            warn!(%side, ?failure, store = ?answers.store, delivery = ?answers.delivery, "assign failed: compensating");
+        }
+        self.record(order, event, token).await
+    }
+
+    /// Releases both sides (undoing any assignment) until both confirm, then `not_placed`.
+    async fn compensate(&self, order: &Order, token: LeaseToken) -> Result<Order, Stop> {
+        // No deadline: "not placed" may only be said once nothing is assigned to the order.
+        let forever = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let released = self
+            .keeping_lease(order, token, self.participants.release(order, forever))
+            .await?;
+        match rules::after_release(&released) {
+            Some(compensated) => self.record(order, compensated, token).await,
+            None => Err(Stop::Interrupted),
+        }
+    }
+}
+
+/// The monotonic instant of a wall-clock time (now if it has passed).
+fn deadline_at(instant: DateTime<Utc>) -> Instant {
+    Instant::now() + time_until(instant)
+}
+
+fn time_until(instant: DateTime<Utc>) -> Duration {
+    (instant - Utc::now()).to_std().unwrap_or(Duration::ZERO)
+}

@@ -1,0 +1,211 @@
+//! The coordinator's decisions, each a pure function of the order, the answers so far and the
+//! time: what to do next with an order ([`next_step`]: new orders, take-overs and fired timers
+//! alike), and what the answers of each phase come to ([`after_reserve`], [`after_assign`],
+//! [`after_release`]). The driver carries them out.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use protocol::command::{AssignRefusal, Shortage};
+use protocol::ids::{AgentId, ItemId, PacketId};
+use protocol::sides::Sides;
+
+use super::{AssignFailure, Event, NotPlacedReason, Order, OrderState};
+
+/// Who drives an order, which decides what an undecided order may still do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driving {
+    /// The coordinator that recorded it, for the request that waits: phase 1 runs.
+    Fresh,
+    /// Recorded after its request gave up, and nobody can ask for it (no idempotency key):
+    /// nothing was sent for it, so it ends `not_placed` at once.
+    Unwanted,
+    /// Taken over from a driver that stopped (its lease ran out): an undecided order is aborted,
+    /// since its first driver may have sent reserves we know nothing about; a decided one is
+    /// driven to its end.
+    TakenOver,
+}
+
+/// What the driver does next with an order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Phase 1: ask both sides to reserve, then [`after_reserve`].
+    Reserve,
+    /// Release the sides that may hold something (without waiting for the replies), then record
+    /// `Aborted { reason }`.
+    Abort {
+        /// Why.
+        reason: NotPlacedReason,
+        /// Which sides to release.
+        release: Sides<bool>,
+    },
+    /// Phase 2: ask both sides to assign until `until`, then [`after_assign`].
+    Assign {
+        /// The packet to assign.
+        packet: PacketId,
+        /// The agent to assign.
+        agent: AgentId,
+        /// When to stop asking (a side that has not answered then counts as failed).
+        until: DateTime<Utc>,
+    },
+    /// Ask both sides to release until both confirm, then [`after_release`].
+    Compensate,
+    /// Final: nothing left to do.
+    Done,
+    /// A decided order without its items: a row the machine never writes. Left alone (and to the
+    /// audit).
+    Inconsistent,
+}
+
+/// What to do next with `order`.
+pub fn next_step(order: &Order, driving: Driving) -> Step {
+    match (order.state, driving) {
+        (OrderState::Reserving, Driving::Fresh) => Step::Reserve,
+        (OrderState::Reserving, Driving::Unwanted) => Step::Abort {
+            reason: NotPlacedReason::Timeout,
+            release: Sides::both(false),
+        },
+        (OrderState::Reserving, Driving::TakenOver) => Step::Abort {
+            reason: NotPlacedReason::Timeout,
+            release: Sides::both(true),
+        },
+        (OrderState::Assigning, _) => match (order.packet_id, order.agent_id) {
+            (Some(packet), Some(agent)) => Step::Assign {
+                packet,
+                agent,
+                until: order.deadline,
+            },
+            _ => Step::Inconsistent,
+        },
+        (OrderState::Compensating, _) => Step::Compensate,
+        (OrderState::Placed | OrderState::NotPlaced, _) => Step::Done,
+    }
+}
+
+/// What a participant answered to a reserve.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reservation {
+    /// Held for the transaction until `expires_at`.
+    Held {
+        /// The items held, one per requested line.
+        items: Vec<ItemId>,
+        /// When the reservation lapses.
+        expires_at: DateTime<Utc>,
+    },
+    /// Every item is held by other unfinished transactions for now.
+    Busy,
+    /// Nothing can be had.
+    Unavailable(Shortage),
+    /// The transaction was released before the reserve arrived (by another driver).
+    Aborted,
+    /// No answer in time, or the request could not be sent: it may or may not hold items.
+    NoAnswer,
+}
+
+impl Reservation {
+    /// Whether the side may hold items for the transaction, so must be released on abort.
+    pub fn may_hold(&self) -> bool {
+        matches!(self, Reservation::Held { .. } | Reservation::NoAnswer)
+    }
+}
+
+/// What phase 1 comes to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AfterReserve {
+    /// Record this event (`Decided`), then phase 2.
+    Commit(Event),
+    /// [`Step::Abort`]: release what may be held, then record `Aborted { reason }`.
+    Abort {
+        /// Why.
+        reason: NotPlacedReason,
+        /// Which sides to release.
+        release: Sides<bool>,
+    },
+    /// Release what may be held, pause, and try again with a new transaction (`Retried`).
+    Retry {
+        /// Which sides to release.
+        release: Sides<bool>,
+    },
+}
+
+/// Phase 1's rule. A final shortage on either side ends the order; both held commits (with
+/// phase 2 allowed until the earlier expiry plus `phase2_grace`); anything else (held by
+/// others, no answer) is worth another attempt while `time_left`.
+pub fn after_reserve(
+    answers: &Sides<Reservation>,
+    time_left: bool,
+    phase2_grace: Duration,
+) -> AfterReserve {
+    use Reservation as R;
+    let release = answers.as_ref().map(|_, answer| answer.may_hold());
+    let abort = |reason| AfterReserve::Abort { reason, release };
+    match (&answers.store, &answers.delivery) {
+        (
+            R::Held {
+                items: packets,
+                expires_at: store_expiry,
+            },
+            R::Held {
+                items: agents,
+                expires_at: delivery_expiry,
+            },
+        ) => match (packets.as_slice(), agents.as_slice()) {
+            ([packet], [agent]) => {
+                let reserved_until = (*store_expiry).min(*delivery_expiry);
+                AfterReserve::Commit(Event::Decided {
+                    packet: PacketId(packet.0),
+                    agent: AgentId(agent.0),
+                    reserved_until,
+                    assign_until: later_by(reserved_until, phase2_grace),
+                })
+            }
+            // A participant that answers with the wrong number of items is broken: give up on
+            // this order rather than assign something unexpected.
+            _ => abort(NotPlacedReason::Timeout),
+        },
+        (R::Unavailable(shortage), _) | (_, R::Unavailable(shortage)) => abort((*shortage).into()),
+        (R::Aborted, _) | (_, R::Aborted) => abort(NotPlacedReason::Timeout),
+        _ if time_left => AfterReserve::Retry { release },
+        _ => abort(NotPlacedReason::Timeout),
+    }
+}
+
+/// What a participant answered to an assign, by the time phase 2 stopped asking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AssignAnswer {
+    /// Assigned to the order.
+    Assigned,
+    /// Refused for good.
+    Refused(AssignRefusal),
+    /// No answer.
+    NoAnswer,
+}
+
+/// Phase 2's rule: both assigned places the order; anything else compensates (a side that never
+/// answered is treated like a refusal: it is released with the other).
+pub fn after_assign(answers: &Sides<AssignAnswer>) -> Event {
+    match answers.find(|answer| *answer != AssignAnswer::Assigned) {
+        None => Event::Assigned,
+        Some((side, answer)) => Event::AssignFailed {
+            side,
+            failure: match answer {
+                AssignAnswer::Refused(refusal) => AssignFailure::Refused(*refusal),
+                AssignAnswer::Assigned | AssignAnswer::NoAnswer => AssignFailure::NoAnswer,
+            },
+        },
+    }
+}
+
+/// Compensation's rule: "not placed" may only be said once both sides confirmed their release
+/// (nothing is assigned to the order any more). `None`: ask again.
+pub fn after_release(released: &Sides<bool>) -> Option<Event> {
+    released.all(|done| *done).then_some(Event::Compensated)
+}
+
+/// `at` plus `d`, saturating at the end of time.
+fn later_by(at: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| at.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}

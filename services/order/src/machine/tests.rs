@@ -1,0 +1,341 @@
+//! The machine without a broker or a database: every (state, event) pair, and each rule.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use protocol::command::{AssignRefusal, Shortage};
+use protocol::ids::{AgentId, FoodId, ItemId, OrderId, PacketId, TxnId};
+use protocol::sides::Sides;
+use protocol::topology::Participant;
+
+use super::rules::{
+    AfterReserve, AssignAnswer, Driving, Reservation, Step, after_assign, after_release,
+    after_reserve, next_step,
+};
+use super::*;
+
+pub(super) fn t(seconds: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_800_000_000 + seconds, 0)
+        .single()
+        .unwrap()
+}
+
+pub(super) fn new_order() -> Order {
+    Order {
+        id: OrderId::new(),
+        customer_id: "c-1".into(),
+        food_id: FoodId(1),
+        state: OrderState::Reserving,
+        reason: None,
+        txn_id: TxnId::new(),
+        attempt: 1,
+        packet_id: None,
+        agent_id: None,
+        reserved_until: None,
+        deadline: t(10),
+        created_at: t(0),
+        decided_at: None,
+        finished_at: None,
+        traceparent: None,
+    }
+}
+
+fn decided() -> Event {
+    Event::Decided {
+        packet: PacketId(7),
+        agent: AgentId(8),
+        reserved_until: t(30),
+        assign_until: t(40),
+    }
+}
+
+/// One event of each kind (and each abort reason), for an order whose transaction is `txn`.
+fn every_event(txn: TxnId) -> Vec<Event> {
+    let mut events = vec![
+        decided(),
+        Event::Retried { txn: TxnId::new() },
+        Event::Retried { txn },
+        Event::Assigned,
+        Event::AssignFailed {
+            side: Participant::Delivery,
+            failure: AssignFailure::NoAnswer,
+        },
+        Event::Compensated,
+    ];
+    events.extend(
+        NotPlacedReason::ALL
+            .iter()
+            .map(|&reason| Event::Aborted { reason }),
+    );
+    events
+}
+
+/// An order in `state`, reached by legal events.
+fn order_in(state: OrderState) -> Order {
+    let fresh = new_order();
+    let step = |o: &Order, e| apply(o, e, t(5)).unwrap();
+    match state {
+        OrderState::Reserving => fresh,
+        OrderState::Assigning => step(&fresh, decided()),
+        OrderState::Compensating => step(
+            &step(&fresh, decided()),
+            Event::AssignFailed {
+                side: Participant::Store,
+                failure: AssignFailure::Refused(AssignRefusal::Expired),
+            },
+        ),
+        OrderState::Placed => step(&step(&fresh, decided()), Event::Assigned),
+        OrderState::NotPlaced => step(
+            &fresh,
+            Event::Aborted {
+                reason: NotPlacedReason::Timeout,
+            },
+        ),
+    }
+}
+
+/// The state after `event` in `state`, or `None` where the event is illegal: the table the
+/// machine must follow, written out pair by pair.
+fn expected(state: OrderState, event: &Event, txn: TxnId) -> Option<OrderState> {
+    use OrderState as S;
+    match (state, event) {
+        (S::Reserving, Event::Decided { .. }) => Some(S::Assigning),
+        (S::Reserving, Event::Retried { txn: new }) if *new != txn => Some(S::Reserving),
+        (S::Reserving, Event::Aborted { reason }) if *reason != NotPlacedReason::AssignFailed => {
+            Some(S::NotPlaced)
+        }
+        (S::Assigning, Event::Assigned) => Some(S::Placed),
+        (S::Assigning, Event::AssignFailed { .. }) => Some(S::Compensating),
+        (S::Compensating, Event::Compensated) => Some(S::NotPlaced),
+        _ => None,
+    }
+}
+
+#[test]
+fn every_state_and_event_pair_is_accepted_or_refused_as_the_table_says() {
+    let mut accepted = 0;
+    for &state in OrderState::ALL {
+        let order = order_in(state);
+        assert_eq!(order.state, state);
+        for event in every_event(order.txn_id) {
+            let got = apply(&order, event.clone(), t(6)).map(|o| o.state);
+            match expected(state, &event, order.txn_id) {
+                Some(to) => {
+                    assert_eq!(got, Ok(to), "{state} + {event:?}");
+                    accepted += 1;
+                }
+                None => assert_eq!(
+                    got,
+                    Err(IllegalTransition {
+                        state,
+                        event: event.clone()
+                    }),
+                    "{state} + {event:?}"
+                ),
+            }
+        }
+    }
+    // decided, a new txn, four abort reasons; assigned, assign failed; compensated.
+    assert_eq!(accepted, 9);
+}
+
+#[test]
+fn a_decision_records_the_items_and_the_phase_2_window() {
+    let order = apply(&new_order(), decided(), t(5)).unwrap();
+    assert_eq!(order.packet_id, Some(PacketId(7)));
+    assert_eq!(order.agent_id, Some(AgentId(8)));
+    assert_eq!(order.reserved_until, Some(t(30)));
+    assert_eq!(order.deadline, t(40));
+    assert_eq!(order.decided_at, Some(t(5)));
+    assert_eq!(order.finished_at, None);
+}
+
+#[test]
+fn a_retry_moves_to_a_new_transaction() {
+    let order = new_order();
+    let txn = TxnId::new();
+    let retried = apply(&order, Event::Retried { txn }, t(1)).unwrap();
+    assert_eq!((retried.txn_id, retried.attempt), (txn, 2));
+}
+
+#[test]
+fn names_round_trip_and_shortages_keep_their_names() {
+    for &state in OrderState::ALL {
+        assert_eq!(state.as_str().parse::<OrderState>(), Ok(state));
+    }
+    for &reason in NotPlacedReason::ALL {
+        assert_eq!(reason.as_str().parse::<NotPlacedReason>(), Ok(reason));
+    }
+    for shortage in [
+        Shortage::FoodUnavailable,
+        Shortage::UnknownFood,
+        Shortage::AgentUnavailable,
+    ] {
+        assert_eq!(NotPlacedReason::from(shortage).as_str(), shortage.as_str());
+    }
+    assert!("shipped".parse::<OrderState>().is_err());
+}
+
+fn held(id: i64, expires: i64) -> Reservation {
+    Reservation::Held {
+        items: vec![ItemId(id)],
+        expires_at: t(expires),
+    }
+}
+
+#[test]
+fn phase_1_commits_both_held_until_the_earlier_expiry() {
+    let answers = Sides::new(held(1, 30), held(2, 25));
+    assert_eq!(
+        after_reserve(&answers, true, Duration::from_secs(5)),
+        AfterReserve::Commit(Event::Decided {
+            packet: PacketId(1),
+            agent: AgentId(2),
+            reserved_until: t(25),
+            assign_until: t(30),
+        })
+    );
+}
+
+#[test]
+fn phase_1_aborts_on_a_final_shortage_even_if_the_other_side_is_busy() {
+    let none = Reservation::Unavailable(Shortage::AgentUnavailable);
+    assert_eq!(
+        after_reserve(&Sides::new(Reservation::Busy, none), true, Duration::ZERO),
+        AfterReserve::Abort {
+            reason: NotPlacedReason::AgentUnavailable,
+            release: Sides::new(false, false),
+        }
+    );
+    let unknown = Reservation::Unavailable(Shortage::UnknownFood);
+    assert_eq!(
+        after_reserve(&Sides::new(unknown, held(2, 9)), true, Duration::ZERO),
+        AfterReserve::Abort {
+            reason: NotPlacedReason::UnknownFood,
+            release: Sides::new(false, true),
+        }
+    );
+}
+
+#[test]
+fn phase_1_retries_while_time_is_left_and_releases_what_may_be_held() {
+    assert_eq!(
+        after_reserve(
+            &Sides::new(Reservation::Busy, held(2, 9)),
+            true,
+            Duration::ZERO
+        ),
+        AfterReserve::Retry {
+            release: Sides::new(false, true)
+        }
+    );
+    assert_eq!(
+        after_reserve(
+            &Sides::new(held(1, 9), Reservation::NoAnswer),
+            true,
+            Duration::ZERO
+        ),
+        AfterReserve::Retry {
+            release: Sides::new(true, true)
+        }
+    );
+    assert_eq!(
+        after_reserve(
+            &Sides::new(Reservation::Busy, held(2, 9)),
+            false,
+            Duration::ZERO
+        ),
+        AfterReserve::Abort {
+            reason: NotPlacedReason::Timeout,
+            release: Sides::new(false, true),
+        }
+    );
+}
+
+#[test]
+fn phase_1_gives_up_on_a_participant_that_answers_with_the_wrong_items() {
+    let two = Reservation::Held {
+        items: vec![ItemId(1), ItemId(2)],
+        expires_at: t(9),
+    };
+    assert!(matches!(
+        after_reserve(&Sides::new(two, held(3, 9)), true, Duration::ZERO),
+        AfterReserve::Abort {
+            reason: NotPlacedReason::Timeout,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn phase_2_places_only_with_both_assigned() {
+    use AssignAnswer as A;
+    assert_eq!(
+        after_assign(&Sides::new(A::Assigned, A::Assigned)),
+        Event::Assigned
+    );
+    assert_eq!(
+        after_assign(&Sides::new(A::Assigned, A::Refused(AssignRefusal::Expired))),
+        Event::AssignFailed {
+            side: Participant::Delivery,
+            failure: AssignFailure::Refused(AssignRefusal::Expired),
+        }
+    );
+    assert_eq!(
+        after_assign(&Sides::new(A::NoAnswer, A::Assigned)),
+        Event::AssignFailed {
+            side: Participant::Store,
+            failure: AssignFailure::NoAnswer,
+        }
+    );
+}
+
+#[test]
+fn compensation_ends_only_when_both_confirm() {
+    assert_eq!(
+        after_release(&Sides::new(true, true)),
+        Some(Event::Compensated)
+    );
+    assert_eq!(after_release(&Sides::new(true, false)), None);
+}
+
+#[test]
+fn what_a_driver_does_depends_on_who_drives() {
+    let order = new_order();
+    assert_eq!(next_step(&order, Driving::Fresh), Step::Reserve);
+    assert_eq!(
+        next_step(&order, Driving::TakenOver),
+        Step::Abort {
+            reason: NotPlacedReason::Timeout,
+            release: Sides::both(true)
+        }
+    );
+    assert_eq!(
+        next_step(&order, Driving::Unwanted),
+        Step::Abort {
+            reason: NotPlacedReason::Timeout,
+            release: Sides::both(false)
+        }
+    );
+    let decided = order_in(OrderState::Assigning);
+    for driving in [Driving::Fresh, Driving::TakenOver] {
+        assert_eq!(
+            next_step(&decided, driving),
+            Step::Assign {
+                packet: PacketId(7),
+                agent: AgentId(8),
+                until: t(40)
+            }
+        );
+    }
+    assert_eq!(
+        next_step(&order_in(OrderState::Compensating), Driving::TakenOver),
+        Step::Compensate
+    );
+    let mut broken = decided;
+    broken.agent_id = None;
+    assert_eq!(next_step(&broken, Driving::TakenOver), Step::Inconsistent);
+    for state in [OrderState::Placed, OrderState::NotPlaced] {
+        assert_eq!(next_step(&order_in(state), Driving::TakenOver), Step::Done);
+    }
+}

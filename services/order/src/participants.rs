@@ -1,0 +1,227 @@
+//! The coordinator's client of the store and delivery: one call per command, each bound to the
+//! answer it expects (decoded by the messaging layer), both sides asked at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use messaging::{Backoff, BrokerError, Outgoing, RpcClient, RpcError, Wait};
+use protocol::command::{
+    AgentRequest, Answer, Assign, AssignReply, Command, Operation, PacketLine, PacketRequest,
+    Release, ReleaseReason, ReleaseReply, ReserveReply,
+};
+use protocol::envelope::TxnEnvelope;
+use protocol::headers;
+use protocol::ids::{AgentId, ItemId, PacketId};
+use protocol::sides::Sides;
+use protocol::topology::{Participant, Topology};
+use protocol::trace::TraceContext;
+use serde::Serialize;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::machine::Order;
+use crate::machine::rules::{AssignAnswer, Reservation};
+
+/// Sends commands to the participants and reads their answers.
+#[derive(Debug)]
+pub struct Participants {
+    rpc: Arc<RpcClient>,
+    topology: Topology,
+    /// How long a phase-2 or compensation request waits for its reply before it is sent again.
+    reply_timeout: Duration,
+}
+
+/// What a command asks for, before it is addressed to one participant.
+#[derive(Clone, Debug)]
+enum Op {
+    Reserve,
+    Assign(ItemId),
+    Release(ReleaseReason),
+}
+
+impl Participants {
+    /// A client over `rpc`.
+    pub fn new(rpc: Arc<RpcClient>, topology: Topology, reply_timeout: Duration) -> Self {
+        Self {
+            rpc,
+            topology,
+            reply_timeout,
+        }
+    }
+
+    /// Phase 1: asks both sides to reserve for the order's transaction, waiting up to `wait` for
+    /// each answer (a reserve that goes unanswered is released, not asked again).
+    pub async fn reserve(&self, order: &Order, wait: Duration) -> Sides<Reservation> {
+        let ask = |side| async move {
+            match self.call(side, order, Op::Reserve, Wait::Once(wait)).await {
+                Some(ReserveReply::Reserved { items, expires_at }) => {
+                    Reservation::Held { items, expires_at }
+                }
+                Some(ReserveReply::Busy) => Reservation::Busy,
+                Some(ReserveReply::Unavailable { reason }) => Reservation::Unavailable(reason),
+                Some(ReserveReply::Aborted) => Reservation::Aborted,
+                None => Reservation::NoAnswer,
+            }
+        };
+        let (store, delivery) = tokio::join!(ask(Participant::Store), ask(Participant::Delivery));
+        Sides::new(store, delivery)
+    }
+
+    /// Phase 2: asks the store to assign `packet` and delivery `agent`, asking again until
+    /// `until` while a side does not answer.
+    pub async fn assign(
+        &self,
+        order: &Order,
+        packet: PacketId,
+        agent: AgentId,
+        until: Instant,
+    ) -> Sides<AssignAnswer> {
+        let ask = |side, item| async move {
+            let op = Op::Assign(item);
+            match self.call(side, order, op, self.resending(until)).await {
+                Some(AssignReply::Assigned { .. }) => AssignAnswer::Assigned,
+                Some(AssignReply::Refused { reason }) => {
+                    warn!(participant = %side, ?reason, "assign refused");
+                    AssignAnswer::Refused(reason)
+                }
+                None => AssignAnswer::NoAnswer,
+            }
+        };
+        let (store, delivery) = tokio::join!(
+            ask(Participant::Store, ItemId(packet.0)),
+            ask(Participant::Delivery, ItemId(agent.0)),
+        );
+        Sides::new(store, delivery)
+    }
+
+    /// Compensation: asks both sides to release (which undoes an assignment) until `until`;
+    /// true for each side that confirmed.
+    pub async fn release(&self, order: &Order, until: Instant) -> Sides<bool> {
+        let ask = |side| async move {
+            let op = Op::Release(ReleaseReason::Compensate);
+            let answer: Option<ReleaseReply> =
+                self.call(side, order, op, self.resending(until)).await;
+            matches!(answer, Some(ReleaseReply::Released { .. }))
+        };
+        let (store, delivery) = tokio::join!(ask(Participant::Store), ask(Participant::Delivery));
+        Sides::new(store, delivery)
+    }
+
+    /// Sends releases to the sides in `which`, without waiting for replies: once the broker
+    /// confirms, the release will be applied. A release that cannot be published is left to the
+    /// reservation's expiry.
+    pub async fn release_now(&self, order: &Order, which: Sides<bool>, reason: ReleaseReason) {
+        let send = |side: Participant, wanted: bool| async move {
+            if !wanted {
+                return;
+            }
+            let sent = match self.message(side, order, Op::Release(reason)) {
+                Ok(message) => self.rpc.send(message).await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = sent {
+                warn!(participant = %side, error = %err, "release not sent; the reservation will expire");
+            }
+        };
+        tokio::join!(
+            send(Participant::Store, which.store),
+            send(Participant::Delivery, which.delivery),
+        );
+    }
+
+    /// Sent again (the same message) after the reply timeout, then with growing pauses.
+    fn resending(&self, until: Instant) -> Wait {
+        Wait::Resending {
+            until,
+            backoff: Backoff::new(self.reply_timeout, self.reply_timeout * 10),
+        }
+    }
+
+    /// Sends `op` to `side` and waits for the answer `A`. `None` if there was none in time (or it
+    /// was not one the command can have): the caller decides whether to ask again.
+    async fn call<A: Answer>(
+        &self,
+        side: Participant,
+        order: &Order,
+        op: Op,
+        wait: Wait,
+    ) -> Option<A> {
+        let operation = op.operation();
+        let message = match self.message(side, order, op) {
+            Ok(message) => message,
+            Err(err) => {
+                warn!(participant = %side, %operation, error = %err, "cannot encode command");
+                return None;
+            }
+        };
+        match self.rpc.call(message, wait).await {
+            Ok(answer) => Some(answer),
+            Err(err @ RpcError::Unreadable(_)) => {
+                warn!(participant = %side, %operation, error = %err, "unusable reply");
+                None
+            }
+            Err(err) => {
+                debug!(participant = %side, %operation, error = %err, "no reply");
+                None
+            }
+        }
+    }
+
+    /// The message that carries `op` for the order's transaction to `side`.
+    fn message(&self, side: Participant, order: &Order, op: Op) -> Result<Outgoing, BrokerError> {
+        match side {
+            Participant::Store => {
+                let lines = vec![PacketLine {
+                    food_id: order.food_id,
+                }];
+                self.addressed(side, order, &op.command(|| PacketRequest { lines }))
+            }
+            Participant::Delivery => {
+                self.addressed(side, order, &op.command(AgentRequest::default))
+            }
+        }
+    }
+
+    fn addressed<R: Serialize>(
+        &self,
+        side: Participant,
+        order: &Order,
+        command: &Command<R>,
+    ) -> Result<Outgoing, BrokerError> {
+        let envelope = TxnEnvelope::txn(order.id, order.txn_id, command);
+        Ok(Outgoing::txn(
+            &envelope,
+            self.topology.commands_exchange(side),
+            Topology::command_routing_key(command.operation()),
+        )?
+        .header(headers::TRACEPARENT, trace_of(order).child().to_string()))
+    }
+}
+
+impl Op {
+    /// The command for a participant whose reservations ask for `R`.
+    fn command<R>(self, reserve: impl FnOnce() -> R) -> Command<R> {
+        match self {
+            Op::Reserve => Command::Reserve(reserve()),
+            Op::Assign(item) => Command::Assign(Assign { items: vec![item] }),
+            Op::Release(reason) => Command::Release(Release { reason }),
+        }
+    }
+
+    fn operation(&self) -> Operation {
+        match self {
+            Op::Reserve => Operation::Reserve,
+            Op::Assign(_) => Operation::Assign,
+            Op::Release(_) => Operation::Release,
+        }
+    }
+}
+
+/// The trace an order belongs to (a new one for orders recorded without).
+pub fn trace_of(order: &Order) -> TraceContext {
+    order
+        .traceparent
+        .as_deref()
+        .and_then(TraceContext::parse)
+        .unwrap_or_else(TraceContext::root)
+}

@@ -1,0 +1,110 @@
+//! Leases: which driver may change an order, renewed while it drives, claimed by another
+//! coordinator once run out.
+
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, PgPool};
+
+use super::{OrderRow, RepoError, sql};
+use crate::machine::Order;
+use protocol::ids::OrderId;
+
+/// A lease token: proves that the holder may change an order (a fencing token).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct LeaseToken(pub uuid::Uuid);
+
+impl LeaseToken {
+    /// A fresh token.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+}
+
+impl Default for LeaseToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The states of an unfinished order, as the statements below name them.
+pub(super) const UNFINISHED: &str = "('reserving', 'assigning', 'compensating')";
+
+/// Extends the lease of `token` on `order` by `lease`. False if the lease was lost.
+pub async fn renew_lease(
+    pool: &PgPool,
+    order: OrderId,
+    token: LeaseToken,
+    lease: Duration,
+) -> Result<bool, RepoError> {
+    Ok(sqlx::query(AssertSqlSafe(format!(
+        "UPDATE orders SET lease_until = now() + $3
+         WHERE id = $1 AND lease_token = $2 AND state IN {UNFINISHED}"
+    )))
+    .bind(order)
+    .bind(token)
+    .bind(lease)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Claims those of `orders` that are unfinished and whose lease has run out, each with a fresh
+/// token (returned with it). One statement for a whole timer message: nearly all of its orders are
+/// long finished and are skipped by the primary-key lookup.
+pub async fn claim(
+    pool: &PgPool,
+    orders: &[OrderId],
+    lease: Duration,
+) -> Result<Vec<(Order, LeaseToken)>, RepoError> {
+    let ids: Vec<uuid::Uuid> = orders.iter().map(|o| o.0).collect();
+    let rows: Vec<OrderRow> = sqlx::query_as(sql(&format!(
+        "UPDATE orders SET lease_token = gen_random_uuid(), lease_until = now() + $2
+         WHERE id = ANY($1) AND state IN {UNFINISHED}
+           AND (lease_until IS NULL OR lease_until < now())
+         RETURNING {{columns}}"
+    )))
+    .bind(&ids)
+    .bind(lease)
+    .fetch_all(pool)
+    .await?;
+    claimed(rows)
+}
+
+/// Claims up to `limit` unfinished orders whose lease has run out, each with its own fresh token
+/// (returned with it). Several coordinators may run this at once: `SKIP LOCKED` keeps them apart.
+pub async fn claim_expired(
+    pool: &PgPool,
+    lease: Duration,
+    limit: i64,
+) -> Result<Vec<(Order, LeaseToken)>, RepoError> {
+    let rows: Vec<OrderRow> = sqlx::query_as(sql(&format!(
+        "UPDATE orders o SET lease_token = gen_random_uuid(), lease_until = now() + $1
+         FROM (
+             SELECT id AS expired_id FROM orders
+             WHERE state IN {UNFINISHED} AND lease_until < now()
+             ORDER BY lease_until
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED
+         ) expired
+         WHERE o.id = expired.expired_id
+         RETURNING {{columns}}"
+    )))
+    .bind(lease)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    claimed(rows)
+}
+
+/// Claimed rows: each has the fresh token the claim gave it.
+fn claimed(rows: Vec<OrderRow>) -> Result<Vec<(Order, LeaseToken)>, RepoError> {
+    let mut orders = Vec::with_capacity(rows.len());
+    for row in rows {
+        if let (order, Some(token)) = row.read()? {
+            orders.push((order, token));
+        }
+    }
+    Ok(orders)
+}

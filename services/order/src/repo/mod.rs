@@ -1,0 +1,343 @@
+//! The order table: recording new orders, storing the order that the machine computed, leases
+//! and claims. The statements carry no rules of the order's life: a save writes the row as
+//! `machine::apply` made it, if the caller still holds the order (its lease token, and the state
+//! and transaction it saw).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use protocol::ids::{AgentId, FoodId, OrderId, PacketId, TxnId};
+use service_kit::group_commit::GroupCommit;
+use sqlx::PgPool;
+use tokio_util::task::TaskTracker;
+
+use crate::machine::{Order, UnknownName};
+use crate::outbox::OutboxEvent;
+
+mod leases;
+mod writes;
+
+pub use leases::{LeaseToken, claim, claim_expired, renew_lease};
+use writes::OrderWrite;
+
+/// Why the order table did not answer as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    /// A row holds a name the code does not know (a newer version wrote it, or a bug).
+    #[error("order {id} cannot be read: {name}")]
+    Unreadable {
+        /// The order.
+        id: OrderId,
+        /// The unknown name.
+        name: UnknownName,
+    },
+    /// A new order's insert conflicted, yet neither its id nor its idempotency key finds it.
+    #[error("order {0} was neither recorded nor found")]
+    NotRecorded(OrderId),
+    /// The order that was saved is gone.
+    #[error("order {0} is gone")]
+    Gone(OrderId),
+}
+
+impl service_kit::db::Transient for RepoError {
+    fn is_transient(&self) -> bool {
+        matches!(self, RepoError::Db(err) if service_kit::db::is_transient(err))
+    }
+}
+
+/// Why a save did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    /// The order changed under us: another driver holds the lease, or it moved on. Carries the
+    /// order as it is now.
+    #[error("order changed by another driver")]
+    Lost(Box<Order>),
+    /// The database failed, or the row could not be read.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+impl From<sqlx::Error> for SaveError {
+    fn from(err: sqlx::Error) -> Self {
+        SaveError::Repo(RepoError::Db(err))
+    }
+}
+
+/// A row of the order table as read: the order and its driver's lease.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct OrderRow {
+    id: OrderId,
+    customer_id: String,
+    food_id: FoodId,
+    state: String,
+    reason: Option<String>,
+    txn_id: TxnId,
+    attempt: i32,
+    packet_id: Option<PacketId>,
+    agent_id: Option<AgentId>,
+    reserved_until: Option<DateTime<Utc>>,
+    deadline: DateTime<Utc>,
+    lease_token: Option<LeaseToken>,
+    created_at: DateTime<Utc>,
+    decided_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    traceparent: Option<String>,
+}
+
+impl OrderRow {
+    /// The order, and the token of the lease on it (none once final).
+    fn read(self) -> Result<(Order, Option<LeaseToken>), RepoError> {
+        let id = self.id;
+        let unreadable = |name| RepoError::Unreadable { id, name };
+        let order = Order {
+            id,
+            customer_id: self.customer_id,
+            food_id: self.food_id,
+            state: self.state.parse().map_err(unreadable)?,
+            reason: self
+                .reason
+                .map(|s| s.parse())
+                .transpose()
+                .map_err(unreadable)?,
+            txn_id: self.txn_id,
+            attempt: self.attempt,
+            packet_id: self.packet_id,
+            agent_id: self.agent_id,
+            reserved_until: self.reserved_until,
+            deadline: self.deadline,
+            created_at: self.created_at,
+            decided_at: self.decided_at,
+            finished_at: self.finished_at,
+            traceparent: self.traceparent,
+        };
+        Ok((order, self.lease_token))
+    }
+}
+
+const COLUMNS: &str = "id, customer_id, food_id, state, reason, txn_id, attempt, packet_id, \
+                       agent_id, reserved_until, deadline, lease_token, created_at, decided_at, \
+                       finished_at, traceparent";
+
+fn sql(template: &str) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(template.replace("{columns}", COLUMNS))
+}
+
+fn sql_text(template: &str) -> Arc<str> {
+    template.replace("{columns}", COLUMNS).into()
+}
+
+fn order_of(row: Option<OrderRow>) -> Result<Option<Order>, RepoError> {
+    Ok(row.map(OrderRow::read).transpose()?.map(|(order, _)| order))
+}
+
+/// A new order, before it is recorded.
+#[derive(Clone, Debug)]
+pub struct NewOrder {
+    /// Its id.
+    pub id: OrderId,
+    /// Who orders.
+    pub customer_id: String,
+    /// What.
+    pub food_id: FoodId,
+    /// The first transaction attempt.
+    pub txn_id: TxnId,
+    /// The W3C trace of the request.
+    pub traceparent: String,
+    /// The client's key for this order (unique per customer), if it sent one.
+    pub idempotency_key: Option<String>,
+}
+
+/// What recording a new order came to.
+#[derive(Clone, Debug)]
+pub enum Inserted {
+    /// Recorded now, leased to the caller.
+    New(Order),
+    /// The customer already has an order with this idempotency key: that order, as recorded.
+    Existing(Order),
+}
+
+/// The order database, with group commit for the writes of the drivers.
+#[derive(Clone, Debug)]
+pub struct Orders {
+    pool: PgPool,
+    writes: GroupCommit<OrderWrite>,
+}
+
+/// Group-commit workers of the coordinator's writes.
+const WRITERS: usize = 4;
+
+impl Orders {
+    /// The order database; its writers run on `tracker`.
+    pub fn new(pool: PgPool, tracker: &TaskTracker) -> Self {
+        Self {
+            writes: GroupCommit::start(pool.clone(), WRITERS, tracker),
+            pool,
+        }
+    }
+
+    /// The pool, for reads and for the writes of recovery.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Records a new order in phase 1 with a deadline `deadline` from now, leased to `token`
+    /// until its deadline plus `lease`; or finds the customer's order with the same idempotency
+    /// key.
+    pub async fn insert(
+        &self,
+        new: &NewOrder,
+        deadline: Duration,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> Result<Inserted, RepoError> {
+        let write = OrderWrite::Insert {
+            new: new.clone(),
+            deadline,
+            token,
+            lease,
+        };
+        if let Some(order) = order_of(self.writes.run(write).await?)? {
+            return Ok(Inserted::New(order));
+        }
+        // A conflict. Either on the id: a group whose commit looked failed had in fact committed,
+        // and the insert ran again alone (the order is ours if it carries our lease token). Or on
+        // the idempotency key: the customer's earlier request recorded the order.
+        if let Some((order, lease)) = load_leased(&self.pool, new.id).await?
+            && lease == Some(token)
+        {
+            return Ok(Inserted::New(order));
+        }
+        if let Some(key) = &new.idempotency_key
+            && let Some(order) = load_by_key(&self.pool, &new.customer_id, key).await?
+            && order.id != new.id
+        {
+            return Ok(Inserted::Existing(order));
+        }
+        Err(RepoError::NotRecorded(new.id))
+    }
+
+    /// Stores `after`, the order that the machine computed from `before`, if the order is still
+    /// as the caller saw it (state and transaction) and the caller still holds the lease `token`.
+    /// A non-final order keeps its lease for at least `lease` from now (never shortened); a final
+    /// one ends it and must carry its outbox event, written in the same statement (so in the
+    /// same transaction).
+    ///
+    /// Saving twice is harmless: if the order is already `after` under our lease (an earlier
+    /// save committed although its connection failed), that is the answer.
+    pub async fn save(
+        &self,
+        before: &Order,
+        after: &Order,
+        token: LeaseToken,
+        lease: Duration,
+        outbox: Option<&OutboxEvent>,
+    ) -> Result<Order, SaveError> {
+        debug_assert_eq!(
+            after.state.is_final(),
+            outbox.is_some(),
+            "final orders carry their event"
+        );
+        let write = OrderWrite::Save {
+            before_state: before.state.as_str(),
+            before_txn: before.txn_id,
+            after: after.clone(),
+            lease: (!after.state.is_final()).then_some(lease),
+            token,
+            outbox: outbox.cloned(),
+        };
+        if let Some(saved) = order_of(self.writes.run(write).await?)? {
+            return Ok(saved);
+        }
+        let (current, holder) = load_leased(&self.pool, before.id)
+            .await?
+            .ok_or(RepoError::Gone(before.id))?;
+        let saved_already = current.state == after.state
+            && current.txn_id == after.txn_id
+            && (holder == Some(token) || after.state.is_final());
+        if saved_already {
+            Ok(current)
+        } else {
+            Err(SaveError::Lost(Box::new(current)))
+        }
+    }
+}
+
+/// The order, if it exists.
+pub async fn load(pool: &PgPool, id: OrderId) -> Result<Option<Order>, RepoError> {
+    Ok(load_leased(pool, id).await?.map(|(order, _)| order))
+}
+
+/// The order and the token of its lease, if it exists.
+async fn load_leased(
+    pool: &PgPool,
+    id: OrderId,
+) -> Result<Option<(Order, Option<LeaseToken>)>, RepoError> {
+    let row: Option<OrderRow> = sqlx::query_as(sql("SELECT {columns} FROM orders WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    row.map(OrderRow::read).transpose()
+}
+
+/// The customer's order with idempotency key `key`, if there is one.
+pub async fn load_by_key(
+    pool: &PgPool,
+    customer_id: &str,
+    key: &str,
+) -> Result<Option<Order>, RepoError> {
+    order_of(
+        sqlx::query_as(sql(
+            "SELECT {columns} FROM orders WHERE customer_id = $1 AND idempotency_key = $2",
+        ))
+        .bind(customer_id)
+        .bind(key)
+        .fetch_optional(pool)
+        .await?,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::machine::{NotPlacedReason, OrderState};
+
+    /// The names inside `CHECK (column IN (...))`, from every migration in order (a later
+    /// migration's list replaces an earlier one).
+    fn check_list(column: &str) -> Vec<String> {
+        let needle = format!("CHECK ({column} IN (");
+        let mut list = Vec::new();
+        for migration in crate::MIGRATOR.iter() {
+            let sql = migration.sql.as_str();
+            for (at, _) in sql.match_indices(&needle) {
+                let rest = &sql[at + needle.len()..];
+                let Some(end) = rest.find(')') else { continue };
+                let names: Vec<String> = rest[..end]
+                    .split(',')
+                    .map(|name| name.trim().trim_matches('\'').to_owned())
+                    .collect();
+                list = names;
+            }
+        }
+        list
+    }
+
+    #[test]
+    fn the_database_checks_the_names_the_machine_spells() {
+        let states: Vec<&str> = OrderState::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(check_list("state"), states);
+        let reasons: Vec<&str> = NotPlacedReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(check_list("reason"), reasons);
+        let unfinished: Vec<&str> = OrderState::ALL
+            .iter()
+            .filter(|s| !s.is_final())
+            .map(|s| s.as_str())
+            .collect();
+        assert_eq!(
+            super::leases::UNFINISHED,
+            format!("('{}')", unfinished.join("', '"))
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! What the command and expiry consumers and the sweep of a participant share once it runs: its
+//! settings, database pool, publisher, assembled statements and the group-commit writer (with
+//! the write it runs).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use messaging::{Publisher, TimerWindow};
+use protocol::ids::{OrderId, TxnId};
+use protocol::topology::Topology;
+use service_kit::group_commit::{GroupCommit, Write};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+use crate::barrier::{Recorded, Statements};
+use crate::inventory::Inventory;
+
+/// Tunables of a participant.
+#[derive(Clone, Debug)]
+pub struct ParticipantSettings {
+    /// How long a reservation holds its items.
+    pub reservation_ttl: Duration,
+    /// How long after expiry the sweep frees a reservation whose timer did not.
+    pub expiry_grace: Duration,
+    /// How often the sweep runs.
+    pub sweep_interval: Duration,
+    /// Commands handled concurrently per queue (the consumer prefetch).
+    pub prefetch: u16,
+    /// How long barrier rows are kept.
+    pub barrier_retention: Duration,
+    /// How long expiry timers are collected before being published as one message.
+    pub timer_window: Duration,
+}
+
+pub(crate) struct Shared<I: Inventory> {
+    pub(crate) inventory: I,
+    pub(crate) pool: PgPool,
+    pub(crate) publisher: Publisher,
+    pub(crate) topology: Topology,
+    pub(crate) settings: ParticipantSettings,
+    pub(crate) expiries: TimerWindow<TxnId>,
+    /// The command statements, assembled once.
+    pub(crate) statements: Statements,
+    /// Reserves and assigns, with group commit.
+    pub(crate) writes: GroupCommit<CommandWrite>,
+    /// Stops in-place retries at shutdown.
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// A reserve or an assign, as one statement that does the work and records the reply; run with
+/// group commit.
+pub(crate) struct CommandWrite {
+    statement: Arc<str>,
+    binds: Binds,
+}
+
+enum Binds {
+    Reserve {
+        txn_id: TxnId,
+        order_id: OrderId,
+        ttl: Duration,
+        key: Option<i64>,
+    },
+    Assign {
+        txn_id: TxnId,
+        order_id: OrderId,
+        items: Vec<i64>,
+    },
+}
+
+impl CommandWrite {
+    /// A reserve with [`Statements::reserve`].
+    pub(crate) fn reserve(
+        statement: Arc<str>,
+        txn_id: TxnId,
+        order_id: OrderId,
+        ttl: Duration,
+        key: Option<i64>,
+    ) -> Self {
+        Self {
+            statement,
+            binds: Binds::Reserve {
+                txn_id,
+                order_id,
+                ttl,
+                key,
+            },
+        }
+    }
+
+    /// An assign with [`Statements::assign`].
+    pub(crate) fn assign(
+        statement: Arc<str>,
+        txn_id: TxnId,
+        order_id: OrderId,
+        items: Vec<i64>,
+    ) -> Self {
+        Self {
+            statement,
+            binds: Binds::Assign {
+                txn_id,
+                order_id,
+                items,
+            },
+        }
+    }
+}
+
+impl Write for CommandWrite {
+    type Output = Recorded;
+
+    fn order_key(&self) -> u128 {
+        match &self.binds {
+            Binds::Reserve { txn_id, .. } | Binds::Assign { txn_id, .. } => txn_id.0.as_u128(),
+        }
+    }
+
+    fn run<'c>(
+        &'c self,
+        conn: &'c mut PgConnection,
+    ) -> Pin<Box<dyn Future<Output = Result<Recorded, sqlx::Error>> + Send + 'c>> {
+        let query = sqlx::query_as::<_, Recorded>(AssertSqlSafe(self.statement.clone()));
+        let query = match &self.binds {
+            Binds::Reserve {
+                txn_id,
+                order_id,
+                ttl,
+                key,
+            } => query.bind(*txn_id).bind(*order_id).bind(*ttl).bind(*key),
+            Binds::Assign {
+                txn_id,
+                order_id,
+                items,
+            } => query.bind(*txn_id).bind(*order_id).bind(items.clone()),
+        };
+        Box::pin(query.fetch_one(conn))
+    }
+}
