@@ -29,14 +29,6 @@ impl<T> Sides<T> {
         }
     }
 
-    /// The value of `side`.
-    pub fn get(&self, side: Participant) -> &T {
-        match side {
-            Participant::Store => &self.store,
-            Participant::Delivery => &self.delivery,
-        }
-    }
-
     /// Each value mapped, with the side it belongs to.
     pub fn map<U>(self, mut f: impl FnMut(Participant, T) -> U) -> Sides<U> {
         Sides {
@@ -82,10 +74,6 @@ mod tests {
         let sides = Sides::new(1, 2).map(|side, n| (side, n * 10));
         assert_eq!(sides.store, (Participant::Store, 10));
         assert_eq!(sides.delivery, (Participant::Delivery, 20));
-        assert_eq!(
-            *sides.get(Participant::Delivery),
-            (Participant::Delivery, 20)
-        );
         assert_eq!(
             Sides::new(1, 2).find(|n| *n > 1),
             Some((Participant::Delivery, &2))
