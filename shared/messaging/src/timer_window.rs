@@ -28,8 +28,8 @@ pub struct TimerWindow<T> {
 }
 
 impl<T: Send + 'static> TimerWindow<T> {
-    /// Starts the flushing task on `tracker`. `build` turns a window's ids into a message. A window is
-    /// published `window` after its first id arrived (or when full), and at shutdown.
+    /// Starts the flushing task on `tracker`. `build` turns a window's ids into a message. A
+    /// window is published `window` after its first id arrived (or when full), and at shutdown.
     pub fn spawn<F>(
         publisher: Publisher,
         window: Duration,
