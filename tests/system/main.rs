@@ -20,3 +20,4 @@ mod orders;
 mod outages;
 mod poison;
 mod redelivery;
+mod settings;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use service_kit::config::{ServiceArgs, parse_duration, parse_positive_duration};
+use service_kit::config::{ServiceArgs, parse_duration, parse_lease, parse_positive_duration};
 
 use crate::coordinator::CoordinatorSettings;
 
@@ -20,11 +20,11 @@ pub struct Config {
 
     /// Phase 1 (both reservations) must be decided within this time, or the order is not placed
     /// with reason `timeout`.
-    #[arg(long, env = "ORDER_DEADLINE", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "ORDER_DEADLINE", default_value = "5s", value_parser = parse_positive_duration)]
     pub order_deadline: Duration,
 
     /// How long `POST /orders` waits for the final answer before answering `202 pending`.
-    #[arg(long, env = "RESPONSE_BUDGET", default_value = "6s", value_parser = parse_duration)]
+    #[arg(long, env = "RESPONSE_BUDGET", default_value = "6s", value_parser = parse_positive_duration)]
     pub response_budget: Duration,
 
     /// How long a phase-2 or compensation request waits for its reply before it is sent again.
@@ -33,7 +33,7 @@ pub struct Config {
 
     /// How long an order's driver holds its lease beyond its last renewal. A coordinator that
     /// dies leaves its orders to the others (or to itself after a restart) this long after.
-    #[arg(long, env = "LEASE", default_value = "5s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "LEASE", default_value = "5s", value_parser = parse_lease)]
     pub lease: Duration,
 
     /// How long after the reservations expire phase 2 keeps asking before compensating.
@@ -57,6 +57,20 @@ pub struct Config {
 pub const DEFAULT_DATABASE: &str = "order_service";
 
 impl Config {
+    /// Settings that are allowed but probably not what was meant, each said in a sentence.
+    pub fn doubts(&self) -> Vec<String> {
+        let mut doubts = Vec::new();
+        if self.response_budget <= self.order_deadline {
+            doubts.push(format!(
+                "RESPONSE_BUDGET ({}) does not exceed ORDER_DEADLINE ({}): orders still in phase 1 \
+                 are answered 202 pending",
+                humantime::format_duration(self.response_budget),
+                humantime::format_duration(self.order_deadline),
+            ));
+        }
+        doubts
+    }
+
     /// The coordinator's settings.
     pub fn coordinator(&self) -> CoordinatorSettings {
         CoordinatorSettings {

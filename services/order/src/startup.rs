@@ -12,7 +12,7 @@ use protocol::topology::{Declarations, Topology};
 use service_kit::app::{Foundation, StartupError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{Config, DEFAULT_DATABASE};
 use crate::coordinator::Coordinator;
@@ -35,6 +35,9 @@ impl Application {
     /// Connects and migrates the database, starts the consumers and recovery, binds the HTTP
     /// listener. Everything stops when `shutdown` is cancelled.
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, StartupError> {
+        for doubt in config.doubts() {
+            warn!("{doubt}");
+        }
         let database = config
             .common
             .db

@@ -58,6 +58,7 @@ impl ParticipantApp {
         args: ParticipantServiceArgs,
         shutdown: CancellationToken,
     ) -> Result<Self, StartupError> {
+        let settings = args.participant.settings()?;
         let common = &args.common;
         let database = common
             .db
@@ -74,7 +75,7 @@ impl ParticipantApp {
             inventory,
             &foundation,
             Topology::new(common.broker.amqp_prefix.clone()),
-            args.participant.settings(),
+            settings,
         );
         Ok(Self {
             foundation,

@@ -11,6 +11,7 @@ use protocol::ids::TxnId;
 use protocol::timer::ParticipantTimer;
 use protocol::topology::Topology;
 use service_kit::app::Foundation;
+use service_kit::config::SettingsError;
 use service_kit::group_commit::GroupCommit;
 
 use crate::barrier::Statements;
@@ -113,7 +114,7 @@ pub fn start<I: Inventory>(
 pub struct ParticipantArgs {
     /// How long a reservation holds its item. Long enough to cover transient outages between
     /// phase 1 and phase 2; after it, the item is free again whatever happens.
-    #[arg(long, env = "RESERVATION_TTL", default_value = "30s", value_parser = service_kit::config::parse_duration)]
+    #[arg(long, env = "RESERVATION_TTL", default_value = "30s", value_parser = service_kit::config::parse_positive_duration)]
     pub reservation_ttl: Duration,
 
     /// How long after expiry the sweep frees a reservation whose timer did not.
@@ -126,11 +127,13 @@ pub struct ParticipantArgs {
 
     /// Commands handled concurrently per queue (consumer prefetch). Keep it near the database
     /// pool size: more only queues work inside the process.
-    #[arg(long, env = "COMMAND_PREFETCH", default_value_t = 32)]
+    #[arg(long, env = "COMMAND_PREFETCH", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub command_prefetch: u16,
 
-    /// How long the idempotency records of commands are kept.
-    #[arg(long, env = "BARRIER_RETENTION", default_value = "24h", value_parser = service_kit::config::parse_duration)]
+    /// How long the idempotency records of commands are kept. More than twice
+    /// `RESERVATION_TTL + EXPIRY_GRACE`: a record must outlive every command of its transaction
+    /// that can still arrive, or a late assign could act again after a release.
+    #[arg(long, env = "BARRIER_RETENTION", default_value = "24h", value_parser = service_kit::config::parse_positive_duration)]
     pub barrier_retention: Duration,
 
     /// How long expiry timers are collected before being published as one message.
@@ -139,8 +142,20 @@ pub struct ParticipantArgs {
 }
 
 impl ParticipantArgs {
-    /// The settings these arguments describe.
-    pub fn settings(&self) -> ParticipantSettings {
+    /// The settings these arguments describe, if they fit together.
+    pub fn settings(&self) -> Result<ParticipantSettings, SettingsError> {
+        let held = self.reservation_ttl.saturating_add(self.expiry_grace);
+        if self.barrier_retention <= held.saturating_mul(2) {
+            return Err(SettingsError(format!(
+                "BARRIER_RETENTION ({}) must be more than twice RESERVATION_TTL + EXPIRY_GRACE ({})",
+                humantime::format_duration(self.barrier_retention),
+                humantime::format_duration(held),
+            )));
+        }
+        Ok(self.unchecked())
+    }
+
+    fn unchecked(&self) -> ParticipantSettings {
         ParticipantSettings {
             reservation_ttl: self.reservation_ttl,
             expiry_grace: self.expiry_grace,
@@ -148,6 +163,53 @@ impl ParticipantArgs {
             prefetch: self.command_prefetch,
             barrier_retention: self.barrier_retention,
             timer_window: self.timer_window,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::ParticipantArgs;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        participant: ParticipantArgs,
+    }
+
+    fn settings(args: &[&str]) -> Result<(), String> {
+        let args = Args::try_parse_from(std::iter::once("participant").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        args.participant
+            .settings()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn barrier_records_outlive_the_commands_of_their_transaction() {
+        assert_eq!(settings(&[]), Ok(()));
+        assert_eq!(
+            settings(&["--reservation-ttl", "1m", "--barrier-retention", "1h"]),
+            Ok(())
+        );
+        let err = settings(&["--reservation-ttl", "1m", "--barrier-retention", "2m"]).unwrap_err();
+        assert!(
+            err.contains("BARRIER_RETENTION (2m) must be more than twice"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn zero_is_refused_where_it_means_nothing() {
+        for (flag, value) in [
+            ("--reservation-ttl", "0s"),
+            ("--barrier-retention", "0s"),
+            ("--command-prefetch", "0"),
+        ] {
+            assert!(settings(&[flag, value]).is_err(), "{flag} {value} accepted");
         }
     }
 }

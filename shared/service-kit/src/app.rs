@@ -37,6 +37,9 @@ pub enum StartupError {
     /// The HTTP listener.
     #[error("http: {0}")]
     Io(#[from] std::io::Error),
+    /// Settings that do not fit together.
+    #[error(transparent)]
+    Settings(#[from] crate::config::SettingsError),
 }
 
 /// Why the process could not be set up.

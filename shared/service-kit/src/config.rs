@@ -24,6 +24,25 @@ pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// Parses a duration like [`parse_duration`] of at least 10 ms: for leases and budgets that are
+/// divided into smaller periods (a lease is renewed every third of it).
+pub fn parse_lease(s: &str) -> Result<Duration, String> {
+    const MIN: Duration = Duration::from_millis(10);
+    match humantime::parse_duration(s) {
+        Ok(d) if d < MIN => Err(format!(
+            "must be at least {}",
+            humantime::format_duration(MIN)
+        )),
+        Ok(d) => Ok(d),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// Settings that are each valid but do not fit together.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid settings: {0}")]
+pub struct SettingsError(pub String);
+
 /// RabbitMQ settings.
 #[derive(clap::Args, Clone, Debug)]
 pub struct BrokerArgs {
@@ -41,11 +60,11 @@ pub struct BrokerArgs {
     pub amqp_prefix: String,
 
     /// Publisher channels kept open (with publisher confirms).
-    #[arg(long, env = "AMQP_PUBLISHER_CHANNELS", default_value_t = 4)]
-    pub amqp_publisher_channels: usize,
+    #[arg(long, env = "AMQP_PUBLISHER_CHANNELS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub amqp_publisher_channels: u16,
 
     /// How long to wait for the broker to confirm a published message.
-    #[arg(long, env = "AMQP_CONFIRM_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "AMQP_CONFIRM_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub amqp_confirm_timeout: Duration,
 }
 
@@ -55,7 +74,7 @@ impl BrokerArgs {
         BrokerConfig {
             url: self.amqp_url.clone(),
             connection_name: service.to_owned(),
-            publisher_channels: self.amqp_publisher_channels,
+            publisher_channels: usize::from(self.amqp_publisher_channels),
             confirm_timeout: self.amqp_confirm_timeout,
             connect_timeout: Duration::from_secs(5),
         }
@@ -76,11 +95,11 @@ pub struct DatabaseArgs {
     pub database_url: String,
 
     /// Connections in the service's pool.
-    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub database_pool_size: u32,
 
     /// Longest a statement may run (`statement_timeout`).
-    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub database_statement_timeout: Duration,
 }
 
@@ -164,5 +183,13 @@ mod tests {
         assert!(parse_positive_duration("0s").is_err());
         assert!(parse_positive_duration("soon").is_err());
         assert_eq!(parse_duration("0s").ok(), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_lease_is_long_enough_to_be_divided() {
+        assert_eq!(parse_lease("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_lease("10ms"), Ok(Duration::from_millis(10)));
+        assert!(parse_lease("5ns").is_err());
+        assert!(parse_lease("0s").is_err());
     }
 }
