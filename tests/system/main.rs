@@ -10,6 +10,7 @@
 mod helpers;
 
 mod barrier;
+mod clocks;
 mod contention;
 mod crashes;
 mod events;

@@ -8,13 +8,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use messaging::{Backoff, TimerWindow};
 use protocol::ids::OrderId;
 use service_kit::db::is_transient;
 use service_kit::fault;
 use sqlx::PgPool;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
@@ -89,7 +89,9 @@ impl Coordinator {
         self.tracker.spawn(
             async move {
                 info!(state = %order.state, attempt = order.attempt, "taking the order over");
-                this.drive(order, token, Driving::TakenOver, None).await;
+                // A taken-over order runs no phase 1, so it has no phase-1 deadline of its own.
+                this.drive(order, token, Driving::TakenOver, Instant::now(), None)
+                    .await;
             }
             .instrument(span),
         );
@@ -103,7 +105,7 @@ impl Coordinator {
         event: Event,
         token: LeaseToken,
     ) -> Result<Order, Stop> {
-        let after = match machine::apply(order, event, Utc::now()) {
+        let after = match machine::apply(order, event, fault::now()) {
             Ok(after) => after,
             Err(err) => {
                 warn!(error = %err, "illegal transition; leaving the order to recovery");

@@ -35,16 +35,20 @@ use crate::repo::LeaseToken;
 impl Coordinator {
     /// Moves `order` on until it is final, another driver takes it, or a wait is cut short by
     /// shutdown (an order being driven when the signal comes is finished if its replies come;
-    /// only waits stop). Each recorded state is sent to `progress`.
+    /// only waits stop). Phase 1, if it runs, ends at `phase1_ends`. Each recorded state is sent
+    /// to `progress`.
     pub(crate) async fn drive(
         &self,
         order: Order,
         token: LeaseToken,
         driving: Driving,
+        phase1_ends: Instant,
         progress: Option<watch::Sender<Order>>,
     ) -> Order {
         metrics::gauge!("orders_in_flight").increment(1.0);
-        let order = self.drive_steps(order, token, driving, progress).await;
+        let order = self
+            .drive_steps(order, token, driving, phase1_ends, progress)
+            .await;
         metrics::gauge!("orders_in_flight").decrement(1.0);
         order
     }
@@ -54,6 +58,7 @@ impl Coordinator {
         mut order: Order,
         token: LeaseToken,
         driving: Driving,
+        phase1_ends: Instant,
         progress: Option<watch::Sender<Order>>,
     ) -> Order {
         if driving == Driving::TakenOver && self.shutdown.is_cancelled() {
@@ -69,7 +74,7 @@ impl Coordinator {
                     warn!(state = %order.state, "decided order without its items; leaving it to the audit");
                     return order;
                 }
-                Step::Reserve => self.reserve(&order, token).await,
+                Step::Reserve => self.reserve(&order, token, phase1_ends).await,
                 Step::Abort { reason, release } => self.abort(&order, token, release, reason).await,
                 Step::Assign {
                     packet,
@@ -103,18 +108,25 @@ impl Coordinator {
         }
     }
 
-    /// Phase 1, with its retries, until the commit decision or an abort is recorded.
-    async fn reserve(&self, order: &Order, token: LeaseToken) -> Result<Order, Stop> {
+    /// Phase 1, with its retries, until the commit decision or an abort is recorded. `ends` is
+    /// on the monotonic clock: the wall clocks of this process and of the database may differ.
+    async fn reserve(
+        &self,
+        order: &Order,
+        token: LeaseToken,
+        ends: Instant,
+    ) -> Result<Order, Stop> {
         let mut order = order.clone();
         let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(250));
+        let time_until_end = || ends.saturating_duration_since(Instant::now());
         loop {
-            let left = time_until(order.deadline);
+            let left = time_until_end();
             let answers = if left.is_zero() {
                 Sides::both(Reservation::NoAnswer)
             } else {
                 self.participants.reserve(&order, left).await
             };
-            let time_left = !time_until(order.deadline).is_zero();
+            let time_left = !time_until_end().is_zero();
             match rules::after_reserve(&answers, time_left, self.settings.phase2_grace) {
                 AfterReserve::Commit(decided) => return self.decide(&order, token, decided).await,
                 AfterReserve::Abort { reason, release } => {
@@ -126,7 +138,7 @@ impl Coordinator {
                     self.participants
                         .release_now(&order, release, ReleaseReason::Retry)
                         .await;
-                    let pause = backoff.next_delay().min(time_until(order.deadline));
+                    let pause = backoff.next_delay().min(time_until_end());
                     self.pause(pause).await?;
                     let retried = Event::Retried { txn: TxnId::new() };
                     order = self.record(&order, retried, token).await?;
@@ -181,7 +193,9 @@ impl Coordinator {
         until: DateTime<Utc>,
     ) -> Result<Order, Stop> {
         // After the reservations expire an assign can only be refused, so stop asking a little
-        // after that: a side that never answered is then compensated like a refusal.
+        // after that: a side that never answered is then compensated like a refusal. `until`
+        // comes from the participants' clocks; the floor below keeps a coordinator whose own
+        // clock runs ahead asking long enough to be answered.
         // A driver that takes the order over late (all coordinators were down) still asks for a
         // few reply timeouts: the assigns may have been applied, and their recorded replies say
         // so.
@@ -214,11 +228,7 @@ impl Coordinator {
     }
 }
 
-/// The monotonic instant of a wall-clock time (now if it has passed).
+/// The monotonic instant of a wall-clock time (now if it has passed), by this process's clock.
 fn deadline_at(instant: DateTime<Utc>) -> Instant {
-    Instant::now() + time_until(instant)
-}
-
-fn time_until(instant: DateTime<Utc>) -> Duration {
-    (instant - Utc::now()).to_std().unwrap_or(Duration::ZERO)
+    Instant::now() + (instant - fault::now()).to_std().unwrap_or(Duration::ZERO)
 }

@@ -68,6 +68,9 @@ impl Coordinator {
             idempotency_key,
         };
         let answer_by = Instant::now() + self.settings.response_budget;
+        // Phase 1 ends on this process's monotonic clock, measured from before the insert, so
+        // never after the deadline the database records (its own `now()` plus the same time).
+        let phase1_ends = Instant::now() + self.settings.order_deadline;
         let span = info_span!("order", order_id = %new.id, trace_id = %trace.trace_id());
         let (started, mut recorded) = oneshot::channel();
         let this = Arc::clone(self);
@@ -105,7 +108,8 @@ impl Coordinator {
                     info!(food_id = %order.food_id, "order received");
                     Driving::Fresh
                 };
-                this.drive(order, token, driving, Some(progress)).await;
+                this.drive(order, token, driving, phase1_ends, Some(progress))
+                    .await;
             }
             .instrument(span),
         );

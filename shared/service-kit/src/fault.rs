@@ -3,8 +3,9 @@
 //! `FAULT_POINTS` is a comma-separated list. A bare name (`coordinator.after_commit_decision`)
 //! makes the process abort, like `kill -9` (no destructors, no graceful shutdown), when it
 //! reaches [`point`] with that name. `name=3s` makes [`pause`] with that name wait that long,
-//! like a worker that stalls. Unarmed points cost one lookup in a map that is empty in
-//! production.
+//! like a worker that stalls. `clock.ahead=30s` makes the process's wall clock ([`now`]) read
+//! that much ahead of the real one, like a machine whose clock has drifted. Unarmed points cost
+//! one lookup in a map that is empty in production.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -58,6 +59,18 @@ pub fn point(name: &str) {
     if let Some(Fault::Abort) = armed(name) {
         tracing::error!(point = name, "fault point reached: aborting");
         std::process::abort();
+    }
+}
+
+/// The wall clock, as this process reads it: ahead by `clock.ahead` if that is armed.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now();
+    match armed("clock.ahead") {
+        Some(Fault::Pause(ahead)) => chrono::Duration::from_std(ahead)
+            .ok()
+            .and_then(|ahead| now.checked_add_signed(ahead))
+            .unwrap_or(now),
+        Some(Fault::Abort) | None => now,
     }
 }
 
