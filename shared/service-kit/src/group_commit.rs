@@ -7,9 +7,11 @@
 //! load a write runs alone, as one autocommitted statement) and runs them in one transaction.
 //! Callers get their results only after the commit, so nothing is acted on before it is durable.
 //!
-//! If any write of a group fails, the group's transaction is rolled back and every write of it
-//! runs again on its own, so each caller gets its own result (an expected error such as a unique
-//! violation on an idempotency key then only affects its own write).
+//! If any write of a group fails, the group's transaction is rolled back and the group runs again
+//! in one transaction with a savepoint around each write: a write that fails (an expected error
+//! such as the unique violation of a repeated command) fails alone, and the others still share
+//! one commit. Only if that fails too (the connection, or the commit) does every write run again
+//! on its own. Savepoints cost two more statements per write, so only the retry uses them.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -123,9 +125,22 @@ async fn run_group<W: Write>(pool: &PgPool, mut group: Vec<Pending<W>>) {
                 return;
             }
             Err(err) => {
-                tracing::debug!(error = %err, size = group.len(), "group failed; running its writes one by one");
+                tracing::debug!(error = %err, size = group.len(), "group failed; running it again with a savepoint per write");
             }
         }
+        match apart(pool, &group).await {
+            Ok(results) => {
+                metrics::counter!("group_commit_retries_total", "how" => "savepoints").increment(1);
+                for ((_, done), result) in group.into_iter().zip(results) {
+                    let _ = done.send(result);
+                }
+                return;
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, size = group.len(), "group failed again; running its writes one by one");
+            }
+        }
+        metrics::counter!("group_commit_retries_total", "how" => "alone").increment(1);
     }
     for (write, done) in group {
         let result = match pool.acquire().await {
@@ -134,6 +149,32 @@ async fn run_group<W: Write>(pool: &PgPool, mut group: Vec<Pending<W>>) {
         };
         let _ = done.send(result);
     }
+}
+
+/// Runs every write of `group` in one transaction, each in a savepoint of its own: a write that
+/// fails is rolled back alone and gets its error; the others commit together.
+async fn apart<W: Write>(
+    pool: &PgPool,
+    group: &[Pending<W>],
+) -> Result<Vec<Result<W::Output, sqlx::Error>>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let mut tx = conn.begin().await?;
+    let mut results = Vec::with_capacity(group.len());
+    for (write, _) in group {
+        let mut savepoint = tx.begin().await?;
+        match write.run(&mut savepoint).await {
+            Ok(output) => {
+                savepoint.commit().await?;
+                results.push(Ok(output));
+            }
+            Err(err) => {
+                savepoint.rollback().await?;
+                results.push(Err(err));
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(results)
 }
 
 /// Runs every write of `group` in one transaction; all or none.
@@ -149,4 +190,104 @@ async fn together<W: Write>(
     }
     tx.commit().await?;
     Ok(outputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+    use super::*;
+
+    /// Inserts a key; returns the id of the transaction it ran in.
+    struct Insert(i32);
+
+    impl Write for Insert {
+        type Output = i64;
+
+        fn run<'c>(
+            &'c self,
+            conn: &'c mut PgConnection,
+        ) -> Pin<Box<dyn Future<Output = Result<i64, sqlx::Error>> + Send + 'c>> {
+            Box::pin(
+                sqlx::query_scalar("INSERT INTO keys VALUES ($1) RETURNING txid_current()")
+                    .bind(self.0)
+                    .fetch_one(conn),
+            )
+        }
+    }
+
+    fn server() -> PgConnectOptions {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+        PgConnectOptions::from_str(&url).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_fails_alone_and_the_others_still_share_one_commit() {
+        let name = format!("group_commit_test_{:016x}", rand::random::<u64>());
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(server().database("postgres"))
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(server().database(&name))
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE keys (k INT PRIMARY KEY)")
+            .execute(&pool)
+            .await
+            .unwrap();
+
+        // Ten keys and a repeat of one of them, in one group.
+        let mut receivers = Vec::new();
+        let mut group = Vec::new();
+        for key in (1..=10).chain([5]) {
+            let (done, result) = oneshot::channel();
+            group.push((Insert(key), done));
+            receivers.push(result);
+        }
+        run_group(&pool, group).await;
+        let mut results = Vec::new();
+        for receiver in receivers {
+            results.push(receiver.await.unwrap());
+        }
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM keys")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await
+        .unwrap();
+
+        let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert_eq!(failed.len(), 1, "{results:?}");
+        assert!(
+            matches!(failed[0], sqlx::Error::Database(db) if db.code().as_deref() == Some("23505")),
+            "{failed:?}"
+        );
+        let mut transactions: Vec<i64> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .copied()
+            .collect();
+        transactions.dedup();
+        assert_eq!(
+            transactions.len(),
+            1,
+            "the ten other writes share one commit: {results:?}"
+        );
+        assert_eq!(rows, 10);
+    }
 }
