@@ -98,7 +98,11 @@ impl Application {
         );
         let events = Arc::new(Notify::new());
         let coordinator = Arc::new(Coordinator {
-            orders: Orders::new(foundation.pool.clone(), &foundation.tracker),
+            orders: Orders::new(
+                foundation.pool.clone(),
+                foundation.db_call_bound,
+                &foundation.tracker,
+            ),
             participants: Participants::new(rpc, topology.clone(), settings.reply_timeout),
             settings,
             deadlines,

@@ -77,7 +77,7 @@ pub fn start<I: Inventory>(
         .collect();
     let expiry_queue = topology.expiry_queue(participant);
     let sweep_interval = settings.sweep_interval;
-    let writes = GroupCommit::start(pool.clone(), WRITERS, tracker);
+    let writes = GroupCommit::start(pool.clone(), WRITERS, foundation.db_call_bound, tracker);
     let shared = Arc::new(Shared {
         inventory,
         pool,

@@ -13,6 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+/// How much longer than the statement timeout a call to the database may take on the client side.
+const DB_CALL_MARGIN: Duration = Duration::from_secs(1);
+
 use crate::config::ServiceArgs;
 use crate::db::{self, DatabaseSettings, DbError};
 use crate::http::{self, Readiness};
@@ -72,6 +75,10 @@ pub struct Foundation {
     pub publisher: Publisher,
     /// The bound HTTP listener.
     pub listener: TcpListener,
+    /// How long a call to the database may take on the client side before it is given up as a
+    /// lost connection: the statement timeout plus a margin (the server enforces the timeout,
+    /// unless it is frozen).
+    pub db_call_bound: Duration,
     /// In-flight work that needs the consumers to finish (the coordinator's order drivers).
     pub work: TaskTracker,
     /// Background tasks (consumers, timers, sweeps, relays).
@@ -100,6 +107,7 @@ impl Foundation {
         let listener = http::bind(http_addr).await?;
         Ok(Self {
             pool,
+            db_call_bound: database.statement_timeout + DB_CALL_MARGIN,
             broker,
             publisher,
             listener,

@@ -12,10 +12,16 @@
 //! such as the unique violation of a repeated command) fails alone, and the others still share
 //! one commit. Only if that fails too (the connection, or the commit) does every write run again
 //! on its own. Savepoints cost two more statements per write, so only the retry uses them.
+//!
+//! Every call to the database is bounded on the client side too (`bound`, a little more than the
+//! server's `statement_timeout`): a server or connection that freezes would never enforce its own
+//! timeout. A call past the bound fails as a lost connection (transient, so callers retry), and
+//! its connection is closed rather than returned to the pool.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::{Acquire, PgConnection, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -63,6 +69,34 @@ impl<W: Write> Clone for GroupCommit<W> {
     }
 }
 
+/// `call`, or a lost-connection error if it takes longer than `bound`.
+async fn bounded<T>(
+    bound: Duration,
+    call: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(bound, call)
+        .await
+        .unwrap_or_else(|_| Err(no_answer(bound)))
+}
+
+/// The error of a call that got no answer within `bound`.
+fn no_answer(bound: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer from the database within {bound:?}"),
+    ))
+}
+
+/// Whether `err` is a call that got no answer within the bound.
+fn is_no_answer(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Io(err) if err.kind() == std::io::ErrorKind::TimedOut)
+}
+
+/// Whether `result` failed on the client-side bound (its connection must not be reused).
+fn timed_out<T>(result: &Result<T, sqlx::Error>) -> bool {
+    result.as_ref().err().is_some_and(is_no_answer)
+}
+
 impl<W: Write> std::fmt::Debug for GroupCommit<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GroupCommit").finish_non_exhaustive()
@@ -75,12 +109,13 @@ fn stopped() -> sqlx::Error {
 }
 
 impl<W: Write> GroupCommit<W> {
-    /// Starts `workers` workers on `tracker`; they stop when every handle is dropped.
-    pub fn start(pool: PgPool, workers: usize, tracker: &TaskTracker) -> Self {
+    /// Starts `workers` workers on `tracker`; they stop when every handle is dropped. Each call
+    /// to the database that takes longer than `bound` fails.
+    pub fn start(pool: PgPool, workers: usize, bound: Duration, tracker: &TaskTracker) -> Self {
         let (sender, receiver) = mpsc::unbounded_channel::<Pending<W>>();
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..workers.max(1) {
-            tracker.spawn(worker(pool.clone(), Arc::clone(&receiver)));
+            tracker.spawn(worker(pool.clone(), bound, Arc::clone(&receiver)));
         }
         Self { sender }
     }
@@ -93,7 +128,11 @@ impl<W: Write> GroupCommit<W> {
     }
 }
 
-async fn worker<W: Write>(pool: PgPool, receiver: Arc<Mutex<mpsc::UnboundedReceiver<Pending<W>>>>) {
+async fn worker<W: Write>(
+    pool: PgPool,
+    bound: Duration,
+    receiver: Arc<Mutex<mpsc::UnboundedReceiver<Pending<W>>>>,
+) {
     loop {
         let group = {
             let mut receiver = receiver.lock().await;
@@ -110,17 +149,24 @@ async fn worker<W: Write>(pool: PgPool, receiver: Arc<Mutex<mpsc::UnboundedRecei
             group
         };
         metrics::histogram!("group_commit_size").record(group.len() as f64);
-        run_group(&pool, group).await;
+        run_group(&pool, bound, group).await;
     }
 }
 
-async fn run_group<W: Write>(pool: &PgPool, mut group: Vec<Pending<W>>) {
+async fn run_group<W: Write>(pool: &PgPool, bound: Duration, mut group: Vec<Pending<W>>) {
     group.sort_by_key(|(write, _)| write.order_key());
     if group.len() > 1 {
-        match together(pool, &group).await {
+        match together(pool, bound, &group).await {
             Ok(outputs) => {
                 for ((_, done), output) in group.into_iter().zip(outputs) {
                     let _ = done.send(Ok(output));
+                }
+                return;
+            }
+            Err(err) if is_no_answer(&err) => {
+                // The database does not answer: running the writes again would only wait again.
+                for (_, done) in group {
+                    let _ = done.send(Err(no_answer(bound)));
                 }
                 return;
             }
@@ -128,7 +174,7 @@ async fn run_group<W: Write>(pool: &PgPool, mut group: Vec<Pending<W>>) {
                 tracing::debug!(error = %err, size = group.len(), "group failed; running it again with a savepoint per write");
             }
         }
-        match apart(pool, &group).await {
+        match apart(pool, bound, &group).await {
             Ok(results) => {
                 metrics::counter!("group_commit_retries_total", "how" => "savepoints").increment(1);
                 for ((_, done), result) in group.into_iter().zip(results) {
@@ -144,7 +190,13 @@ async fn run_group<W: Write>(pool: &PgPool, mut group: Vec<Pending<W>>) {
     }
     for (write, done) in group {
         let result = match pool.acquire().await {
-            Ok(mut conn) => write.run(&mut conn).await,
+            Ok(mut conn) => {
+                let result = bounded(bound, write.run(&mut conn)).await;
+                if timed_out(&result) {
+                    drop(conn.detach());
+                }
+                result
+            }
             Err(err) => Err(err),
         };
         let _ = done.send(result);
@@ -155,41 +207,61 @@ async fn run_group<W: Write>(pool: &PgPool, mut group: Vec<Pending<W>>) {
 /// fails is rolled back alone and gets its error; the others commit together.
 async fn apart<W: Write>(
     pool: &PgPool,
+    bound: Duration,
     group: &[Pending<W>],
 ) -> Result<Vec<Result<W::Output, sqlx::Error>>, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    let mut tx = conn.begin().await?;
-    let mut results = Vec::with_capacity(group.len());
-    for (write, _) in group {
-        let mut savepoint = tx.begin().await?;
-        match write.run(&mut savepoint).await {
-            Ok(output) => {
-                savepoint.commit().await?;
-                results.push(Ok(output));
+    let result = async {
+        let mut tx = bounded(bound, conn.begin()).await?;
+        let mut results = Vec::with_capacity(group.len());
+        for (write, _) in group {
+            let mut savepoint = bounded(bound, tx.begin()).await?;
+            let result = bounded(bound, write.run(&mut savepoint)).await;
+            if timed_out(&result) {
+                return result.map(|_| Vec::new());
             }
-            Err(err) => {
-                savepoint.rollback().await?;
-                results.push(Err(err));
+            match result {
+                Ok(output) => {
+                    bounded(bound, savepoint.commit()).await?;
+                    results.push(Ok(output));
+                }
+                Err(err) => {
+                    bounded(bound, savepoint.rollback()).await?;
+                    results.push(Err(err));
+                }
             }
         }
+        bounded(bound, tx.commit()).await?;
+        Ok(results)
     }
-    tx.commit().await?;
-    Ok(results)
+    .await;
+    if timed_out(&result) {
+        drop(conn.detach());
+    }
+    result
 }
 
 /// Runs every write of `group` in one transaction; all or none.
 async fn together<W: Write>(
     pool: &PgPool,
+    bound: Duration,
     group: &[Pending<W>],
 ) -> Result<Vec<W::Output>, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    let mut tx = conn.begin().await?;
-    let mut outputs = Vec::with_capacity(group.len());
-    for (write, _) in group {
-        outputs.push(write.run(&mut tx).await?);
+    let result = async {
+        let mut tx = bounded(bound, conn.begin()).await?;
+        let mut outputs = Vec::with_capacity(group.len());
+        for (write, _) in group {
+            outputs.push(bounded(bound, write.run(&mut tx)).await?);
+        }
+        bounded(bound, tx.commit()).await?;
+        Ok(outputs)
     }
-    tx.commit().await?;
-    Ok(outputs)
+    .await;
+    if timed_out(&result) {
+        drop(conn.detach());
+    }
+    result
 }
 
 #[cfg(test)]
@@ -254,7 +326,7 @@ mod tests {
             group.push((Insert(key), done));
             receivers.push(result);
         }
-        run_group(&pool, group).await;
+        run_group(&pool, Duration::from_secs(10), group).await;
         let mut results = Vec::new();
         for receiver in receivers {
             results.push(receiver.await.unwrap());
@@ -289,5 +361,100 @@ mod tests {
             "the ten other writes share one commit: {results:?}"
         );
         assert_eq!(rows, 10);
+    }
+
+    /// A TCP proxy to PostgreSQL that can freeze: once frozen it keeps every connection open but
+    /// forwards nothing more, like a server that stopped answering.
+    struct Proxy {
+        port: u16,
+        frozen: tokio::sync::watch::Sender<bool>,
+    }
+
+    impl Proxy {
+        async fn start(to: (String, u16)) -> Self {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let (frozen, watch) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let server = tokio::net::TcpStream::connect(to.clone()).await.unwrap();
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::spawn(pump(client_read, server_write, watch.clone()));
+                    tokio::spawn(pump(server_read, client_write, watch.clone()));
+                }
+            });
+            Self { port, frozen }
+        }
+    }
+
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut frozen: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0; 16 * 1024];
+        loop {
+            let Ok(n) = from.read(&mut buf).await else {
+                return;
+            };
+            if n == 0 || frozen.wait_for(|f| !*f).await.is_err() {
+                return;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_on_a_frozen_connection_fails_within_the_bound() {
+        let server = server();
+        let proxy = Proxy::start((server.get_host().to_owned(), server.get_port())).await;
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(2))
+            // The connection freezes between acquire and statement, as it may in production
+            // (where the check before acquire is itself bounded by the acquire timeout).
+            .test_before_acquire(false)
+            .connect_with(server.clone().port(proxy.port).database("postgres"))
+            .await
+            .unwrap();
+        let tracker = TaskTracker::new();
+        let writes = GroupCommit::start(pool.clone(), 1, Duration::from_millis(500), &tracker);
+
+        // A write that touches nothing: the transaction id it runs in.
+        struct Txid;
+        impl Write for Txid {
+            type Output = i64;
+            fn run<'c>(
+                &'c self,
+                conn: &'c mut PgConnection,
+            ) -> Pin<Box<dyn Future<Output = Result<i64, sqlx::Error>> + Send + 'c>> {
+                Box::pin(sqlx::query_scalar("SELECT txid_current()").fetch_one(conn))
+            }
+        }
+        writes.run(Txid).await.expect("a write through the proxy");
+        // The pool checks a connection when it comes back: freeze only once it is idle again.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while pool.num_idle() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the connection never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        proxy.frozen.send_replace(true);
+        let frozen = tokio::time::timeout(Duration::from_secs(20), writes.run(Txid))
+            .await
+            .expect("a write on a frozen connection ends");
+        let err = frozen.expect_err("no answer from a frozen server");
+        assert!(crate::db::is_transient(&err), "{err}");
+        assert!(
+            err.to_string().contains("no answer from the database"),
+            "{err}"
+        );
     }
 }

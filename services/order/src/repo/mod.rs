@@ -171,10 +171,11 @@ pub struct Orders {
 const WRITERS: usize = 4;
 
 impl Orders {
-    /// The order database; its writers run on `tracker`.
-    pub fn new(pool: PgPool, tracker: &TaskTracker) -> Self {
+    /// The order database; its writers run on `tracker`, and give up on a call to the database
+    /// after `bound`.
+    pub fn new(pool: PgPool, bound: Duration, tracker: &TaskTracker) -> Self {
         Self {
-            writes: GroupCommit::start(pool.clone(), WRITERS, tracker),
+            writes: GroupCommit::start(pool.clone(), WRITERS, bound, tracker),
             pool,
         }
     }
