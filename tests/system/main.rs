@@ -19,6 +19,7 @@ mod many_orders;
 mod operations;
 mod orders;
 mod outages;
+mod partitions;
 mod poison;
 mod redelivery;
 mod settings;

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use messaging::{Backoff, TimerWindow};
+use messaging::{Backoff, Health, TimerWindow};
 use protocol::ids::OrderId;
 use service_kit::db::is_transient;
 use service_kit::fault;
@@ -57,6 +57,9 @@ pub struct Coordinator {
     pub(crate) tracker: TaskTracker,
     /// Cancelled at shutdown: drivers stop waiting.
     pub(crate) shutdown: CancellationToken,
+    /// Whether this process reaches the broker (its publishers and consumers report here). A
+    /// driver that cannot talk to the participants hands its order over instead of keeping it.
+    pub(crate) broker: Health,
 }
 
 /// Why a driver stopped before the order was final.
@@ -154,7 +157,9 @@ impl Coordinator {
 
     /// Runs `work` while renewing the driver's lease in the background, so that a long phase 2
     /// (a participant that is down) keeps the order with its driver. Stops if the lease is lost
-    /// or at shutdown.
+    /// or at shutdown. A driver whose process has not reached the broker for a whole lease stops
+    /// too, and hands the order over at once: another coordinator may reach the participants,
+    /// and renewing without progress would keep it from the order.
     pub(crate) async fn keeping_lease<T>(
         &self,
         order: &Order,
@@ -164,13 +169,42 @@ impl Coordinator {
         tokio::pin!(work);
         let mut renew = tokio::time::interval(self.settings.lease / 3);
         renew.tick().await;
+        let mut cut_off_since: Option<Instant> = None;
         loop {
             tokio::select! {
                 out = &mut work => return Ok(out),
-                _ = renew.tick() => self.keep_lease(order, token).await?,
+                _ = renew.tick() => {
+                    if self.broker.all_up() {
+                        cut_off_since = None;
+                    } else if cut_off_since.get_or_insert_with(Instant::now).elapsed()
+                        >= self.settings.lease
+                    {
+                        return Err(self.hand_over(order, token).await);
+                    }
+                    self.keep_lease(order, token).await?;
+                }
                 () = self.shutdown.cancelled() => return Err(Stop::Interrupted),
             }
         }
+    }
+
+    /// Ends this driver's lease now, so that a coordinator that reaches the broker takes the
+    /// order over at its next sweep.
+    async fn hand_over(&self, order: &Order, token: LeaseToken) -> Stop {
+        warn!(
+            lease = ?self.settings.lease,
+            "the broker has been out of reach for a whole lease: handing the order over"
+        );
+        metrics::counter!("orders_handed_over_total").increment(1);
+        if let Err(err) = repo::end_lease(self.orders.pool(), order.id, token).await {
+            warn!(error = %err, "could not end the lease; it will run out");
+        }
+        Stop::Interrupted
+    }
+
+    /// Whether this process reaches the broker now (recovery claims nothing while it does not).
+    pub(crate) fn reaches_broker(&self) -> bool {
+        self.broker.all_up()
     }
 
     async fn keep_lease(&self, order: &Order, token: LeaseToken) -> Result<(), Stop> {

@@ -94,6 +94,10 @@ pub async fn sweep_loop(
             _ = ticker.tick() => {}
             () = shutdown.cancelled() => return,
         }
+        if !coordinator.reaches_broker() {
+            // Nothing could be driven from here: leave the orders to a coordinator that can.
+            continue;
+        }
         loop {
             match repo::claim_expired(coordinator.pool(), lease, CLAIMS_PER_ROUND).await {
                 Ok(claimed) => {

@@ -109,6 +109,7 @@ impl Application {
             events: Arc::clone(&events),
             tracker: foundation.work.clone(),
             shutdown: foundation.shutdown.clone(),
+            broker: foundation.broker.health().clone(),
         });
         foundation.tracker.spawn(outbox::relay(
             foundation.pool.clone(),

@@ -17,6 +17,7 @@ pub mod client;
 pub mod events;
 pub mod infra;
 pub mod load;
+pub mod proxy;
 pub mod service;
 
 use std::future::Future;

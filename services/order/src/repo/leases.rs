@@ -50,6 +50,16 @@ pub async fn renew_lease(
         == 1)
 }
 
+/// Ends the lease of `token` on `order` now (the order stays as it is, for another driver).
+pub async fn end_lease(pool: &PgPool, order: OrderId, token: LeaseToken) -> Result<(), RepoError> {
+    sqlx::query("UPDATE orders SET lease_until = now() WHERE id = $1 AND lease_token = $2")
+        .bind(order)
+        .bind(token)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Claims those of `orders` that are unfinished and whose lease has run out, each with a fresh
 /// token (returned with it). One statement for a whole timer message: nearly all of its orders are
 /// long finished and are skipped by the primary-key lookup.

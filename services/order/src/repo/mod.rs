@@ -18,7 +18,7 @@ use crate::outbox::OutboxEvent;
 mod leases;
 mod writes;
 
-pub use leases::{LeaseToken, claim, claim_expired, renew_lease};
+pub use leases::{LeaseToken, claim, claim_expired, end_lease, renew_lease};
 use writes::OrderWrite;
 
 /// Why the order table did not answer as asked.
