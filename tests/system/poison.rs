@@ -149,3 +149,38 @@ async fn a_command_that_keeps_failing_is_parked_after_the_delivery_limit() {
     // The order still has exactly one packet.
     assert_eq!(system.food(food).await["assigned"], 1);
 }
+
+#[tokio::test]
+async fn a_command_whose_handler_panics_is_parked_with_the_reason_and_the_service_goes_on() {
+    // Every assign makes the store's handler panic (a bug that one kind of message triggers).
+    let system = TestSystem::start_with(
+        Options::fast().store("FAULT_POINTS", "participant.before_assign=panic"),
+    )
+    .await;
+    let food = system.create_food("Vada", 2).await;
+    system.create_agents(2).await;
+
+    let (_, body) = system.place_order(food).await;
+    let id = body["order_id"].as_str().expect("an order id").to_owned();
+    let topology = Topology::new("");
+    let dlq = Topology::dead_letter_queue(
+        &topology.command_queue(Participant::Store, protocol::command::Operation::Assign),
+    );
+    let management = &system.infra.management;
+    eventually("the assign that panicked is parked", FINISH, || async {
+        management.count_messages(&system.infra.vhost, &dlq).await >= 1
+    })
+    .await;
+    let parked = management.peek(&system.infra.vhost, &dlq, 1).await;
+    let reason = &parked[0]["properties"]["headers"]["x-dead-letter-reason"];
+    assert!(
+        reason.as_str().is_some_and(|r| r.contains("panicked")),
+        "{}",
+        parked[0]
+    );
+    // The store is still up and its other queues go on: the order ends, with nothing held.
+    let order = system.order_when_final(&system.order, &id).await;
+    assert_eq!(order["status"], "not_placed", "{order}");
+    assert!(system.store.is_ready().await);
+    system.assert_nothing_reserved(FINISH).await;
+}

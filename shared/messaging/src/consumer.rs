@@ -1,6 +1,7 @@
 //! Supervised consumers with manual acks.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use deadpool_lapin::lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use protocol::envelope::{DecodeError, Envelope};
 use protocol::headers;
 use protocol::ids::MessageId;
@@ -22,7 +23,7 @@ use protocol::trace::TraceContext;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::backoff::Backoff;
 use crate::broker::{Broker, BrokerError, Role};
@@ -284,7 +285,13 @@ async fn consume_once<H: Handler>(
             span_id = trace.map(|t| t.span_id()).unwrap_or_default(),
         );
         if spec.ack_mode == AckMode::Auto {
-            handler.handle(&message).instrument(span).await;
+            // Acked on delivery: a handler that panics loses only its own message.
+            if let Err(panic) = AssertUnwindSafe(handler.handle(&message).instrument(span))
+                .catch_unwind()
+                .await
+            {
+                error!(queue = %spec.queue, panic = panic_text(&*panic), "handler panicked; message dropped");
+            }
             continue;
         }
         let handler = Arc::clone(handler);
@@ -292,7 +299,21 @@ async fn consume_once<H: Handler>(
         let dead_letter_exchange = spec.dead_letter_exchange.clone();
         tracker.spawn(
             async move {
-                let disposition = handler.handle(&message).await;
+                // A handler that panics must not leave its message unacked until the channel
+                // dies: the message that made it panic is parked with the reason.
+                let disposition = match AssertUnwindSafe(handler.handle(&message))
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(disposition) => disposition,
+                    Err(panic) => {
+                        let panic = panic_text(&*panic);
+                        error!(panic, "handler panicked");
+                        metrics::counter!("handler_panics_total", "queue" => message.queue().to_owned())
+                            .increment(1);
+                        Disposition::DeadLetter(format!("the handler panicked: {panic}"))
+                    }
+                };
                 let settled = match disposition {
                     Disposition::Ack => acker.ack(BasicAckOptions::default()).await,
                     Disposition::Retry => {
@@ -329,6 +350,15 @@ async fn consume_once<H: Handler>(
             .instrument(span),
         );
     }
+}
+
+/// What a panic said, if it said it with a string.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)")
 }
 
 /// Publishes an unhandleable message, untouched, to the dead-letter queue beside its queue, with

@@ -3,7 +3,8 @@
 //! `FAULT_POINTS` is a comma-separated list. A bare name (`coordinator.after_commit_decision`)
 //! makes the process abort, like `kill -9` (no destructors, no graceful shutdown), when it
 //! reaches [`point`] with that name. `name=3s` makes [`pause`] with that name wait that long,
-//! like a worker that stalls. `clock.ahead=30s` makes the process's wall clock ([`now`]) read
+//! like a worker that stalls, and `name=panic` makes the task that reaches it panic, like a bug.
+//! `clock.ahead=30s` makes the process's wall clock ([`now`]) read
 //! that much ahead of the real one, like a machine whose clock has drifted. Unarmed points cost
 //! one lookup in a map that is empty in production.
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 enum Fault {
     Abort,
     Pause(Duration),
+    Panic,
 }
 
 static ARMED: OnceLock<HashMap<String, Fault>> = OnceLock::new();
@@ -33,6 +35,7 @@ pub fn arm(spec: &str) -> Result<(), FaultSpecError> {
     for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let (name, fault) = match entry.split_once('=') {
             None => (entry, Fault::Abort),
+            Some((name, "panic")) => (name, Fault::Panic),
             Some((name, delay)) => {
                 let delay = humantime::parse_duration(delay).map_err(|e| FaultSpecError {
                     entry: entry.to_owned(),
@@ -54,12 +57,22 @@ fn armed(name: &str) -> Option<Fault> {
     ARMED.get()?.get(name).copied()
 }
 
-/// Aborts the process if `name` is armed to abort.
+/// Aborts the process if `name` is armed to abort; panics if it is armed to panic.
 pub fn point(name: &str) {
-    if let Some(Fault::Abort) = armed(name) {
-        tracing::error!(point = name, "fault point reached: aborting");
-        std::process::abort();
+    match armed(name) {
+        Some(Fault::Abort) => {
+            tracing::error!(point = name, "fault point reached: aborting");
+            std::process::abort();
+        }
+        Some(Fault::Panic) => panic_at(name),
+        Some(Fault::Pause(_)) | None => {}
     }
+}
+
+#[allow(clippy::panic)]
+fn panic_at(name: &str) -> ! {
+    tracing::error!(point = name, "fault point reached: panicking");
+    panic!("fault point {name} armed to panic");
 }
 
 /// The wall clock, as this process reads it: ahead by `clock.ahead` if that is armed.
@@ -70,14 +83,18 @@ pub fn now() -> chrono::DateTime<chrono::Utc> {
             .ok()
             .and_then(|ahead| now.checked_add_signed(ahead))
             .unwrap_or(now),
-        Some(Fault::Abort) | None => now,
+        Some(Fault::Abort | Fault::Panic) | None => now,
     }
 }
 
-/// Waits if `name` is armed with a delay.
+/// Waits if `name` is armed with a delay; panics if it is armed to panic.
 pub async fn pause(name: &str) {
-    if let Some(Fault::Pause(delay)) = armed(name) {
-        tracing::warn!(point = name, ?delay, "fault point reached: pausing");
-        tokio::time::sleep(delay).await;
+    match armed(name) {
+        Some(Fault::Pause(delay)) => {
+            tracing::warn!(point = name, ?delay, "fault point reached: pausing");
+            tokio::time::sleep(delay).await;
+        }
+        Some(Fault::Panic) => panic_at(name),
+        Some(Fault::Abort) | None => {}
     }
 }
