@@ -22,4 +22,5 @@ mod outages;
 mod partitions;
 mod poison;
 mod redelivery;
+mod retention;
 mod settings;

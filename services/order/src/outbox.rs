@@ -36,8 +36,14 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 const GATHER: Duration = Duration::from_millis(20);
 /// How long sent events are kept.
 const RETENTION: Duration = Duration::from_secs(24 * 3600);
-/// How often sent events are pruned.
+/// How often sent events are pruned, once the outbox has caught up.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Events deleted per pruning statement.
+const PRUNE_ROUND: i64 = 10_000;
+/// How long one turn of pruning may hold the relay from publishing; a turn that did not catch up
+/// is followed by another right after the next publishing round, so pruning keeps up with any
+/// order rate.
+const PRUNE_TURN: Duration = Duration::from_secs(1);
 
 /// An order event to write to the outbox with a final order.
 #[derive(Clone, Debug)]
@@ -111,9 +117,16 @@ pub async fn relay(
         }
         if Instant::now() >= next_prune {
             next_prune = Instant::now() + PRUNE_EVERY;
-            match prune_sent(&pool, RETENTION, 10_000).await {
-                Ok(0) => {}
-                Ok(n) => info!(pruned = n, "old order events pruned from the outbox"),
+            match prune_turn(&pool).await {
+                Ok((pruned, caught_up)) => {
+                    if pruned > 0 {
+                        info!(pruned, "old order events pruned from the outbox");
+                    }
+                    if !caught_up {
+                        next_prune = Instant::now();
+                        continue;
+                    }
+                }
                 Err(err) => warn!(error = %err, "outbox prune failed"),
             }
         }
@@ -205,6 +218,23 @@ async fn mark_sent(tx: &mut sqlx::PgConnection, ids: &[i64]) -> Result<(), sqlx:
         .execute(&mut *tx)
         .await?;
     Ok(())
+}
+
+/// Deletes events sent more than `RETENTION` ago, a round at a time, for up to `PRUNE_TURN`.
+/// Returns how many, and whether none are left.
+async fn prune_turn(pool: &PgPool) -> Result<(u64, bool), sqlx::Error> {
+    let started = Instant::now();
+    let mut pruned = 0;
+    loop {
+        let n = prune_sent(pool, RETENTION, PRUNE_ROUND).await?;
+        pruned += n;
+        if n < PRUNE_ROUND.unsigned_abs() {
+            return Ok((pruned, true));
+        }
+        if started.elapsed() >= PRUNE_TURN {
+            return Ok((pruned, false));
+        }
+    }
 }
 
 /// Deletes up to `limit` events sent more than `retention` ago.

@@ -82,16 +82,13 @@ impl Application {
         ));
 
         let timers_exchange = topology.timers_exchange("order");
+        let wait_key = Topology::timer_wait_routing_key(timer_wait);
         let deadlines = TimerWindow::spawn(
             foundation.publisher.clone(),
             config.timer_window,
             move |order_ids: Vec<OrderId>| {
                 let envelope = Envelope::new(OrderTimer::Deadlines { order_ids });
-                Outgoing::new(
-                    &envelope,
-                    timers_exchange.clone(),
-                    Topology::timer_wait_routing_key(),
-                )
+                Outgoing::new(&envelope, timers_exchange.clone(), wait_key.clone())
             },
             foundation.stop_background.clone(),
             &foundation.tracker,

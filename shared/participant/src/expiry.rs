@@ -64,6 +64,8 @@ impl<I: Inventory> Handler for ExpiryHandler<I> {
 
 /// Rows handled per sweep statement.
 const SWEEP_BATCH: i64 = 1_000;
+/// Barrier rows deleted per pruning statement.
+const PRUNE_ROUND: i64 = 10_000;
 
 /// Every `interval`: frees reservations expired for longer than `grace` (their timer was lost or
 /// is late) and prunes old barrier rows. Runs in every replica; `SKIP LOCKED` keeps them apart.
@@ -91,7 +93,17 @@ pub(crate) async fn sweep_loop<I: Inventory>(
                     break;
                 }
             }
-            let pruned = barrier::prune(&mut conn, retention, SWEEP_BATCH * 10).await?;
+            // Prune until caught up, for at most half an interval (the next sweep goes on), so
+            // that pruning keeps up with any command rate.
+            let started = tokio::time::Instant::now();
+            let mut pruned = 0;
+            loop {
+                let n = barrier::prune(&mut conn, retention, PRUNE_ROUND).await?;
+                pruned += n;
+                if n < PRUNE_ROUND.unsigned_abs() || started.elapsed() >= interval / 2 {
+                    break;
+                }
+            }
             Ok::<_, sqlx::Error>((freed, pruned))
         }
         .await;

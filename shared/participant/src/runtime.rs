@@ -48,16 +48,13 @@ pub fn start<I: Inventory>(
     let wait = settings.reservation_ttl + settings.timer_window + Duration::from_millis(500);
     let declarations = Arc::new(topology.participant(participant, wait));
     let timers = topology.timers_exchange(participant.as_str());
+    let wait_key = Topology::timer_wait_routing_key(wait);
     let expiries = TimerWindow::spawn(
         publisher.clone(),
         settings.timer_window,
         move |txn_ids: Vec<TxnId>| {
             let envelope = Envelope::new(ParticipantTimer::Expiries { txn_ids });
-            Outgoing::new(
-                &envelope,
-                timers.clone(),
-                Topology::timer_wait_routing_key(),
-            )
+            Outgoing::new(&envelope, timers.clone(), wait_key.clone())
         },
         shutdown.clone(),
         tracker,

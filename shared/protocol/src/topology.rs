@@ -54,8 +54,6 @@ impl fmt::Display for Participant {
     }
 }
 
-/// The routing key, on an owner's timers exchange, of its wait queue.
-const WAIT_ROUTING_KEY: &str = "wait";
 /// The routing key with which a wait queue dead-letters expired timers into the owner's queue.
 const FIRED_ROUTING_KEY: &str = "fired";
 /// How many times a message is delivered before RabbitMQ parks it in the dead-letter queue. A
@@ -183,9 +181,11 @@ impl Topology {
         self.name(format_args!("{owner}.timers"))
     }
 
-    /// The routing key that puts a timer into its owner's wait queue.
-    pub fn timer_wait_routing_key() -> &'static str {
-        WAIT_ROUTING_KEY
+    /// The routing key that puts a timer into its owner's wait queue of `ttl`. The TTL is in the
+    /// key as in the queue's name: after a change of TTL, the old wait queue stays bound with the
+    /// old key, gets no new timers, and drains.
+    pub fn timer_wait_routing_key(ttl: Duration) -> String {
+        format!("wait.{}ms", ttl.as_millis())
     }
 
     /// The queue that the coordinator's deadline timers wait in.
@@ -275,7 +275,7 @@ impl Topology {
             dead_letter: Some((timers.clone(), FIRED_ROUTING_KEY.to_owned())),
             reliable_dead_letter: false,
             delivery_limit: None,
-            bindings: vec![(timers.clone(), WAIT_ROUTING_KEY.to_owned())],
+            bindings: vec![(timers.clone(), Self::timer_wait_routing_key(ttl))],
         });
         self.consumed_queue(
             decl,
