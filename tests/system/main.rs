@@ -15,6 +15,7 @@ mod contention;
 mod crashes;
 mod events;
 mod expiry;
+mod hostile_input;
 mod many_orders;
 mod operations;
 mod orders;

@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use protocol::ids::AgentId;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use service_kit::http::{ApiError, AppJson, AppPath};
+use service_kit::http::{ApiError, AppJson, AppPath, text_field};
 use sqlx::PgPool;
 
 use crate::repo::{self, Agent, Summary};
@@ -61,15 +61,10 @@ async fn create_agents(
     }
     let names: Option<Vec<String>> = match body.names {
         Some(names) => {
-            let names: Vec<String> = names.iter().map(|n| n.trim().to_owned()).collect();
-            if names
+            let names = names
                 .iter()
-                .any(|n| n.is_empty() || n.chars().count() > 200)
-            {
-                return Err(ApiError::Unprocessable(
-                    "every name must be 1 to 200 characters".to_owned(),
-                ));
-            }
+                .map(|n| text_field("every name", n).map(str::to_owned))
+                .collect::<Result<Vec<String>, ApiError>>()?;
             Some(names)
         }
         None => None,

@@ -22,7 +22,7 @@ use protocol::ids::{FoodId, OrderId};
 use protocol::trace::TraceContext;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use service_kit::http::{ApiError, AppJson, AppPath};
+use service_kit::http::{ApiError, AppJson, AppPath, text_field};
 use uuid::Uuid;
 
 use crate::coordinator::Coordinator;
@@ -63,12 +63,7 @@ async fn place_order(
             body.food_id
         )));
     }
-    let customer_id = body.customer_id.trim();
-    if customer_id.is_empty() || customer_id.chars().count() > 200 {
-        return Err(ApiError::Unprocessable(
-            "customer_id must be 1 to 200 characters".to_owned(),
-        ));
-    }
+    let customer_id = text_field("customer_id", &body.customer_id)?;
     let key = idempotency_key(&headers)?;
     // Continue the caller's trace if it sent one, else start a new one.
     let trace = headers

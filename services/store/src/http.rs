@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use protocol::ids::{FoodId, PacketId};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use service_kit::http::{ApiError, AppJson, AppPath};
+use service_kit::http::{ApiError, AppJson, AppPath, text_field};
 use sqlx::PgPool;
 
 use crate::repo::{self, FoodStock, Packet};
@@ -59,12 +59,7 @@ async fn create_food(
     State(pool): State<PgPool>,
     AppJson(body): AppJson<NewFood>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::Unprocessable(
-            "name must be 1 to 200 characters".to_owned(),
-        ));
-    }
+    let name = text_field("name", &body.name)?;
     check_count("packets", body.packets, 0)?;
     let id = repo::create_food(&pool, name, body.packets).await?;
     tracing::info!(food_id = %id, name, packets = body.packets, "food created");

@@ -110,6 +110,21 @@ impl From<PathRejection> for ApiError {
     }
 }
 
+/// The longest text field the APIs take (names, customer ids), in characters.
+pub const MAX_TEXT: usize = 200;
+
+/// `value` trimmed, if it is 1 to [`MAX_TEXT`] characters and holds no NUL (which PostgreSQL
+/// refuses in text); else a 422 naming `field`.
+pub fn text_field<'a>(field: &str, value: &'a str) -> Result<&'a str, ApiError> {
+    let value = value.trim();
+    if value.is_empty() || value.chars().count() > MAX_TEXT || value.contains('\0') {
+        return Err(ApiError::Unprocessable(format!(
+            "{field} must be 1 to {MAX_TEXT} characters, without NUL characters"
+        )));
+    }
+    Ok(value)
+}
+
 /// `axum::Json` whose rejections are [`ApiError`]s, so that malformed JSON gets a JSON answer.
 #[derive(Debug, FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
