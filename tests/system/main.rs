@@ -22,6 +22,7 @@ mod orders;
 mod outages;
 mod partitions;
 mod poison;
+mod recovery;
 mod redelivery;
 mod retention;
 mod settings;

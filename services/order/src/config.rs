@@ -44,6 +44,12 @@ pub struct Config {
     #[arg(long, env = "RECOVERY_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
     pub recovery_interval: Duration,
 
+    /// How many taken-over orders one coordinator drives at once. Recovery claims no more than
+    /// it has room for, so that claimed orders do not wait for a driver while their lease runs
+    /// out (and get claimed again).
+    #[arg(long, env = "RECOVERY_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub recovery_concurrency: u32,
+
     /// How long deadline timers are collected before being published as one message.
     #[arg(long, env = "TIMER_WINDOW", default_value = "100ms", value_parser = parse_duration)]
     pub timer_window: Duration,

@@ -13,7 +13,7 @@ use protocol::ids::OrderId;
 use service_kit::db::is_transient;
 use service_kit::fault;
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -60,6 +60,8 @@ pub struct Coordinator {
     /// Whether this process reaches the broker (its publishers and consumers report here). A
     /// driver that cannot talk to the participants hands its order over instead of keeping it.
     pub(crate) broker: Health,
+    /// How many taken-over orders may be driven at once (`RECOVERY_CONCURRENCY`).
+    pub(crate) recovery_slots: Arc<Semaphore>,
 }
 
 /// Why a driver stopped before the order was final.
@@ -83,9 +85,21 @@ impl Coordinator {
         &self.settings
     }
 
+    /// Room for orders to take over now, reserved until dropped (at most `wanted`; `None` if
+    /// there is none). Recovery claims no more orders than it has room for, so that a claimed
+    /// order's lease does not run out while it waits for a driver.
+    pub(crate) fn recovery_room(&self, wanted: usize) -> Option<(OwnedSemaphorePermit, usize)> {
+        let room = self.recovery_slots.available_permits().min(wanted);
+        let permits = u32::try_from(room).ok().filter(|n| *n > 0)?;
+        let permit = Arc::clone(&self.recovery_slots)
+            .try_acquire_many_owned(permits)
+            .ok()?;
+        Some((permit, room))
+    }
+
     /// Drives an order taken over from another driver (by a fired timer or the sweep), in the
-    /// background.
-    pub fn resume(self: &Arc<Self>, order: Order, token: LeaseToken) {
+    /// background, holding one slot of recovery room until it stops.
+    pub fn resume(self: &Arc<Self>, order: Order, token: LeaseToken, slot: OwnedSemaphorePermit) {
         let span =
             info_span!("order", order_id = %order.id, trace_id = %trace_of(&order).trace_id());
         let this = Arc::clone(self);
@@ -95,6 +109,7 @@ impl Coordinator {
                 // A taken-over order runs no phase 1, so it has no phase-1 deadline of its own.
                 this.drive(order, token, Driving::TakenOver, Instant::now(), None)
                     .await;
+                drop(slot);
             }
             .instrument(span),
         );

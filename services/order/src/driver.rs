@@ -177,10 +177,15 @@ impl Coordinator {
         release: Sides<bool>,
         reason: NotPlacedReason,
     ) -> Result<Order, Stop> {
-        self.participants
-            .release_now(order, release, ReleaseReason::Abort)
-            .await;
-        self.record(order, Event::Aborted { reason }, token).await
+        // Keeps its lease meanwhile: under a herd of take-overs the releases and the save can
+        // take longer than a lease.
+        self.keeping_lease(order, token, async {
+            self.participants
+                .release_now(order, release, ReleaseReason::Abort)
+                .await;
+            self.record(order, Event::Aborted { reason }, token).await
+        })
+        .await?
     }
 
     /// Phase 2.

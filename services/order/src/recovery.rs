@@ -26,8 +26,8 @@ use tracing::{info, warn};
 use crate::coordinator::Coordinator;
 use crate::repo;
 
-/// Orders claimed per round of the sweep.
-const CLAIMS_PER_ROUND: i64 = 200;
+/// Orders claimed per round of the sweep, at most.
+const CLAIMS_PER_ROUND: usize = 200;
 
 /// Handles fired deadline timers (`order.timeouts`).
 pub struct Timeouts {
@@ -56,8 +56,13 @@ impl Handler for Timeouts {
         metrics::counter!("deadline_timers_total").increment(1);
         let coordinator = &self.coordinator;
         let lease = coordinator.settings().lease;
+        // No room: the sweep takes them over once drivers are free.
+        let Some((mut room, limit)) = coordinator.recovery_room(order_ids.len()) else {
+            return Disposition::Ack;
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let claim = retry_transient(&self.shutdown, || {
-            repo::claim(coordinator.pool(), &order_ids, lease)
+            repo::claim(coordinator.pool(), &order_ids, lease, limit)
         });
         let claimed = match claim.await {
             Ok(claimed) => claimed,
@@ -73,7 +78,9 @@ impl Handler for Timeouts {
             info!(claimed = n, "deadline passed: took over unfinished orders");
         }
         for (order, token) in claimed {
-            coordinator.resume(order, token);
+            if let Some(slot) = room.split(1) {
+                coordinator.resume(order, token, slot);
+            }
         }
         Disposition::Ack
     }
@@ -99,7 +106,13 @@ pub async fn sweep_loop(
             continue;
         }
         loop {
-            match repo::claim_expired(coordinator.pool(), lease, CLAIMS_PER_ROUND).await {
+            // Claim only what can be driven now: the rest keeps its expired lease for the next
+            // round, rather than a fresh one that would run out while it waits.
+            let Some((mut room, limit)) = coordinator.recovery_room(CLAIMS_PER_ROUND) else {
+                break;
+            };
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            match repo::claim_expired(coordinator.pool(), lease, limit).await {
                 Ok(claimed) => {
                     let n = claimed.len();
                     if n > 0 {
@@ -109,9 +122,11 @@ pub async fn sweep_loop(
                         );
                     }
                     for (order, token) in claimed {
-                        coordinator.resume(order, token);
+                        if let Some(slot) = room.split(1) {
+                            coordinator.resume(order, token, slot);
+                        }
                     }
-                    if i64::try_from(n).unwrap_or(i64::MAX) < CLAIMS_PER_ROUND {
+                    if i64::try_from(n).unwrap_or(i64::MAX) < limit {
                         break;
                     }
                 }

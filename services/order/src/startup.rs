@@ -107,6 +107,9 @@ impl Application {
             tracker: foundation.work.clone(),
             shutdown: foundation.shutdown.clone(),
             broker: foundation.broker.health().clone(),
+            recovery_slots: Arc::new(tokio::sync::Semaphore::new(
+                usize::try_from(config.recovery_concurrency).unwrap_or(usize::MAX),
+            )),
         });
         foundation.tracker.spawn(outbox::relay(
             foundation.pool.clone(),

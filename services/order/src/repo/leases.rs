@@ -60,23 +60,31 @@ pub async fn end_lease(pool: &PgPool, order: OrderId, token: LeaseToken) -> Resu
     Ok(())
 }
 
-/// Claims those of `orders` that are unfinished and whose lease has run out, each with a fresh
-/// token (returned with it). One statement for a whole timer message: nearly all of its orders are
+/// Claims up to `limit` of `orders` that are unfinished and whose lease has run out, each with a
+/// fresh token (returned with it). One statement for a whole timer message: nearly all of its orders are
 /// long finished and are skipped by the primary-key lookup.
 pub async fn claim(
     pool: &PgPool,
     orders: &[OrderId],
     lease: Duration,
+    limit: i64,
 ) -> Result<Vec<(Order, LeaseToken)>, RepoError> {
     let ids: Vec<uuid::Uuid> = orders.iter().map(|o| o.0).collect();
     let rows: Vec<OrderRow> = sqlx::query_as(sql(&format!(
-        "UPDATE orders SET lease_token = gen_random_uuid(), lease_until = now() + $2
-         WHERE id = ANY($1) AND state IN {UNFINISHED}
-           AND (lease_until IS NULL OR lease_until < now())
+        "UPDATE orders o SET lease_token = gen_random_uuid(), lease_until = now() + $2
+         FROM (
+             SELECT id AS expired_id FROM orders
+             WHERE id = ANY($1) AND state IN {UNFINISHED}
+               AND (lease_until IS NULL OR lease_until < now())
+             LIMIT $3
+             FOR UPDATE SKIP LOCKED
+         ) expired
+         WHERE o.id = expired.expired_id
          RETURNING {{columns}}"
     )))
     .bind(&ids)
     .bind(lease)
+    .bind(limit)
     .fetch_all(pool)
     .await?;
     claimed(rows)
