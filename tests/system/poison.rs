@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use protocol::command::Operation;
 use protocol::command::{Assign, Command, PacketLine, PacketRequest, Reply, ReserveReply};
 use protocol::envelope::TxnEnvelope;
 use protocol::ids::{FoodId, OrderId, TxnId};
@@ -10,6 +11,7 @@ use protocol::topology::{Participant, Topology};
 use reqwest::StatusCode;
 
 use crate::helpers::client::CommandClient;
+use crate::helpers::load::Load;
 use crate::helpers::{Options, TestSystem, eventually};
 
 const FINISH: Duration = Duration::from_secs(30);
@@ -183,4 +185,77 @@ async fn a_command_whose_handler_panics_is_parked_with_the_reason_and_the_servic
     assert_eq!(order["status"], "not_placed", "{order}");
     assert!(system.store.is_ready().await);
     system.assert_nothing_reserved(FINISH).await;
+}
+
+#[tokio::test]
+async fn a_command_that_crashes_its_participant_is_the_only_one_parked() {
+    // The store's process ends whenever it applies a command of this order (a bug one message
+    // triggers), while other orders keep coming.
+    let poison = OrderId::new();
+    let mut system = TestSystem::start_with(Options::fast().store(
+        "FAULT_POINTS",
+        &format!("participant.before_apply@{poison}"),
+    ))
+    .await;
+    let food = system.create_food("Jalebi", 100_000).await;
+    system.create_agents(100_000).await;
+    let load = Load::start(vec![system.order.url("")], food, 8);
+    load.wait_placed(20, FINISH).await;
+
+    let client = CommandClient::connect(&system.infra).await;
+    let reserve = Command::Reserve(PacketRequest {
+        lines: vec![PacketLine {
+            food_id: FoodId(food),
+        }],
+    });
+    client
+        .send(
+            Participant::Store,
+            &TxnEnvelope::txn(poison, TxnId::new(), reserve),
+        )
+        .await;
+
+    // Restart the store whenever it dies, as a process manager would, until the poison is
+    // parked.
+    let topology = client.topology().clone();
+    let queue = |op| topology.command_queue(Participant::Store, op);
+    let reserve_dlq = Topology::dead_letter_queue(&queue(Operation::Reserve));
+    let (management, vhost) = (&system.infra.management, &system.infra.vhost);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut restarts = 0;
+    while management.count_messages(vhost, &reserve_dlq).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the poison was not parked ({restarts} restarts)"
+        );
+        if system.store.has_exited() {
+            restarts += 1;
+            system.store.try_spawn().await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(restarts >= 1, "the store never crashed");
+    system.store.wait_ready(FINISH).await;
+    load.wait_placed(20, FINISH).await;
+    let outcomes = load.stop().await;
+
+    // Only the poison is parked, by the store itself and with the reason: no innocent command
+    // that was unacked beside it at each crash reached the delivery limit.
+    let parked = management.peek(vhost, &reserve_dlq, 10).await;
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    let headers = &parked[0]["properties"]["headers"];
+    assert_eq!(headers["order-id"], poison.to_string(), "{}", parked[0]);
+    assert!(
+        headers["x-dead-letter-reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("the process ended")),
+        "{}",
+        parked[0]
+    );
+    for op in [Operation::Assign, Operation::Release] {
+        let dlq = Topology::dead_letter_queue(&queue(op));
+        assert_eq!(management.count_messages(vhost, &dlq).await, 0, "{dlq}");
+    }
+    system.wait_final(&system.order, &outcomes).await;
+    system.assert_audit_clean(FINISH).await;
 }

@@ -101,6 +101,21 @@ impl Incoming {
     pub fn kind(&self) -> Option<&str> {
         self.properties.kind().as_ref().map(|s| s.as_str())
     }
+
+    /// How many times a quorum queue delivered it before without its being settled (the
+    /// `x-delivery-count` header; 0 on a first delivery).
+    pub fn delivery_count(&self) -> i64 {
+        match self
+            .headers()
+            .and_then(|h| h.inner().get(headers::DELIVERY_COUNT))
+        {
+            Some(AMQPValue::LongLongInt(n)) => *n,
+            Some(AMQPValue::LongInt(n)) => (*n).into(),
+            Some(AMQPValue::LongUInt(n)) => (*n).into(),
+            Some(AMQPValue::ShortInt(n)) => (*n).into(),
+            _ => 0,
+        }
+    }
 }
 
 /// What to do with a message once handled.

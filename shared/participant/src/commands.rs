@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use service_kit::db::retry_transient;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::attempts;
 use crate::barrier;
 use crate::context::{CommandWrite, Shared};
 use crate::inventory::{Inventory, ReserveError, item_ids};
@@ -47,8 +48,50 @@ impl From<ReserveError> for ApplyError {
     }
 }
 
+/// Attempts, alone, at a message delivered before without being settled, before it is parked as
+/// the one that ends the process: it ended it this many times while handled alone (and once
+/// more when it first came, with others).
+const MAX_ATTEMPTS_ALONE: i32 = 2;
+
 impl<I: Inventory> Handler for CommandHandler<I> {
     async fn handle(&self, message: &Incoming) -> Disposition {
+        if message.delivery_count() == 0 {
+            let _shared = self.shared.suspects.read().await;
+            return self.handle_message(message).await;
+        }
+        // Delivered before and never settled: the process that had it died, perhaps because of
+        // it. Handled alone, with the attempt counted first, so that only a message that keeps
+        // ending the process is parked, not the innocent ones that were unacked beside it.
+        let _alone = self.shared.suspects.write().await;
+        let Some(id) = message.message_id() else {
+            return self.handle_message(message).await;
+        };
+        let pool = &self.shared.pool;
+        match retry_transient(&self.shared.shutdown, || attempts::start(pool, id)).await {
+            Ok(attempts) if attempts > MAX_ATTEMPTS_ALONE => {
+                if let Err(err) = attempts::forget(pool, id).await {
+                    warn!(error = %err, "attempts not forgotten");
+                }
+                return Disposition::DeadLetter(format!(
+                    "the process ended each time it handled this message ({attempts} times alone)"
+                ));
+            }
+            Ok(_) => {}
+            Err(err) => {
+                warn!(error = %err, "attempt not counted; returning the message to its queue");
+                return Disposition::Retry;
+            }
+        }
+        let disposition = self.handle_message(message).await;
+        if let Err(err) = attempts::forget(pool, id).await {
+            warn!(error = %err, "attempts not forgotten");
+        }
+        disposition
+    }
+}
+
+impl<I: Inventory> CommandHandler<I> {
+    async fn handle_message(&self, message: &Incoming) -> Disposition {
         if message.kind() == Some(batch::COMMAND_BATCH) {
             return self.handle_batch(message).await;
         }
@@ -75,9 +118,7 @@ impl<I: Inventory> Handler for CommandHandler<I> {
             .map(|out| out.correlation_id(envelope.message_id));
         self.send(outgoing, message).await
     }
-}
 
-impl<I: Inventory> CommandHandler<I> {
     /// A batch: every command applied on its own (their writes share group-committed
     /// transactions), the replies sent together. An unreadable or invalid command parks the
     /// whole message, after the others were applied and answered.
@@ -161,6 +202,8 @@ impl<I: Inventory> CommandHandler<I> {
             // A worker that stalls between phase 1 and phase 2 (tests only).
             service_kit::fault::pause("participant.before_assign").await;
         }
+        // A command that crashes the process (tests only: `participant.before_apply@<order id>`).
+        service_kit::fault::point_for("participant.before_apply", &envelope.order_id().to_string());
         let started = std::time::Instant::now();
         let operation = envelope.message().operation();
         let reply = match self.apply_with_retry(envelope).await {

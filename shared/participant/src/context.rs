@@ -47,6 +47,8 @@ pub(crate) struct Shared<I: Inventory> {
     pub(crate) writes: GroupCommit<CommandWrite>,
     /// Stops in-place retries at shutdown.
     pub(crate) shutdown: CancellationToken,
+    /// Messages that may have crashed the process run alone (write); others share (read).
+    pub(crate) suspects: tokio::sync::RwLock<()>,
 }
 
 /// A reserve or an assign, as one statement that does the work and records the reply; run with

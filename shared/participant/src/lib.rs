@@ -25,12 +25,15 @@
 //! - [`commands`], [`expiry`]: as above.
 //! - [`context`]: what the consumers and the sweep share (settings, pool, statements, the
 //!   group-commit writer and its write).
+//! - `attempts`: attempts at messages that may have crashed the process (handled alone,
+//!   counted, parked after a few).
 //! - [`barrier`]: all the SQL on the barrier table (`txn_barrier`), the recorded replies, and
 //!   the command statements ([`Statements`]) assembled from the item work and the barrier row.
 //! - [`inventory`]: the [`Inventory`] trait and the table-generic SQL on the items table
 //!   ([`ItemTable`]).
 
 pub mod app;
+mod attempts;
 pub mod barrier;
 pub mod commands;
 pub mod context;

@@ -85,6 +85,7 @@ pub fn start<I: Inventory>(
         statements: Statements::of::<I>(),
         writes,
         shutdown: shutdown.clone(),
+        suspects: tokio::sync::RwLock::new(()),
     });
     let commands = Arc::new(CommandHandler::new(Arc::clone(&shared)));
     for queue in command_queues {

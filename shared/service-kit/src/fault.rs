@@ -4,6 +4,7 @@
 //! makes the process abort, like `kill -9` (no destructors, no graceful shutdown), when it
 //! reaches [`point`] with that name. `name=3s` makes [`pause`] with that name wait that long,
 //! like a worker that stalls, and `name=panic` makes the task that reaches it panic, like a bug.
+//! `name@key` arms a point for one key only (e.g. one order id, at [`point_for`]).
 //! `clock.ahead=30s` makes the process's wall clock ([`now`]) read
 //! that much ahead of the real one, like a machine whose clock has drifted. Unarmed points cost
 //! one lookup in a map that is empty in production.
@@ -67,6 +68,15 @@ pub fn point(name: &str) {
         Some(Fault::Panic) => panic_at(name),
         Some(Fault::Pause(_)) | None => {}
     }
+}
+
+/// [`point`] for `name`, and for `name@key` (a point armed for this key only).
+pub fn point_for(name: &str, key: &str) {
+    if ARMED.get().is_none_or(HashMap::is_empty) {
+        return;
+    }
+    point(name);
+    point(&format!("{name}@{key}"));
 }
 
 #[allow(clippy::panic)]

@@ -122,6 +122,14 @@ impl CommandClient {
             .collect()
     }
 
+    /// Publishes `envelope` to `to` (confirmed) without waiting for a reply.
+    pub async fn send<R: Serialize>(&self, to: Participant, envelope: &TxnEnvelope<Command<R>>) {
+        self.publisher
+            .publish(&self.message(to, envelope))
+            .await
+            .expect("published");
+    }
+
     /// Publishes raw bytes (confirmed) to `exchange` with `routing_key`.
     pub async fn publish_raw(&self, exchange: &str, routing_key: &str, body: &[u8]) {
         self.publisher

@@ -47,6 +47,19 @@ impl Service {
         self.child.is_some()
     }
 
+    /// Whether the process has exited by itself; if so, it may be started again.
+    pub fn has_exited(&mut self) -> bool {
+        let exited = self
+            .child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))));
+        if exited {
+            self.child = None;
+            self.addr = None;
+        }
+        exited
+    }
+
     /// Sets (or replaces) an environment variable for the next start.
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
@@ -66,6 +79,18 @@ impl Service {
 
     /// Starts the process and waits until it listens (not until it is ready).
     pub async fn spawn(&mut self) {
+        let listening = self.try_spawn().await;
+        assert!(
+            listening,
+            "{} exited before listening: {}",
+            self.name,
+            self.tail(50)
+        );
+    }
+
+    /// Starts the process and waits until it listens; false if it exited before (a process that
+    /// crashes at start, as under a crash loop).
+    pub async fn try_spawn(&mut self) -> bool {
         assert!(self.child.is_none(), "{} already running", self.name);
         let mut command = Command::new(binary(self.name));
         command
@@ -104,11 +129,16 @@ impl Service {
             });
         }
         self.child = Some(child);
-        let addr = tokio::time::timeout(Duration::from_secs(60), addr_rx)
+        let listening = tokio::time::timeout(Duration::from_secs(60), addr_rx)
             .await
-            .unwrap_or_else(|_| panic!("{} did not start listening: {}", self.name, self.tail(50)))
-            .unwrap_or_else(|_| panic!("{} exited before listening: {}", self.name, self.tail(50)));
-        self.addr = Some(addr);
+            .unwrap_or_else(|_| panic!("{} did not start listening: {}", self.name, self.tail(50)));
+        match listening {
+            Ok(addr) => {
+                self.addr = Some(addr);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Waits until `/readyz` answers 200.
