@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::proxy::Proxy;
+use crate::helpers::proxy;
 use crate::helpers::{Options, TestSystem, eventually};
 
 const FINISH: Duration = Duration::from_secs(30);
@@ -15,8 +15,8 @@ async fn a_coordinator_cut_off_from_the_broker_hands_its_order_over() {
         Options::fast().store("FAULT_POINTS", "participant.before_assign=2s"),
     )
     .await;
-    let (proxy, through_proxy) =
-        Proxy::for_url(&format!("{}?heartbeat=5", system.infra.amqp_url)).await;
+    let (link, through_proxy) =
+        proxy::for_url(&format!("{}?heartbeat=5", system.infra.amqp_url)).await;
     let mut cut_off = system.another_order_service();
     cut_off.set_env("AMQP_URL", &through_proxy);
     cut_off.set_env("AMQP_CONFIRM_TIMEOUT", "1s");
@@ -39,7 +39,7 @@ async fn a_coordinator_cut_off_from_the_broker_hands_its_order_over() {
     .await;
     // The cut-off coordinator still reaches PostgreSQL, so it could renew its lease for ever;
     // it must give the order to the coordinator that reaches the broker instead.
-    proxy.freeze();
+    link.freeze();
     eventually("the order is placed", FINISH, || async {
         system.infra.order_states().await == [("placed".to_owned(), 1)].into()
     })

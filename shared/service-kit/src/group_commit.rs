@@ -363,62 +363,19 @@ mod tests {
         assert_eq!(rows, 10);
     }
 
-    /// A TCP proxy to PostgreSQL that can freeze: once frozen it keeps every connection open but
-    /// forwards nothing more, like a server that stopped answering.
-    struct Proxy {
-        port: u16,
-        frozen: tokio::sync::watch::Sender<bool>,
-    }
-
-    impl Proxy {
-        async fn start(to: (String, u16)) -> Self {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let port = listener.local_addr().unwrap().port();
-            let (frozen, watch) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    let server = tokio::net::TcpStream::connect(to.clone()).await.unwrap();
-                    let (client_read, client_write) = client.into_split();
-                    let (server_read, server_write) = server.into_split();
-                    tokio::spawn(pump(client_read, server_write, watch.clone()));
-                    tokio::spawn(pump(server_read, client_write, watch.clone()));
-                }
-            });
-            Self { port, frozen }
-        }
-    }
-
-    async fn pump(
-        mut from: tokio::net::tcp::OwnedReadHalf,
-        mut to: tokio::net::tcp::OwnedWriteHalf,
-        mut frozen: tokio::sync::watch::Receiver<bool>,
-    ) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut buf = vec![0; 16 * 1024];
-        loop {
-            let Ok(n) = from.read(&mut buf).await else {
-                return;
-            };
-            if n == 0 || frozen.wait_for(|f| !*f).await.is_err() {
-                return;
-            }
-            if to.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
-    }
-
     #[tokio::test]
     async fn a_write_on_a_frozen_connection_fails_within_the_bound() {
         let server = server();
-        let proxy = Proxy::start((server.get_host().to_owned(), server.get_port())).await;
+        let proxy = crate::testing::Proxy::start(server.get_host(), server.get_port())
+            .await
+            .unwrap();
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(2))
             // The connection freezes between acquire and statement, as it may in production
             // (where the check before acquire is itself bounded by the acquire timeout).
             .test_before_acquire(false)
-            .connect_with(server.clone().port(proxy.port).database("postgres"))
+            .connect_with(server.clone().port(proxy.port()).database("postgres"))
             .await
             .unwrap();
         let tracker = TaskTracker::new();
@@ -446,7 +403,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
 
-        proxy.frozen.send_replace(true);
+        proxy.freeze();
         let frozen = tokio::time::timeout(Duration::from_secs(20), writes.run(Txid))
             .await
             .expect("a write on a frozen connection ends");

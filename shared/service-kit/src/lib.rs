@@ -24,3 +24,5 @@ pub mod http;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
