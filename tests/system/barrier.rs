@@ -5,7 +5,7 @@ use protocol::command::{
     ReserveReply,
 };
 use protocol::envelope::TxnEnvelope;
-use protocol::ids::{FoodId, OrderId, TxnId};
+use protocol::ids::{FoodId, HubId, OrderId, TxnId};
 use protocol::topology::Participant;
 use serde::Serialize;
 
@@ -47,12 +47,11 @@ async fn a_reserve_arriving_after_its_release_is_refused_and_holds_nothing() {
     let client = CommandClient::connect(&system.infra).await;
 
     let packets = PacketRequest {
-        lines: vec![PacketLine {
-            food_id: FoodId(food),
-        }],
+        hub_id: HubId::DEFAULT,
+        lines: vec![PacketLine::one(FoodId(food))],
     };
     release_then_reserve(&client, Participant::Store, packets).await;
-    release_then_reserve(&client, Participant::Delivery, AgentRequest {}).await;
+    release_then_reserve(&client, Participant::Delivery, AgentRequest::default()).await;
 
     assert_eq!(system.infra.reserved_counts().await, (0, 0));
     assert_eq!(system.food(food).await["available"], 3);

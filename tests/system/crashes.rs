@@ -113,8 +113,8 @@ async fn with_two_coordinators_one_killed_mid_load_every_order_finishes_once() {
     // Finished once: each order has exactly one final state, and each placed order exactly one
     // packet and one agent (the audit); no order was placed twice under two ids either.
     let duplicates: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT packet_id FROM orders WHERE state = 'placed'
-                               GROUP BY packet_id HAVING count(*) > 1) d",
+        "SELECT count(*) FROM (SELECT unnest(packet_ids) AS packet FROM orders
+                               WHERE state = 'placed' GROUP BY packet HAVING count(*) > 1) d",
     )
     .fetch_one(system.infra.order_db().await)
     .await

@@ -163,6 +163,60 @@ async fn no_input_makes_a_service_answer_5xx() {
             Some(&json!({ "count": 1, "names": [s] })),
         )
         .await;
+        // The delivery day's fields: baskets, hubs, cancels.
+        for body in [
+            json!({ "customer_id": "c-1", "hub_id": s, "food_id": food }),
+            json!({ "customer_id": "c-1", "lines": s }),
+            json!({ "customer_id": "c-1", "lines": [s] }),
+            json!({ "customer_id": "c-1", "lines": [{ "food_id": s }] }),
+            json!({ "customer_id": "c-1", "lines": [{ "food_id": food, "quantity": s }] }),
+        ] {
+            check(&system, "order", Method::POST, "/orders", Some(&body)).await;
+        }
+        check(
+            &system,
+            "store",
+            Method::POST,
+            "/hubs",
+            Some(&json!({ "name": s })),
+        )
+        .await;
+        check(
+            &system,
+            "store",
+            Method::POST,
+            "/foods",
+            Some(&json!({ "name": "ok", "packets": 1, "hub_id": s })),
+        )
+        .await;
+        check(
+            &system,
+            "store",
+            Method::POST,
+            &format!("/foods/{food}/packets"),
+            Some(&json!({ "count": 1, "hub_id": s })),
+        )
+        .await;
+        check(
+            &system,
+            "delivery",
+            Method::POST,
+            "/agents",
+            Some(&json!({ "count": 1, "hub_id": s })),
+        )
+        .await;
+    }
+    let (_, placed) = system.place_order(food).await;
+    let order = placed["order_id"].as_str().expect("order id").to_owned();
+    for s in &anything {
+        check(
+            &system,
+            "order",
+            Method::POST,
+            &format!("/orders/{order}/cancel"),
+            Some(&json!({ "customer_id": s })),
+        )
+        .await;
     }
     for id in [
         "0",
@@ -206,5 +260,30 @@ async fn no_input_makes_a_service_answer_5xx() {
             None,
         )
         .await;
+        for (service, method, path) in [
+            ("order", Method::POST, format!("/orders/{id}/cancel")),
+            ("store", Method::GET, format!("/hubs/{id}")),
+            ("delivery", Method::POST, format!("/agents/{id}/off-duty")),
+            ("delivery", Method::POST, format!("/agents/{id}/on-duty")),
+            ("delivery", Method::GET, format!("/deliveries/{id}")),
+            (
+                "delivery",
+                Method::POST,
+                format!("/deliveries/{id}/picked-up"),
+            ),
+            (
+                "delivery",
+                Method::POST,
+                format!("/deliveries/{id}/delivered"),
+            ),
+            (
+                "delivery",
+                Method::GET,
+                format!("/agents/summary?hub_id={id}"),
+            ),
+        ] {
+            let body = json!({ "customer_id": "c-1" });
+            check(&system, service, method, &path, Some(&body)).await;
+        }
     }
 }

@@ -13,6 +13,7 @@ mod barrier;
 mod clocks;
 mod contention;
 mod crashes;
+mod delivery_day;
 mod events;
 mod expiry;
 mod hostile_input;

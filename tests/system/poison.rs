@@ -4,9 +4,11 @@
 use std::time::Duration;
 
 use protocol::command::Operation;
-use protocol::command::{Assign, Command, PacketLine, PacketRequest, Reply, ReserveReply};
+use protocol::command::{
+    AgentRequest, Assign, Command, PacketLine, PacketRequest, Reply, ReserveReply,
+};
 use protocol::envelope::TxnEnvelope;
-use protocol::ids::{FoodId, OrderId, TxnId};
+use protocol::ids::{FoodId, HubId, OrderId, TxnId};
 use protocol::topology::{Participant, Topology};
 use reqwest::StatusCode;
 
@@ -90,22 +92,18 @@ async fn poison_messages_land_in_the_dead_letter_queues_and_orders_go_on() {
 #[tokio::test]
 async fn a_command_that_keeps_failing_is_parked_after_the_delivery_limit() {
     let system = TestSystem::start().await;
-    let food = system.create_food("Kachori", 5).await;
+    system.create_agents(5).await;
     let client = CommandClient::connect(&system.infra).await;
-    let lines = PacketRequest {
-        lines: vec![PacketLine {
-            food_id: FoodId(food),
-        }],
-    };
+    let lines = AgentRequest::default();
 
-    // One order, two transactions that both reserve a packet (a coordinator bug): the second
-    // assign would give the order a second packet, which the database refuses every time.
+    // One order, two transactions that both reserve an agent (a coordinator bug): the second
+    // assign would give the order a second agent, which the database refuses every time.
     let order = OrderId::new();
     let mut items = Vec::new();
     for txn in [TxnId::new(), TxnId::new()] {
         let reply = client
             .call(
-                Participant::Store,
+                Participant::Delivery,
                 &TxnEnvelope::txn(order, txn, Command::Reserve(lines.clone())),
             )
             .await;
@@ -115,21 +113,21 @@ async fn a_command_that_keeps_failing_is_parked_after_the_delivery_limit() {
         items.push((txn, held));
     }
     let (first_txn, first_items) = items[0].clone();
-    let assign: Command<PacketRequest> = Command::Assign(Assign { items: first_items });
+    let assign: Command<AgentRequest> = Command::Assign(Assign { items: first_items });
     client
         .call(
-            Participant::Store,
+            Participant::Delivery,
             &TxnEnvelope::txn(order, first_txn, assign),
         )
         .await;
     let (second_txn, second_items) = items[1].clone();
-    let assign: Command<PacketRequest> = Command::Assign(Assign {
+    let assign: Command<AgentRequest> = Command::Assign(Assign {
         items: second_items,
     });
     let topology = client.topology().clone();
     client
         .publish_raw(
-            &topology.commands_exchange(Participant::Store),
+            &topology.commands_exchange(Participant::Delivery),
             "assign",
             &TxnEnvelope::txn(order, second_txn, assign)
                 .to_bytes()
@@ -138,7 +136,7 @@ async fn a_command_that_keeps_failing_is_parked_after_the_delivery_limit() {
         .await;
 
     let dlq = Topology::dead_letter_queue(
-        &topology.command_queue(Participant::Store, protocol::command::Operation::Assign),
+        &topology.command_queue(Participant::Delivery, protocol::command::Operation::Assign),
     );
     let management = &system.infra.management;
     eventually("the failing assign is parked", FINISH, || async {
@@ -148,8 +146,8 @@ async fn a_command_that_keeps_failing_is_parked_after_the_delivery_limit() {
     let parked = management.peek(&system.infra.vhost, &dlq, 1).await;
     let death = &parked[0]["properties"]["headers"]["x-death"][0];
     assert_eq!(death["reason"], "delivery_limit", "{}", parked[0]);
-    // The order still has exactly one packet.
-    assert_eq!(system.food(food).await["assigned"], 1);
+    // The order still has exactly one agent.
+    assert_eq!(system.agents_summary().await["assigned"], 1);
 }
 
 #[tokio::test]
@@ -204,9 +202,8 @@ async fn a_command_that_crashes_its_participant_is_the_only_one_parked() {
 
     let client = CommandClient::connect(&system.infra).await;
     let reserve = Command::Reserve(PacketRequest {
-        lines: vec![PacketLine {
-            food_id: FoodId(food),
-        }],
+        hub_id: HubId::DEFAULT,
+        lines: vec![PacketLine::one(FoodId(food))],
     });
     client
         .send(

@@ -18,9 +18,10 @@ async fn a_coordinator_claims_no_more_orders_than_it_can_drive() {
     // Twenty decided orders whose driver is gone (their lease ran out a second ago).
     let db = system.infra.order_db().await;
     sqlx::query(
-        "INSERT INTO orders (id, customer_id, food_id, state, txn_id, packet_id, agent_id,
+        "INSERT INTO orders (id, customer_id, hub_id, lines, state, txn_id, packet_ids, agent_id,
                              reserved_until, deadline, lease_token, lease_until, decided_at)
-         SELECT gen_random_uuid(), 'c-42', 1, 'assigning', gen_random_uuid(), 1, 1,
+         SELECT gen_random_uuid(), 'c-42', 1, '[{\"food_id\": 1, \"quantity\": 1}]',
+                'assigning', gen_random_uuid(), ARRAY[1], 1,
                 now() + interval '1 minute', now() + interval '1 minute', gen_random_uuid(),
                 now() - interval '1 second', now()
          FROM generate_series(1, 20)",

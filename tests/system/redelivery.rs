@@ -5,7 +5,7 @@ use protocol::command::{
     ReleaseReply, Reply, ReserveReply,
 };
 use protocol::envelope::TxnEnvelope;
-use protocol::ids::{FoodId, ItemId, OrderId, TxnId};
+use protocol::ids::{FoodId, HubId, ItemId, OrderId, TxnId};
 use protocol::topology::Participant;
 use serde::Serialize;
 use sqlx::PgPool;
@@ -108,9 +108,8 @@ async fn commands_delivered_twice_apply_once_and_reply_the_same() {
     let client = CommandClient::connect(&system.infra).await;
 
     let request = PacketRequest {
-        lines: vec![PacketLine {
-            food_id: FoodId(food),
-        }],
+        hub_id: HubId::DEFAULT,
+        lines: vec![PacketLine::one(FoodId(food))],
     };
     let store_db = system.infra.store_db().await.clone();
     check(
@@ -129,7 +128,7 @@ async fn commands_delivered_twice_apply_once_and_reply_the_same() {
         Participant::Delivery,
         "agents",
         &delivery_db,
-        AgentRequest {},
+        AgentRequest::default(),
     )
     .await;
 }
@@ -140,9 +139,8 @@ async fn a_batch_of_commands_is_applied_and_answered_command_by_command() {
     let food = system.create_food("Poori", 5).await;
     let client = CommandClient::connect(&system.infra).await;
     let request = PacketRequest {
-        lines: vec![PacketLine {
-            food_id: FoodId(food),
-        }],
+        hub_id: HubId::DEFAULT,
+        lines: vec![PacketLine::one(FoodId(food))],
     };
     let (a, b) = (
         TxnEnvelope::txn(

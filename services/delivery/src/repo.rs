@@ -1,9 +1,12 @@
-//! The SQL behind delivery's HTTP API. (The transaction's SQL is in `inventory` and the shared
-//! participant crate.)
+//! The SQL behind delivery's HTTP API: agents and their hubs, duty, and the progress of a
+//! delivery. (The transaction's SQL is in `inventory` and the shared participant crate.)
 
-use protocol::ids::{AgentId, OrderId};
+use chrono::{DateTime, Utc};
+use protocol::envelope::TxnEnvelope;
+use protocol::ids::{AgentId, HubId, OrderId, TxnId};
+use protocol::progress::DeliveryProgress;
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 /// Agent counts by state.
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -12,8 +15,12 @@ pub struct Summary {
     pub available: i64,
     /// Held by unfinished transactions (including expired ones not yet swept).
     pub reserved: i64,
-    /// Given to orders.
+    /// Given to orders not yet picked up.
     pub assigned: i64,
+    /// Out with an order they picked up.
+    pub delivering: i64,
+    /// Off duty: never reserved.
+    pub off_duty: i64,
 }
 
 /// One agent.
@@ -23,34 +30,67 @@ pub struct Agent {
     pub id: AgentId,
     /// Its name (`agent-<id>` unless one was given).
     pub name: String,
-    /// `available`, `reserved` or `assigned`.
+    /// Its hub.
+    pub hub_id: HubId,
+    /// `available`, `reserved`, `assigned`, `delivering` or `off_duty`.
     pub state: String,
-    /// The order it is reserved for or assigned to.
+    /// The order it is reserved for, assigned to or delivering.
     pub order_id: Option<OrderId>,
 }
 
-/// Creates `count` agents, named from `names` where given. Returns their ids.
+/// Creates `count` agents at `hub`, named from `names` where given. Returns their ids.
 pub async fn create_agents(
     pool: &PgPool,
+    hub: HubId,
     count: i64,
     names: Option<&[String]>,
 ) -> Result<Vec<AgentId>, sqlx::Error> {
-    match names {
+    let mut tx = pool.begin().await?;
+    // The hub's row, locked: concurrent additions update its range of ids one at a time.
+    sqlx::query(
+        "INSERT INTO hubs (id, agents_lo, agents_hi) VALUES ($1, 0, 0) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(hub)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("SELECT id FROM hubs WHERE id = $1 FOR UPDATE")
+        .bind(hub)
+        .execute(&mut *tx)
+        .await?;
+    let ids: Vec<AgentId> = match names {
         Some(names) => {
-            sqlx::query_scalar("INSERT INTO agents (name) SELECT unnest($1::text[]) RETURNING id")
-                .bind(names)
-                .fetch_all(pool)
-                .await
+            sqlx::query_scalar(
+                "INSERT INTO agents (name, hub_id) SELECT unnest($1::text[]), $2 RETURNING id",
+            )
+            .bind(names)
+            .bind(hub)
+            .fetch_all(&mut *tx)
+            .await?
         }
         None => {
             sqlx::query_scalar(
-                "INSERT INTO agents (name) SELECT NULL FROM generate_series(1, $1) RETURNING id",
+                "INSERT INTO agents (name, hub_id) SELECT NULL, $2 FROM generate_series(1, $1)
+                 RETURNING id",
             )
             .bind(count)
-            .fetch_all(pool)
-            .await
+            .bind(hub)
+            .fetch_all(&mut *tx)
+            .await?
         }
-    }
+    };
+    sqlx::query(
+        "UPDATE hubs SET
+             agents_lo = CASE WHEN agents_lo = 0 THEN $2 ELSE least(agents_lo, $2) END,
+             agents_hi = greatest(agents_hi, $3)
+         WHERE id = $1",
+    )
+    .bind(hub)
+    .bind(ids.iter().map(|a| a.0).min().unwrap_or(0))
+    .bind(ids.iter().map(|a| a.0).max().unwrap_or(0))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(ids)
 }
 
 /// Loads of at least this many rows refresh the table's statistics.
@@ -65,14 +105,17 @@ pub async fn analyze_after_load(pool: &PgPool, rows: i64) -> Result<(), sqlx::Er
     Ok(())
 }
 
-/// Counts by state.
-pub async fn summary(pool: &PgPool) -> Result<Summary, sqlx::Error> {
+/// Counts by state, of one hub or of all.
+pub async fn summary(pool: &PgPool, hub: Option<HubId>) -> Result<Summary, sqlx::Error> {
     sqlx::query_as(
         "SELECT count(*) FILTER (WHERE state = 'available') AS available,
                 count(*) FILTER (WHERE state = 'reserved') AS reserved,
-                count(*) FILTER (WHERE state = 'assigned') AS assigned
-         FROM agents",
+                count(*) FILTER (WHERE state = 'assigned') AS assigned,
+                count(*) FILTER (WHERE state = 'delivering') AS delivering,
+                count(*) FILTER (WHERE state = 'off_duty') AS off_duty
+         FROM agents WHERE $1::bigint IS NULL OR hub_id = $1",
     )
+    .bind(hub)
     .fetch_one(pool)
     .await
 }
@@ -80,10 +123,175 @@ pub async fn summary(pool: &PgPool) -> Result<Summary, sqlx::Error> {
 /// One agent.
 pub async fn get_agent(pool: &PgPool, id: AgentId) -> Result<Option<Agent>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, coalesce(name, 'agent-' || id) AS name, state, order_id
+        "SELECT id, coalesce(name, 'agent-' || id) AS name, hub_id, state, order_id
          FROM agents WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(pool)
     .await
+}
+
+/// Puts an agent off duty (`off = true`) or back on duty. Only an agent that holds nothing goes
+/// off duty; only an off-duty agent comes back. `None` if there is no such agent; else the agent
+/// after the change, or as it is if the change is not allowed (the caller tells which from its
+/// state).
+pub async fn set_duty(pool: &PgPool, id: AgentId, off: bool) -> Result<Option<Agent>, sqlx::Error> {
+    let (from, to) = if off {
+        ("available", "off_duty")
+    } else {
+        ("off_duty", "available")
+    };
+    sqlx::query("UPDATE agents SET state = $3, updated_at = now() WHERE id = $1 AND state = $2")
+        .bind(id)
+        .bind(from)
+        .bind(to)
+        .execute(pool)
+        .await?;
+    get_agent(pool, id).await
+}
+
+/// A delivery: the order, its agent, and its progress.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct Delivery {
+    /// The order.
+    pub order_id: OrderId,
+    /// Its agent.
+    pub agent_id: AgentId,
+    /// The agent's hub.
+    pub hub_id: HubId,
+    /// When the agent picked it up.
+    pub picked_up_at: DateTime<Utc>,
+    /// When it was delivered.
+    pub delivered_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    txn_id: TxnId,
+}
+
+/// What a report of progress came to.
+#[derive(Debug)]
+pub enum Reported {
+    /// Recorded now (with its message to the coordinator).
+    Now(Delivery),
+    /// Recorded before: the delivery as it is.
+    Before(Delivery),
+    /// No agent is assigned to the order (it was never placed here, was cancelled, or its
+    /// agent is only reserved).
+    NotAssigned,
+    /// `delivered` for an order that was not picked up.
+    NotPickedUp,
+}
+
+const DELIVERY: &str = "order_id, agent_id, hub_id, picked_up_at, delivered_at, txn_id";
+
+/// The delivery of `order`, if it was picked up.
+pub async fn get_delivery(pool: &PgPool, order: OrderId) -> Result<Option<Delivery>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    delivery(&mut conn, order).await
+}
+
+async fn delivery(
+    conn: &mut PgConnection,
+    order: OrderId,
+) -> Result<Option<Delivery>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {DELIVERY} FROM deliveries WHERE order_id = $1"
+    )))
+    .bind(order)
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// The agent assigned to `order` picked it up: from now on a cancel of the order is refused.
+/// One statement: the agent goes from `assigned` to `delivering` (its row lock orders it against
+/// a cancel: whichever comes first wins), the delivery is recorded, and so is its report.
+pub async fn pick_up(pool: &PgPool, order: OrderId) -> Result<Reported, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let picked: Option<Delivery> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH agent AS (
+             UPDATE agents SET state = 'delivering', updated_at = now()
+             WHERE order_id = $1 AND state = 'assigned'
+             RETURNING id, hub_id, txn_id
+         )
+         INSERT INTO deliveries (order_id, agent_id, hub_id, txn_id, picked_up_at)
+         SELECT $1, id, hub_id, txn_id, now() FROM agent
+         RETURNING {DELIVERY}"
+    )))
+    .bind(order)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(picked) = picked else {
+        tx.rollback().await?;
+        let mut conn = pool.acquire().await?;
+        return Ok(match delivery(&mut conn, order).await? {
+            Some(before) => Reported::Before(before),
+            None => Reported::NotAssigned,
+        });
+    };
+    let report = DeliveryProgress::PickedUp {
+        agent_id: picked.agent_id,
+        at: picked.picked_up_at,
+    };
+    write_report(&mut tx, &picked, report).await?;
+    tx.commit().await?;
+    Ok(Reported::Now(picked))
+}
+
+/// The order is delivered: the agent is free for other orders in the same transaction, and the
+/// report is written with it.
+pub async fn deliver(pool: &PgPool, order: OrderId) -> Result<Reported, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let delivered: Option<Delivery> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH done AS (
+             UPDATE deliveries SET delivered_at = now()
+             WHERE order_id = $1 AND delivered_at IS NULL
+             RETURNING {DELIVERY}
+         ),
+         freed AS (
+             UPDATE agents a
+             SET state = 'available', txn_id = NULL, order_id = NULL, updated_at = now()
+             FROM done
+             WHERE a.id = done.agent_id AND a.state = 'delivering' AND a.order_id = $1
+         )
+         SELECT {DELIVERY} FROM done"
+    )))
+    .bind(order)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(delivered) = delivered else {
+        let before = delivery(&mut tx, order).await?;
+        tx.rollback().await?;
+        return Ok(match before {
+            Some(before) => Reported::Before(before),
+            None => Reported::NotPickedUp,
+        });
+    };
+    let report = DeliveryProgress::Delivered {
+        agent_id: delivered.agent_id,
+        at: delivered.delivered_at.unwrap_or_else(Utc::now),
+    };
+    write_report(&mut tx, &delivered, report).await?;
+    tx.commit().await?;
+    Ok(Reported::Now(delivered))
+}
+
+/// Writes the report of `delivery` to the outbox, in the caller's transaction.
+async fn write_report(
+    tx: &mut PgConnection,
+    delivery: &Delivery,
+    report: DeliveryProgress,
+) -> Result<(), sqlx::Error> {
+    let routing_key = report.routing_key();
+    let envelope = TxnEnvelope::txn(delivery.order_id, delivery.txn_id, report);
+    let payload =
+        serde_json::to_value(&envelope).map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, order_id, routing_key, payload) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(envelope.message_id.0)
+    .bind(delivery.order_id)
+    .bind(routing_key)
+    .bind(sqlx::types::Json(payload))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }

@@ -2,16 +2,24 @@
 
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
 use participant::{Identity, ParticipantApp};
 use service_kit::app::StartupError;
+use service_kit::outbox::Destination;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, DEFAULT_DATABASE};
 use crate::http;
 use crate::inventory::Agents;
 
-/// The running delivery service: database, consumers, HTTP API.
-pub struct Application(ParticipantApp);
+/// The running delivery service: database, consumers, the relay of its progress reports, HTTP
+/// API.
+pub struct Application {
+    app: ParticipantApp,
+    reports: Arc<Notify>,
+}
 
 impl Application {
     /// Connects and migrates the database, starts the command consumers and binds the HTTP
@@ -22,7 +30,7 @@ impl Application {
             default_database: DEFAULT_DATABASE,
             migrator: &crate::MIGRATOR,
         };
-        ParticipantApp::build(
+        let app = ParticipantApp::build(
             Agents,
             identity,
             config.delivery_database_url.as_deref(),
@@ -30,17 +38,25 @@ impl Application {
             config.service,
             shutdown,
         )
-        .await
-        .map(Self)
+        .await?;
+        let reports = app.relay_outbox(Destination {
+            exchange: app.topology().progress_exchange(),
+            kind: "delivery_progress",
+            // The coordinator must get every report: one that no queue takes (the coordinator
+            // has not declared its queue yet) stays in the outbox and is sent again.
+            mandatory: true,
+        });
+        Ok(Self { app, reports })
     }
 
     /// The HTTP address actually bound.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.0.local_addr()
+        self.app.local_addr()
     }
 
     /// Serves until shutdown, then drains.
     pub async fn run_until_stopped(self) -> Result<(), StartupError> {
-        self.0.run(http::routes).await
+        let reports = self.reports;
+        self.app.run(|pool| http::routes(pool, reports)).await
     }
 }

@@ -123,14 +123,15 @@ impl Coordinator {
         event: Event,
         token: LeaseToken,
     ) -> Result<Order, Stop> {
-        let after = match machine::apply(order, event, fault::now()) {
+        let at = fault::now();
+        let after = match machine::apply(order, event, at) {
             Ok(after) => after,
             Err(err) => {
                 warn!(error = %err, "illegal transition; leaving the order to recovery");
                 return Err(Stop::Interrupted);
             }
         };
-        let outbox = outbox::event_for(&after);
+        let outbox = outbox::event_for(&after, at);
         let lease = self.settings.lease;
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         let saved = loop {
@@ -160,7 +161,7 @@ impl Coordinator {
                 "reason" => saved.reason.map_or("", |r| r.as_str()),
             )
             .increment(1);
-            if let Some(finished) = saved.finished_at {
+            if let (Some(finished), true) = (saved.finished_at, order.finished_at.is_none()) {
                 let took = (finished - saved.created_at).to_std().unwrap_or_default();
                 metrics::histogram!("order_duration_seconds").record(took.as_secs_f64());
             }

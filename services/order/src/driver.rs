@@ -14,21 +14,25 @@
 //!   reservations' expiry plus a grace. Both assigned: `placed`. Otherwise: `compensating`.
 //! - **Compensation** releases both sides (a release undoes an assignment) until both confirm,
 //!   then `not_placed`.
+//! - **Cancellation** (of a placed order) asks delivery to cancel: refused if the agent has
+//!   picked the order up (`picked_up`), else the agent is free and the store is asked to return
+//!   the packets, then `cancelled`.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use messaging::Backoff;
-use protocol::command::ReleaseReason;
+use protocol::command::{CancelReply, ReleaseReason};
 use protocol::ids::{AgentId, PacketId, TxnId};
 use protocol::sides::Sides;
+use protocol::topology::Participant;
 use service_kit::fault;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::coordinator::{Coordinator, Stop};
-use crate::machine::rules::{self, AfterReserve, Driving, Reservation, Step};
+use crate::machine::rules::{self, AfterReserve, CancelAnswer, Driving, Reservation, Step};
 use crate::machine::{Event, NotPlacedReason, Order};
 use crate::repo::LeaseToken;
 
@@ -77,11 +81,12 @@ impl Coordinator {
                 Step::Reserve => self.reserve(&order, token, phase1_ends).await,
                 Step::Abort { reason, release } => self.abort(&order, token, release, reason).await,
                 Step::Assign {
-                    packet,
+                    packets,
                     agent,
                     until,
-                } => self.assign(&order, token, packet, agent, until).await,
+                } => self.assign(&order, token, &packets, agent, until).await,
                 Step::Compensate => self.compensate(&order, token).await,
+                Step::Cancel => self.cancel(&order, token).await,
             };
             metrics::histogram!("order_phase_seconds", "phase" => phase.as_str())
                 .record(phase_started.elapsed().as_secs_f64());
@@ -127,7 +132,8 @@ impl Coordinator {
                 self.participants.reserve(&order, left).await
             };
             let time_left = !time_until_end().is_zero();
-            match rules::after_reserve(&answers, time_left, self.settings.phase2_grace) {
+            let wanted = order.packets_wanted();
+            match rules::after_reserve(&answers, wanted, time_left, self.settings.phase2_grace) {
                 AfterReserve::Commit(decided) => return self.decide(&order, token, decided).await,
                 AfterReserve::Abort { reason, release } => {
                     return self.abort(&order, token, release, reason).await;
@@ -157,7 +163,7 @@ impl Coordinator {
         fault::point("coordinator.before_commit_decision");
         let order = self.record(order, decided, token).await?;
         info!(
-            packet_id = ?order.packet_id,
+            packet_ids = ?order.packet_ids,
             agent_id = ?order.agent_id,
             reserved_until = ?order.reserved_until,
             "both reserved: commit decided"
@@ -193,7 +199,7 @@ impl Coordinator {
         &self,
         order: &Order,
         token: LeaseToken,
-        packet: PacketId,
+        packets: &[PacketId],
         agent: AgentId,
         until: DateTime<Utc>,
     ) -> Result<Order, Stop> {
@@ -209,7 +215,7 @@ impl Coordinator {
             .keeping_lease(
                 order,
                 token,
-                self.participants.assign(order, packet, agent, give_up_at),
+                self.participants.assign(order, packets, agent, give_up_at),
             )
             .await?;
         let event = rules::after_assign(&answers);
@@ -228,6 +234,53 @@ impl Coordinator {
             .await?;
         match rules::after_release(&released) {
             Some(compensated) => self.record(order, compensated, token).await,
+            None => Err(Stop::Interrupted),
+        }
+    }
+}
+
+impl Coordinator {
+    /// Cancellation: delivery first, since only it knows whether the agent has picked the order
+    /// up (its answer decides); if it freed the agent, the store returns the packets. Each is
+    /// asked until it answers: the same command every time, applied once.
+    async fn cancel(&self, order: &Order, token: LeaseToken) -> Result<Order, Stop> {
+        let forever = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let event = self
+            .keeping_lease(order, token, async {
+                let delivery = match self
+                    .participants
+                    .cancel(Participant::Delivery, order, forever)
+                    .await
+                {
+                    Some(CancelReply::Cancelled { .. }) => CancelAnswer::Cancelled,
+                    Some(CancelReply::Refused { reason }) => {
+                        info!(?reason, "cancel refused: the agent has the order");
+                        CancelAnswer::PickedUp
+                    }
+                    None => return None,
+                };
+                if let Some(refused) = rules::after_cancel(delivery, false) {
+                    return Some(refused);
+                }
+                fault::point("coordinator.cancel_after_delivery");
+                match self
+                    .participants
+                    .cancel(Participant::Store, order, forever)
+                    .await
+                {
+                    Some(CancelReply::Cancelled { items }) => {
+                        debug!(?items, "packets back in stock");
+                    }
+                    Some(CancelReply::Refused { reason }) => {
+                        warn!(?reason, "the store holds none of the order's packets");
+                    }
+                    None => return None,
+                }
+                rules::after_cancel(delivery, true)
+            })
+            .await?;
+        match event {
+            Some(event) => self.record(order, event, token).await,
             None => Err(Stop::Interrupted),
         }
     }

@@ -1,16 +1,23 @@
 //! The order API.
 //!
-//! - `POST /orders` `{"food_id": 1, "customer_id": "c-42"}` →
-//!   `201 {"order_id", "status": "placed", "food_id", "packet_id", "agent_id"}`, or
-//!   `409 {"order_id", "status": "not_placed", "food_id", "reason"}`, or, when no decision is
+//! - `POST /orders` `{"customer_id": "c-42", "hub_id": 1, "lines": [{"food_id": 1, "quantity": 2}]}`
+//!   → `201 {"order_id", "status": "placed", "hub_id", "lines", "packet_ids", "agent_id"}`, or
+//!   `409 {"order_id", "status": "not_placed", "reason", "food_ids"?}`, or, when no decision is
 //!   reached within the response budget, `202 {"order_id", "status": "pending", "stage"}`.
+//!   `{"customer_id", "food_id": 1}` (no `lines`, no `hub_id`) is one line of quantity 1 at the
+//!   default hub, as the one-item API had it; answers then also carry `food_id` and
+//!   `packet_id`. A basket has 1 to 50 lines, each food at most once, each quantity 1 to 20.
 //!
 //!   With an `Idempotency-Key` header (1 to 200 visible ASCII characters), a request that repeats
 //!   a key the customer used before creates nothing: it is answered with that order as recorded
 //!   now (the status code as above) and the header `Idempotent-Replayed: true`; `422` if that
-//!   order is for another food.
-//! - `GET /orders/{id}` → `200` with the same body for the order's current state; `404` if
-//!   there is no such order.
+//!   order is for another basket.
+//! - `GET /orders/{id}` → `200` with the same body for the order's current state (`placed`,
+//!   `picked_up`, `delivered`, `cancelling`, `cancelled`, ...); `404` if there is no such order.
+//! - `POST /orders/{id}/cancel` `{"customer_id"}` → `200 {"status": "cancelled", ...}`, or `409`
+//!   with `reason` `already_picked_up`, `not_placed` or `not_placed_yet`, or `202 {"status":
+//!   "cancelling"}` when the cancel has not ended within the response budget; `404` if the
+//!   customer has no such order. A second cancel gets the first one's answer.
 
 use std::sync::Arc;
 
@@ -18,13 +25,15 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use protocol::ids::{FoodId, OrderId};
+use protocol::command::{MAX_LINES, MAX_QUANTITY, PacketLine};
+use protocol::ids::{FoodId, HubId, OrderId};
 use protocol::trace::TraceContext;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use service_kit::http::{ApiError, AppJson, AppPath, text_field};
 use uuid::Uuid;
 
+use crate::cancellation::CancelError;
 use crate::coordinator::Coordinator;
 use crate::machine::{Order, OrderState};
 use crate::placement::{PlaceError, Placement};
@@ -42,14 +51,74 @@ pub fn routes(coordinator: Arc<Coordinator>) -> Router {
     Router::new()
         .route("/orders", post(place_order))
         .route("/orders/{id}", get(get_order))
+        .route("/orders/{id}/cancel", post(cancel_order))
         .with_state(coordinator)
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PlaceOrder {
-    food_id: i64,
     customer_id: String,
+    hub_id: Option<i64>,
+    lines: Option<Vec<Line>>,
+    /// The one-item API: one line of quantity 1.
+    food_id: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    food_id: i64,
+    quantity: Option<i64>,
+}
+
+/// The hub and lines of a request, checked against the limits.
+fn basket(body: &PlaceOrder) -> Result<(HubId, Vec<PacketLine>), ApiError> {
+    let unprocessable = |msg: String| Err(ApiError::Unprocessable(msg));
+    let hub_id = match body.hub_id {
+        None => HubId::DEFAULT,
+        Some(id) if id >= 1 => HubId(id),
+        Some(id) => return unprocessable(format!("hub_id must be a positive integer, got {id}")),
+    };
+    let wanted: Vec<(i64, i64)> = match (&body.lines, body.food_id) {
+        (Some(_), Some(_)) => return unprocessable("give lines or food_id, not both".to_owned()),
+        (None, None) => return unprocessable("give lines (or food_id for one item)".to_owned()),
+        (None, Some(food_id)) => vec![(food_id, 1)],
+        (Some(lines), None) => lines
+            .iter()
+            .map(|l| (l.food_id, l.quantity.unwrap_or(1)))
+            .collect(),
+    };
+    if wanted.is_empty() || wanted.len() > MAX_LINES {
+        return unprocessable(format!(
+            "an order has 1 to {MAX_LINES} lines, got {}",
+            wanted.len()
+        ));
+    }
+    let mut lines: Vec<PacketLine> = Vec::with_capacity(wanted.len());
+    for (food_id, quantity) in wanted {
+        if food_id < 1 {
+            return unprocessable(format!("food_id must be a positive integer, got {food_id}"));
+        }
+        let quantity = match u32::try_from(quantity) {
+            Ok(q) if (1..=MAX_QUANTITY).contains(&q) => q,
+            _ => {
+                return unprocessable(format!(
+                    "quantity must be 1 to {MAX_QUANTITY}, got {quantity} for food {food_id}"
+                ));
+            }
+        };
+        if lines.iter().any(|l| l.food_id == FoodId(food_id)) {
+            return unprocessable(format!(
+                "food {food_id} is on two lines: give it once, with its quantity"
+            ));
+        }
+        lines.push(PacketLine {
+            food_id: FoodId(food_id),
+            quantity,
+        });
+    }
+    Ok((hub_id, lines))
 }
 
 async fn place_order(
@@ -57,12 +126,7 @@ async fn place_order(
     headers: HeaderMap,
     AppJson(body): AppJson<PlaceOrder>,
 ) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
-    if body.food_id < 1 {
-        return Err(ApiError::Unprocessable(format!(
-            "food_id must be a positive integer, got {}",
-            body.food_id
-        )));
-    }
+    let (hub_id, lines) = basket(&body)?;
     let customer_id = text_field("customer_id", &body.customer_id)?;
     let key = idempotency_key(&headers)?;
     // Continue the caller's trace if it sent one, else start a new one.
@@ -72,16 +136,16 @@ async fn place_order(
         .and_then(TraceContext::parse)
         .map_or_else(TraceContext::root, |t| t.child());
     let placement = coordinator
-        .place(customer_id.to_owned(), FoodId(body.food_id), key, trace)
+        .place(customer_id.to_owned(), hub_id, lines.clone(), key, trace)
         .await?;
     let mut response_headers = HeaderMap::new();
     let order = match placement {
         Placement::New(order) => order,
         Placement::Replayed(order) => {
-            if order.food_id != FoodId(body.food_id) {
+            if order.hub_id != hub_id || order.lines != lines {
                 return Err(ApiError::Unprocessable(format!(
-                    "this Idempotency-Key was used for order {} of food {}",
-                    order.id, order.food_id
+                    "this Idempotency-Key was used for order {} of another basket",
+                    order.id
                 )));
             }
             response_headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
@@ -89,11 +153,16 @@ async fn place_order(
         }
     };
     let status = match order.state {
-        OrderState::Placed => StatusCode::CREATED,
         OrderState::NotPlaced => StatusCode::CONFLICT,
         OrderState::Reserving | OrderState::Assigning | OrderState::Compensating => {
             StatusCode::ACCEPTED
         }
+        // Placed (a replayed key may find it further on).
+        OrderState::Placed
+        | OrderState::PickedUp
+        | OrderState::Delivered
+        | OrderState::Cancelling
+        | OrderState::Cancelled => StatusCode::CREATED,
     };
     Ok((status, response_headers, Json(view(&order))))
 }
@@ -143,27 +212,77 @@ async fn get_order(
     Ok(Json(view(&order)))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelOrder {
+    customer_id: String,
+}
+
+async fn cancel_order(
+    State(coordinator): State<Arc<Coordinator>>,
+    AppPath(id): AppPath<Uuid>,
+    AppJson(body): AppJson<CancelOrder>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let customer_id = text_field("customer_id", &body.customer_id)?;
+    let order = coordinator
+        .cancel_order(OrderId(id), customer_id)
+        .await
+        .map_err(|err| match err {
+            CancelError::NotFound(_) => ApiError::NotFound(err.to_string()),
+            CancelError::Repo(err) => err.into(),
+        })?;
+    let mut body = view(&order);
+    let mut refused = |reason: &str| {
+        body["reason"] = json!(reason);
+        StatusCode::CONFLICT
+    };
+    let status = match order.state {
+        OrderState::Cancelled => StatusCode::OK,
+        OrderState::Cancelling => StatusCode::ACCEPTED,
+        OrderState::PickedUp | OrderState::Delivered => refused("already_picked_up"),
+        OrderState::NotPlaced => refused("not_placed"),
+        OrderState::Reserving | OrderState::Assigning | OrderState::Compensating => {
+            refused("not_placed_yet")
+        }
+        // Only if the order changed under the cancel in a way the machine does not allow.
+        OrderState::Placed => StatusCode::ACCEPTED,
+    };
+    Ok((status, Json(body)))
+}
+
 /// The public view of an order: recorded facts only.
 fn view(order: &Order) -> Value {
+    let mut view = json!({
+        "order_id": order.id,
+        "status": order.state,
+        "hub_id": order.hub_id,
+        "lines": order.lines,
+    });
     match order.state {
-        OrderState::Placed => json!({
-            "order_id": order.id,
-            "status": "placed",
-            "food_id": order.food_id,
-            "packet_id": order.packet_id,
-            "agent_id": order.agent_id,
-        }),
-        OrderState::NotPlaced => json!({
-            "order_id": order.id,
-            "status": "not_placed",
-            "food_id": order.food_id,
-            "reason": order.reason.map(|r| r.as_str()),
-        }),
-        OrderState::Reserving | OrderState::Assigning | OrderState::Compensating => json!({
-            "order_id": order.id,
-            "status": "pending",
-            "stage": order.state,
-            "food_id": order.food_id,
-        }),
+        OrderState::NotPlaced => {
+            view["reason"] = json!(order.reason.map(|r| r.as_str()));
+        }
+        OrderState::Reserving | OrderState::Assigning | OrderState::Compensating => {
+            view["status"] = json!("pending");
+            view["stage"] = json!(order.state);
+        }
+        OrderState::Placed
+        | OrderState::PickedUp
+        | OrderState::Delivered
+        | OrderState::Cancelling
+        | OrderState::Cancelled => {
+            view["packet_ids"] = json!(order.packet_ids);
+            view["agent_id"] = json!(order.agent_id);
+        }
     }
+    // The fields of the one-item API, for an order of one packet of one food.
+    if let [line] = order.lines.as_slice()
+        && line.quantity == 1
+    {
+        view["food_id"] = json!(line.food_id);
+        if let [packet] = order.packet_ids.as_slice() {
+            view["packet_id"] = json!(packet);
+        }
+    }
+    view
 }

@@ -12,6 +12,8 @@
 //! - [`participants`]: the typed client of the store and delivery.
 //! - [`coordinator`]: what drivers share; recording an event, keeping a lease.
 //! - [`placement`]: `POST /orders`: record (or find by idempotency key), drive, answer in time.
+//! - [`cancellation`]: `POST /orders/{id}/cancel`: record the intent, drive, answer in time.
+//! - [`progress`]: the consumer of delivery's reports (picked up, delivered).
 //! - [`recovery`]: the deadline-timer consumer and the sweep that take over orders whose
 //!   driver stopped.
 //! - [`outbox`]: the events written with final orders, and the relay that publishes them.
@@ -19,6 +21,7 @@
 //! - [`http`]: the order API.
 //! - [`config`], [`startup`]: settings, and [`Application`], which a test can start on port 0.
 
+pub mod cancellation;
 pub mod config;
 pub mod coordinator;
 pub mod driver;
@@ -27,6 +30,7 @@ pub mod machine;
 pub mod outbox;
 pub mod participants;
 pub mod placement;
+pub mod progress;
 pub mod recovery;
 pub mod repo;
 pub mod startup;

@@ -1,81 +1,72 @@
-//! The outbox relay: publishes order events written with final states.
-//!
-//! Every final transition writes its event to the `outbox` table in the same transaction
-//! (`repo::Orders::save`), so there is no final order without its event. The relay locks a round
-//! of unsent events (`FOR UPDATE SKIP LOCKED`, so relays in several coordinators share the work),
-//! publishes them with publisher confirms to the `order.events` topic exchange, and marks them
-//! sent in the same database transaction, after the confirms. A crash between the publish and
-//! the commit, or a confirm that does not come in time, publishes those events again: duplicates
-//! are possible then, and carry the same event id.
+//! Order events: the event that each transition of an order's life publishes, written to the
+//! `outbox` table with the transition (`repo::Orders::save`), so there is no such order without
+//! its event; [`service_kit::outbox`] publishes them to the `order.events` topic exchange.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::future::join_all;
-use messaging::{Backoff, Outgoing, Publisher};
+use chrono::{DateTime, Utc};
+use messaging::Publisher;
 use protocol::event::{EVENT_SCHEMA_VERSION, OrderEvent, OrderEventKind};
-use protocol::ids::{EventId, MessageId, OrderId};
+use protocol::ids::EventId;
 use protocol::topology::Topology;
+use service_kit::outbox::Destination;
 use sqlx::PgPool;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
 
 use crate::machine::{Order, OrderState};
 
-/// Events published per round (one database transaction).
-const EVENTS_PER_ROUND: i64 = 200;
-/// How often the relay looks for events without being woken (events left by a coordinator that
-/// crashed, or by another one).
-const POLL: Duration = Duration::from_secs(1);
-/// How long the relay waits for a round's confirms. Shorter than the database's
-/// `idle_in_transaction_session_timeout`, which would end the transaction holding the round.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
-/// After a wake-up, how long the relay waits for more events before publishing.
-const GATHER: Duration = Duration::from_millis(20);
-/// How long sent events are kept.
-const RETENTION: Duration = Duration::from_secs(24 * 3600);
-/// How often sent events are pruned, once the outbox has caught up.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
-/// Events deleted per pruning statement.
-const PRUNE_ROUND: i64 = 10_000;
-/// How long one turn of pruning may hold the relay from publishing; a turn that did not catch up
-/// is followed by another right after the next publishing round, so pruning keeps up with any
-/// order rate.
-const PRUNE_TURN: Duration = Duration::from_secs(1);
-
-/// An order event to write to the outbox with a final order.
+/// An order event to write to the outbox with the transition that it reports.
 #[derive(Clone, Debug)]
 pub struct OutboxEvent {
     /// The event's id.
     pub event_id: EventId,
-    /// `order.placed` or `order.not_placed`.
+    /// `order.placed`, `order.not_placed`, `order.picked_up`, ...
     pub routing_key: &'static str,
     /// The event, as published.
     pub payload: serde_json::Value,
 }
 
-/// The event that a final order publishes; `None` for an unfinished one.
-pub fn event_for(order: &Order) -> Option<OutboxEvent> {
+/// The event that an order publishes on reaching its state, `at`; `None` for a state that
+/// publishes none (the driven ones).
+pub fn event_for(order: &Order, at: DateTime<Utc>) -> Option<OutboxEvent> {
     let kind = match order.state {
         OrderState::Placed => OrderEventKind::Placed,
         OrderState::NotPlaced => OrderEventKind::NotPlaced,
-        OrderState::Reserving | OrderState::Assigning | OrderState::Compensating => return None,
+        OrderState::PickedUp => OrderEventKind::PickedUp,
+        OrderState::Delivered => OrderEventKind::Delivered,
+        OrderState::Cancelled => OrderEventKind::Cancelled,
+        OrderState::Reserving
+        | OrderState::Assigning
+        | OrderState::Compensating
+        | OrderState::Cancelling => return None,
     };
-    let placed = kind == OrderEventKind::Placed;
+    let placed = kind != OrderEventKind::NotPlaced;
+    let packet_ids = if placed {
+        order.packet_ids.clone()
+    } else {
+        Vec::new()
+    };
     let event = OrderEvent {
         event_id: EventId::new(),
         schema_version: EVENT_SCHEMA_VERSION,
         kind,
         order_id: order.id,
         customer_id: order.customer_id.clone(),
-        food_id: order.food_id,
-        packet_id: order.packet_id.filter(|_| placed),
+        hub_id: order.hub_id,
+        lines: order.lines.clone(),
+        food_id: order.first_food()?,
+        packet_id: packet_ids.first().copied(),
+        packet_ids,
         agent_id: order.agent_id.filter(|_| placed),
         reason: order.reason.map(|r| r.as_str().to_owned()),
         created_at: order.created_at,
         finished_at: order.finished_at?,
+        at: if matches!(kind, OrderEventKind::Placed | OrderEventKind::NotPlaced) {
+            order.finished_at?
+        } else {
+            at
+        },
     };
     let payload = serde_json::to_value(&event).ok()?;
     Some(OutboxEvent {
@@ -85,7 +76,8 @@ pub fn event_for(order: &Order) -> Option<OutboxEvent> {
     })
 }
 
-/// Runs the relay until `shutdown`. `wake` is notified after every final transition.
+/// Runs the relay of order events until `shutdown`. `wake` is notified after every transition
+/// that writes an event.
 pub async fn relay(
     pool: PgPool,
     publisher: Publisher,
@@ -93,159 +85,11 @@ pub async fn relay(
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let exchange = topology.events_exchange();
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut next_prune = Instant::now();
-    loop {
-        match publish_round(&pool, &publisher, &exchange).await {
-            Ok(n) => {
-                backoff.reset();
-                if n > 0 {
-                    debug!(published = n, "order events published");
-                }
-                if i64::try_from(n).unwrap_or(i64::MAX) == EVENTS_PER_ROUND {
-                    continue;
-                }
-            }
-            Err(err) => {
-                warn!(error = %err, "order events not published; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff.next_delay()) => continue,
-                    () = shutdown.cancelled() => return,
-                }
-            }
-        }
-        if Instant::now() >= next_prune {
-            next_prune = Instant::now() + PRUNE_EVERY;
-            match prune_turn(&pool).await {
-                Ok((pruned, caught_up)) => {
-                    if pruned > 0 {
-                        info!(pruned, "old order events pruned from the outbox");
-                    }
-                    if !caught_up {
-                        next_prune = Instant::now();
-                        continue;
-                    }
-                }
-                Err(err) => warn!(error = %err, "outbox prune failed"),
-            }
-        }
-        tokio::select! {
-            () = wake.notified() => {
-                // Let a few more final states land, so that one transaction publishes them all
-                // (under load, a relay that woke for every event would add a commit per order).
-                tokio::time::sleep(GATHER).await;
-            }
-            () = tokio::time::sleep(POLL) => {}
-            () = shutdown.cancelled() => return,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum RelayError {
-    #[error(transparent)]
-    Db(#[from] sqlx::Error),
-}
-
-/// Publishes one round; returns how many events were published and marked sent.
-async fn publish_round(
-    pool: &PgPool,
-    publisher: &Publisher,
-    exchange: &str,
-) -> Result<usize, RelayError> {
-    let mut tx = pool.begin().await?;
-    let events = lock_unsent(&mut tx, EVENTS_PER_ROUND).await?;
-    if events.is_empty() {
-        tx.rollback().await?;
-        return Ok(0);
-    }
-    let publishing = join_all(events.iter().map(|event| async move {
-        let body = serde_json::to_vec(&event.payload.0).map_err(messaging::BrokerError::from)?;
-        let message = Outgoing::raw(body, exchange, event.routing_key.clone())
-            .message_id(MessageId(event.event_id.0))
-            .kind("order_event")
-            .header(protocol::headers::ORDER_ID, event.order_id.to_string())
-            // Nobody may be listening: an event without a bound queue is not an error.
-            .mandatory(false);
-        tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish(&message))
-            .await
-            .map_err(|_| messaging::BrokerError::ConfirmTimeout(PUBLISH_TIMEOUT))?
-    }));
-    let results = publishing.await;
-    let sent: Vec<i64> = events
-        .iter()
-        .zip(&results)
-        .filter(|(_, r)| r.is_ok())
-        .map(|(e, _)| e.id)
-        .collect();
-    if let Some(Err(err)) = results.iter().find(|r| r.is_err()) {
-        warn!(error = %err, failed = events.len() - sent.len(), "some order events not published");
-    }
-    mark_sent(&mut tx, &sent).await?;
-    tx.commit().await?;
-    Ok(sent.len())
-}
-
-/// An event waiting in the outbox.
-#[derive(Debug, sqlx::FromRow)]
-struct PendingEvent {
-    id: i64,
-    event_id: EventId,
-    order_id: OrderId,
-    routing_key: String,
-    payload: sqlx::types::Json<serde_json::Value>,
-}
-
-/// Locks up to `limit` unsent events, oldest first, skipping those another relay holds.
-async fn lock_unsent(
-    tx: &mut sqlx::PgConnection,
-    limit: i64,
-) -> Result<Vec<PendingEvent>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, event_id, order_id, routing_key, payload FROM outbox
-         WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(limit)
-    .fetch_all(&mut *tx)
-    .await
-}
-
-/// Marks events sent.
-async fn mark_sent(tx: &mut sqlx::PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
-        .bind(ids)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
-}
-
-/// Deletes events sent more than `RETENTION` ago, a round at a time, for up to `PRUNE_TURN`.
-/// Returns how many, and whether none are left.
-async fn prune_turn(pool: &PgPool) -> Result<(u64, bool), sqlx::Error> {
-    let started = Instant::now();
-    let mut pruned = 0;
-    loop {
-        let n = prune_sent(pool, RETENTION, PRUNE_ROUND).await?;
-        pruned += n;
-        if n < PRUNE_ROUND.unsigned_abs() {
-            return Ok((pruned, true));
-        }
-        if started.elapsed() >= PRUNE_TURN {
-            return Ok((pruned, false));
-        }
-    }
-}
-
-/// Deletes up to `limit` events sent more than `retention` ago.
-async fn prune_sent(pool: &PgPool, retention: Duration, limit: i64) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "DELETE FROM outbox WHERE id = ANY (ARRAY(
-             SELECT id FROM outbox WHERE sent_at < now() - $1 ORDER BY sent_at LIMIT $2))",
-    )
-    .bind(retention)
-    .bind(limit)
-    .execute(pool)
-    .await?
-    .rows_affected())
+    let destination = Destination {
+        exchange: topology.events_exchange(),
+        kind: "order_event",
+        // Nobody may be listening: an event without a bound queue is not an error.
+        mandatory: false,
+    };
+    service_kit::outbox::relay(pool, publisher, destination, wake, shutdown).await;
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use messaging::{Backoff, BrokerError, Outgoing, RpcClient, RpcError, Wait};
 use protocol::command::{
-    AgentRequest, Answer, Assign, AssignReply, Command, Operation, PacketLine, PacketRequest,
-    Release, ReleaseReason, ReleaseReply, ReserveReply,
+    AgentRequest, Answer, Assign, AssignReply, Cancel, CancelReply, Command, Operation,
+    PacketRequest, Release, ReleaseReason, ReleaseReply, ReserveReply,
 };
 use protocol::envelope::TxnEnvelope;
 use protocol::headers;
@@ -35,8 +35,9 @@ pub struct Participants {
 #[derive(Clone, Debug)]
 enum Op {
     Reserve,
-    Assign(ItemId),
+    Assign(Vec<ItemId>),
     Release(ReleaseReason),
+    Cancel,
 }
 
 impl Participants {
@@ -58,7 +59,12 @@ impl Participants {
                     Reservation::Held { items, expires_at }
                 }
                 Some(ReserveReply::Busy) => Reservation::Busy,
-                Some(ReserveReply::Unavailable { reason }) => Reservation::Unavailable(reason),
+                Some(ReserveReply::Unavailable { reason, food_ids }) => {
+                    if !food_ids.is_empty() {
+                        debug!(participant = %side, ?food_ids, "short");
+                    }
+                    Reservation::Unavailable(reason)
+                }
                 Some(ReserveReply::Aborted) => Reservation::Aborted,
                 None => Reservation::NoAnswer,
             }
@@ -67,17 +73,17 @@ impl Participants {
         Sides::new(store, delivery)
     }
 
-    /// Phase 2: asks the store to assign `packet` and delivery `agent`, asking again until
+    /// Phase 2: asks the store to assign `packets` and delivery `agent`, asking again until
     /// `until` while a side does not answer.
     pub async fn assign(
         &self,
         order: &Order,
-        packet: PacketId,
+        packets: &[PacketId],
         agent: AgentId,
         until: Instant,
     ) -> Sides<AssignAnswer> {
-        let ask = |side, item| async move {
-            let op = Op::Assign(item);
+        let ask = |side, items| async move {
+            let op = Op::Assign(items);
             match self.call(side, order, op, self.resending(until)).await {
                 Some(AssignReply::Assigned { .. }) => AssignAnswer::Assigned,
                 Some(AssignReply::Refused { reason }) => {
@@ -88,8 +94,11 @@ impl Participants {
             }
         };
         let (store, delivery) = tokio::join!(
-            ask(Participant::Store, ItemId(packet.0)),
-            ask(Participant::Delivery, ItemId(agent.0)),
+            ask(
+                Participant::Store,
+                packets.iter().map(|p| ItemId(p.0)).collect()
+            ),
+            ask(Participant::Delivery, vec![ItemId(agent.0)]),
         );
         Sides::new(store, delivery)
     }
@@ -105,6 +114,18 @@ impl Participants {
         };
         let (store, delivery) = tokio::join!(ask(Participant::Store), ask(Participant::Delivery));
         Sides::new(store, delivery)
+    }
+
+    /// Cancellation: asks `side` to cancel the order's assignment, asking again until `until`
+    /// while it does not answer.
+    pub async fn cancel(
+        &self,
+        side: Participant,
+        order: &Order,
+        until: Instant,
+    ) -> Option<CancelReply> {
+        self.call(side, order, Op::Cancel, self.resending(until))
+            .await
     }
 
     /// Sends releases to the sides in `which`, without waiting for replies: once the broker
@@ -171,13 +192,17 @@ impl Participants {
     fn message(&self, side: Participant, order: &Order, op: Op) -> Result<Outgoing, BrokerError> {
         match side {
             Participant::Store => {
-                let lines = vec![PacketLine {
-                    food_id: order.food_id,
-                }];
-                self.addressed(side, order, &op.command(|| PacketRequest { lines }))
+                let request = || PacketRequest {
+                    hub_id: order.hub_id,
+                    lines: order.lines.clone(),
+                };
+                self.addressed(side, order, &op.command(request))
             }
             Participant::Delivery => {
-                self.addressed(side, order, &op.command(AgentRequest::default))
+                let request = || AgentRequest {
+                    hub_id: order.hub_id,
+                };
+                self.addressed(side, order, &op.command(request))
             }
         }
     }
@@ -203,8 +228,9 @@ impl Op {
     fn command<R>(self, reserve: impl FnOnce() -> R) -> Command<R> {
         match self {
             Op::Reserve => Command::Reserve(reserve()),
-            Op::Assign(item) => Command::Assign(Assign { items: vec![item] }),
+            Op::Assign(items) => Command::Assign(Assign { items }),
             Op::Release(reason) => Command::Release(Release { reason }),
+            Op::Cancel => Command::Cancel(Cancel {}),
         }
     }
 
@@ -213,6 +239,7 @@ impl Op {
             Op::Reserve => Operation::Reserve,
             Op::Assign(_) => Operation::Assign,
             Op::Release(_) => Operation::Release,
+            Op::Cancel => Operation::Cancel,
         }
     }
 }

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use protocol::ids::{FoodId, OrderId, TxnId};
+use protocol::command::PacketLine;
+use protocol::ids::{HubId, OrderId, TxnId};
 use protocol::trace::TraceContext;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -44,7 +45,7 @@ enum Started {
     /// Recorded; the driver sends each recorded state here.
     New(watch::Receiver<Order>),
     /// The customer's order with the same idempotency key.
-    Existing(Order),
+    Existing(Box<Order>),
 }
 
 impl Coordinator {
@@ -54,7 +55,8 @@ impl Coordinator {
     pub async fn place(
         self: &Arc<Self>,
         customer_id: String,
-        food_id: FoodId,
+        hub_id: HubId,
+        lines: Vec<PacketLine>,
         idempotency_key: Option<String>,
         trace: TraceContext,
     ) -> Result<Placement, PlaceError> {
@@ -62,7 +64,8 @@ impl Coordinator {
         let new = NewOrder {
             id: OrderId::new(),
             customer_id,
-            food_id,
+            hub_id,
+            lines,
             txn_id: TxnId::new(),
             traceparent: trace.to_string(),
             idempotency_key,
@@ -90,7 +93,7 @@ impl Coordinator {
                     Ok(Inserted::New(order)) => order,
                     Ok(Inserted::Existing(order)) => {
                         info!(existing = %order.id, state = %order.state, "idempotency key seen before: answering with its order");
-                        let _ = started.send(Ok(Started::Existing(order)));
+                        let _ = started.send(Ok(Started::Existing(Box::new(order))));
                         return;
                     }
                     Err(err) => {
@@ -105,7 +108,7 @@ impl Coordinator {
                     info!("recorded after its request was answered: not placed");
                     Driving::Unwanted
                 } else {
-                    info!(food_id = %order.food_id, "order received");
+                    info!(hub_id = %order.hub_id, lines = order.lines.len(), "order received");
                     Driving::Fresh
                 };
                 this.drive(order, token, driving, phase1_ends, Some(progress))
@@ -127,7 +130,7 @@ impl Coordinator {
         };
         let mut latest = match started {
             Started::New(latest) => latest,
-            Started::Existing(order) => return Ok(Placement::Replayed(order)),
+            Started::Existing(order) => return Ok(Placement::Replayed(*order)),
         };
         // The answer is the order as last recorded: final if it became final in time, else the
         // stage it was recorded in (never a guess, and no extra read past the budget).

@@ -19,11 +19,14 @@ use crate::coordinator::Coordinator;
 use crate::http;
 use crate::outbox;
 use crate::participants::Participants;
+use crate::progress::Progress;
 use crate::recovery::{self, Timeouts};
 use crate::repo::Orders;
 
 /// Prefetch of the timeout consumer: each fired timer claims a batch of orders.
 const TIMEOUT_PREFETCH: u16 = 4;
+/// Delivery's progress reports handled at once per coordinator.
+const PROGRESS_PREFETCH: u16 = 32;
 
 /// The running order service: database, reply and timeout consumers, recovery, HTTP API.
 pub struct Application {
@@ -127,9 +130,25 @@ impl Application {
                 prefetch: TIMEOUT_PREFETCH,
                 ack_mode: AckMode::Manual,
                 dead_letter_exchange: Some(topology.dead_letter_exchange("order")),
-                declarations,
+                declarations: Arc::clone(&declarations),
             },
             Arc::new(Timeouts::new(
+                Arc::clone(&coordinator),
+                foundation.stop_background.clone(),
+            )),
+            foundation.stop_background.clone(),
+        ));
+        foundation.tracker.spawn(consumer::run(
+            foundation.broker.clone(),
+            foundation.publisher.clone(),
+            ConsumerSpec {
+                queue: topology.progress_queue(),
+                prefetch: PROGRESS_PREFETCH,
+                ack_mode: AckMode::Manual,
+                dead_letter_exchange: Some(topology.dead_letter_exchange("order")),
+                declarations: Arc::clone(&declarations),
+            },
+            Arc::new(Progress::new(
                 Arc::clone(&coordinator),
                 foundation.stop_background.clone(),
             )),

@@ -1,21 +1,27 @@
 //! The store's HTTP API.
 //!
-//! - `POST /foods` `{"name": "Masala Dosa", "packets": 100}` → `201 {"id": 1, "name": "Masala Dosa"}`
-//! - `POST /foods/{id}/packets` `{"count": 50}` → `201 {"food_id": 1, "added": 50}`
+//! - `POST /hubs` `{"name": "Indiranagar"}` → `201 {"id": 2, "name"}`; `GET /hubs` →
+//!   `[{"id", "name"}]`; `GET /hubs/{id}` → `{"id", "name", "foods": [{"food_id", "available",
+//!   "reserved", "assigned"}]}`. Hub 1, `default`, always exists.
+//! - `POST /foods` `{"name": "Masala Dosa", "packets": 100, "hub_id": 1}` → `201 {"id": 1,
+//!   "name": "Masala Dosa"}` (the packets go to `hub_id`, the default hub if absent)
+//! - `POST /foods/{id}/packets` `{"count": 50, "hub_id": 2}` → `201 {"food_id": 1, "hub_id": 2,
+//!   "added": 50}`
 //! - `GET /foods`, `GET /foods/{id}` → `{"id", "name", "available", "reserved", "assigned"}`
-//! - `GET /packets/{id}` → `{"id", "food_id", "state", "order_id"}`
+//!   over every hub
+//! - `GET /packets/{id}` → `{"id", "food_id", "hub_id", "state", "order_id"}`
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use protocol::ids::{FoodId, PacketId};
+use protocol::ids::{FoodId, HubId, PacketId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use service_kit::http::{ApiError, AppJson, AppPath, text_field};
 use sqlx::PgPool;
 
-use crate::repo::{self, FoodStock, Packet};
+use crate::repo::{self, Added, FoodStock, Hub, Packet};
 
 /// Most packets one request may add: inserting is one statement, and one request should not
 /// hold the database for long.
@@ -24,6 +30,8 @@ pub const MAX_PACKETS_PER_REQUEST: i64 = 1_000_000;
 /// The routes, with the pool as state.
 pub fn routes(pool: PgPool) -> Router {
     Router::new()
+        .route("/hubs", post(create_hub).get(list_hubs))
+        .route("/hubs/{id}", get(get_hub))
         .route("/foods", post(create_food).get(list_foods))
         .route("/foods/{id}", get(get_food))
         .route("/foods/{id}/packets", post(add_packets))
@@ -37,12 +45,57 @@ struct NewFood {
     name: String,
     #[serde(default)]
     packets: i64,
+    hub_id: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewPackets {
     count: i64,
+    hub_id: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewHub {
+    name: String,
+}
+
+fn hub_of(id: Option<i64>) -> Result<HubId, ApiError> {
+    match id {
+        None => Ok(HubId::DEFAULT),
+        Some(id) if id >= 1 => Ok(HubId(id)),
+        Some(id) => Err(ApiError::Unprocessable(format!(
+            "hub_id must be a positive integer, got {id}"
+        ))),
+    }
+}
+
+async fn create_hub(
+    State(pool): State<PgPool>,
+    AppJson(body): AppJson<NewHub>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let name = text_field("name", &body.name)?;
+    let id = repo::create_hub(&pool, name).await?;
+    tracing::info!(hub_id = %id, name, "hub created");
+    Ok((StatusCode::CREATED, Json(json!({ "id": id, "name": name }))))
+}
+
+async fn list_hubs(State(pool): State<PgPool>) -> Result<Json<Vec<Hub>>, ApiError> {
+    Ok(Json(repo::list_hubs(&pool).await?))
+}
+
+async fn get_hub(
+    State(pool): State<PgPool>,
+    AppPath(id): AppPath<i64>,
+) -> Result<Json<Value>, ApiError> {
+    let hub = repo::get_hub(&pool, HubId(id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no hub {id}")))?;
+    let foods = repo::hub_stock(&pool, hub.id).await?;
+    Ok(Json(
+        json!({ "id": hub.id, "name": hub.name, "foods": foods }),
+    ))
 }
 
 fn check_count(field: &str, count: i64, min: i64) -> Result<(), ApiError> {
@@ -61,7 +114,10 @@ async fn create_food(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let name = text_field("name", &body.name)?;
     check_count("packets", body.packets, 0)?;
-    let id = repo::create_food(&pool, name, body.packets).await?;
+    let hub = hub_of(body.hub_id)?;
+    let id = repo::create_food(&pool, name, hub, body.packets)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no hub {hub}")))?;
     tracing::info!(food_id = %id, name, packets = body.packets, "food created");
     Ok((StatusCode::CREATED, Json(json!({ "id": id, "name": name }))))
 }
@@ -72,14 +128,17 @@ async fn add_packets(
     AppJson(body): AppJson<NewPackets>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     check_count("count", body.count, 1)?;
+    let hub = hub_of(body.hub_id)?;
     let food = FoodId(id);
-    repo::add_packets(&pool, food, body.count)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no food {id}")))?;
-    tracing::info!(food_id = %food, count = body.count, "packets added");
+    match repo::add_packets(&pool, food, hub, body.count).await? {
+        Added::Done => {}
+        Added::NoFood => return Err(ApiError::NotFound(format!("no food {id}"))),
+        Added::NoHub => return Err(ApiError::NotFound(format!("no hub {hub}"))),
+    }
+    tracing::info!(food_id = %food, hub_id = %hub, count = body.count, "packets added");
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "food_id": food, "added": body.count })),
+        Json(json!({ "food_id": food, "hub_id": hub, "added": body.count })),
     ))
 }
 

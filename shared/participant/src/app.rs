@@ -1,13 +1,16 @@
 //! The start-up and run loop of a participant service (store, delivery).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use protocol::topology::Topology;
 use service_kit::app::{Foundation, StartupError};
 use service_kit::config::ServiceArgs;
+use service_kit::outbox::Destination;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::inventory::Inventory;
@@ -44,6 +47,7 @@ pub struct Identity {
 /// A running participant: database, broker consumers, HTTP listener.
 pub struct ParticipantApp {
     foundation: Foundation,
+    topology: Topology,
     admin_token: Option<String>,
 }
 
@@ -71,16 +75,32 @@ impl ParticipantApp {
             shutdown,
         )
         .await?;
-        runtime::start(
-            inventory,
-            &foundation,
-            Topology::new(common.broker.amqp_prefix.clone()),
-            settings,
-        );
+        let topology = Topology::new(common.broker.amqp_prefix.clone());
+        runtime::start(inventory, &foundation, topology.clone(), settings);
         Ok(Self {
             foundation,
+            topology,
             admin_token: args.admin_token,
         })
+    }
+
+    /// The broker's names, under the service's prefix.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Starts the relay of the service's `outbox` table to `destination`, until shutdown.
+    /// Notify the returned handle after each write to the outbox, to publish it at once.
+    pub fn relay_outbox(&self, destination: Destination) -> Arc<Notify> {
+        let wake = Arc::new(Notify::new());
+        self.foundation.tracker.spawn(service_kit::outbox::relay(
+            self.foundation.pool.clone(),
+            self.foundation.publisher.clone(),
+            destination,
+            Arc::clone(&wake),
+            self.foundation.stop_background.clone(),
+        ));
+        wake
     }
 
     /// The HTTP address actually bound.

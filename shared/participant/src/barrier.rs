@@ -13,9 +13,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use protocol::command::{
-    AssignRefusal, AssignReply, Operation, ReleaseReply, Reply, ReserveReply, Shortage,
+    AssignRefusal, AssignReply, CancelRefusal, CancelReply, Operation, ReleaseReply, Reply,
+    ReserveReply, Shortage,
 };
-use protocol::ids::{ItemId, OrderId, TxnId};
+use protocol::ids::{FoodId, ItemId, OrderId, TxnId};
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use crate::inventory::Inventory;
@@ -56,13 +57,12 @@ impl Recorded {
             (Operation::Reserve, "busy") => Reply::ReserveReply(ReserveReply::Busy),
             (Operation::Reserve, "aborted") => Reply::ReserveReply(ReserveReply::Aborted),
             (Operation::Reserve, "unavailable") => {
-                let reason = match reason {
-                    Some("food_unavailable") => Shortage::FoodUnavailable,
-                    Some("unknown_food") => Shortage::UnknownFood,
-                    Some("agent_unavailable") => Shortage::AgentUnavailable,
-                    other => return Err(corrupt(format!("unknown shortage {other:?}"))),
-                };
-                Reply::ReserveReply(ReserveReply::Unavailable { reason })
+                let reason = reason
+                    .and_then(Shortage::from_name)
+                    .ok_or_else(|| corrupt(format!("unknown shortage {reason:?}")))?;
+                // For an unavailable reserve, `items` holds the kinds that are short.
+                let food_ids = items().into_iter().map(|i| FoodId(i.0)).collect();
+                Reply::ReserveReply(ReserveReply::Unavailable { reason, food_ids })
             }
             (Operation::Assign, "assigned") => {
                 Reply::AssignReply(AssignReply::Assigned { items: items() })
@@ -78,6 +78,15 @@ impl Recorded {
             (Operation::Release, "released") => {
                 Reply::ReleaseReply(ReleaseReply::Released { items: items() })
             }
+            (Operation::Cancel, "cancelled") => {
+                Reply::CancelReply(CancelReply::Cancelled { items: items() })
+            }
+            (Operation::Cancel, "refused") => match reason {
+                Some("picked_up") => Reply::CancelReply(CancelReply::Refused {
+                    reason: CancelRefusal::PickedUp,
+                }),
+                other => return Err(corrupt(format!("unknown cancel refusal {other:?}"))),
+            },
             (operation, outcome) => {
                 return Err(corrupt(format!("outcome {outcome:?} for a {operation}")));
             }
@@ -92,6 +101,9 @@ pub const REPLY_COLUMNS: &str = "outcome, reason, items, expires_at";
 /// `WITH` clauses of [`ItemTable`](crate::ItemTable), with its [`Inventory::PICK`] and
 /// [`Inventory::SHORTAGE`]), then the barrier row with the reply.
 ///
+/// The `items` column holds the items of the reply; for an unavailable reserve, the kinds (foods)
+/// that are short.
+///
 /// Times are `statement_timestamp()`, not `now()`: with group commit a statement may run some
 /// time after its transaction began, and an expiry is judged (and set) by the statement's clock.
 ///
@@ -102,7 +114,7 @@ pub const REPLY_COLUMNS: &str = "outcome, reason, items, expires_at";
 /// concurrent duplicate or release waits on the key until this statement's transaction ends.
 #[derive(Clone, Debug)]
 pub struct Statements {
-    /// Reserve: `$1` txn, `$2` order, `$3` ttl, `$4` key.
+    /// Reserve: `$1` txn, `$2` order, `$3` ttl, `$4`-`$6` key.
     pub reserve: Arc<str>,
     /// Assign: `$1` txn, `$2` order, `$3` items.
     pub assign: Arc<str>,
@@ -116,7 +128,10 @@ pub struct Statements {
     /// Release, step 2 (a new statement, so that it sees what a reserve or assign that it waited
     /// for committed): free the items and record them. `$1` txn.
     pub release_free: Arc<str>,
-    /// The unique index on the items' `txn_id` (`<table>_txn`): one item per transaction.
+    /// Cancel: `$1` txn, `$2` order.
+    pub cancel: Arc<str>,
+    /// The index on the items' `txn_id` (`<table>_txn`); unique where a transaction holds one
+    /// item.
     pub txn_index: Arc<str>,
 }
 
@@ -130,7 +145,8 @@ impl Statements {
              SELECT $1, 'reserve', $2,
                     CASE WHEN v IN ('reserved', 'busy') THEN v ELSE 'unavailable' END,
                     CASE WHEN v IN ('reserved', 'busy') THEN NULL ELSE v END,
-                    (SELECT array_agg(id) FROM taken),
+                    CASE WHEN v = 'reserved' THEN (SELECT array_agg(id ORDER BY id) FROM taken)
+                         ELSE short END,
                     (SELECT min(reserved_until) FROM taken)
              FROM verdict
              RETURNING {REPLY_COLUMNS}",
@@ -146,6 +162,18 @@ impl Statements {
              FROM verdict
              RETURNING {REPLY_COLUMNS}",
             ctes = items.assign_ctes(),
+        );
+        let cancel = format!(
+            "{ctes}
+             INSERT INTO txn_barrier (txn_id, operation, order_id, outcome, reason, items)
+             SELECT $1, 'cancel', $2,
+                    CASE WHEN cancellable THEN 'cancelled' ELSE 'refused' END,
+                    CASE WHEN cancellable THEN NULL ELSE 'picked_up' END,
+                    CASE WHEN cancellable
+                         THEN coalesce((SELECT array_agg(id ORDER BY id) FROM freed), '{{}}') END
+             FROM verdict
+             RETURNING {REPLY_COLUMNS}",
+            ctes = items.cancel_ctes(),
         );
         let release_claim = "WITH claim AS (
                  INSERT INTO txn_barrier (txn_id, operation, order_id, outcome)
@@ -174,6 +202,7 @@ impl Statements {
             release_lock: items.lock_held().into(),
             release_claim: release_claim.into(),
             release_free: release_free.into(),
+            cancel: cancel.into(),
             txn_index: items.txn_index().into(),
         }
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 use messaging::{BrokerError, Disposition, Handler, Incoming, Outgoing};
 use protocol::batch::{self, Batch, BatchedReply};
-use protocol::command::{AssignReply, Command, ReleaseReply, Reply, ReserveReply};
+use protocol::command::{AssignReply, CancelReply, Command, ReleaseReply, Reply, ReserveReply};
 use protocol::envelope::TxnEnvelope;
 use protocol::headers;
 use serde_json::value::RawValue;
@@ -307,6 +307,7 @@ impl<I: Inventory> CommandHandler<I> {
                 order_id,
                 item_ids(&assign.items),
             ),
+            Command::Cancel(_) => CommandWrite::cancel(statements.cancel.clone(), txn_id, order_id),
             Command::Release(_) => {
                 let mut tx = shared.pool.begin().await?;
                 let reply = barrier::release(&mut tx, statements, txn_id, order_id).await?;
@@ -345,6 +346,8 @@ fn outcome(reply: &Reply) -> &'static str {
         Reply::AssignReply(AssignReply::Assigned { .. }) => "assigned",
         Reply::AssignReply(AssignReply::Refused { .. }) => "refused",
         Reply::ReleaseReply(ReleaseReply::Released { .. }) => "released",
+        Reply::CancelReply(CancelReply::Cancelled { .. }) => "cancelled",
+        Reply::CancelReply(CancelReply::Refused { .. }) => "cancel_refused",
     }
 }
 
@@ -354,8 +357,8 @@ fn log_outcome(reply: &Reply) {
             info!(?items, %expires_at, "reserved");
         }
         Reply::ReserveReply(ReserveReply::Busy) => info!("all held by others for now"),
-        Reply::ReserveReply(ReserveReply::Unavailable { reason }) => {
-            info!(reason = reason.as_str(), "unavailable");
+        Reply::ReserveReply(ReserveReply::Unavailable { reason, food_ids }) => {
+            info!(reason = reason.as_str(), ?food_ids, "unavailable");
         }
         Reply::ReserveReply(ReserveReply::Aborted) => {
             info!("refused: the transaction was released first");
@@ -363,5 +366,7 @@ fn log_outcome(reply: &Reply) {
         Reply::AssignReply(AssignReply::Assigned { items }) => info!(?items, "assigned"),
         Reply::AssignReply(AssignReply::Refused { reason }) => info!(?reason, "assign refused"),
         Reply::ReleaseReply(ReleaseReply::Released { items }) => info!(?items, "released"),
+        Reply::CancelReply(CancelReply::Cancelled { items }) => info!(?items, "cancelled"),
+        Reply::CancelReply(CancelReply::Refused { reason }) => info!(?reason, "cancel refused"),
     }
 }

@@ -15,7 +15,7 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::barrier::{Recorded, Statements};
-use crate::inventory::Inventory;
+use crate::inventory::{Inventory, Key};
 
 /// Tunables of a participant.
 #[derive(Clone, Debug)]
@@ -63,12 +63,16 @@ enum Binds {
         txn_id: TxnId,
         order_id: OrderId,
         ttl: Duration,
-        key: Option<i64>,
+        key: Key,
     },
     Assign {
         txn_id: TxnId,
         order_id: OrderId,
         items: Vec<i64>,
+    },
+    Cancel {
+        txn_id: TxnId,
+        order_id: OrderId,
     },
 }
 
@@ -79,7 +83,7 @@ impl CommandWrite {
         txn_id: TxnId,
         order_id: OrderId,
         ttl: Duration,
-        key: Option<i64>,
+        key: Key,
     ) -> Self {
         Self {
             statement,
@@ -110,12 +114,24 @@ impl CommandWrite {
     }
 }
 
+impl CommandWrite {
+    /// A cancel with [`Statements::cancel`].
+    pub(crate) fn cancel(statement: Arc<str>, txn_id: TxnId, order_id: OrderId) -> Self {
+        Self {
+            statement,
+            binds: Binds::Cancel { txn_id, order_id },
+        }
+    }
+}
+
 impl Write for CommandWrite {
     type Output = Recorded;
 
     fn order_key(&self) -> u128 {
         match &self.binds {
-            Binds::Reserve { txn_id, .. } | Binds::Assign { txn_id, .. } => txn_id.0.as_u128(),
+            Binds::Reserve { txn_id, .. }
+            | Binds::Assign { txn_id, .. }
+            | Binds::Cancel { txn_id, .. } => txn_id.0.as_u128(),
         }
     }
 
@@ -130,12 +146,19 @@ impl Write for CommandWrite {
                 order_id,
                 ttl,
                 key,
-            } => query.bind(*txn_id).bind(*order_id).bind(*ttl).bind(*key),
+            } => query
+                .bind(*txn_id)
+                .bind(*order_id)
+                .bind(*ttl)
+                .bind(key.hub)
+                .bind(key.kinds.clone())
+                .bind(key.quantities.clone()),
             Binds::Assign {
                 txn_id,
                 order_id,
                 items,
             } => query.bind(*txn_id).bind(*order_id).bind(items.clone()),
+            Binds::Cancel { txn_id, order_id } => query.bind(*txn_id).bind(*order_id),
         };
         Box::pin(query.fetch_one(conn))
     }

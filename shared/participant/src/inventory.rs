@@ -19,13 +19,26 @@ pub enum ReserveError {
     Db(#[from] sqlx::Error),
 }
 
-/// The items of one participant: a table with the columns `id`, `state`
-/// (`available`/`reserved`/`assigned`), `txn_id`, `order_id`, `reserved_until` and `updated_at`.
+/// What a reserve statement is bound to: `$4` the hub, `$5` the foods and `$6` their quantities
+/// (empty for a participant whose items are not of a kind, like agents).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Key {
+    /// The hub the items must come from.
+    pub hub: i64,
+    /// The kinds of item (foods), each at most once.
+    pub kinds: Vec<i64>,
+    /// How many of each kind, in the order of `kinds`.
+    pub quantities: Vec<i32>,
+}
+
+/// The items of one participant: a table with the columns `id`, `hub_id`, `state`
+/// (`available`/`reserved`/`assigned`, and others of the participant's own that no command
+/// changes), `txn_id`, `order_id`, `reserved_until` and `updated_at`.
 ///
-/// A reserve is one SQL statement: pick an item, mark it reserved and record the barrier row
-/// with the reply, or record why nothing could be picked. The participant supplies the picking
-/// query and the explanation; [`Statements`](crate::barrier::Statements) assembles the statement
-/// once at start.
+/// A reserve is one SQL statement: pick the items, mark them reserved and record the barrier
+/// row with the reply, or record why they could not be picked. The participant supplies the
+/// picking query and the explanation; [`Statements`](crate::barrier::Statements) assembles the
+/// statement once at start.
 pub trait Inventory: Send + Sync + 'static {
     /// What a reserve command asks for.
     type Request: Serialize + DeserializeOwned + Send + Sync + std::fmt::Debug + 'static;
@@ -36,20 +49,21 @@ pub trait Inventory: Send + Sync + 'static {
     /// The items table.
     const TABLE: ItemTable;
 
-    /// A query returning the `id` of one free item, locked `FOR UPDATE SKIP LOCKED` so that
-    /// concurrent reserves take different items: an available one first, else one whose
-    /// reservation has expired. `$4` is the request's key ([`Inventory::key`]).
+    /// A query returning the `id` of every item the request asks for, locked `FOR UPDATE SKIP
+    /// LOCKED` so that concurrent reserves take different items (an available one first, else
+    /// one whose reservation has expired), or no rows at all if it cannot have every one of them:
+    /// all or nothing. `$4`, `$5` and `$6` are the request's [`Key`].
     const PICK: &'static str;
 
-    /// An SQL expression for when nothing was picked: `'busy'` while any item that could serve
-    /// the request is still held by an unfinished transaction (it may come back), else the
-    /// final reason (`'food_unavailable'`, `'unknown_food'`, `'agent_unavailable'`). `$4` is the
-    /// request's key.
+    /// A query of one row `(v text, short bigint[])` for when nothing was picked: `v` is
+    /// `'busy'` while the items that could serve the request are only held by unfinished
+    /// transactions (they may come back), else the final reason (`'food_unavailable'`,
+    /// `'unknown_food'`, `'agent_unavailable'`, `'unknown_hub'`); `short` names the kinds that
+    /// are short (or NULL). Only run when nothing was picked.
     const SHORTAGE: &'static str;
 
-    /// The value bound to `$4` for `request` (the food of a packet; nothing for an agent), or
-    /// why the request cannot be served.
-    fn key(&self, request: &Self::Request) -> Result<Option<i64>, ReserveError>;
+    /// The values bound for `request`, or why the request cannot be served.
+    fn key(&self, request: &Self::Request) -> Result<Key, ReserveError>;
 }
 
 /// The SQL on an items table that is the same for every participant.
@@ -113,9 +127,10 @@ impl ItemTable {
         .rows_affected())
     }
 
-    /// The `WITH` clause of a reserve (`$1` txn, `$2` order, `$3` ttl, `$4` key): takes the item
-    /// `pick` finds, if any. Defines `taken (id, reserved_until)` and `verdict (v)`: `'reserved'`,
-    /// or what `shortage` says.
+    /// The `WITH` clause of a reserve (`$1` txn, `$2` order, `$3` ttl, `$4`-`$6` key): takes the
+    /// items `pick` finds, if any. Defines `taken (id, reserved_until)` and `verdict (v, short)`:
+    /// `'reserved'`, or what `shortage` says (run only if nothing was taken: a CTE is read on
+    /// demand).
     pub(crate) fn reserve_ctes(&self, pick: &str, shortage: &str) -> String {
         let table = self.name;
         format!(
@@ -127,9 +142,12 @@ impl ItemTable {
                  FROM picked WHERE t.id = picked.id
                  RETURNING t.id, t.reserved_until
              ),
+             shortage AS ({shortage}),
              verdict AS (
                  SELECT CASE WHEN EXISTS (SELECT 1 FROM taken) THEN 'reserved'
-                             ELSE ({shortage}) END AS v
+                             ELSE (SELECT v FROM shortage) END AS v,
+                        CASE WHEN EXISTS (SELECT 1 FROM taken) THEN NULL
+                             ELSE (SELECT short FROM shortage) END AS short
              )"
         )
     }
@@ -157,6 +175,30 @@ impl ItemTable {
         )
     }
 
+    /// The `WITH` clause of a cancel (`$1` txn): frees the items the transaction was assigned, if
+    /// it holds any and every one of them is still only assigned (an agent that picked its order
+    /// up is not). Defines `verdict (cancellable)` and `freed (id)`.
+    pub(crate) fn cancel_ctes(&self) -> String {
+        let table = self.name;
+        format!(
+            "WITH held AS (
+                 SELECT id, state FROM {table} WHERE txn_id = $1 FOR UPDATE
+             ),
+             verdict AS (
+                 SELECT EXISTS (SELECT 1 FROM held)
+                        AND NOT EXISTS (SELECT 1 FROM held WHERE state <> 'assigned') AS cancellable
+             ),
+             freed AS (
+                 UPDATE {table} t
+                 SET state = 'available', txn_id = NULL, order_id = NULL, reserved_until = NULL,
+                     updated_at = now()
+                 FROM held, verdict
+                 WHERE t.id = held.id AND verdict.cancellable
+                 RETURNING t.id
+             )"
+        )
+    }
+
     /// Locks the items that transaction `$1` holds.
     pub(crate) fn lock_held(&self) -> String {
         let table = self.name;
@@ -178,7 +220,7 @@ impl ItemTable {
         )
     }
 
-    /// The name of the unique index on the items' `txn_id` (one item per transaction).
+    /// The name of the index on the items' `txn_id` (unique where a transaction holds one item).
     pub(crate) fn txn_index(&self) -> String {
         format!("{}_txn", self.name)
     }

@@ -44,5 +44,5 @@ pub mod runtime;
 pub use app::{Identity, ParticipantApp, ParticipantServiceArgs};
 pub use barrier::Statements;
 pub use context::ParticipantSettings;
-pub use inventory::{Inventory, ItemTable, ReserveError};
+pub use inventory::{Inventory, ItemTable, Key, ReserveError};
 pub use runtime::{ParticipantArgs, start};

@@ -116,7 +116,7 @@ mod tests {
         let one = TxnEnvelope::txn(
             OrderId::new(),
             TxnId::new(),
-            Command::Reserve(AgentRequest {}),
+            Command::Reserve(AgentRequest::default()),
         );
         let batch = Batch::new(
             COMMAND_BATCH,

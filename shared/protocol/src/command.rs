@@ -10,9 +10,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Kind;
-use crate::ids::{FoodId, ItemId};
+use crate::ids::{FoodId, HubId, ItemId};
 
-/// The three operations of a participant.
+/// The four operations of a participant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Operation {
@@ -22,11 +22,19 @@ pub enum Operation {
     Assign,
     /// Free what the transaction holds; blocks later reserves and assigns of the transaction.
     Release,
+    /// Undo the assignment of a placed order (the customer cancelled), unless its items have
+    /// left the participant's hands (an agent that picked the order up).
+    Cancel,
 }
 
 impl Operation {
     /// Every operation, in protocol order.
-    pub const ALL: [Operation; 3] = [Operation::Reserve, Operation::Assign, Operation::Release];
+    pub const ALL: [Operation; 4] = [
+        Operation::Reserve,
+        Operation::Assign,
+        Operation::Release,
+        Operation::Cancel,
+    ];
 
     /// The name used in queue names, database rows and logs.
     pub fn as_str(self) -> &'static str {
@@ -34,6 +42,7 @@ impl Operation {
             Operation::Reserve => "reserve",
             Operation::Assign => "assign",
             Operation::Release => "release",
+            Operation::Cancel => "cancel",
         }
     }
 }
@@ -55,6 +64,8 @@ pub enum Command<R> {
     Assign(Assign),
     /// Abort or compensation.
     Release(Release),
+    /// A placed order is cancelled.
+    Cancel(Cancel),
 }
 
 impl<R> Command<R> {
@@ -64,6 +75,7 @@ impl<R> Command<R> {
             Command::Reserve(_) => Operation::Reserve,
             Command::Assign(_) => Operation::Assign,
             Command::Release(_) => Operation::Release,
+            Command::Cancel(_) => Operation::Cancel,
         }
     }
 }
@@ -77,26 +89,53 @@ impl<R> Kind for Command<R> {
 /// A command to the store.
 pub type StoreCommand = Command<PacketRequest>;
 
-/// What the store is asked to reserve: one packet per line, all or nothing. The HTTP API places
-/// one line per order today; the list is here so that an order of several items needs no new
-/// message version.
+/// What the store is asked to reserve: `quantity` packets of each line's food, all from one hub,
+/// all or nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PacketRequest {
-    /// The lines of the order, one packet each.
+    /// The hub whose stock to take from ([`HubId::DEFAULT`] if absent).
+    #[serde(default)]
+    pub hub_id: HubId,
+    /// The lines of the order: each food at most once.
     pub lines: Vec<PacketLine>,
 }
 
-/// One packet of a food.
+/// Packets of one food.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PacketLine {
-    /// The food to take a packet of.
+    /// The food.
     pub food_id: FoodId,
+    /// How many packets (1 if absent).
+    #[serde(default = "one")]
+    pub quantity: u32,
 }
 
-/// What delivery is asked to reserve: one agent. Empty today; a zone or a vehicle type would go
-/// here.
+fn one() -> u32 {
+    1
+}
+
+impl PacketLine {
+    /// One packet of `food_id`.
+    pub fn one(food_id: FoodId) -> Self {
+        Self {
+            food_id,
+            quantity: 1,
+        }
+    }
+}
+
+/// The most lines a basket may have.
+pub const MAX_LINES: usize = 50;
+/// The most packets of one food a line may ask for.
+pub const MAX_QUANTITY: u32 = 20;
+
+/// What delivery is asked to reserve: one agent of a hub.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AgentRequest {}
+pub struct AgentRequest {
+    /// The hub whose agents to take from ([`HubId::DEFAULT`] if absent).
+    #[serde(default)]
+    pub hub_id: HubId,
+}
 
 /// Phase 2: give the reserved items to the order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +150,11 @@ pub struct Release {
     /// Why, for the participant's logs.
     pub reason: ReleaseReason,
 }
+
+/// Cancel the order's assignment: what the transaction was given returns to stock (the store) or
+/// becomes free (delivery), unless it has left the participant's hands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {}
 
 /// Why the coordinator releases a transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +179,8 @@ pub enum Reply {
     AssignReply(AssignReply),
     /// Reply to a release.
     ReleaseReply(ReleaseReply),
+    /// Reply to a cancel.
+    CancelReply(CancelReply),
 }
 
 impl Kind for Reply {
@@ -143,6 +189,7 @@ impl Kind for Reply {
             Reply::ReserveReply(_) => "reserve_reply",
             Reply::AssignReply(_) => "assign_reply",
             Reply::ReleaseReply(_) => "release_reply",
+            Reply::CancelReply(_) => "cancel_reply",
         }
     }
 }
@@ -187,6 +234,15 @@ impl Answer for ReleaseReply {
     }
 }
 
+impl Answer for CancelReply {
+    fn from_reply(reply: Reply) -> Result<Self, Reply> {
+        match reply {
+            Reply::CancelReply(answer) => Ok(answer),
+            other => Err(other),
+        }
+    }
+}
+
 /// Why a reply could not be read as the answer expected.
 #[derive(Debug, thiserror::Error)]
 pub enum AnswerError {
@@ -223,6 +279,9 @@ pub enum ReserveReply {
     Unavailable {
         /// Why.
         reason: Shortage,
+        /// The foods that are short or unknown (the store); empty for delivery.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        food_ids: Vec<FoodId>,
     },
     /// The transaction was released before this reserve arrived (an empty rollback). Nothing was
     /// reserved, and nothing ever will be for this transaction.
@@ -233,12 +292,15 @@ pub enum ReserveReply {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Shortage {
-    /// Every packet of the food is assigned to an order.
+    /// Fewer packets of a food than asked for are free or held at the hub: the rest are
+    /// assigned to orders.
     FoodUnavailable,
     /// No such food.
     UnknownFood,
-    /// Every agent is assigned to an order.
+    /// Every agent of the hub is assigned to an order (or off duty).
     AgentUnavailable,
+    /// No such hub.
+    UnknownHub,
 }
 
 impl Shortage {
@@ -248,7 +310,20 @@ impl Shortage {
             Shortage::FoodUnavailable => "food_unavailable",
             Shortage::UnknownFood => "unknown_food",
             Shortage::AgentUnavailable => "agent_unavailable",
+            Shortage::UnknownHub => "unknown_hub",
         }
+    }
+
+    /// The shortage named `name`, if it is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Shortage::FoodUnavailable,
+            Shortage::UnknownFood,
+            Shortage::AgentUnavailable,
+            Shortage::UnknownHub,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
     }
 }
 
@@ -289,6 +364,31 @@ pub enum ReleaseReply {
     },
 }
 
+/// The outcome of a cancel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum CancelReply {
+    /// The order's items are free again (back in stock, or an agent free for other orders).
+    Cancelled {
+        /// The items freed.
+        items: Vec<ItemId>,
+    },
+    /// Final: nothing changed.
+    Refused {
+        /// Why.
+        reason: CancelRefusal,
+    },
+}
+
+/// Why a cancel was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelRefusal {
+    /// The items have left the participant's hands: the agent picked the order up (or
+    /// delivered it).
+    PickedUp,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,13 +401,16 @@ mod tests {
             OrderId::new(),
             TxnId::new(),
             StoreCommand::Reserve(PacketRequest {
-                lines: vec![PacketLine { food_id: FoodId(7) }],
+                hub_id: HubId(3),
+                lines: vec![PacketLine::one(FoodId(7))],
             }),
         );
         let json: serde_json::Value = serde_json::from_slice(&env.to_bytes().unwrap()).unwrap();
         assert_eq!(json["v"], 1);
         assert_eq!(json["kind"], "reserve");
         assert_eq!(json["body"]["lines"][0]["food_id"], 7);
+        assert_eq!(json["body"]["lines"][0]["quantity"], 1);
+        assert_eq!(json["body"]["hub_id"], 3);
         assert_eq!(json["order_id"], env.order_id().to_string());
         let back: TxnEnvelope<StoreCommand> = Envelope::decode(&env.to_bytes().unwrap()).unwrap();
         assert_eq!(back, env);
@@ -317,6 +420,7 @@ mod tests {
     fn reply_round_trips() {
         let reply = Reply::ReserveReply(ReserveReply::Unavailable {
             reason: Shortage::FoodUnavailable,
+            food_ids: vec![FoodId(4)],
         });
         let env = TxnEnvelope::txn(OrderId::new(), TxnId::new(), reply);
         let bytes = env.to_bytes().unwrap();
@@ -324,6 +428,7 @@ mod tests {
         assert_eq!(json["kind"], "reserve_reply");
         assert_eq!(json["body"]["outcome"], "unavailable");
         assert_eq!(json["body"]["reason"], "food_unavailable");
+        assert_eq!(json["body"]["food_ids"][0], 4);
         let back: TxnEnvelope<Reply> = Envelope::decode(&bytes).unwrap();
         assert_eq!(back, env);
     }
@@ -352,6 +457,24 @@ mod tests {
             decode_answer::<ReleaseReply>(b"nonsense"),
             Err(AnswerError::Unreadable(_))
         ));
+    }
+
+    #[test]
+    fn requests_of_the_one_item_api_still_read() {
+        let request: PacketRequest =
+            serde_json::from_str(r#"{"lines": [{"food_id": 7}]}"#).unwrap();
+        assert_eq!(request.hub_id, HubId::DEFAULT);
+        assert_eq!(request.lines, vec![PacketLine::one(FoodId(7))]);
+        let agent: AgentRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(agent.hub_id, HubId::DEFAULT);
+        for shortage in [
+            Shortage::FoodUnavailable,
+            Shortage::UnknownFood,
+            Shortage::AgentUnavailable,
+            Shortage::UnknownHub,
+        ] {
+            assert_eq!(Shortage::from_name(shortage.as_str()), Some(shortage));
+        }
     }
 
     #[test]

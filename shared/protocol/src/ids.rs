@@ -88,6 +88,22 @@ int_id!(
     FoodId
 );
 int_id!(
+    /// A dark store (hub): its stock of packets and its delivery agents. Hub ids are created by
+    /// the store; delivery takes them as given.
+    HubId
+);
+
+impl HubId {
+    /// The hub that the migrations create in both services, used when a request names none.
+    pub const DEFAULT: HubId = HubId(1);
+}
+
+impl Default for HubId {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+int_id!(
     /// One physical packet of a food, owned by the store.
     PacketId
 );

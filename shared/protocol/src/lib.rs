@@ -27,6 +27,7 @@
 //! - [`command`]: commands from the coordinator to the participants, and their replies.
 //! - [`timer`]: the messages that travel through the TTL wait queues.
 //! - [`event`]: the order events published for other systems.
+//! - [`progress`]: delivery's reports of pick-up and delivery, to the coordinator.
 //! - [`headers`]: AMQP header names.
 //! - [`topology`]: every exchange, queue and routing key, spelled once.
 //! - [`sides`]: one value per participant ([`sides::Sides`]).
@@ -38,6 +39,7 @@ pub mod envelope;
 pub mod event;
 pub mod headers;
 pub mod ids;
+pub mod progress;
 pub mod sides;
 pub mod timer;
 pub mod topology;

@@ -222,6 +222,17 @@ impl Topology {
         format!("{queue}.dlq")
     }
 
+    /// Topic exchange of delivery's progress reports (routing keys `delivery.picked_up`,
+    /// `delivery.delivered`), declared by the coordinator like its replies exchange.
+    pub fn progress_exchange(&self) -> String {
+        self.name(format_args!("order.progress"))
+    }
+
+    /// The queue of delivery's progress reports, consumed by every coordinator.
+    pub fn progress_queue(&self) -> String {
+        self.name(format_args!("order.progress"))
+    }
+
     /// Topic exchange of order events (`order.placed`, `order.not_placed`).
     pub fn events_exchange(&self) -> String {
         self.name(format_args!("order.events"))
@@ -322,6 +333,14 @@ impl Topology {
         let mut decl = Declarations::default();
         decl.exchange(self.replies_exchange(), ExchangeKind::Direct);
         decl.exchange(self.events_exchange(), ExchangeKind::Topic);
+        let progress = self.progress_exchange();
+        decl.exchange(progress.clone(), ExchangeKind::Topic);
+        self.consumed_queue(
+            &mut decl,
+            "order",
+            self.progress_queue(),
+            vec![(progress, "delivery.#".to_owned())],
+        );
         self.timer_queues(
             &mut decl,
             "order",
@@ -387,6 +406,7 @@ impl Topology {
         let own = format!("^{p}{service}\\.");
         let write = match service {
             "order" => format!("^{p}(order\\.|store\\.commands$|delivery\\.commands$)"),
+            "delivery" => format!("^{p}(delivery\\.|order\\.replies$|order\\.progress$)"),
             participant => format!("^{p}({participant}\\.|order\\.replies$)"),
         };
         Permissions {

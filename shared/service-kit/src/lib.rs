@@ -22,6 +22,7 @@ pub mod fault;
 pub mod group_commit;
 pub mod http;
 pub mod metrics;
+pub mod outbox;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]

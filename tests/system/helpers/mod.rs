@@ -231,7 +231,7 @@ impl TestSystem {
     pub async fn assert_all_orders_final(&self, timeout: Duration) {
         eventually("every order final", timeout, || async {
             let states = self.infra.order_states().await;
-            ["reserving", "assigning", "compensating"]
+            ["reserving", "assigning", "compensating", "cancelling"]
                 .iter()
                 .all(|s| states.get(*s).copied().unwrap_or(0) == 0)
         })
@@ -313,6 +313,93 @@ impl TestSystem {
             json!({ "food_id": food_id, "customer_id": "c-42" }),
         )
         .await
+    }
+
+    /// Creates a hub; returns its id.
+    pub async fn create_hub(&self, name: &str) -> i64 {
+        let (status, body) = self
+            .post(&self.store, "/hubs", json!({ "name": name }))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_i64().expect("hub id")
+    }
+
+    /// Adds `count` packets of `food` at `hub`.
+    pub async fn add_packets(&self, food: i64, hub: i64, count: i64) {
+        let (status, body) = self
+            .post(
+                &self.store,
+                &format!("/foods/{food}/packets"),
+                json!({ "count": count, "hub_id": hub }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    /// Creates `count` agents at `hub`; returns their ids.
+    pub async fn create_agents_at(&self, hub: i64, count: i64) -> Vec<i64> {
+        let (status, body) = self
+            .post(
+                &self.delivery,
+                "/agents",
+                json!({ "count": count, "hub_id": hub }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|v| v.as_i64().expect("id"))
+            .collect()
+    }
+
+    /// Places a basket of `(food, quantity)` lines at `hub` for customer `c-42`.
+    pub async fn place_basket(&self, hub: i64, lines: &[(i64, i64)]) -> (StatusCode, Value) {
+        let lines: Vec<Value> = lines
+            .iter()
+            .map(|(food, quantity)| json!({ "food_id": food, "quantity": quantity }))
+            .collect();
+        self.post(
+            &self.order,
+            "/orders",
+            json!({ "customer_id": "c-42", "hub_id": hub, "lines": lines }),
+        )
+        .await
+    }
+
+    /// Asks to cancel `order` as `customer`.
+    pub async fn cancel(&self, order: &str, customer: &str) -> (StatusCode, Value) {
+        self.post(
+            &self.order,
+            &format!("/orders/{order}/cancel"),
+            json!({ "customer_id": customer }),
+        )
+        .await
+    }
+
+    /// The rider reports `step` (`picked-up` or `delivered`) of `order`.
+    pub async fn rider(&self, order: &str, step: &str) -> (StatusCode, Value) {
+        self.request(
+            &self.delivery,
+            reqwest::Method::POST,
+            &format!("/deliveries/{order}/{step}"),
+            None,
+        )
+        .await
+    }
+
+    /// Waits until order `id` is in `status` (asking the order service), and returns its body.
+    pub async fn order_reaches(&self, id: &str, status: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (_, body) = self.get(&self.order, &format!("/orders/{id}")).await;
+            if body["status"] == status {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "order {id} not {status}: {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A food's counts.

@@ -1,11 +1,18 @@
-//! Checks the invariants of the order transaction across the three databases.
+//! Checks the invariants of the order's life across the three databases.
 //!
-//! 1. Every placed order has exactly one assigned packet of its food and exactly one assigned
-//!    agent, both pointing back to it (and they are the ones the order names).
-//! 2. No packet or agent is assigned to an order that is not placed.
-//! 3. No item is reserved past its expiry plus a grace.
-//! 4. No order is unfinished past its deadline plus a grace.
-//! 5. The counts agree: placed orders = assigned packets = assigned agents.
+//! 1. Every order that holds its items (`placed`, `picked_up`, `delivered`) is assigned exactly
+//!    the packets it names, and they are the packets of its lines (food and quantity), all from
+//!    its hub.
+//! 2. Its agent: a `placed` order has exactly one agent, `assigned` to it, the one it names, from
+//!    its hub; a `picked_up` order has it `delivering`; a `delivered` or `cancelled` order has
+//!    none.
+//! 3. No packet or agent is held for an order in any other state (or that does not exist); a
+//!    `cancelled` order holds no packet; an off-duty agent holds nothing.
+//! 4. No item is reserved past its expiry plus a grace; no order is being placed past its
+//!    deadline plus a grace.
+//! 5. The counts per hub agree: packets assigned at a hub = the packets of the orders of that
+//!    hub that hold them; agents assigned or delivering at a hub = the hub's placed and
+//!    picked-up orders. Every hub of an agent exists in the store.
 //!
 //! The audit reads each database once, without locks, so on a busy system it can see one
 //! database a moment after another; run it on a quiet system, or expect transient reports that
@@ -54,25 +61,30 @@ impl Databases {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "violation", rename_all = "snake_case")]
 pub enum Violation {
-    /// A placed order without exactly one assigned packet of its food pointing back to it.
-    PlacedOrderPackets {
+    /// An order that holds its items is not assigned exactly the packets of its lines from its
+    /// hub, or not the packets it names.
+    OrderPackets {
         /// The order.
         order_id: Uuid,
-        /// The packets assigned to it (with their food).
-        packets: Vec<(i64, i64)>,
-        /// The packet the order names.
-        expected: Option<i64>,
+        /// Its state.
+        state: String,
+        /// The packets assigned to it, as (packet, food, hub).
+        packets: Vec<(i64, i64, i64)>,
+        /// The packets the order names.
+        expected: Vec<i64>,
     },
-    /// A placed order without exactly one assigned agent pointing back to it.
-    PlacedOrderAgents {
+    /// An order's agent is not as its state requires.
+    OrderAgent {
         /// The order.
         order_id: Uuid,
-        /// The agents assigned to it.
-        agents: Vec<i64>,
+        /// Its state.
+        state: String,
+        /// The agents held for it, as (agent, state, hub).
+        agents: Vec<(i64, String, i64)>,
         /// The agent the order names.
         expected: Option<i64>,
     },
-    /// A packet assigned to an order that is not placed (or does not exist).
+    /// A packet assigned to an order that does not hold its items (or does not exist).
     PacketOfUnplacedOrder {
         /// The packet.
         packet_id: i64,
@@ -81,7 +93,7 @@ pub enum Violation {
         /// The order's state, if it exists.
         order_state: Option<String>,
     },
-    /// An agent assigned to an order that is not placed (or does not exist).
+    /// An agent held for an order that cannot have it (or does not exist).
     AgentOfUnplacedOrder {
         /// The agent.
         agent_id: i64,
@@ -90,6 +102,12 @@ pub enum Violation {
         /// The order's state, if it exists.
         order_state: Option<String>,
     },
+    /// An off-duty agent that holds something, or an agent with a delivery under way that is not
+    /// out delivering it.
+    OffDutyAgentHolds {
+        /// The agent.
+        agent_id: i64,
+    },
     /// An item still reserved long after its expiry.
     StaleReservation {
         /// `packet` or `agent`.
@@ -97,21 +115,30 @@ pub enum Violation {
         /// Its id.
         id: i64,
     },
-    /// An order still unfinished long after its deadline.
+    /// An order still being placed long after its deadline.
     OverdueOrder {
         /// The order.
         order_id: Uuid,
         /// Its state.
         state: String,
     },
-    /// The three counts differ.
+    /// The counts of one hub differ.
     CountsDisagree {
-        /// Placed orders.
-        placed_orders: i64,
-        /// Assigned packets.
+        /// The hub.
+        hub_id: i64,
+        /// Packets of the hub's orders that hold them.
+        order_packets: i64,
+        /// Packets assigned at the hub.
         assigned_packets: i64,
-        /// Assigned agents.
-        assigned_agents: i64,
+        /// The hub's placed and picked-up orders.
+        orders_with_agents: i64,
+        /// Agents assigned or delivering at the hub.
+        busy_agents: i64,
+    },
+    /// Agents of a hub that the store does not know.
+    UnknownHub {
+        /// The hub.
+        hub_id: i64,
     },
 }
 
@@ -153,23 +180,46 @@ async fn counts(pool: &PgPool, table: &'static str) -> Result<HashMap<String, i6
     Ok(rows.into_iter().collect())
 }
 
+/// An order as the audit reads it.
+#[derive(Debug, sqlx::FromRow)]
+struct OrderRow {
+    id: Uuid,
+    state: String,
+    hub_id: i64,
+    lines: sqlx::types::Json<Vec<Line>>,
+    packet_ids: Option<Vec<i64>>,
+    agent_id: Option<i64>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Line {
+    food_id: i64,
+    quantity: i64,
+}
+
+/// States of an order that holds its packets.
+const HOLDS_PACKETS: [&str; 3] = ["placed", "picked_up", "delivered"];
+
 /// Runs every check. `grace` is how far past an expiry or deadline something may still be
 /// pending before it counts as stuck.
 pub async fn audit(db: &Databases, grace: Duration) -> Result<Report, sqlx::Error> {
     let grace_secs = grace.as_secs_f64();
-    let placed: Vec<(Uuid, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
-        "SELECT id, food_id, packet_id, agent_id FROM orders WHERE state = 'placed'",
+    let orders: Vec<OrderRow> = sqlx::query_as(
+        "SELECT id, state, hub_id, lines, packet_ids, agent_id FROM orders
+         WHERE state IN ('placed', 'picked_up', 'delivered', 'cancelling', 'cancelled')",
     )
     .fetch_all(&db.order)
     .await?;
-    let packets: Vec<(i64, i64, Uuid)> =
-        sqlx::query_as("SELECT id, food_id, order_id FROM packets WHERE state = 'assigned'")
-            .fetch_all(&db.store)
-            .await?;
-    let agents: Vec<(i64, Uuid)> =
-        sqlx::query_as("SELECT id, order_id FROM agents WHERE state = 'assigned'")
-            .fetch_all(&db.delivery)
-            .await?;
+    let packets: Vec<(i64, i64, i64, Uuid)> = sqlx::query_as(
+        "SELECT id, food_id, hub_id, order_id FROM packets WHERE state = 'assigned'",
+    )
+    .fetch_all(&db.store)
+    .await?;
+    let agents: Vec<(i64, String, i64, Uuid)> = sqlx::query_as(
+        "SELECT id, state, hub_id, order_id FROM agents WHERE state IN ('assigned', 'delivering')",
+    )
+    .fetch_all(&db.delivery)
+    .await?;
 
     let mut report = Report {
         orders: counts(&db.order, "orders").await?,
@@ -178,49 +228,112 @@ pub async fn audit(db: &Databases, grace: Duration) -> Result<Report, sqlx::Erro
         violations: Vec::new(),
     };
 
-    let mut packets_by_order: HashMap<Uuid, Vec<(i64, i64)>> = HashMap::new();
-    for (id, food, order) in &packets {
+    let mut packets_by_order: HashMap<Uuid, Vec<(i64, i64, i64)>> = HashMap::new();
+    for (id, food, hub, order) in &packets {
         packets_by_order
             .entry(*order)
             .or_default()
-            .push((*id, *food));
+            .push((*id, *food, *hub));
     }
-    let mut agents_by_order: HashMap<Uuid, Vec<i64>> = HashMap::new();
-    for (id, order) in &agents {
-        agents_by_order.entry(*order).or_default().push(*id);
+    let mut agents_by_order: HashMap<Uuid, Vec<(i64, String, i64)>> = HashMap::new();
+    for (id, state, hub, order) in &agents {
+        agents_by_order
+            .entry(*order)
+            .or_default()
+            .push((*id, state.clone(), *hub));
     }
-    let placed_ids: HashMap<Uuid, ()> = placed.iter().map(|o| (o.0, ())).collect();
+    let by_id: HashMap<Uuid, &OrderRow> = orders.iter().map(|o| (o.id, o)).collect();
 
-    for (order_id, food_id, packet_id, agent_id) in &placed {
-        let its_packets = packets_by_order.get(order_id).cloned().unwrap_or_default();
-        let packet_ok = matches!(its_packets.as_slice(), [(id, food)] if Some(*id) == *packet_id && food == food_id);
-        if !packet_ok {
-            report.violations.push(Violation::PlacedOrderPackets {
-                order_id: *order_id,
+    #[derive(Default)]
+    struct HubCounts {
+        order_packets: i64,
+        assigned_packets: i64,
+        orders_with_agents: i64,
+        busy_agents: i64,
+    }
+    let mut hubs: HashMap<i64, HubCounts> = HashMap::new();
+    for (_, _, hub, _) in &packets {
+        hubs.entry(*hub).or_default().assigned_packets += 1;
+    }
+    for (_, _, hub, _) in &agents {
+        hubs.entry(*hub).or_default().busy_agents += 1;
+    }
+
+    for order in &orders {
+        let state = order.state.as_str();
+        let its_packets = packets_by_order.get(&order.id).cloned().unwrap_or_default();
+        let expected = order.packet_ids.clone().unwrap_or_default();
+        let packets_ok = if HOLDS_PACKETS.contains(&state) {
+            hubs.entry(order.hub_id).or_default().order_packets +=
+                i64::try_from(expected.len()).unwrap_or(i64::MAX);
+            holds_its_lines(order, &its_packets, &expected)
+        } else if state == "cancelled" {
+            its_packets.is_empty()
+        } else {
+            // Cancelling: either, while the cancel runs.
+            true
+        };
+        if !packets_ok {
+            report.violations.push(Violation::OrderPackets {
+                order_id: order.id,
+                state: order.state.clone(),
                 packets: its_packets,
-                expected: *packet_id,
+                expected,
             });
         }
-        let its_agents = agents_by_order.get(order_id).cloned().unwrap_or_default();
-        let agent_ok = matches!(its_agents.as_slice(), [id] if Some(*id) == *agent_id);
+        let its_agents = agents_by_order.get(&order.id).cloned().unwrap_or_default();
+        let wanted_agent_state = match state {
+            "placed" => Some("assigned"),
+            "picked_up" => Some("delivering"),
+            _ => None,
+        };
+        if wanted_agent_state.is_some() {
+            hubs.entry(order.hub_id).or_default().orders_with_agents += 1;
+        }
+        let agent_ok = match (state, wanted_agent_state, its_agents.as_slice()) {
+            (_, Some(wanted), [(id, agent_state, hub)]) => {
+                Some(*id) == order.agent_id && agent_state == wanted && *hub == order.hub_id
+            }
+            (_, Some(_), _) => false,
+            ("cancelling", None, []) => true,
+            ("cancelling", None, [(id, agent_state, hub)]) => {
+                Some(*id) == order.agent_id && *hub == order.hub_id && !agent_state.is_empty()
+            }
+            (_, None, agents) => agents.is_empty(),
+        };
         if !agent_ok {
-            report.violations.push(Violation::PlacedOrderAgents {
-                order_id: *order_id,
+            report.violations.push(Violation::OrderAgent {
+                order_id: order.id,
+                state: order.state.clone(),
                 agents: its_agents,
-                expected: *agent_id,
+                expected: order.agent_id,
             });
         }
     }
 
+    let holds = |order: &Uuid, may: &[&str]| {
+        by_id
+            .get(order)
+            .is_some_and(|o| may.contains(&o.state.as_str()))
+    };
     let unplaced_packets: Vec<(i64, Uuid)> = packets
         .iter()
-        .filter(|(_, _, order)| !placed_ids.contains_key(order))
-        .map(|(id, _, order)| (*id, *order))
+        .filter(|(_, _, _, order)| {
+            !holds(order, &["placed", "picked_up", "delivered", "cancelling"])
+        })
+        .map(|(id, _, _, order)| (*id, *order))
         .collect();
     let unplaced_agents: Vec<(i64, Uuid)> = agents
         .iter()
-        .filter(|(_, order)| !placed_ids.contains_key(order))
-        .map(|(id, order)| (*id, *order))
+        .filter(|(_, state, _, order)| {
+            let may: &[&str] = if state == "assigned" {
+                &["placed", "cancelling"]
+            } else {
+                &["picked_up", "cancelling"]
+            };
+            !holds(order, may)
+        })
+        .map(|(id, _, _, order)| (*id, *order))
         .collect();
     let orphan_orders: Vec<Uuid> = unplaced_packets
         .iter()
@@ -248,6 +361,21 @@ pub async fn audit(db: &Databases, grace: Duration) -> Result<Report, sqlx::Erro
             order_state: states.get(&order_id).cloned(),
         });
     }
+
+    let off_duty_holding: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM agents
+         WHERE state = 'off_duty' AND (txn_id IS NOT NULL OR order_id IS NOT NULL)
+            OR id IN (SELECT agent_id FROM deliveries WHERE delivered_at IS NULL)
+               AND state <> 'delivering'
+         ORDER BY id",
+    )
+    .fetch_all(&db.delivery)
+    .await?;
+    report.violations.extend(
+        off_duty_holding
+            .into_iter()
+            .map(|agent_id| Violation::OffDutyAgentHolds { agent_id }),
+    );
 
     for (pool, table, item) in [
         (&db.store, "packets", "packet"),
@@ -285,15 +413,53 @@ pub async fn audit(db: &Databases, grace: Duration) -> Result<Report, sqlx::Erro
             .map(|(order_id, state)| Violation::OverdueOrder { order_id, state }),
     );
 
-    let placed_orders = report.orders.get("placed").copied().unwrap_or(0);
-    let assigned_packets = report.packets.get("assigned").copied().unwrap_or(0);
-    let assigned_agents = report.agents.get("assigned").copied().unwrap_or(0);
-    if placed_orders != assigned_packets || placed_orders != assigned_agents {
-        report.violations.push(Violation::CountsDisagree {
-            placed_orders,
-            assigned_packets,
-            assigned_agents,
-        });
+    let mut hub_ids: Vec<&i64> = hubs.keys().collect();
+    hub_ids.sort();
+    for hub_id in hub_ids {
+        let c = &hubs[hub_id];
+        if c.order_packets != c.assigned_packets || c.orders_with_agents != c.busy_agents {
+            report.violations.push(Violation::CountsDisagree {
+                hub_id: *hub_id,
+                order_packets: c.order_packets,
+                assigned_packets: c.assigned_packets,
+                orders_with_agents: c.orders_with_agents,
+                busy_agents: c.busy_agents,
+            });
+        }
     }
+    let agent_hubs: Vec<i64> = sqlx::query_scalar("SELECT id FROM hubs ORDER BY id")
+        .fetch_all(&db.delivery)
+        .await?;
+    let store_hubs: Vec<i64> = sqlx::query_scalar("SELECT id FROM hubs WHERE id = ANY($1)")
+        .bind(&agent_hubs)
+        .fetch_all(&db.store)
+        .await?;
+    report.violations.extend(
+        agent_hubs
+            .into_iter()
+            .filter(|hub| !store_hubs.contains(hub))
+            .map(|hub_id| Violation::UnknownHub { hub_id }),
+    );
     Ok(report)
+}
+
+/// Whether `packets` (packet, food, hub) are exactly the order's `expected` packets and the
+/// packets of its lines, all from its hub.
+fn holds_its_lines(order: &OrderRow, packets: &[(i64, i64, i64)], expected: &[i64]) -> bool {
+    let mut ids: Vec<i64> = packets.iter().map(|p| p.0).collect();
+    ids.sort_unstable();
+    let mut named = expected.to_vec();
+    named.sort_unstable();
+    if ids != named || packets.iter().any(|p| p.2 != order.hub_id) {
+        return false;
+    }
+    let mut per_food: HashMap<i64, i64> = HashMap::new();
+    for (_, food, _) in packets {
+        *per_food.entry(*food).or_default() += 1;
+    }
+    per_food.len() == order.lines.len()
+        && order
+            .lines
+            .iter()
+            .all(|line| per_food.get(&line.food_id) == Some(&line.quantity))
 }

@@ -5,11 +5,17 @@
 //! that `apply` computed, and both feed what they learn back through these functions.
 //!
 //! ```text
-//! reserving ──Decided──> assigning ──Assigned──> placed
-//!   │    ^                   │
-//!   │    └──Retried          └──AssignFailed──> compensating ──Compensated──> not_placed
+//! reserving ──Decided──> assigning ──Assigned──> placed ──PickedUp──> picked_up ──Delivered──> delivered
+//!   │    ^                   │                     │  ^                 ^
+//!   │    └──Retried          │          CancelAsked│  │                 │ CancelRefused (or PickedUp)
+//!   │                        │                     v                    │
+//!   │                        │                  cancelling ─────────────┘
+//!   │                        │                     └──Cancelled──> cancelled
+//!   │                        └──AssignFailed──> compensating ──Compensated──> not_placed
 //!   └──Aborted──────────────────────────────────────────────────────────────> not_placed
 //! ```
+//!
+//! (`Delivered` also moves a `placed` or `cancelling` order: reports may come out of order.)
 
 pub(crate) mod names;
 #[cfg(test)]
@@ -19,8 +25,9 @@ pub mod rules;
 mod tests;
 
 use chrono::{DateTime, Utc};
+use protocol::command::PacketLine;
 use protocol::command::{AssignRefusal, Shortage};
-use protocol::ids::{AgentId, FoodId, OrderId, PacketId, TxnId};
+use protocol::ids::{AgentId, FoodId, HubId, OrderId, PacketId, TxnId};
 use protocol::topology::Participant;
 
 pub use names::UnknownName;
@@ -35,34 +42,53 @@ named! {
         Assigning = "assigning",
         /// An assignment failed for good; releasing both sides before saying "not placed".
         Compensating = "compensating",
-        /// Final: a packet and an agent are assigned to the order.
+        /// The packets of every line and an agent are assigned to the order.
         Placed = "placed",
         /// Final: the order will not be fulfilled, and nothing is (or will stay) held for it.
         NotPlaced = "not_placed",
+        /// The agent has the order; it can no longer be cancelled.
+        PickedUp = "picked_up",
+        /// Final: delivered; the agent is free for other orders.
+        Delivered = "delivered",
+        /// The customer cancelled a placed order; freeing the agent (unless it has picked the
+        /// order up), then the packets.
+        Cancelling = "cancelling",
+        /// Final: cancelled; the packets are back in stock and the agent is free.
+        Cancelled = "cancelled",
     }
 }
 
 impl OrderState {
-    /// Placed or not placed.
+    /// Whether the order needs no driver: placement has its answer, and no transaction of the
+    /// coordinator is under way (what happens next is reported by delivery, or asked for by the
+    /// customer). The others are driven, and taken over after a crash.
     pub fn is_final(self) -> bool {
-        matches!(self, OrderState::Placed | OrderState::NotPlaced)
+        !matches!(
+            self,
+            OrderState::Reserving
+                | OrderState::Assigning
+                | OrderState::Compensating
+                | OrderState::Cancelling
+        )
     }
 }
 
 named! {
     /// Why an order is (being) not placed.
     pub enum NotPlacedReason ("reason") {
-        /// Every packet of the food is assigned to other orders.
+        /// Too few packets of a food at the hub: the rest are assigned to other orders.
         FoodUnavailable = "food_unavailable",
         /// No such food.
         UnknownFood = "unknown_food",
-        /// Every agent is assigned to other orders.
+        /// Every agent of the hub is assigned to other orders, out on a delivery or off duty.
         AgentUnavailable = "agent_unavailable",
         /// Phase 1 did not finish by the order's deadline (a participant did not answer, or
         /// items stayed held by others).
         Timeout = "timeout",
         /// Phase 2 failed: a reservation expired before it could be assigned.
         AssignFailed = "assign_failed",
+        /// No such hub.
+        UnknownHub = "unknown_hub",
     }
 }
 
@@ -72,6 +98,7 @@ impl From<Shortage> for NotPlacedReason {
             Shortage::FoodUnavailable => NotPlacedReason::FoodUnavailable,
             Shortage::UnknownFood => NotPlacedReason::UnknownFood,
             Shortage::AgentUnavailable => NotPlacedReason::AgentUnavailable,
+            Shortage::UnknownHub => NotPlacedReason::UnknownHub,
         }
     }
 }
@@ -83,8 +110,10 @@ pub struct Order {
     pub id: OrderId,
     /// Who ordered.
     pub customer_id: String,
-    /// What.
-    pub food_id: FoodId,
+    /// The dark store that fulfils it.
+    pub hub_id: HubId,
+    /// What: each food at most once.
+    pub lines: Vec<PacketLine>,
     /// Where it is.
     pub state: OrderState,
     /// Why it is (being) not placed.
@@ -93,8 +122,8 @@ pub struct Order {
     pub txn_id: TxnId,
     /// Attempts so far.
     pub attempt: i32,
-    /// The packet (from the commit decision on).
-    pub packet_id: Option<PacketId>,
+    /// The packets of every line (from the commit decision on; empty before).
+    pub packet_ids: Vec<PacketId>,
     /// The agent (from the commit decision on).
     pub agent_id: Option<AgentId>,
     /// The earlier reservation expiry (from the commit decision on).
@@ -112,13 +141,28 @@ pub struct Order {
     pub traceparent: Option<String>,
 }
 
+impl Order {
+    /// The food of the first line (the one food of an order of the one-item API).
+    pub fn first_food(&self) -> Option<FoodId> {
+        self.lines.first().map(|line| line.food_id)
+    }
+
+    /// How many packets the order's lines ask for.
+    pub fn packets_wanted(&self) -> usize {
+        self.lines
+            .iter()
+            .map(|line| usize::try_from(line.quantity).unwrap_or(usize::MAX))
+            .sum()
+    }
+}
+
 /// What happened to an order, with what the order learns from it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// Both reservations held: the commit decision.
     Decided {
-        /// The packet the store holds.
-        packet: PacketId,
+        /// The packets the store holds.
+        packets: Vec<PacketId>,
         /// The agent delivery holds.
         agent: AgentId,
         /// The earlier of the two reservations' expiry.
@@ -147,6 +191,16 @@ pub enum Event {
     },
     /// Both sides released after a failed phase 2.
     Compensated,
+    /// Delivery reports that the agent picked the order up.
+    PickedUp,
+    /// Delivery reports that the order is delivered.
+    Delivered,
+    /// The customer asked to cancel the placed order.
+    CancelAsked,
+    /// Both sides freed the order's items.
+    Cancelled,
+    /// Delivery refused the cancel: the agent has picked the order up.
+    CancelRefused,
 }
 
 /// How an assignment failed.
@@ -180,14 +234,14 @@ pub fn apply(order: &Order, event: Event, at: DateTime<Utc>) -> Result<Order, Il
         (
             S::Reserving,
             E::Decided {
-                packet,
+                packets,
                 agent,
                 reserved_until,
                 assign_until,
             },
-        ) => {
+        ) if !packets.is_empty() => {
             next.state = S::Assigning;
-            next.packet_id = Some(*packet);
+            next.packet_ids.clone_from(packets);
             next.agent_id = Some(*agent);
             next.reserved_until = Some(*reserved_until);
             next.deadline = *assign_until;
@@ -214,14 +268,33 @@ pub fn apply(order: &Order, event: Event, at: DateTime<Utc>) -> Result<Order, Il
             next.state = S::NotPlaced;
             next.finished_at = Some(at);
         }
+        (S::Placed, E::CancelAsked) => next.state = S::Cancelling,
+        (S::Cancelling, E::Cancelled) => next.state = S::Cancelled,
+        (S::Cancelling, E::CancelRefused) | (S::Placed | S::Cancelling, E::PickedUp) => {
+            next.state = S::PickedUp;
+        }
+        (S::Placed | S::Cancelling | S::PickedUp, E::Delivered) => next.state = S::Delivered,
         (
-            S::Reserving | S::Assigning | S::Compensating | S::Placed | S::NotPlaced,
+            S::Reserving
+            | S::Assigning
+            | S::Compensating
+            | S::Placed
+            | S::NotPlaced
+            | S::PickedUp
+            | S::Delivered
+            | S::Cancelling
+            | S::Cancelled,
             E::Decided { .. }
             | E::Retried { .. }
             | E::Aborted { .. }
             | E::Assigned
             | E::AssignFailed { .. }
-            | E::Compensated,
+            | E::Compensated
+            | E::PickedUp
+            | E::Delivered
+            | E::CancelAsked
+            | E::Cancelled
+            | E::CancelRefused,
         ) => {
             return Err(IllegalTransition {
                 state: order.state,

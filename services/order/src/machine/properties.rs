@@ -7,7 +7,9 @@ use protocol::ids::{AgentId, PacketId, TxnId};
 use protocol::sides::Sides;
 use protocol::topology::Participant;
 
-use super::rules::{AssignAnswer, Driving, Step, after_assign, after_release, next_step};
+use super::rules::{
+    AssignAnswer, CancelAnswer, Driving, Step, after_assign, after_cancel, after_release, next_step,
+};
 use super::tests::{new_order, t};
 use super::*;
 
@@ -18,7 +20,7 @@ fn any_reason() -> impl Strategy<Value = NotPlacedReason> {
 fn any_event() -> impl Strategy<Value = Event> {
     prop_oneof![
         (1..100i64, 1..100i64, 0..60i64, 0..60i64).prop_map(|(p, a, r, g)| Event::Decided {
-            packet: PacketId(p),
+            packets: vec![PacketId(p)],
             agent: AgentId(a),
             reserved_until: t(r),
             assign_until: t(r + g),
@@ -35,20 +37,33 @@ fn any_event() -> impl Strategy<Value = Event> {
             failure: AssignFailure::NoAnswer,
         }),
         Just(Event::Compensated),
+        Just(Event::PickedUp),
+        Just(Event::Delivered),
+        Just(Event::CancelAsked),
+        Just(Event::Cancelled),
+        Just(Event::CancelRefused),
     ]
 }
 
 /// What must hold of every order the machine computes.
 fn check_invariants(order: &Order) -> Result<(), TestCaseError> {
-    let decided = order.packet_id.is_some() && order.agent_id.is_some();
+    let decided = !order.packet_ids.is_empty() && order.agent_id.is_some();
     let has_items = decided && order.reserved_until.is_some();
-    prop_assert_eq!(order.finished_at.is_some(), order.state.is_final());
+    let placing = matches!(
+        order.state,
+        OrderState::Reserving | OrderState::Assigning | OrderState::Compensating
+    );
+    prop_assert_eq!(order.finished_at.is_some(), !placing);
     match order.state {
         OrderState::Reserving => {
             prop_assert!(order.decided_at.is_none() && order.reason.is_none());
         }
         OrderState::Assigning => prop_assert!(has_items && order.reason.is_none()),
-        OrderState::Placed => {
+        OrderState::Placed
+        | OrderState::PickedUp
+        | OrderState::Delivered
+        | OrderState::Cancelling
+        | OrderState::Cancelled => {
             prop_assert!(has_items, "placed without both items: {:?}", order);
             prop_assert!(order.reason.is_none());
         }
@@ -91,14 +106,18 @@ proptest! {
             let before = order.clone();
             match apply(&order, event.clone(), t(100 + i as i64)) {
                 Ok(next) => {
-                    prop_assert!(!before.state.is_final(), "a final order accepted {:?}", event);
+                    let ended = matches!(
+                        before.state,
+                        OrderState::NotPlaced | OrderState::Delivered | OrderState::Cancelled
+                    );
+                    prop_assert!(!ended, "an ended order accepted {:?}", event);
                     prop_assert_eq!(next.id, before.id);
                     prop_assert_eq!(
                         next.attempt,
                         before.attempt + i32::from(matches!(event, Event::Retried { .. }))
                     );
                     if before.decided_at.is_some() {
-                        prop_assert_eq!(next.packet_id, before.packet_id);
+                        prop_assert_eq!(&next.packet_ids, &before.packet_ids);
                         prop_assert_eq!(next.agent_id, before.agent_id);
                     }
                     check_invariants(&next)?;
@@ -115,6 +134,7 @@ proptest! {
     fn a_driver_that_takes_over_any_recorded_order_finishes_it_by_the_same_rules(
         order in any_recorded_order(),
         answers in prop::collection::vec((0..3u8, 0..3u8), 8),
+        picked_up in prop::bool::ANY,
     ) {
         // The participants answer as drawn; compensation is asked again until both confirm,
         // as the driver does, and each round here confirms one more side at least.
@@ -139,6 +159,15 @@ proptest! {
                         _ => AssignAnswer::NoAnswer,
                     };
                     after_assign(&Sides::new(answer(store), answer(delivery)))
+                }
+                Step::Cancel => {
+                    let delivery = if picked_up { CancelAnswer::PickedUp } else { CancelAnswer::Cancelled };
+                    match after_cancel(delivery, false) {
+                        Some(event) => event,
+                        // The store is asked until it answers.
+                        None => after_cancel(delivery, true)
+                            .ok_or_else(|| TestCaseError::fail("a cancel that never ends"))?,
+                    }
                 }
                 Step::Compensate => {
                     if released.store { released.delivery = true } else { released.store = true }

@@ -41,8 +41,8 @@ pub enum Step {
     },
     /// Phase 2: ask both sides to assign until `until`, then [`after_assign`].
     Assign {
-        /// The packet to assign.
-        packet: PacketId,
+        /// The packets to assign.
+        packets: Vec<PacketId>,
         /// The agent to assign.
         agent: AgentId,
         /// When to stop asking (a side that has not answered then counts as failed).
@@ -50,6 +50,9 @@ pub enum Step {
     },
     /// Ask both sides to release until both confirm, then [`after_release`].
     Compensate,
+    /// Ask delivery to cancel until it answers; if it freed the agent, ask the store until it
+    /// answers; then [`after_cancel`].
+    Cancel,
     /// Final: nothing left to do.
     Done,
     /// A decided order without its items: a row the machine never writes. Left alone (and to the
@@ -69,16 +72,24 @@ pub fn next_step(order: &Order, driving: Driving) -> Step {
             reason: NotPlacedReason::Timeout,
             release: Sides::both(true),
         },
-        (OrderState::Assigning, _) => match (order.packet_id, order.agent_id) {
-            (Some(packet), Some(agent)) => Step::Assign {
-                packet,
+        (OrderState::Assigning, _) => match (order.packet_ids.is_empty(), order.agent_id) {
+            (false, Some(agent)) => Step::Assign {
+                packets: order.packet_ids.clone(),
                 agent,
                 until: order.deadline,
             },
             _ => Step::Inconsistent,
         },
         (OrderState::Compensating, _) => Step::Compensate,
-        (OrderState::Placed | OrderState::NotPlaced, _) => Step::Done,
+        (OrderState::Cancelling, _) => Step::Cancel,
+        (
+            OrderState::Placed
+            | OrderState::NotPlaced
+            | OrderState::PickedUp
+            | OrderState::Delivered
+            | OrderState::Cancelled,
+            _,
+        ) => Step::Done,
     }
 }
 
@@ -130,9 +141,11 @@ pub enum AfterReserve {
 
 /// Phase 1's rule. A final shortage on either side ends the order; both held commits (with
 /// phase 2 allowed until the earlier expiry plus `phase2_grace`); anything else (held by
-/// others, no answer) is worth another attempt while `time_left`.
+/// others, no answer) is worth another attempt while `time_left`. The store must hold
+/// `packets_wanted` packets and delivery one agent.
 pub fn after_reserve(
     answers: &Sides<Reservation>,
+    packets_wanted: usize,
     time_left: bool,
     phase2_grace: Duration,
 ) -> AfterReserve {
@@ -149,11 +162,11 @@ pub fn after_reserve(
                 items: agents,
                 expires_at: delivery_expiry,
             },
-        ) => match (packets.as_slice(), agents.as_slice()) {
-            ([packet], [agent]) => {
+        ) => match (packets.len() == packets_wanted, agents.as_slice()) {
+            (true, [agent]) => {
                 let reserved_until = (*store_expiry).min(*delivery_expiry);
                 AfterReserve::Commit(Event::Decided {
-                    packet: PacketId(packet.0),
+                    packets: packets.iter().map(|p| PacketId(p.0)).collect(),
                     agent: AgentId(agent.0),
                     reserved_until,
                     assign_until: later_by(reserved_until, phase2_grace),
@@ -200,6 +213,47 @@ pub fn after_assign(answers: &Sides<AssignAnswer>) -> Event {
 /// (nothing is assigned to the order any more). `None`: ask again.
 pub fn after_release(released: &Sides<bool>) -> Option<Event> {
     released.all(|done| *done).then_some(Event::Compensated)
+}
+
+/// What delivery answered to a cancel, by the time the driver has an answer (it asks until it
+/// gets one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelAnswer {
+    /// The agent is free again.
+    Cancelled,
+    /// The agent has picked the order up.
+    PickedUp,
+}
+
+/// Cancellation's rule: delivery decides, since only it knows whether the agent has picked the
+/// order up. Freed: the store is asked to return the packets, then `Cancelled`. Refused:
+/// nothing changes, the order is picked up (`CancelRefused`). `None`: ask the store next.
+pub fn after_cancel(delivery: CancelAnswer, store_done: bool) -> Option<Event> {
+    match (delivery, store_done) {
+        (CancelAnswer::PickedUp, _) => Some(Event::CancelRefused),
+        (CancelAnswer::Cancelled, true) => Some(Event::Cancelled),
+        (CancelAnswer::Cancelled, false) => None,
+    }
+}
+
+/// A report of delivery's progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Report {
+    /// The agent picked the order up.
+    PickedUp,
+    /// The order is delivered.
+    Delivered,
+}
+
+/// What a report comes to for the order as recorded: the event to record, or `None` if the
+/// order is there already or past it (a report may come twice, and out of order).
+pub fn after_report(order: &Order, report: Report) -> Option<Event> {
+    match (report, order.state) {
+        (Report::PickedUp, OrderState::PickedUp | OrderState::Delivered)
+        | (Report::Delivered, OrderState::Delivered) => None,
+        (Report::PickedUp, _) => Some(Event::PickedUp),
+        (Report::Delivered, _) => Some(Event::Delivered),
+    }
 }
 
 /// `at` plus `d`, saturating at the end of time.

@@ -3,14 +3,14 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use protocol::command::{AssignRefusal, Shortage};
-use protocol::ids::{AgentId, FoodId, ItemId, OrderId, PacketId, TxnId};
+use protocol::command::{AssignRefusal, PacketLine, Shortage};
+use protocol::ids::{AgentId, FoodId, HubId, ItemId, OrderId, PacketId, TxnId};
 use protocol::sides::Sides;
 use protocol::topology::Participant;
 
 use super::rules::{
-    AfterReserve, AssignAnswer, Driving, Reservation, Step, after_assign, after_release,
-    after_reserve, next_step,
+    AfterReserve, AssignAnswer, CancelAnswer, Driving, Report, Reservation, Step, after_assign,
+    after_cancel, after_release, after_report, after_reserve, next_step,
 };
 use super::*;
 
@@ -24,12 +24,13 @@ pub(super) fn new_order() -> Order {
     Order {
         id: OrderId::new(),
         customer_id: "c-1".into(),
-        food_id: FoodId(1),
+        hub_id: HubId::DEFAULT,
+        lines: vec![PacketLine::one(FoodId(1))],
         state: OrderState::Reserving,
         reason: None,
         txn_id: TxnId::new(),
         attempt: 1,
-        packet_id: None,
+        packet_ids: Vec::new(),
         agent_id: None,
         reserved_until: None,
         deadline: t(10),
@@ -42,7 +43,7 @@ pub(super) fn new_order() -> Order {
 
 fn decided() -> Event {
     Event::Decided {
-        packet: PacketId(7),
+        packets: vec![PacketId(7)],
         agent: AgentId(8),
         reserved_until: t(30),
         assign_until: t(40),
@@ -61,6 +62,11 @@ fn every_event(txn: TxnId) -> Vec<Event> {
             failure: AssignFailure::NoAnswer,
         },
         Event::Compensated,
+        Event::PickedUp,
+        Event::Delivered,
+        Event::CancelAsked,
+        Event::Cancelled,
+        Event::CancelRefused,
     ];
     events.extend(
         NotPlacedReason::ALL
@@ -85,6 +91,10 @@ fn order_in(state: OrderState) -> Order {
             },
         ),
         OrderState::Placed => step(&step(&fresh, decided()), Event::Assigned),
+        OrderState::PickedUp => step(&order_in(OrderState::Placed), Event::PickedUp),
+        OrderState::Delivered => step(&order_in(OrderState::PickedUp), Event::Delivered),
+        OrderState::Cancelling => step(&order_in(OrderState::Placed), Event::CancelAsked),
+        OrderState::Cancelled => step(&order_in(OrderState::Cancelling), Event::Cancelled),
         OrderState::NotPlaced => step(
             &fresh,
             Event::Aborted {
@@ -107,6 +117,11 @@ fn expected(state: OrderState, event: &Event, txn: TxnId) -> Option<OrderState> 
         (S::Assigning, Event::Assigned) => Some(S::Placed),
         (S::Assigning, Event::AssignFailed { .. }) => Some(S::Compensating),
         (S::Compensating, Event::Compensated) => Some(S::NotPlaced),
+        (S::Placed, Event::CancelAsked) => Some(S::Cancelling),
+        (S::Placed | S::Cancelling, Event::PickedUp) => Some(S::PickedUp),
+        (S::Cancelling, Event::CancelRefused) => Some(S::PickedUp),
+        (S::Cancelling, Event::Cancelled) => Some(S::Cancelled),
+        (S::Placed | S::Cancelling | S::PickedUp, Event::Delivered) => Some(S::Delivered),
         _ => None,
     }
 }
@@ -135,14 +150,16 @@ fn every_state_and_event_pair_is_accepted_or_refused_as_the_table_says() {
             }
         }
     }
-    // decided, a new txn, four abort reasons; assigned, assign failed; compensated.
-    assert_eq!(accepted, 9);
+    // decided, a new txn, five abort reasons; assigned, assign failed; compensated; from
+    // placed: cancel asked, picked up, delivered; from cancelling: picked up, refused,
+    // cancelled, delivered; from picked up: delivered.
+    assert_eq!(accepted, 18);
 }
 
 #[test]
 fn a_decision_records_the_items_and_the_phase_2_window() {
     let order = apply(&new_order(), decided(), t(5)).unwrap();
-    assert_eq!(order.packet_id, Some(PacketId(7)));
+    assert_eq!(order.packet_ids, vec![PacketId(7)]);
     assert_eq!(order.agent_id, Some(AgentId(8)));
     assert_eq!(order.reserved_until, Some(t(30)));
     assert_eq!(order.deadline, t(40));
@@ -170,6 +187,7 @@ fn names_round_trip_and_shortages_keep_their_names() {
         Shortage::FoodUnavailable,
         Shortage::UnknownFood,
         Shortage::AgentUnavailable,
+        Shortage::UnknownHub,
     ] {
         assert_eq!(NotPlacedReason::from(shortage).as_str(), shortage.as_str());
     }
@@ -187,9 +205,9 @@ fn held(id: i64, expires: i64) -> Reservation {
 fn phase_1_commits_both_held_until_the_earlier_expiry() {
     let answers = Sides::new(held(1, 30), held(2, 25));
     assert_eq!(
-        after_reserve(&answers, true, Duration::from_secs(5)),
+        after_reserve(&answers, 1, true, Duration::from_secs(5)),
         AfterReserve::Commit(Event::Decided {
-            packet: PacketId(1),
+            packets: vec![PacketId(1)],
             agent: AgentId(2),
             reserved_until: t(25),
             assign_until: t(30),
@@ -201,7 +219,12 @@ fn phase_1_commits_both_held_until_the_earlier_expiry() {
 fn phase_1_aborts_on_a_final_shortage_even_if_the_other_side_is_busy() {
     let none = Reservation::Unavailable(Shortage::AgentUnavailable);
     assert_eq!(
-        after_reserve(&Sides::new(Reservation::Busy, none), true, Duration::ZERO),
+        after_reserve(
+            &Sides::new(Reservation::Busy, none),
+            1,
+            true,
+            Duration::ZERO
+        ),
         AfterReserve::Abort {
             reason: NotPlacedReason::AgentUnavailable,
             release: Sides::new(false, false),
@@ -209,7 +232,7 @@ fn phase_1_aborts_on_a_final_shortage_even_if_the_other_side_is_busy() {
     );
     let unknown = Reservation::Unavailable(Shortage::UnknownFood);
     assert_eq!(
-        after_reserve(&Sides::new(unknown, held(2, 9)), true, Duration::ZERO),
+        after_reserve(&Sides::new(unknown, held(2, 9)), 1, true, Duration::ZERO),
         AfterReserve::Abort {
             reason: NotPlacedReason::UnknownFood,
             release: Sides::new(false, true),
@@ -222,6 +245,7 @@ fn phase_1_retries_while_time_is_left_and_releases_what_may_be_held() {
     assert_eq!(
         after_reserve(
             &Sides::new(Reservation::Busy, held(2, 9)),
+            1,
             true,
             Duration::ZERO
         ),
@@ -232,6 +256,7 @@ fn phase_1_retries_while_time_is_left_and_releases_what_may_be_held() {
     assert_eq!(
         after_reserve(
             &Sides::new(held(1, 9), Reservation::NoAnswer),
+            1,
             true,
             Duration::ZERO
         ),
@@ -242,6 +267,7 @@ fn phase_1_retries_while_time_is_left_and_releases_what_may_be_held() {
     assert_eq!(
         after_reserve(
             &Sides::new(Reservation::Busy, held(2, 9)),
+            1,
             false,
             Duration::ZERO
         ),
@@ -259,11 +285,37 @@ fn phase_1_gives_up_on_a_participant_that_answers_with_the_wrong_items() {
         expires_at: t(9),
     };
     assert!(matches!(
-        after_reserve(&Sides::new(two, held(3, 9)), true, Duration::ZERO),
+        after_reserve(
+            &Sides::new(two.clone(), held(3, 9)),
+            1,
+            true,
+            Duration::ZERO
+        ),
         AfterReserve::Abort {
             reason: NotPlacedReason::Timeout,
             ..
         }
+    ));
+    let two_agents = Reservation::Held {
+        items: vec![ItemId(4), ItemId(5)],
+        expires_at: t(9),
+    };
+    assert!(matches!(
+        after_reserve(
+            &Sides::new(two.clone(), two_agents),
+            2,
+            true,
+            Duration::ZERO
+        ),
+        AfterReserve::Abort {
+            reason: NotPlacedReason::Timeout,
+            ..
+        }
+    ));
+    // A basket of two packets.
+    assert!(matches!(
+        after_reserve(&Sides::new(two, held(3, 9)), 2, true, Duration::ZERO),
+        AfterReserve::Commit(Event::Decided { ref packets, .. }) if packets.len() == 2
     ));
 }
 
@@ -322,7 +374,7 @@ fn what_a_driver_does_depends_on_who_drives() {
         assert_eq!(
             next_step(&decided, driving),
             Step::Assign {
-                packet: PacketId(7),
+                packets: vec![PacketId(7)],
                 agent: AgentId(8),
                 until: t(40)
             }
@@ -335,7 +387,56 @@ fn what_a_driver_does_depends_on_who_drives() {
     let mut broken = decided;
     broken.agent_id = None;
     assert_eq!(next_step(&broken, Driving::TakenOver), Step::Inconsistent);
-    for state in [OrderState::Placed, OrderState::NotPlaced] {
+    assert_eq!(
+        next_step(&order_in(OrderState::Cancelling), Driving::TakenOver),
+        Step::Cancel
+    );
+    for state in [
+        OrderState::Placed,
+        OrderState::NotPlaced,
+        OrderState::PickedUp,
+        OrderState::Delivered,
+        OrderState::Cancelled,
+    ] {
         assert_eq!(next_step(&order_in(state), Driving::TakenOver), Step::Done);
     }
+}
+
+#[test]
+fn delivery_decides_a_cancel_and_the_store_follows() {
+    assert_eq!(
+        after_cancel(CancelAnswer::PickedUp, false),
+        Some(Event::CancelRefused)
+    );
+    assert_eq!(after_cancel(CancelAnswer::Cancelled, false), None);
+    assert_eq!(
+        after_cancel(CancelAnswer::Cancelled, true),
+        Some(Event::Cancelled)
+    );
+}
+
+#[test]
+fn reports_are_applied_once_and_in_any_order() {
+    let placed = order_in(OrderState::Placed);
+    assert_eq!(
+        after_report(&placed, Report::PickedUp),
+        Some(Event::PickedUp)
+    );
+    assert_eq!(
+        after_report(&placed, Report::Delivered),
+        Some(Event::Delivered)
+    );
+    let picked = order_in(OrderState::PickedUp);
+    assert_eq!(after_report(&picked, Report::PickedUp), None);
+    assert_eq!(
+        after_report(&picked, Report::Delivered),
+        Some(Event::Delivered)
+    );
+    let delivered = order_in(OrderState::Delivered);
+    assert_eq!(after_report(&delivered, Report::PickedUp), None);
+    assert_eq!(after_report(&delivered, Report::Delivered), None);
+    // A report for an order that cannot have one is passed on, and the machine refuses it.
+    let not_placed = order_in(OrderState::NotPlaced);
+    let event = after_report(&not_placed, Report::PickedUp).unwrap();
+    assert!(apply(&not_placed, event, t(7)).is_err());
 }

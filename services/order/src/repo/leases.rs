@@ -28,7 +28,7 @@ impl Default for LeaseToken {
 }
 
 /// The states of an unfinished order, as the statements below name them.
-pub(super) const UNFINISHED: &str = "('reserving', 'assigning', 'compensating')";
+pub(super) const UNFINISHED: &str = "('reserving', 'assigning', 'compensating', 'cancelling')";
 
 /// Extends the lease of `token` on `order` by `lease`. False if the lease was lost.
 pub async fn renew_lease(

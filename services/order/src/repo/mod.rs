@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use protocol::ids::{AgentId, FoodId, OrderId, PacketId, TxnId};
+use protocol::command::PacketLine;
+use protocol::ids::{AgentId, HubId, OrderId, PacketId, TxnId};
 use service_kit::group_commit::GroupCommit;
 use sqlx::PgPool;
 use tokio_util::task::TaskTracker;
@@ -72,12 +73,13 @@ impl From<sqlx::Error> for SaveError {
 pub(crate) struct OrderRow {
     id: OrderId,
     customer_id: String,
-    food_id: FoodId,
+    hub_id: HubId,
+    lines: sqlx::types::Json<Vec<PacketLine>>,
     state: String,
     reason: Option<String>,
     txn_id: TxnId,
     attempt: i32,
-    packet_id: Option<PacketId>,
+    packet_ids: Option<Vec<PacketId>>,
     agent_id: Option<AgentId>,
     reserved_until: Option<DateTime<Utc>>,
     deadline: DateTime<Utc>,
@@ -96,7 +98,8 @@ impl OrderRow {
         let order = Order {
             id,
             customer_id: self.customer_id,
-            food_id: self.food_id,
+            hub_id: self.hub_id,
+            lines: self.lines.0,
             state: self.state.parse().map_err(unreadable)?,
             reason: self
                 .reason
@@ -105,7 +108,7 @@ impl OrderRow {
                 .map_err(unreadable)?,
             txn_id: self.txn_id,
             attempt: self.attempt,
-            packet_id: self.packet_id,
+            packet_ids: self.packet_ids.unwrap_or_default(),
             agent_id: self.agent_id,
             reserved_until: self.reserved_until,
             deadline: self.deadline,
@@ -118,7 +121,7 @@ impl OrderRow {
     }
 }
 
-const COLUMNS: &str = "id, customer_id, food_id, state, reason, txn_id, attempt, packet_id, \
+const COLUMNS: &str = "id, customer_id, hub_id, lines, state, reason, txn_id, attempt, packet_ids, \
                        agent_id, reserved_until, deadline, lease_token, created_at, decided_at, \
                        finished_at, traceparent";
 
@@ -141,8 +144,10 @@ pub struct NewOrder {
     pub id: OrderId,
     /// Who orders.
     pub customer_id: String,
-    /// What.
-    pub food_id: FoodId,
+    /// The dark store.
+    pub hub_id: HubId,
+    /// What: each food at most once.
+    pub lines: Vec<PacketLine>,
     /// The first transaction attempt.
     pub txn_id: TxnId,
     /// The W3C trace of the request.
@@ -237,9 +242,8 @@ impl Orders {
         lease: Duration,
         outbox: Option<&OutboxEvent>,
     ) -> Result<Order, SaveError> {
-        debug_assert_eq!(
-            after.state.is_final(),
-            outbox.is_some(),
+        debug_assert!(
+            !after.state.is_final() || outbox.is_some(),
             "final orders carry their event"
         );
         let write = OrderWrite::Save {
@@ -265,6 +269,46 @@ impl Orders {
             Err(SaveError::Lost(Box::new(current)))
         }
     }
+}
+
+/// Moves an order on without a driver's lease: a report from delivery, or the start of a cancel
+/// (which takes the lease `token` for `lease`, for the driver of the cancel). Only the state
+/// changes, if the order is still in the state `before` was and holds no lease, or it is ended
+/// (a report on a cancelling order: delivery's answer to the cancel is known from it). The
+/// event, if any, is written in the same statement. `None` if the order was not as expected.
+pub async fn advance(
+    pool: &PgPool,
+    before: &Order,
+    after: &Order,
+    lease: Option<(LeaseToken, Duration)>,
+    outbox: Option<&OutboxEvent>,
+) -> Result<Option<Order>, RepoError> {
+    let row: Option<OrderRow> = sqlx::query_as(sql("WITH saved AS (
+             UPDATE orders SET
+                 state = $3,
+                 lease_token = $4,
+                 lease_until = CASE WHEN $4::uuid IS NULL THEN NULL ELSE now() + $5 END
+             WHERE id = $1 AND state = $2 AND txn_id = $9
+               AND (lease_token IS NULL OR $4::uuid IS NULL)
+             RETURNING {columns}
+         ),
+         event AS (
+             INSERT INTO outbox (event_id, order_id, routing_key, payload)
+             SELECT $6, id, $7, $8 FROM saved WHERE $6::uuid IS NOT NULL
+         )
+         SELECT {columns} FROM saved"))
+    .bind(before.id)
+    .bind(before.state.as_str())
+    .bind(after.state.as_str())
+    .bind(lease.map(|(token, _)| token))
+    .bind(lease.map(|(_, lease)| lease))
+    .bind(outbox.map(|e| e.event_id))
+    .bind(outbox.map(|e| e.routing_key))
+    .bind(outbox.map(|e| sqlx::types::Json(e.payload.clone())))
+    .bind(before.txn_id)
+    .fetch_optional(pool)
+    .await?;
+    order_of(row)
 }
 
 /// The order, if it exists.

@@ -41,9 +41,9 @@ const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
 static INSERT: LazyLock<Arc<str>> = LazyLock::new(|| {
     sql_text(
         "INSERT INTO orders
-             (id, customer_id, food_id, state, txn_id, deadline, lease_token, lease_until, traceparent,
-              idempotency_key)
-         VALUES ($1, $2, $3, 'reserving', $4, now() + $5, $6, now() + $5 + $7, $8, $9)
+             (id, customer_id, hub_id, lines, state, txn_id, deadline, lease_token, lease_until,
+              traceparent, idempotency_key)
+         VALUES ($1, $2, $3, $10, 'reserving', $4, now() + $5, $6, now() + $5 + $7, $8, $9)
          ON CONFLICT DO NOTHING
          RETURNING {columns}",
     )
@@ -53,7 +53,7 @@ static SAVE: LazyLock<Arc<str>> = LazyLock::new(|| {
     sql_text(
         "WITH saved AS (
              UPDATE orders SET
-                 state = $4, reason = $5, txn_id = $6, attempt = $7, packet_id = $8,
+                 state = $4, reason = $5, txn_id = $6, attempt = $7, packet_ids = $8,
                  agent_id = $9, reserved_until = $10, deadline = $11, decided_at = $12,
                  finished_at = $13,
                  lease_token = CASE WHEN $14::interval IS NULL THEN NULL ELSE lease_token END,
@@ -109,13 +109,14 @@ impl Write for OrderWrite {
                 sqlx::query_as(AssertSqlSafe(INSERT.clone()))
                     .bind(new.id)
                     .bind(new.customer_id.clone())
-                    .bind(new.food_id)
+                    .bind(new.hub_id)
                     .bind(new.txn_id)
                     .bind(*deadline)
                     .bind(*token)
                     .bind(*lease)
                     .bind(new.traceparent.clone())
                     .bind(new.idempotency_key.clone())
+                    .bind(sqlx::types::Json(new.lines.clone()))
                     .fetch_optional(conn),
             ),
             OrderWrite::Save {
@@ -134,7 +135,7 @@ impl Write for OrderWrite {
                     .bind(after.reason.map(|r| r.as_str()))
                     .bind(after.txn_id)
                     .bind(after.attempt)
-                    .bind(after.packet_id)
+                    .bind((!after.packet_ids.is_empty()).then(|| after.packet_ids.clone()))
                     .bind(after.agent_id)
                     .bind(after.reserved_until)
                     .bind(after.deadline)

@@ -1,0 +1,128 @@
+//! The consumer of delivery's progress reports (queue `order.progress`): a placed order is
+//! picked up, then delivered.
+//!
+//! Reports are applied idempotently: the machine's rule ([`rules::after_report`]) says whether
+//! the order is already there or past it (a report may come twice, and out of order), and the
+//! save is guarded by the state it was computed from, with the order event written in the same
+//! statement. A report for an order that cannot have one (no such order, or one that was never
+//! placed) is parked in the dead-letter queue with the reason.
+
+use std::sync::Arc;
+
+use messaging::{Disposition, Handler, Incoming};
+use protocol::envelope::TxnEnvelope;
+use protocol::progress::DeliveryProgress;
+use service_kit::db::retry_transient;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::coordinator::Coordinator;
+use crate::machine::{self, rules};
+use crate::outbox;
+use crate::repo::{self, RepoError};
+
+/// How often a report is tried against an order that changed under it before it goes back to
+/// the queue.
+const RACES: usize = 5;
+
+/// Handles delivery's progress reports.
+pub struct Progress {
+    coordinator: Arc<Coordinator>,
+    shutdown: CancellationToken,
+}
+
+impl Progress {
+    /// A handler that records reports in `coordinator`'s order table; database outages are
+    /// waited out until `shutdown`.
+    pub fn new(coordinator: Arc<Coordinator>, shutdown: CancellationToken) -> Self {
+        Self {
+            coordinator,
+            shutdown,
+        }
+    }
+}
+
+/// What a report came to.
+enum Applied {
+    Recorded,
+    Seen,
+    Refused(String),
+    Raced,
+}
+
+impl Handler for Progress {
+    async fn handle(&self, message: &Incoming) -> Disposition {
+        let envelope: TxnEnvelope<DeliveryProgress> = match message.decode() {
+            Ok(envelope) => envelope,
+            Err(err) => return Disposition::DeadLetter(err.to_string()),
+        };
+        let report = match envelope.message() {
+            DeliveryProgress::PickedUp { .. } => rules::Report::PickedUp,
+            DeliveryProgress::Delivered { .. } => rules::Report::Delivered,
+        };
+        for _ in 0..RACES {
+            let applied = retry_transient(&self.shutdown, || self.apply(&envelope, report)).await;
+            match applied {
+                Ok(Applied::Recorded) => {
+                    info!(order_id = %envelope.order_id(), ?report, "delivery progress recorded");
+                    self.coordinator.events.notify_one();
+                    return Disposition::Ack;
+                }
+                Ok(Applied::Seen) => {
+                    debug!(order_id = %envelope.order_id(), ?report, "report seen before");
+                    return Disposition::Ack;
+                }
+                Ok(Applied::Refused(reason)) => return Disposition::DeadLetter(reason),
+                Ok(Applied::Raced) => continue,
+                Err(err) => {
+                    warn!(error = %err, "report not recorded; returning it to the queue");
+                    return Disposition::Retry;
+                }
+            }
+        }
+        Disposition::Retry
+    }
+}
+
+impl Progress {
+    async fn apply(
+        &self,
+        envelope: &TxnEnvelope<DeliveryProgress>,
+        report: rules::Report,
+    ) -> Result<Applied, RepoError> {
+        let pool = self.coordinator.pool();
+        let Some(order) = repo::load(pool, envelope.order_id()).await? else {
+            return Ok(Applied::Refused(format!(
+                "a report for order {}, which does not exist",
+                envelope.order_id()
+            )));
+        };
+        if order.txn_id != envelope.txn_id() {
+            return Ok(Applied::Refused(format!(
+                "a report for transaction {} of order {}, whose transaction is {}",
+                envelope.txn_id(),
+                order.id,
+                order.txn_id
+            )));
+        }
+        let Some(event) = rules::after_report(&order, report) else {
+            return Ok(Applied::Seen);
+        };
+        let at = match envelope.message() {
+            DeliveryProgress::PickedUp { at, .. } | DeliveryProgress::Delivered { at, .. } => *at,
+        };
+        let after = match machine::apply(&order, event, at) {
+            Ok(after) => after,
+            Err(err) => return Ok(Applied::Refused(err.to_string())),
+        };
+        let event = outbox::event_for(&after, at);
+        match repo::advance(pool, &order, &after, None, event.as_ref()).await? {
+            Some(_) => {
+                metrics::counter!("orders_total", "outcome" => after.state.as_str(), "reason" => "")
+                    .increment(1);
+                Ok(Applied::Recorded)
+            }
+            None => Ok(Applied::Raced),
+        }
+    }
+}
