@@ -491,3 +491,94 @@ async fn every_new_endpoint_answers_bad_input_with_a_clear_4xx() {
         assert!(answer["error"].is_string(), "{answer}");
     }
 }
+
+#[tokio::test]
+async fn reports_out_of_order_or_twice_are_applied_once_in_order_and_unknown_ones_are_parked() {
+    use protocol::envelope::TxnEnvelope;
+    use protocol::ids::{AgentId, OrderId, TxnId};
+    use protocol::progress::DeliveryProgress;
+    use protocol::topology::Topology;
+
+    use crate::helpers::client::CommandClient;
+    use crate::helpers::events::EventTap;
+    use crate::helpers::eventually;
+
+    let system = TestSystem::start().await;
+    let food = system.create_food("Modak", 2).await;
+    system.create_agents(1).await;
+    let tap = EventTap::start(&system.infra).await;
+    let (status, placed) = system.place_order(food).await;
+    assert_eq!(status, StatusCode::CREATED, "{placed}");
+    assert_eq!(tap.next(SETTLE).await.expect("placed")["kind"], "placed");
+    let order: OrderId = placed["order_id"].as_str().unwrap().parse().unwrap();
+    let db = system.infra.order_db().await;
+    let txn: uuid::Uuid = sqlx::query_scalar("SELECT txn_id FROM orders WHERE id = $1")
+        .bind(order.0)
+        .fetch_one(db)
+        .await
+        .unwrap();
+    let agent = AgentId(placed["agent_id"].as_i64().unwrap());
+
+    // The delivery's report overtakes the pick-up's, and comes twice.
+    let client = CommandClient::connect(&system.infra).await;
+    let topology = client.topology().clone();
+    let report = |progress: DeliveryProgress, order: OrderId, txn: TxnId| {
+        let key = progress.routing_key();
+        (
+            key,
+            TxnEnvelope::txn(order, txn, progress).to_bytes().unwrap(),
+        )
+    };
+    let at = chrono::Utc::now();
+    let delivered = report(
+        DeliveryProgress::Delivered {
+            agent_id: agent,
+            at,
+        },
+        order,
+        TxnId(txn),
+    );
+    let picked = report(
+        DeliveryProgress::PickedUp {
+            agent_id: agent,
+            at,
+        },
+        order,
+        TxnId(txn),
+    );
+    for (key, body) in [&delivered, &delivered, &picked] {
+        client
+            .publish_raw(&topology.progress_exchange(), key, body)
+            .await;
+    }
+    system
+        .order_reaches(&order.to_string(), "delivered", SETTLE)
+        .await;
+    let kinds = [tap.next(SETTLE).await, tap.next(SETTLE).await];
+    let kinds: Vec<_> = kinds
+        .iter()
+        .map(|e| e.as_ref().expect("an event")["kind"].clone())
+        .collect();
+    assert_eq!(kinds, [json!("picked_up"), json!("delivered")]);
+    tap.assert_nothing_unread("each step publishes one event")
+        .await;
+
+    // A report for an order that does not exist is parked with the reason.
+    let (key, body) = report(
+        DeliveryProgress::PickedUp {
+            agent_id: agent,
+            at,
+        },
+        OrderId::new(),
+        TxnId::new(),
+    );
+    client
+        .publish_raw(&topology.progress_exchange(), key, &body)
+        .await;
+    let dlq = Topology::dead_letter_queue(&topology.progress_queue());
+    let management = &system.infra.management;
+    eventually("the report is parked", SETTLE, || async {
+        management.count_messages(&system.infra.vhost, &dlq).await == 1
+    })
+    .await;
+}

@@ -1,10 +1,11 @@
 //! The consumer of delivery's progress reports (queue `order.progress`): a placed order is
 //! picked up, then delivered.
 //!
-//! Reports are applied idempotently: the machine's rule ([`rules::after_report`]) says whether
-//! the order is already there or past it (a report may come twice, and out of order), and the
-//! save is guarded by the state it was computed from, with the order event written in the same
-//! statement. A report for an order that cannot have one (no such order, or one that was never
+//! Reports are applied idempotently: the machine's rule ([`rules::after_report`]) says what the
+//! report comes to for the order as recorded, one event at a time (a delivery reported before
+//! its pick-up is recorded as both, in order), and nothing once the order is there or past it (a
+//! report may come twice, and out of order). Each save is guarded by the state it was computed
+//! from, with the order event written in the same statement. A report for an order that cannot have one (no such order, or one that was never
 //! placed) is parked in the dead-letter queue with the reason.
 
 use std::sync::Arc;
@@ -21,9 +22,9 @@ use crate::machine::{self, rules};
 use crate::outbox;
 use crate::repo::{self, RepoError};
 
-/// How often a report is tried against an order that changed under it before it goes back to
-/// the queue.
-const RACES: usize = 5;
+/// How many saves a report may take (an order that changed under it, or a delivery recorded as
+/// pick-up then delivery) before it goes back to the queue.
+const RACES: usize = 6;
 
 /// Handles delivery's progress reports.
 pub struct Progress {
@@ -42,9 +43,11 @@ impl Progress {
     }
 }
 
-/// What a report came to.
+/// What one save of a report came to.
 enum Applied {
+    /// An event recorded; there may be another.
     Recorded,
+    /// Nothing (more) to record.
     Seen,
     Refused(String),
     Raced,
@@ -60,16 +63,19 @@ impl Handler for Progress {
             DeliveryProgress::PickedUp { .. } => rules::Report::PickedUp,
             DeliveryProgress::Delivered { .. } => rules::Report::Delivered,
         };
+        let mut recorded = false;
         for _ in 0..RACES {
             let applied = retry_transient(&self.shutdown, || self.apply(&envelope, report)).await;
             match applied {
                 Ok(Applied::Recorded) => {
                     info!(order_id = %envelope.order_id(), ?report, "delivery progress recorded");
                     self.coordinator.events.notify_one();
-                    return Disposition::Ack;
+                    recorded = true;
                 }
                 Ok(Applied::Seen) => {
-                    debug!(order_id = %envelope.order_id(), ?report, "report seen before");
+                    if !recorded {
+                        debug!(order_id = %envelope.order_id(), ?report, "report seen before");
+                    }
                     return Disposition::Ack;
                 }
                 Ok(Applied::Refused(reason)) => return Disposition::DeadLetter(reason),

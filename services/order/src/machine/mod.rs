@@ -15,7 +15,8 @@
 //!   └──Aborted──────────────────────────────────────────────────────────────> not_placed
 //! ```
 //!
-//! (`Delivered` also moves a `placed` or `cancelling` order: reports may come out of order.)
+//! (A delivery reported before its pick-up is recorded as the pick-up, then the delivery:
+//! `rules::after_report`.)
 
 pub(crate) mod names;
 #[cfg(test)]
@@ -273,7 +274,7 @@ pub fn apply(order: &Order, event: Event, at: DateTime<Utc>) -> Result<Order, Il
         (S::Cancelling, E::CancelRefused) | (S::Placed | S::Cancelling, E::PickedUp) => {
             next.state = S::PickedUp;
         }
-        (S::Placed | S::Cancelling | S::PickedUp, E::Delivered) => next.state = S::Delivered,
+        (S::PickedUp, E::Delivered) => next.state = S::Delivered,
         (
             S::Reserving
             | S::Assigning

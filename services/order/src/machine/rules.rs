@@ -245,12 +245,20 @@ pub enum Report {
     Delivered,
 }
 
-/// What a report comes to for the order as recorded: the event to record, or `None` if the
-/// order is there already or past it (a report may come twice, and out of order).
+/// What a report comes to for the order as recorded: the next event to record, or `None` if
+/// the order is there already or past it (a report may come twice, and out of order). A delivery
+/// reported before its pick-up records the pick-up first (it happened), so the order goes
+/// through every state and publishes every event, in order; the caller applies events until
+/// there is none.
 pub fn after_report(order: &Order, report: Report) -> Option<Event> {
     match (report, order.state) {
         (Report::PickedUp, OrderState::PickedUp | OrderState::Delivered)
         | (Report::Delivered, OrderState::Delivered) => None,
+        (Report::PickedUp | Report::Delivered, OrderState::Placed | OrderState::Cancelling) => {
+            Some(Event::PickedUp)
+        }
+        (Report::Delivered, OrderState::PickedUp) => Some(Event::Delivered),
+        // Not an order that can have been picked up: the machine refuses the event.
         (Report::PickedUp, _) => Some(Event::PickedUp),
         (Report::Delivered, _) => Some(Event::Delivered),
     }
