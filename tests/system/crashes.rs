@@ -36,6 +36,7 @@ async fn a_store_killed_during_a_stream_of_orders_loses_nothing() {
     system.assert_all_orders_final(FINISH).await;
     system.assert_nothing_reserved(FINISH).await;
     system.assert_audit_clean(FINISH).await;
+    system.assert_checked(&outcomes).await;
 }
 
 /// The coordinator aborts at `point`, is restarted without it, and finishes the order alone.
@@ -110,6 +111,7 @@ async fn with_two_coordinators_one_killed_mid_load_every_order_finishes_once() {
     system.assert_all_orders_final(FINISH).await;
     system.assert_nothing_reserved(FINISH).await;
     system.assert_audit_clean(FINISH).await;
+    system.assert_checked(&outcomes).await;
     // Finished once: each order has exactly one final state, and each placed order exactly one
     // packet and one agent (the audit); no order was placed twice under two ids either.
     let duplicates: i64 = sqlx::query_scalar(

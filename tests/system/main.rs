@@ -27,3 +27,4 @@ mod recovery;
 mod redelivery;
 mod retention;
 mod settings;
+mod soak;

@@ -25,6 +25,7 @@ async fn finish_and_audit(system: &TestSystem, load: Load) {
     system.assert_all_orders_final(FINISH).await;
     system.assert_nothing_reserved(FINISH).await;
     system.assert_audit_clean(FINISH).await;
+    system.assert_checked(&outcomes).await;
 }
 
 #[tokio::test]
@@ -203,4 +204,17 @@ async fn a_blocked_broker_fails_publishes_in_bounded_time_and_they_resume_when_u
     system.assert_all_orders_final(FINISH).await;
     system.assert_nothing_reserved(FINISH).await;
     system.assert_audit_clean(FINISH).await;
+}
+
+#[tokio::test]
+async fn a_pool_of_one_connection_per_service_still_finishes_every_order() {
+    // Every database call of a service waits for the one connection: group-commit writers, the
+    // relays, the sweeps and the HTTP handlers take turns.
+    let system = TestSystem::start_with(Options::fast().all("DATABASE_POOL_SIZE", "1")).await;
+    let food = system.create_food("Dal", 5_000).await;
+    system.create_agents(5_000).await;
+    let load = Load::start(vec![system.order.url("")], food, 8);
+    load.wait_placed(50, FINISH).await;
+    eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
+    finish_and_audit(&system, load).await;
 }

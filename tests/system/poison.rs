@@ -254,5 +254,7 @@ async fn a_command_that_crashes_its_participant_is_the_only_one_parked() {
         assert_eq!(management.count_messages(vhost, &dlq).await, 0, "{dlq}");
     }
     system.wait_final(&system.order, &outcomes).await;
+    system.assert_all_orders_final(FINISH).await;
     system.assert_audit_clean(FINISH).await;
+    system.assert_checked(&outcomes).await;
 }

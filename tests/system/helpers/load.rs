@@ -1,5 +1,8 @@
 //! A stream of orders from concurrent clients, for the fault tests: faults are injected while it
-//! runs, and every order it started must finish.
+//! runs, and every order it started must finish. Each order carries an `Idempotency-Key`, and a
+//! request that gets no answer (the service is down, or answers `503`) is sent again with the
+//! same key, as a careful client would; the checker (`super::checker`) then holds every answer
+//! against the database.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -11,12 +14,19 @@ use tokio_util::sync::CancellationToken;
 
 use super::eventually;
 
-/// What one order request got.
+/// What one order got: every attempt, with one idempotency key.
 #[derive(Clone, Debug)]
 pub struct Outcome {
-    /// The HTTP status, or `None` if the request failed (connection refused or reset).
+    /// The customer.
+    pub customer: String,
+    /// The idempotency key of every attempt.
+    pub key: String,
+    /// Each attempt's HTTP status (`None` if the request failed: connection refused or reset)
+    /// and body (`Null` if none), in order.
+    pub attempts: Vec<(Option<u16>, Value)>,
+    /// The last attempt's status.
     pub status: Option<u16>,
-    /// The body (`Null` if none).
+    /// The last attempt's body.
     pub body: Value,
 }
 
@@ -26,6 +36,10 @@ impl Outcome {
         self.body["order_id"].as_str()
     }
 }
+
+/// Attempts per order before a client gives up on it (about 8 seconds of pauses: longer than a
+/// service's restart).
+const ATTEMPTS: usize = 14;
 
 /// Clients placing orders in a loop until stopped.
 pub struct Load {
@@ -57,32 +71,49 @@ impl Load {
                     let mut outcomes = Vec::new();
                     let mut n = client;
                     while !stop.is_cancelled() {
-                        let target = {
-                            let targets = targets.read().expect("targets");
-                            targets[n % targets.len()].clone()
-                        };
                         n += 1;
-                        let body =
-                            json!({ "food_id": food, "customer_id": format!("load-{client}") });
-                        let outcome = match http
-                            .post(format!("{target}/orders"))
-                            .json(&body)
-                            .send()
-                            .await
-                        {
-                            Ok(response) => Outcome {
-                                status: Some(response.status().as_u16()),
-                                body: response.json().await.unwrap_or(Value::Null),
-                            },
-                            Err(_) => Outcome {
-                                status: None,
-                                body: Value::Null,
-                            },
-                        };
-                        if outcome.status.is_none() {
+                        let customer = format!("load-{client}");
+                        let key = format!("order-{n}");
+                        let body = json!({ "food_id": food, "customer_id": customer });
+                        let mut attempts = Vec::new();
+                        let mut pause = Duration::from_millis(50);
+                        for attempt in 0..ATTEMPTS {
+                            // A retry goes to the next coordinator: the first may be down.
+                            let target = {
+                                let targets = targets.read().expect("targets");
+                                targets[(n + attempt) % targets.len()].clone()
+                            };
+                            let sent = http
+                                .post(format!("{target}/orders"))
+                                .header("idempotency-key", &key)
+                                .json(&body)
+                                .send()
+                                .await;
+                            let attempt = match sent {
+                                Ok(response) => (
+                                    Some(response.status().as_u16()),
+                                    response.json().await.unwrap_or(Value::Null),
+                                ),
+                                Err(_) => (None, Value::Null),
+                            };
+                            let answered_it = matches!(attempt.0, Some(s) if s != 503);
+                            attempts.push(attempt);
+                            if answered_it || stop.is_cancelled() {
+                                break;
+                            }
                             // The service is down: do not spin on it.
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_millis(800));
                         }
+                        let (status, body) =
+                            attempts.last().cloned().unwrap_or((None, Value::Null));
+                        let outcome = Outcome {
+                            customer,
+                            key,
+                            attempts,
+                            status,
+                            body,
+                        };
                         answered.fetch_add(1, Ordering::Relaxed);
                         if outcome.status == Some(201) {
                             placed.fetch_add(1, Ordering::Relaxed);

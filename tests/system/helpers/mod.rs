@@ -13,6 +13,7 @@
 // Helpers serve every test module; not every module uses every helper.
 #![allow(dead_code)]
 
+pub mod checker;
 pub mod client;
 pub mod events;
 pub mod infra;
@@ -414,6 +415,15 @@ impl TestSystem {
         let (status, body) = self.get(&self.delivery, "/agents/summary").await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body
+    }
+
+    /// Holds every answer the load's clients got against the order database (the checker), and
+    /// fails the test on any contradiction. Call it once every order is final.
+    pub async fn assert_checked(&self, outcomes: &[load::Outcome]) -> checker::Checked {
+        let checked = checker::check(self.infra.order_db().await, outcomes).await;
+        println!("{checked}");
+        assert!(checked.is_clean(), "{checked}: {:#?}", checked.problems);
+        checked
     }
 
     /// Runs the audit on the three databases.

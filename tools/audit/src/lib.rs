@@ -13,6 +13,10 @@
 //! 5. The counts per hub agree: packets assigned at a hub = the packets of the orders of that
 //!    hub that hold them; agents assigned or delivering at a hub = the hub's placed and
 //!    picked-up orders. Every hub of an agent exists in the store.
+//! 6. The outboxes: every order has exactly one event for each step it went through (within the
+//!    outbox's retention), and nothing stays unsent past the grace, in the coordinator's outbox
+//!    and in delivery's.
+//! 7. The barriers: no item is held by a transaction that was released.
 //!
 //! The audit reads each database once, without locks, so on a busy system it can see one
 //! database a moment after another; run it on a quiet system, or expect transient reports that
@@ -139,6 +143,29 @@ pub enum Violation {
     UnknownHub {
         /// The hub.
         hub_id: i64,
+    },
+    /// An order's events are not one per step it went through.
+    OrderEvents {
+        /// The order.
+        order_id: Uuid,
+        /// Its state.
+        state: String,
+        /// The routing keys of its events in the outbox, with how many of each.
+        events: Vec<(String, i64)>,
+    },
+    /// Messages left unsent in an outbox past the grace.
+    UnsentOutbox {
+        /// `order` or `delivery`.
+        service: String,
+        /// How many.
+        count: i64,
+    },
+    /// An item held by a transaction whose release was applied.
+    HeldAfterRelease {
+        /// `packet` or `agent`.
+        item: String,
+        /// Its id.
+        id: i64,
     },
 }
 
@@ -440,7 +467,98 @@ pub async fn audit(db: &Databases, grace: Duration) -> Result<Report, sqlx::Erro
             .filter(|hub| !store_hubs.contains(hub))
             .map(|hub_id| Violation::UnknownHub { hub_id }),
     );
+    check_outboxes(db, grace_secs, &mut report).await?;
+    for (pool, table, item) in [
+        (&db.store, "packets", "packet"),
+        (&db.delivery, "agents", "agent"),
+    ] {
+        let held: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT i.id FROM txn_barrier b JOIN {table} i ON i.txn_id = b.txn_id
+             WHERE b.operation = 'release' ORDER BY i.id"
+        )))
+        .fetch_all(pool)
+        .await?;
+        report
+            .violations
+            .extend(held.into_iter().map(|id| Violation::HeldAfterRelease {
+                item: item.to_owned(),
+                id,
+            }));
+    }
     Ok(report)
+}
+
+/// The routing keys of the events an order in `state` has published, in order.
+fn events_of(state: &str) -> &'static [&'static str] {
+    match state {
+        "placed" | "cancelling" => &["order.placed"],
+        "not_placed" => &["order.not_placed"],
+        "picked_up" => &["order.placed", "order.picked_up"],
+        "delivered" => &["order.placed", "order.picked_up", "order.delivered"],
+        "cancelled" => &["order.placed", "order.cancelled"],
+        _ => &[],
+    }
+}
+
+/// How long the outbox keeps sent events (the relay's retention is 24 hours): orders younger
+/// than this (in seconds) are checked.
+const OUTBOX_CHECKED_SECS: f64 = 23.0 * 3600.0;
+
+async fn check_outboxes(
+    db: &Databases,
+    grace_secs: f64,
+    report: &mut Report,
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<(Uuid, String, Option<String>, Option<i64>)> = sqlx::query_as(
+        "SELECT o.id, o.state, e.routing_key, count(e.id)
+         FROM orders o LEFT JOIN outbox e ON e.order_id = o.id
+         WHERE o.created_at > now() - make_interval(secs => $1)
+           AND o.state NOT IN ('reserving', 'assigning', 'compensating')
+         GROUP BY o.id, o.state, e.routing_key
+         ORDER BY o.id",
+    )
+    .bind(OUTBOX_CHECKED_SECS)
+    .fetch_all(&db.order)
+    .await?;
+    let mut by_order: HashMap<Uuid, (String, Vec<(String, i64)>)> = HashMap::new();
+    for (id, state, key, count) in rows {
+        let entry = by_order.entry(id).or_insert_with(|| (state, Vec::new()));
+        if let (Some(key), Some(count)) = (key, count) {
+            entry.1.push((key, count));
+        }
+    }
+    let mut ids: Vec<&Uuid> = by_order.keys().collect();
+    ids.sort();
+    for id in ids {
+        let (state, events) = &by_order[id];
+        let mut got: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+        got.sort_unstable();
+        let mut want = events_of(state).to_vec();
+        want.sort_unstable();
+        if got != want || events.iter().any(|(_, n)| *n != 1) {
+            report.violations.push(Violation::OrderEvents {
+                order_id: *id,
+                state: state.clone(),
+                events: events.clone(),
+            });
+        }
+    }
+    for (pool, service) in [(&db.order, "order"), (&db.delivery, "delivery")] {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox
+             WHERE sent_at IS NULL AND created_at < now() - make_interval(secs => $1)",
+        )
+        .bind(grace_secs)
+        .fetch_one(pool)
+        .await?;
+        if count > 0 {
+            report.violations.push(Violation::UnsentOutbox {
+                service: service.to_owned(),
+                count,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Whether `packets` (packet, food, hub) are exactly the order's `expected` packets and the
