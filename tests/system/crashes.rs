@@ -124,3 +124,76 @@ async fn with_two_coordinators_one_killed_mid_load_every_order_finishes_once() {
     assert_eq!(duplicates, 0);
     eventually("survivor ready", FINISH, || system.order.is_ready()).await;
 }
+
+/// The store aborts at `point` while it applies the first reserve, is restarted without it, and
+/// the order is placed all the same: the reserve was neither lost nor applied twice.
+async fn store_dies_at(point: &str) {
+    let mut system = TestSystem::start_with(Options::patient().store("FAULT_POINTS", point)).await;
+    let food = system.create_food("Bhel", 3).await;
+    system.create_agents(3).await;
+
+    let (http, url) = (system.http().clone(), system.order.url("/orders"));
+    let placing = tokio::spawn(async move {
+        let response = http
+            .post(url)
+            .json(&serde_json::json!({ "food_id": food, "customer_id": "c-1" }))
+            .send()
+            .await
+            .expect("the coordinator answers");
+        let status = response.status();
+        (
+            status,
+            response.json::<serde_json::Value>().await.expect("JSON"),
+        )
+    });
+    system.store.wait_exit(Duration::from_secs(20)).await;
+    // It died at the point, applying the reserve (the only write it had).
+    assert!(system.store.logged("fault point reached"), "{}", system.store.tail(20));
+    system.store.remove_env("FAULT_POINTS");
+    system.store.start().await;
+
+    let (status, body) = placing.await.expect("the request ran");
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    system.assert_nothing_reserved(FINISH).await;
+    system.assert_audit_clean(FINISH).await;
+    assert_eq!(system.food(food).await["assigned"], 1);
+}
+
+#[tokio::test]
+async fn a_participant_killed_before_its_commit_applies_the_command_after_restart() {
+    store_dies_at("group_commit.before_commit").await;
+}
+
+#[tokio::test]
+async fn a_participant_killed_after_its_commit_answers_the_redelivery_from_its_barrier() {
+    store_dies_at("participant.after_commit").await;
+}
+
+#[tokio::test]
+async fn delivery_killed_after_recording_a_pick_up_publishes_it_after_restart() {
+    let mut system = TestSystem::start_with(
+        Options::fast().delivery("FAULT_POINTS", "delivery.after_progress_commit"),
+    )
+    .await;
+    let food = system.create_food("Pav", 2).await;
+    system.create_agents(1).await;
+    let (status, placed) = system.place_order(food).await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{placed}");
+    let id = placed["order_id"].as_str().expect("order id").to_owned();
+
+    let reporting = system
+        .http()
+        .post(system.delivery.url(&format!("/deliveries/{id}/picked-up")))
+        .send()
+        .await;
+    assert!(reporting.is_err(), "delivery died before answering");
+    system.delivery.wait_exit(Duration::from_secs(10)).await;
+    system.delivery.remove_env("FAULT_POINTS");
+    system.delivery.start().await;
+
+    // The pick-up was recorded with its report, and the report reaches the coordinator.
+    system.order_reaches(&id, "picked_up", FINISH).await;
+    let (status, again) = system.rider(&id, "picked-up").await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{again}");
+    system.assert_audit_clean(FINISH).await;
+}

@@ -205,6 +205,8 @@ async fn delivered(
 fn answer(api: &Api, order: Uuid, reported: Reported) -> Result<Json<Delivery>, ApiError> {
     match reported {
         Reported::Now(delivery) => {
+            // A process that dies with the report recorded but not yet published (tests only).
+            service_kit::fault::point("delivery.after_progress_commit");
             tracing::info!(order_id = %order, agent_id = %delivery.agent_id, delivered = delivery.delivered_at.is_some(), "delivery progress");
             api.reports.notify_one();
             Ok(Json(delivery))

@@ -214,6 +214,8 @@ impl<I: Inventory> CommandHandler<I> {
                 return Err(Disposition::Retry);
             }
         };
+        // A process that dies after its commit, before it replies and acks (tests only).
+        service_kit::fault::point_for("participant.after_commit", &envelope.order_id().to_string());
         if let Reply::ReserveReply(ReserveReply::Reserved { .. }) = &reply {
             self.shared.expiries.push(envelope.txn_id());
         }

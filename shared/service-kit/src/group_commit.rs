@@ -191,6 +191,9 @@ async fn run_group<W: Write>(pool: &PgPool, bound: Duration, mut group: Vec<Pend
     for (write, done) in group {
         let result = match pool.acquire().await {
             Ok(mut conn) => {
+                // Alone, a write is its statement's own transaction: dying before it runs is
+                // dying before its commit.
+                crate::fault::point("group_commit.before_commit");
                 let result = bounded(bound, write.run(&mut conn)).await;
                 if timed_out(&result) {
                     drop(conn.detach());
@@ -231,6 +234,8 @@ async fn apart<W: Write>(
                 }
             }
         }
+        // A process that dies with its group uncommitted (tests only).
+        crate::fault::point("group_commit.before_commit");
         bounded(bound, tx.commit()).await?;
         Ok(results)
     }
@@ -254,6 +259,7 @@ async fn together<W: Write>(
         for (write, _) in group {
             outputs.push(bounded(bound, write.run(&mut tx)).await?);
         }
+        crate::fault::point("group_commit.before_commit");
         bounded(bound, tx.commit()).await?;
         Ok(outputs)
     }
