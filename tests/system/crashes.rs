@@ -148,7 +148,11 @@ async fn store_dies_at(point: &str) {
     });
     system.store.wait_exit(Duration::from_secs(20)).await;
     // It died at the point, applying the reserve (the only write it had).
-    assert!(system.store.logged("fault point reached"), "{}", system.store.tail(20));
+    assert!(
+        system.store.logged("fault point reached"),
+        "{}",
+        system.store.tail(20)
+    );
     system.store.remove_env("FAULT_POINTS");
     system.store.start().await;
 

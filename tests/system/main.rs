@@ -28,3 +28,4 @@ mod redelivery;
 mod retention;
 mod settings;
 mod soak;
+mod startup;

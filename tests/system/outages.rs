@@ -8,6 +8,7 @@ use reqwest::StatusCode;
 
 use crate::helpers::infra::{MemoryAlarm, StoppedBroker, rabbitmqctl};
 use crate::helpers::load::Load;
+use crate::helpers::proxy;
 use crate::helpers::{Options, TestSystem, eventually, eventually_explained};
 
 const FINISH: Duration = Duration::from_secs(60);
@@ -216,5 +217,32 @@ async fn a_pool_of_one_connection_per_service_still_finishes_every_order() {
     let load = Load::start(vec![system.order.url("")], food, 8);
     load.wait_placed(50, FINISH).await;
     eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
+    finish_and_audit(&system, load).await;
+}
+
+#[tokio::test]
+async fn the_network_to_a_database_cut_under_load_makes_its_service_not_ready_until_it_heals() {
+    let mut system = TestSystem::start_with(Options::fast()).await;
+    let food = system.create_food("Rava", 5_000).await;
+    system.create_agents(5_000).await;
+    // The store reaches its database through a path the test can cut.
+    let (link, through_proxy) = proxy::for_url(&system.infra.database_url("store")).await;
+    system.store.kill().await;
+    system.store.set_env("STORE_DATABASE_URL", &through_proxy);
+    system.store.start().await;
+    let load = Load::start(vec![system.order.url("")], food, 8);
+    load.wait_placed(20, FINISH).await;
+
+    link.freeze();
+    eventually("the store reports not ready", FINISH, || async {
+        !system.store.is_ready().await
+    })
+    .await;
+    // The coordinator goes on answering within its response budget (not placed, or pending).
+    load.wait_answered(16, FINISH).await;
+
+    link.thaw();
+    eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
+    load.wait_placed(20, FINISH).await;
     finish_and_audit(&system, load).await;
 }

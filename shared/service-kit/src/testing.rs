@@ -19,7 +19,13 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy to `host:port`.
     pub async fn start(host: &str, port: u16) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_at(0, host, port).await
+    }
+
+    /// A proxy to `host:port` listening on `listen_port` (0: any free port), e.g. the port a
+    /// service was told its server is on before that server is up.
+    pub async fn start_at(listen_port: u16, host: &str, port: u16) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", listen_port)).await?;
         let local = listener.local_addr()?.port();
         let (frozen, watch) = watch::channel(false);
         let upstream = format!("{host}:{port}");
@@ -49,6 +55,11 @@ impl Proxy {
     /// From now on, nothing more is forwarded, in either direction.
     pub fn freeze(&self) {
         self.frozen.send_replace(true);
+    }
+
+    /// Forwards again what was held and what comes next (the path heals).
+    pub fn thaw(&self) {
+        self.frozen.send_replace(false);
     }
 }
 

@@ -241,6 +241,11 @@ impl Service {
             .unwrap_or(false)
     }
 
+    /// A handle on the log lines, for a test that has moved the service into a task.
+    pub fn logs(&self) -> Logs {
+        Logs(Arc::clone(&self.logs))
+    }
+
     /// The last `n` log lines.
     pub fn tail(&self, n: usize) -> String {
         self.logs
@@ -259,6 +264,20 @@ impl Drop for Service {
                 self.tail(150)
             );
         }
+    }
+}
+
+/// The log lines of a service (see [`Service::logs`]).
+#[derive(Clone, Debug)]
+pub struct Logs(Arc<Mutex<Vec<String>>>);
+
+impl Logs {
+    /// Whether any log line contains `needle`.
+    pub fn contain(&self, needle: &str) -> bool {
+        self.0
+            .lock()
+            .map(|l| l.iter().any(|line| line.contains(needle)))
+            .unwrap_or(false)
     }
 }
 
