@@ -6,12 +6,13 @@ use std::time::Duration;
 use futures::future::join_all;
 use reqwest::StatusCode;
 
-use crate::helpers::{Options, TestSystem};
+use crate::helpers::TestSystem;
 
 async fn run(packets: i64, agents: i64, orders: usize) {
-    // Every order must end with a final answer while hundreds wait on each other's reservations:
-    // deadlines far beyond what a loaded machine needs, so that none ends `timeout`.
-    let system = TestSystem::start_with(Options::patient()).await;
+    // Every order must end with a final answer while hundreds wait on each other's reservations,
+    // with the production defaults (a 5 s deadline, a 6 s response budget): none may end
+    // `timeout`.
+    let system = TestSystem::start().await;
     let food = system.create_food("Biryani", packets).await;
     system.create_agents(agents).await;
 
