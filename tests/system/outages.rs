@@ -246,3 +246,45 @@ async fn the_network_to_a_database_cut_under_load_makes_its_service_not_ready_un
     load.wait_placed(20, FINISH).await;
     finish_and_audit(&system, load).await;
 }
+
+#[tokio::test]
+async fn unroutable_publishes_lose_nothing_a_command_is_unanswered_and_a_report_waits() {
+    let mut system = TestSystem::start_with(Options::fast()).await;
+    let food = system.create_food("Kheer", 5).await;
+    system.create_agents(5).await;
+    let (management, vhost) = (&system.infra.management, system.infra.vhost.clone());
+    let topology = protocol::topology::Topology::new("");
+
+    // No queue takes the store's reserves (and no store declares it again): the coordinator's
+    // mandatory publish comes back unroutable, which it treats as no answer.
+    system.store.kill().await;
+    let reserves = topology.command_queue(
+        protocol::topology::Participant::Store,
+        protocol::command::Operation::Reserve,
+    );
+    management.delete_queue(&vhost, &reserves).await;
+    let (status, body) = system.place_order(food).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["reason"], "timeout", "{body}");
+    system.assert_nothing_reserved(FINISH).await;
+    system.store.start().await;
+    let (status, placed) = system.place_order(food).await;
+    assert_eq!(status, StatusCode::CREATED, "{placed}");
+    let id = placed["order_id"].as_str().expect("order id").to_owned();
+
+    // No queue takes delivery's reports (and no coordinator declares it again): the report
+    // stays in delivery's outbox until the coordinator is back.
+    system.order.kill().await;
+    management
+        .delete_queue(&vhost, &topology.progress_queue())
+        .await;
+    let (status, _) = system.rider(&id, "picked-up").await;
+    assert_eq!(status, StatusCode::OK);
+    eventually("the report is unroutable and kept", FINISH, || async {
+        system.delivery.logged("some outbox messages not published")
+    })
+    .await;
+    system.order.start().await;
+    system.order_reaches(&id, "picked_up", FINISH).await;
+    system.assert_audit_clean(FINISH).await;
+}

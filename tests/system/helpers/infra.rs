@@ -104,6 +104,12 @@ impl Management {
             .unwrap_or_default()
     }
 
+    /// Deletes a queue of `vhost` (with its messages).
+    pub async fn delete_queue(&self, vhost: &str, queue: &str) {
+        self.delete(&format!("queues/{}/{}", encode(vhost), encode(queue)))
+            .await;
+    }
+
     /// Removes every message of a queue.
     pub async fn purge(&self, vhost: &str, queue: &str) {
         self.delete(&format!(
