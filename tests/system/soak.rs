@@ -1,6 +1,7 @@
 //! A soak with a nemesis: orders placed by clients that retry with their idempotency keys, while
 //! a fault is injected every few seconds (kill -9 of any service, a process paused, broker
-//! connections closed, database backends terminated). At the end the checker holds every answer
+//! connections closed, database backends terminated, the network between delivery and the
+//! broker cut). At the end the checker holds every answer
 //! against the database and the audit checks every invariant: nothing lost, nothing
 //! duplicated, nothing placed falsely, no violation.
 //!
@@ -16,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::helpers::infra::rabbitmqctl;
 use crate::helpers::load::Load;
+use crate::helpers::proxy;
 use crate::helpers::service::Service;
 use crate::helpers::{Options, TestSystem, eventually_explained};
 
@@ -41,6 +43,12 @@ async fn a_soak_with_a_nemesis_loses_nothing_duplicates_nothing_and_places_nothi
         .map(|s| s.parse().expect("SOAK_SEED is a number"))
         .unwrap_or(0x50a4);
     let mut system = TestSystem::start_with(Options::fast()).await;
+    // Delivery reaches the broker through a path the nemesis can cut.
+    let (link, through_proxy) =
+        proxy::for_url(&format!("{}?heartbeat=5", system.infra.amqp_url)).await;
+    system.delivery.kill().await;
+    system.delivery.set_env("AMQP_URL", &through_proxy);
+    system.delivery.start().await;
     let mut second = system.another_order_service();
     second.start().await;
     let food = system.create_food("Soak", 50_000).await;
@@ -54,7 +62,7 @@ async fn a_soak_with_a_nemesis_loses_nothing_duplicates_nothing_and_places_nothi
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(rng.random_range(1_500..4_000))).await;
         let down = Duration::from_millis(rng.random_range(0..1_500));
-        let fault = match rng.random_range(0..7) {
+        let fault = match rng.random_range(0..8) {
             0 => {
                 crash(&mut system.order, down).await;
                 "kill -9 order"
@@ -86,6 +94,12 @@ async fn a_soak_with_a_nemesis_loses_nothing_duplicates_nothing_and_places_nothi
             5 => {
                 system.infra.terminate_backends().await;
                 "database backends terminated"
+            }
+            6 => {
+                link.freeze();
+                tokio::time::sleep(Duration::from_millis(rng.random_range(500..3_000))).await;
+                link.thaw();
+                "delivery cut off from the broker"
             }
             _ => {
                 let victim = match rng.random_range(0..3) {
