@@ -283,5 +283,6 @@ pub(crate) async fn run(url: &str, args: &RunArgs) -> anyhow::Result<Checked> {
         violations,
         cpu,
         breakdown: None,
+        day: None,
     })
 }

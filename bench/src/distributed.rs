@@ -31,22 +31,41 @@ pub(crate) struct Checked {
     pub(crate) cpu: Option<crate::cpu::Usage>,
     /// The services' histogram means over the run, by service, if asked for.
     pub(crate) breakdown: Option<Vec<(String, Vec<Mean>)>>,
+    /// What a delivery day came to (`day` only).
+    pub(crate) day: Option<crate::day::Stats>,
 }
 
-struct Api {
-    http: reqwest::Client,
-    target: Target,
+/// The services' HTTP APIs.
+pub(crate) struct Api {
+    /// The client, shared by every request.
+    pub(crate) http: reqwest::Client,
+    /// Where the services are.
+    pub(crate) target: Target,
 }
 
 impl Api {
-    fn request(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    /// A client for `target`'s services.
+    pub(crate) fn new(target: &Target) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(1024)
+                .build()?,
+            target: target.clone(),
+        })
+    }
+
+    /// `request` with the admin token, if there is one.
+    pub(crate) fn request(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.target.admin_token {
             Some(token) if !token.is_empty() => request.bearer_auth(token),
             _ => request,
         }
     }
 
-    async fn post(&self, url: String, body: Value) -> anyhow::Result<Value> {
+    /// POSTs `body` to `url` (with the admin token) and returns the answer, which must be a
+    /// success.
+    pub(crate) async fn post(&self, url: String, body: Value) -> anyhow::Result<Value> {
         let response = self
             .request(self.http.post(&url).json(&body))
             .send()
@@ -59,7 +78,8 @@ impl Api {
         Ok(body)
     }
 
-    async fn get(&self, url: String) -> anyhow::Result<Value> {
+    /// The JSON at `url`.
+    pub(crate) async fn get(&self, url: String) -> anyhow::Result<Value> {
         Ok(self.http.get(&url).send().await?.json().await?)
     }
 
@@ -83,23 +103,33 @@ impl Api {
     }
 
     /// The services' histograms now, or a warning (the figures are an extra, not the run).
-    async fn scrape_or_warn(&self) -> Option<Vec<(&'static str, Scrape)>> {
+    pub(crate) async fn scrape_or_warn(&self) -> Option<Vec<(&'static str, Scrape)>> {
         self.scrape()
             .await
             .inspect_err(|err| eprintln!("warning: no breakdown: {err:#}"))
             .ok()
     }
+
+    /// The means of the services' histograms since `before` (from [`Self::scrape_or_warn`]), by
+    /// service; `None` without a scrape before or after.
+    pub(crate) async fn breakdown_since(
+        &self,
+        before: Option<Vec<(&'static str, Scrape)>>,
+    ) -> Option<Vec<(String, Vec<Mean>)>> {
+        let before = before?;
+        self.scrape_or_warn().await.map(|after| {
+            before
+                .iter()
+                .zip(&after)
+                .map(|((name, b), (_, a))| ((*name).to_owned(), breakdown::means(b, a)))
+                .collect()
+        })
+    }
 }
 
 /// Seeds, runs and checks.
 pub(crate) async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<Checked> {
-    let api = Arc::new(Api {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .build()?,
-        target: target.clone(),
-    });
+    let api = Arc::new(Api::new(target)?);
     let plan = Plan::of(args);
     if !args.no_vacuum {
         vacuum(target).await?;
@@ -191,16 +221,7 @@ pub(crate) async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<Check
         None => load::closed(args.clients, amount, "distributed", order).await?,
     };
     let cpu = crate::cpu::finish(cpu, measured.orders());
-    let breakdown = match scraped {
-        Some(before) => api.scrape_or_warn().await.map(|after| {
-            before
-                .iter()
-                .zip(&after)
-                .map(|((name, b), (_, a))| ((*name).to_owned(), breakdown::means(b, a)))
-                .collect()
-        }),
-        None => None,
-    };
+    let breakdown = api.breakdown_since(scraped).await;
     let mut checked = check(&api, target, args, &plan, &foods, agents_before, measured).await?;
     checked.cpu = cpu;
     checked.breakdown = breakdown;
@@ -208,7 +229,7 @@ pub(crate) async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<Check
 }
 
 /// Vacuums the services' busiest tables (outside any transaction, as VACUUM requires).
-async fn vacuum(target: &Target) -> anyhow::Result<()> {
+pub(crate) async fn vacuum(target: &Target) -> anyhow::Result<()> {
     for (url, tables) in [
         (&target.order_database_url, "orders, outbox"),
         (&target.store_database_url, "packets, txn_barrier"),
@@ -294,7 +315,8 @@ async fn check(
     // Agents are shared by every food: those free before the run count too.
     let packets: i64 = plan.foods.iter().sum();
     let expected = match args.scenario {
-        Scenario::Uniform | Scenario::Hot => sent.min(plan.capacity),
+        // `day` runs in `crate::day`, not here; as `uniform` if it ever came here.
+        Scenario::Uniform | Scenario::Hot | Scenario::Day => sent.min(plan.capacity),
         Scenario::ScarceAgents => sent.min(packets.min(agents_before + plan.agents)),
     };
     let n_placed = i64::try_from(placed.len()).unwrap_or(i64::MAX);
@@ -345,5 +367,6 @@ async fn check(
         violations,
         cpu: None,
         breakdown: None,
+        day: None,
     })
 }

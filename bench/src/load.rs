@@ -107,7 +107,8 @@ fn progress(amount: Amount, what: &str) -> ProgressBar {
     bar
 }
 
-fn histogram() -> anyhow::Result<Histogram<u64>> {
+/// An empty latency histogram, in microseconds.
+pub(crate) fn histogram() -> anyhow::Result<Histogram<u64>> {
     // 1 µs to 10 min at 3 significant digits; a value outside is clamped by `saturating_record`.
     Ok(Histogram::new_with_bounds(1, 600_000_000, 3)?)
 }

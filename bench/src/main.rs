@@ -6,6 +6,7 @@
 //! bench run --scenario uniform --rate 400 --duration 30s        # open loop, 400 orders/s
 //! bench run --scenario hot --orders 10000 --packets 1000        # exactly 1000 placed
 //! bench sweep --clients 1,4,16,32 --plot bench.svg              # throughput and p99 vs clients
+//! bench run --scenario day --hubs 3 --agents-per-hub 3 --duration 30s   # a delivery day
 //! ```
 //!
 //! Every run ends by checking the invariants (the audit, and the scenario's own expectations); a
@@ -15,6 +16,7 @@
 //! - [`scenario`]: what is seeded and ordered.
 //! - [`load`]: closed- and open-loop drivers and their latency histograms.
 //! - [`distributed`]: runs a scenario against the services, then checks it.
+//! - [`day`]: the `day` scenario: hubs, baskets, riders and cancellations, then its checks.
 //! - [`baseline`]: the same orders as one PostgreSQL transaction each, in one database.
 //! - [`breakdown`]: the services' own histograms over a run: time per phase and per command.
 //! - [`cpu`]: CPU time per process over a run, when the system runs on this machine.
@@ -23,6 +25,7 @@
 mod baseline;
 mod breakdown;
 mod cpu;
+mod day;
 mod distributed;
 mod load;
 mod report;
@@ -132,7 +135,8 @@ pub(crate) struct Target {
 #[derive(Args, Debug, Clone)]
 pub(crate) struct RunArgs {
     /// What to order: `uniform` (many foods, plenty of stock), `hot` (one food, scarce packets),
-    /// `scarce-agents` (plenty of packets, few agents).
+    /// `scarce-agents` (plenty of packets, few agents), `day` (a delivery day: baskets at several
+    /// hubs, riders who pick up and deliver, cancellations; no baseline).
     #[arg(long, value_enum, default_value = "uniform")]
     pub(crate) scenario: Scenario,
     /// Concurrent clients (closed loop: each sends its next order when the last is answered).
@@ -146,10 +150,11 @@ pub(crate) struct RunArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) duration: Option<Duration>,
     /// Or send this many orders (default for `hot` and `scarce-agents`: 10000; `uniform` runs
-    /// for 20s by default).
+    /// for 20s by default, `day` for 30s).
     #[arg(long)]
     pub(crate) orders: Option<u64>,
-    /// Packets in stock in total (`uniform`, `scarce-agents`: spread over 50 foods).
+    /// Packets in stock in total (`uniform`, `scarce-agents`: spread over 50 foods; `day`: over
+    /// 50 foods at each hub).
     #[arg(long, default_value_t = 200_000)]
     pub(crate) stock: i64,
     /// Packets of the one food (`hot`).
@@ -158,7 +163,23 @@ pub(crate) struct RunArgs {
     /// Agents to add (`scarce-agents`; other scenarios add as many as orders can need).
     #[arg(long, default_value_t = 1_000)]
     pub(crate) agents: i64,
-    /// Skip the single-database baseline.
+    /// Hubs to create (`day`).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) hubs: usize,
+    /// Agents of each hub (`day`): few, so that the orders placed depend on agents coming back.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) agents_per_hub: i64,
+    /// How long a rider takes from an order's placement to its pick-up (`day`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "200ms")]
+    pub(crate) pickup_delay: Duration,
+    /// How long a rider takes from the pick-up to the delivery (`day`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "300ms")]
+    pub(crate) deliver_delay: Duration,
+    /// The fraction of placed orders their customer cancels, at a random moment between the
+    /// placement and 1.5 times the pick-up delay after it, racing the pick-up (`day`).
+    #[arg(long, default_value_t = 0.2)]
+    pub(crate) cancel_rate: f64,
+    /// Skip the single-database baseline (`day` has none).
     #[arg(long)]
     pub(crate) no_baseline: bool,
     /// Do not vacuum the services' tables before the run. (The run starts with vacuumed tables by
@@ -189,6 +210,7 @@ impl RunArgs {
             (None, Some(d)) => load::Amount::Duration(d),
             (None, None) => match self.scenario {
                 Scenario::Uniform => load::Amount::Duration(Duration::from_secs(20)),
+                Scenario::Day => load::Amount::Duration(Duration::from_secs(30)),
                 Scenario::Hot | Scenario::ScarceAgents => load::Amount::Orders(10_000),
             },
         }
@@ -196,6 +218,10 @@ impl RunArgs {
 }
 
 async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<RunReport> {
+    if args.scenario == Scenario::Day {
+        // The baseline knows neither hubs nor baskets nor riders: the day has none.
+        return Ok(RunReport::new(args, day::run(target, args).await?, None));
+    }
     let distributed = distributed::run(target, args).await?;
     let baseline = if args.no_baseline {
         None

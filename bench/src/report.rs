@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::RunArgs;
 use crate::breakdown::{self, Mean};
 use crate::cpu::Usage;
+use crate::day::Stats;
 use crate::distributed::Checked;
 use crate::scenario::Scenario;
 
@@ -40,6 +41,9 @@ pub(crate) struct Side {
     /// The services' histogram means over the run, by service (`--breakdown`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) breakdown: Option<Vec<(String, Vec<Mean>)>>,
+    /// What the delivery day came to (`day`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) day: Option<Stats>,
 }
 
 impl From<Checked> for Side {
@@ -64,6 +68,7 @@ impl From<Checked> for Side {
             violations: checked.violations,
             cpu: checked.cpu,
             breakdown: checked.breakdown,
+            day: checked.day,
         }
     }
 }
@@ -155,6 +160,9 @@ impl RunReport {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             println!("{name} outcomes: {}", outcomes.join(" "));
+            for line in side.day.iter().flat_map(Stats::summary) {
+                println!("{name} day: {line}");
+            }
             if let Some(cpu) = &side.cpu {
                 println!("{name} CPU: {}", cpu.summary());
             }

@@ -16,17 +16,20 @@ pub(crate) enum Scenario {
     Hot,
     /// Plenty of packets, few agents: exactly as many placed as agents.
     ScarceAgents,
+    /// A delivery day: baskets at several hubs with few agents each, riders who pick the orders
+    /// up and deliver them, customers who cancel.
+    Day,
 }
 
-/// Foods in the `uniform` and `scarce-agents` scenarios.
-const FOODS: i64 = 50;
+/// Foods in the `uniform`, `scarce-agents` and `day` scenarios.
+pub(crate) const FOODS: i64 = 50;
 
 /// What to seed.
 #[derive(Clone, Debug)]
 pub(crate) struct Plan {
     /// Packets of each food to create.
     pub(crate) foods: Vec<i64>,
-    /// Agents to create.
+    /// Agents to create (`day`: at each hub).
     pub(crate) agents: i64,
     /// How many orders can be placed at most (the scarcer of packets and agents).
     pub(crate) capacity: i64,
@@ -57,6 +60,13 @@ impl Plan {
                 foods: vec![args.stock / FOODS; FOODS as usize],
                 agents: args.agents,
                 capacity: args.agents.min(args.stock / FOODS * FOODS),
+            },
+            // Each food's packets are shared out over the hubs; agents come back after each
+            // delivery, so no bound on the orders placed follows from the seed.
+            Scenario::Day => Self {
+                foods: vec![args.stock / FOODS; FOODS as usize],
+                agents: args.agents_per_hub,
+                capacity: args.stock / FOODS * FOODS,
             },
         }
     }
