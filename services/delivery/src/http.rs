@@ -25,10 +25,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use protocol::ids::{AgentId, HubId, OrderId};
+use protocol::ids::{AgentId, OrderId};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use service_kit::http::{ApiError, AppJson, AppPath, AppQuery, text_field};
+use service_kit::http::{ApiError, AppJson, AppPath, AppQuery, hub_field, text_field};
 use sqlx::PgPool;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -68,21 +68,11 @@ struct NewAgents {
     hub_id: Option<i64>,
 }
 
-fn hub_of(id: Option<i64>) -> Result<HubId, ApiError> {
-    match id {
-        None => Ok(HubId::DEFAULT),
-        Some(id) if id >= 1 => Ok(HubId(id)),
-        Some(id) => Err(ApiError::Unprocessable(format!(
-            "hub_id must be a positive integer, got {id}"
-        ))),
-    }
-}
-
 async fn create_agents(
     State(api): State<Api>,
     AppJson(body): AppJson<NewAgents>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let hub = hub_of(body.hub_id)?;
+    let hub = hub_field(body.hub_id)?;
     let count = match (&body.count, &body.names) {
         (Some(count), Some(names)) if usize::try_from(*count).ok() != Some(names.len()) => {
             return Err(ApiError::Unprocessable(format!(
@@ -132,7 +122,7 @@ async fn summary(
     State(api): State<Api>,
     AppQuery(query): AppQuery<SummaryQuery>,
 ) -> Result<Json<Summary>, ApiError> {
-    let hub = query.hub_id.map(|id| hub_of(Some(id))).transpose()?;
+    let hub = query.hub_id.map(|id| hub_field(Some(id))).transpose()?;
     Ok(Json(repo::summary(&api.pool, hub).await?))
 }
 

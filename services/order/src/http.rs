@@ -30,7 +30,7 @@ use protocol::ids::{FoodId, HubId, OrderId};
 use protocol::trace::TraceContext;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use service_kit::http::{ApiError, AppJson, AppPath, text_field};
+use service_kit::http::{ApiError, AppJson, AppPath, hub_field, text_field};
 use uuid::Uuid;
 
 use crate::cancellation::CancelError;
@@ -75,11 +75,7 @@ struct Line {
 /// The hub and lines of a request, checked against the limits.
 fn basket(body: &PlaceOrder) -> Result<(HubId, Vec<PacketLine>), ApiError> {
     let unprocessable = |msg: String| Err(ApiError::Unprocessable(msg));
-    let hub_id = match body.hub_id {
-        None => HubId::DEFAULT,
-        Some(id) if id >= 1 => HubId(id),
-        Some(id) => return unprocessable(format!("hub_id must be a positive integer, got {id}")),
-    };
+    let hub_id = hub_field(body.hub_id)?;
     let wanted: Vec<(i64, i64)> = match (&body.lines, body.food_id) {
         (Some(_), Some(_)) => return unprocessable("give lines or food_id, not both".to_owned()),
         (None, None) => return unprocessable("give lines (or food_id for one item)".to_owned()),

@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use protocol::ids::{FoodId, HubId, PacketId};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use service_kit::http::{ApiError, AppJson, AppPath, text_field};
+use service_kit::http::{ApiError, AppJson, AppPath, hub_field, text_field};
 use sqlx::PgPool;
 
 use crate::repo::{self, Added, FoodStock, Hub, Packet};
@@ -59,16 +59,6 @@ struct NewPackets {
 #[serde(deny_unknown_fields)]
 struct NewHub {
     name: String,
-}
-
-fn hub_of(id: Option<i64>) -> Result<HubId, ApiError> {
-    match id {
-        None => Ok(HubId::DEFAULT),
-        Some(id) if id >= 1 => Ok(HubId(id)),
-        Some(id) => Err(ApiError::Unprocessable(format!(
-            "hub_id must be a positive integer, got {id}"
-        ))),
-    }
 }
 
 async fn create_hub(
@@ -114,7 +104,7 @@ async fn create_food(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let name = text_field("name", &body.name)?;
     check_count("packets", body.packets, 0)?;
-    let hub = hub_of(body.hub_id)?;
+    let hub = hub_field(body.hub_id)?;
     let id = repo::create_food(&pool, name, hub, body.packets)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no hub {hub}")))?;
@@ -128,7 +118,7 @@ async fn add_packets(
     AppJson(body): AppJson<NewPackets>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     check_count("count", body.count, 1)?;
-    let hub = hub_of(body.hub_id)?;
+    let hub = hub_field(body.hub_id)?;
     let food = FoodId(id);
     match repo::add_packets(&pool, food, hub, body.count).await? {
         Added::Done => {}

@@ -135,6 +135,19 @@ pub fn text_field<'a>(field: &str, value: &'a str) -> Result<&'a str, ApiError> 
     Ok(value)
 }
 
+/// The hub a request names (`hub_id`, optional): the default hub if absent, else a positive id;
+/// a 422 otherwise.
+pub fn hub_field(id: Option<i64>) -> Result<protocol::ids::HubId, ApiError> {
+    use protocol::ids::HubId;
+    match id {
+        None => Ok(HubId::DEFAULT),
+        Some(id) if id >= 1 => Ok(HubId(id)),
+        Some(id) => Err(ApiError::Unprocessable(format!(
+            "hub_id must be a positive integer, got {id}"
+        ))),
+    }
+}
+
 /// `axum::Json` whose rejections are [`ApiError`]s, so that malformed JSON gets a JSON answer.
 #[derive(Debug, FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
