@@ -253,3 +253,100 @@ async fn order_events_arrive_for_placed_and_not_placed_orders() {
     kinds.sort();
     assert_eq!(kinds, ["not_placed", "placed"]);
 }
+
+#[tokio::test]
+async fn a_day_at_a_new_hub_basket_cancel_pick_up_and_delivery() {
+    let target = Target::connect().await;
+    let (status, hub) = target
+        .post(
+            &target.store,
+            "/hubs",
+            json!({ "name": format!("smoke hub {}", uuid::Uuid::new_v4()) }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{hub}");
+    let hub = hub["id"].as_i64().unwrap();
+    let mut foods = Vec::new();
+    for name in ["smoke dosa", "smoke chai"] {
+        let (status, food) = target
+            .post(
+                &target.store,
+                "/foods",
+                json!({ "name": name, "packets": 4, "hub_id": hub }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{food}");
+        foods.push(food["id"].as_i64().unwrap());
+    }
+    let (status, body) = target
+        .post(
+            &target.delivery,
+            "/agents",
+            json!({ "count": 1, "hub_id": hub }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let basket = json!({ "customer_id": "smoke", "hub_id": hub,
+        "lines": [{ "food_id": foods[0], "quantity": 2 }, { "food_id": foods[1] }] });
+
+    // Placed, then cancelled: the hub's one agent is free again.
+    let (status, first) = target.post(&target.order, "/orders", basket.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(
+        first["packet_ids"].as_array().map(Vec::len),
+        Some(3),
+        "{first}"
+    );
+    let first = first["order_id"].as_str().unwrap().to_owned();
+    let cancel = json!({ "customer_id": "smoke" });
+    let (status, body) = target
+        .post(
+            &target.order,
+            &format!("/orders/{first}/cancel"),
+            cancel.clone(),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["status"]),
+        (StatusCode::OK, &json!("cancelled")),
+        "{body}"
+    );
+
+    // Placed again, picked up (no cancel any more), delivered.
+    let (status, second) = target.post(&target.order, "/orders", basket).await;
+    assert_eq!(status, StatusCode::CREATED, "{second}");
+    let second = second["order_id"].as_str().unwrap().to_owned();
+    let (status, body) = target
+        .post(
+            &target.delivery,
+            &format!("/deliveries/{second}/picked-up"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = target
+        .post(&target.order, &format!("/orders/{second}/cancel"), cancel)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["reason"], "already_picked_up", "{body}");
+    let (status, body) = target
+        .post(
+            &target.delivery,
+            &format!("/deliveries/{second}/delivered"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually(
+        "the order is delivered",
+        Duration::from_secs(30),
+        || async {
+            target
+                .get(&target.order, &format!("/orders/{second}"))
+                .await
+                .1["status"]
+                == "delivered"
+        },
+    )
+    .await;
+}

@@ -51,8 +51,16 @@ async fn a_soak_with_a_nemesis_loses_nothing_duplicates_nothing_and_places_nothi
     system.delivery.start().await;
     let mut second = system.another_order_service();
     second.start().await;
-    let food = system.create_food("Soak", 50_000).await;
-    system.create_agents(50_000).await;
+    // Enough packets and agents for every order of the run (nothing is delivered here), so that
+    // orders are still placed at the end.
+    let stock = i64::try_from(duration.as_secs())
+        .unwrap_or(i64::MAX)
+        .saturating_mul(100)
+        .clamp(50_000, 1_000_000);
+    let food = system.create_food("Soak", stock).await;
+    for _ in 0..(stock + 99_999) / 100_000 {
+        system.create_agents(stock.min(100_000)).await;
+    }
     let load = Load::start(vec![system.order.url(""), second.url("")], food, 8);
     load.wait_placed(20, FINISH).await;
 
