@@ -46,17 +46,14 @@ pub async fn create_agents(
     names: Option<&[String]>,
 ) -> Result<Vec<AgentId>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    // The hub's row, locked: concurrent additions update its range of ids one at a time.
+    // The hub's row must exist for the agents' foreign key; its range of ids is widened below,
+    // by an update that locks the row (concurrent additions take turns, and widening commutes).
     sqlx::query(
         "INSERT INTO hubs (id, agents_lo, agents_hi) VALUES ($1, 0, 0) ON CONFLICT (id) DO NOTHING",
     )
     .bind(hub)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("SELECT id FROM hubs WHERE id = $1 FOR UPDATE")
-        .bind(hub)
-        .execute(&mut *tx)
-        .await?;
     let ids: Vec<AgentId> = match names {
         Some(names) => {
             sqlx::query_scalar(

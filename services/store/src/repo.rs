@@ -5,17 +5,6 @@ use protocol::ids::{FoodId, HubId, OrderId, PacketId};
 use serde::Serialize;
 use sqlx::PgPool;
 
-/// Packet counts by state.
-#[derive(Debug, Serialize, sqlx::FromRow)]
-pub struct Counts {
-    /// Packets free to reserve.
-    pub available: i64,
-    /// Packets held by unfinished transactions (including expired ones not yet swept).
-    pub reserved: i64,
-    /// Packets given to orders.
-    pub assigned: i64,
-}
-
 /// A food with its packet counts over every hub.
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct FoodStock {
@@ -94,16 +83,9 @@ pub async fn get_hub(pool: &PgPool, id: HubId) -> Result<Option<Hub>, sqlx::Erro
 /// The stock of every food the hub has packets of, each count through the partial index of its
 /// state within the (hub, food).
 pub async fn hub_stock(pool: &PgPool, hub: HubId) -> Result<Vec<HubFood>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT s.food_id,
-            (SELECT count(*) FROM packets p WHERE p.hub_id = s.hub_id AND p.food_id = s.food_id
-                AND p.state = 'available') AS available,
-            (SELECT count(*) FROM packets p WHERE p.hub_id = s.hub_id AND p.food_id = s.food_id
-                AND p.state = 'reserved') AS reserved,
-            (SELECT count(*) FROM packets p WHERE p.hub_id = s.hub_id AND p.food_id = s.food_id
-                AND p.state = 'assigned') AS assigned
-         FROM stock s WHERE s.hub_id = $1 ORDER BY s.food_id",
-    )
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT s.food_id, {STOCK_COUNTS} FROM stock s WHERE s.hub_id = $1 ORDER BY s.food_id"
+    )))
     .bind(hub)
     .fetch_all(pool)
     .await
@@ -211,27 +193,34 @@ async fn insert_packets(
 /// Loads of at least this many rows refresh the table's statistics.
 pub const ANALYZE_AFTER: i64 = 10_000;
 
-/// Counts per state over every hub of the food, each through the partial index of that state
-/// within one (hub, food).
-const STOCK: &str = "SELECT f.id, f.name,
-        coalesce(sum(c.available), 0)::bigint AS available,
-        coalesce(sum(c.reserved), 0)::bigint AS reserved,
-        coalesce(sum(c.assigned), 0)::bigint AS assigned
- FROM foods f
- LEFT JOIN stock s ON s.food_id = f.id
- LEFT JOIN LATERAL (SELECT
-        (SELECT count(*) FROM packets p WHERE p.hub_id = s.hub_id AND p.food_id = s.food_id
-            AND p.state = 'available') AS available,
-        (SELECT count(*) FROM packets p WHERE p.hub_id = s.hub_id AND p.food_id = s.food_id
-            AND p.state = 'reserved') AS reserved,
-        (SELECT count(*) FROM packets p WHERE p.hub_id = s.hub_id AND p.food_id = s.food_id
-            AND p.state = 'assigned') AS assigned
-     ) c ON s.hub_id IS NOT NULL";
+/// The counts per state of the stock row `s` (one food at one hub), each through the partial
+/// index of that state within the (hub, food).
+const STOCK_COUNTS: &str = "
+    (SELECT count(*) FROM packets p WHERE p.hub_id = s.hub_id AND p.food_id = s.food_id
+        AND p.state = 'available') AS available,
+    (SELECT count(*) FROM packets p WHERE p.hub_id = s.hub_id AND p.food_id = s.food_id
+        AND p.state = 'reserved') AS reserved,
+    (SELECT count(*) FROM packets p WHERE p.hub_id = s.hub_id AND p.food_id = s.food_id
+        AND p.state = 'assigned') AS assigned";
+
+/// Counts per state over every hub of the food ([`STOCK_COUNTS`] per stock row, summed).
+static STOCK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT f.id, f.name,
+                coalesce(sum(c.available), 0)::bigint AS available,
+                coalesce(sum(c.reserved), 0)::bigint AS reserved,
+                coalesce(sum(c.assigned), 0)::bigint AS assigned
+         FROM foods f
+         LEFT JOIN stock s ON s.food_id = f.id
+         LEFT JOIN LATERAL (SELECT {STOCK_COUNTS}) c ON s.hub_id IS NOT NULL"
+    )
+});
 
 /// Every food with its counts.
 pub async fn list_foods(pool: &PgPool) -> Result<Vec<FoodStock>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{STOCK} GROUP BY f.id, f.name ORDER BY f.id"
+        "{} GROUP BY f.id, f.name ORDER BY f.id",
+        *STOCK
     )))
     .fetch_all(pool)
     .await
@@ -240,7 +229,8 @@ pub async fn list_foods(pool: &PgPool) -> Result<Vec<FoodStock>, sqlx::Error> {
 /// One food with its counts.
 pub async fn get_food(pool: &PgPool, id: FoodId) -> Result<Option<FoodStock>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{STOCK} WHERE f.id = $1 GROUP BY f.id, f.name"
+        "{} WHERE f.id = $1 GROUP BY f.id, f.name",
+        *STOCK
     )))
     .bind(id)
     .fetch_optional(pool)

@@ -203,7 +203,8 @@ impl<I: Inventory> CommandHandler<I> {
             service_kit::fault::pause("participant.before_assign").await;
         }
         // A command that crashes the process (tests only: `participant.before_apply@<order id>`).
-        service_kit::fault::point_for("participant.before_apply", &envelope.order_id().to_string());
+        let fault_key = envelope.order_id().to_string();
+        service_kit::fault::point_for("participant.before_apply", &fault_key);
         let started = std::time::Instant::now();
         let operation = envelope.message().operation();
         let reply = match self.apply_with_retry(envelope).await {
@@ -215,7 +216,7 @@ impl<I: Inventory> CommandHandler<I> {
             }
         };
         // A process that dies after its commit, before it replies and acks (tests only).
-        service_kit::fault::point_for("participant.after_commit", &envelope.order_id().to_string());
+        service_kit::fault::point_for("participant.after_commit", &fault_key);
         if let Reply::ReserveReply(ReserveReply::Reserved { .. }) = &reply {
             self.shared.expiries.push(envelope.txn_id());
         }

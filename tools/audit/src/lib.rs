@@ -323,8 +323,9 @@ pub async fn audit(db: &Databases, grace: Duration) -> Result<Report, sqlx::Erro
             }
             (_, Some(_), _) => false,
             ("cancelling", None, []) => true,
-            ("cancelling", None, [(id, agent_state, hub)]) => {
-                Some(*id) == order.agent_id && *hub == order.hub_id && !agent_state.is_empty()
+            // Cancelling: the agent may still be the order's, until delivery frees it.
+            ("cancelling", None, [(id, _, hub)]) => {
+                Some(*id) == order.agent_id && *hub == order.hub_id
             }
             (_, None, agents) => agents.is_empty(),
         };
