@@ -9,6 +9,7 @@
 //! does not come in time, publishes those messages again: duplicates are possible then, and
 //! carry the same message id (the row's `event_id`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,30 +130,63 @@ async fn publish_round(
         tx.rollback().await?;
         return Ok(0);
     }
-    let publishing = join_all(events.iter().map(|event| async move {
-        let body = serde_json::to_vec(&event.payload.0).map_err(messaging::BrokerError::from)?;
-        let message = Outgoing::raw(body, &destination.exchange, event.routing_key.clone())
-            .message_id(protocol::ids::MessageId(event.event_id))
-            .kind(destination.kind)
-            .header(protocol::headers::ORDER_ID, event.order_id.to_string())
-            .mandatory(destination.mandatory);
-        tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish(&message))
-            .await
-            .map_err(|_| messaging::BrokerError::ConfirmTimeout(PUBLISH_TIMEOUT))?
+    // One order's messages go out one after another, each after the previous one's confirm, so
+    // that they arrive in the order they were written; different orders' go out together.
+    let publishing = join_all(by_order(&events).into_iter().map(|group| async move {
+        let mut sent = Vec::with_capacity(group.len());
+        for event in group {
+            match publish_one(publisher, destination, event).await {
+                Ok(()) => sent.push(event.id),
+                // The rest of this order's messages wait for the next round, behind this one.
+                Err(err) => return (sent, Some(err)),
+            }
+        }
+        (sent, None)
     }));
-    let results = publishing.await;
-    let sent: Vec<i64> = events
-        .iter()
-        .zip(&results)
-        .filter(|(_, r)| r.is_ok())
-        .map(|(e, _)| e.id)
-        .collect();
-    if let Some(Err(err)) = results.iter().find(|r| r.is_err()) {
+    let mut sent = Vec::with_capacity(events.len());
+    let mut failure = None;
+    for (group_sent, err) in publishing.await {
+        sent.extend(group_sent);
+        failure = failure.or(err);
+    }
+    if let Some(err) = failure {
         warn!(error = %err, failed = events.len() - sent.len(), "some outbox messages not published");
     }
     mark_sent(&mut tx, &sent).await?;
     tx.commit().await?;
     Ok(sent.len())
+}
+
+/// Publishes one message and waits for its confirm.
+async fn publish_one(
+    publisher: &Publisher,
+    destination: &Destination,
+    event: &PendingEvent,
+) -> Result<(), messaging::BrokerError> {
+    let body = serde_json::to_vec(&event.payload.0)?;
+    let message = Outgoing::raw(body, &destination.exchange, event.routing_key.clone())
+        .message_id(protocol::ids::MessageId(event.event_id))
+        .kind(destination.kind)
+        .header(protocol::headers::ORDER_ID, event.order_id.to_string())
+        .mandatory(destination.mandatory);
+    tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish(&message))
+        .await
+        .map_err(|_| messaging::BrokerError::ConfirmTimeout(PUBLISH_TIMEOUT))?
+}
+
+/// Splits a round into its orders' messages, each in outbox order; the orders in the order of
+/// their first message.
+fn by_order(events: &[PendingEvent]) -> Vec<Vec<&PendingEvent>> {
+    let mut groups: Vec<Vec<&PendingEvent>> = Vec::new();
+    let mut index: HashMap<Uuid, usize> = HashMap::new();
+    for event in events {
+        let at = *index.entry(event.order_id).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[at].push(event);
+    }
+    groups
 }
 
 /// A message waiting in the outbox.
