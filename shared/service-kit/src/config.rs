@@ -55,6 +55,13 @@ pub struct BrokerArgs {
     )]
     pub amqp_url: String,
 
+    /// The nodes of a RabbitMQ cluster, as `host:port` separated by commas
+    /// (`rabbit-1:5672,rabbit-2:5672,rabbit-3:5672`). Each is reached with `AMQP_URL`'s
+    /// credentials, vhost and options; a lost connection is made again to the next node that
+    /// answers. Unset: `AMQP_URL`'s node alone.
+    #[arg(long, env = "AMQP_ADDRESSES", value_delimiter = ',')]
+    pub amqp_addresses: Vec<String>,
+
     /// Prefix of every exchange and queue name, so that several deployments can share a vhost.
     #[arg(long, env = "AMQP_PREFIX", default_value = "")]
     pub amqp_prefix: String,
@@ -73,6 +80,13 @@ impl BrokerArgs {
     pub fn config(&self, service: &str) -> BrokerConfig {
         BrokerConfig {
             url: self.amqp_url.clone(),
+            // `AMQP_ADDRESSES=` (empty, as compose passes an unset variable) is one node.
+            addresses: self
+                .amqp_addresses
+                .iter()
+                .filter(|a| !a.trim().is_empty())
+                .cloned()
+                .collect(),
             connection_name: service.to_owned(),
             publisher_channels: usize::from(self.amqp_publisher_channels),
             confirm_timeout: self.amqp_confirm_timeout,
