@@ -24,6 +24,7 @@ async fn services_run_with_their_own_broker_users_and_database_roles() {
     let broker = Broker::new(
         BrokerConfig {
             url: store.amqp_url.clone(),
+            addresses: Vec::new(),
             connection_name: "least privilege check".into(),
             publisher_channels: 1,
             confirm_timeout: Duration::from_secs(5),

@@ -104,6 +104,7 @@ impl ProbePublisher {
         let broker = Broker::new(
             BrokerConfig {
                 url: system.infra.amqp_url.clone(),
+                addresses: system.infra.amqp_addresses.clone(),
                 connection_name: "system test publisher".into(),
                 publisher_channels: 2,
                 confirm_timeout: Duration::from_secs(5),

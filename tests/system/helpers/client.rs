@@ -31,6 +31,7 @@ impl CommandClient {
         let broker = Broker::new(
             BrokerConfig {
                 url: infra.amqp_url.clone(),
+                addresses: infra.amqp_addresses.clone(),
                 connection_name: "system test".into(),
                 publisher_channels: 1,
                 confirm_timeout: Duration::from_secs(10),

@@ -44,6 +44,7 @@ impl EventTap {
         let broker = Broker::new(
             BrokerConfig {
                 url: url.to_owned(),
+                addresses: Vec::new(),
                 connection_name: "system test events".into(),
                 publisher_channels: 1,
                 confirm_timeout: Duration::from_secs(10),

@@ -46,9 +46,13 @@ pub struct Management {
 impl Management {
     /// The management API from `TEST_RABBITMQ_MANAGEMENT_URL`.
     pub fn new() -> Self {
+        Self::at(management_url().as_str())
+    }
+
+    /// The management API at `url` (`http://user:password@host:port`).
+    pub fn at(url: &str) -> Self {
         Self {
-            api: rabbitmq_setup::Management::new(management_url().as_str())
-                .expect("TEST_RABBITMQ_MANAGEMENT_URL is usable"),
+            api: rabbitmq_setup::Management::new(url).expect("management URL is usable"),
         }
     }
 
@@ -219,6 +223,28 @@ impl Drop for MemoryAlarm {
 
 pub use rabbitmq_setup::encode;
 
+/// The RabbitMQ that a test runs on: the machine's node, or a cluster of the test's own.
+#[derive(Clone, Debug)]
+pub struct BrokerTarget {
+    /// AMQP URL without a vhost, e.g. `amqp://guest:guest@127.0.0.1:5672`.
+    pub amqp_base: String,
+    /// The cluster's nodes (`AMQP_ADDRESSES`); empty for one node.
+    pub addresses: Vec<String>,
+    /// The management API of a node.
+    pub management_url: String,
+}
+
+impl BrokerTarget {
+    /// The machine's node, from `TEST_AMQP_URL` and `TEST_RABBITMQ_MANAGEMENT_URL`.
+    pub fn machine() -> Self {
+        Self {
+            amqp_base: amqp_base(),
+            addresses: Vec::new(),
+            management_url: management_url().to_string(),
+        }
+    }
+}
+
 /// The vhost and databases of one test.
 pub struct Infra {
     /// Unique name: `sys_<unix seconds>_<random>`.
@@ -227,8 +253,11 @@ pub struct Infra {
     pub vhost: String,
     /// AMQP URL of the vhost.
     pub amqp_url: String,
+    /// The nodes of the test's cluster (`AMQP_ADDRESSES`); empty on the machine's node.
+    pub amqp_addresses: Vec<String>,
     /// Management API.
     pub management: Management,
+    management_url: String,
     order_db: OnceCell<PgPool>,
     store_db: OnceCell<PgPool>,
     delivery_db: OnceCell<PgPool>,
@@ -251,8 +280,15 @@ impl Infra {
     /// killed runs first, once per test process.
     pub async fn create() -> Self {
         static JANITOR: OnceCell<()> = OnceCell::const_new();
-        let management = Management::new();
-        JANITOR.get_or_init(|| remove_stale(&management)).await;
+        JANITOR
+            .get_or_init(|| async { remove_stale(&Management::new()).await })
+            .await;
+        Self::create_at(BrokerTarget::machine()).await
+    }
+
+    /// The same on `target`.
+    pub async fn create_at(target: BrokerTarget) -> Self {
+        let management = Management::at(&target.management_url);
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -266,10 +302,12 @@ impl Infra {
             )
             .await;
         Self {
-            amqp_url: format!("{}/{id}", amqp_base()),
+            amqp_url: format!("{}/{id}", target.amqp_base),
+            amqp_addresses: target.addresses,
             vhost: id.clone(),
             id,
             management,
+            management_url: target.management_url,
             order_db: OnceCell::new(),
             store_db: OnceCell::new(),
             delivery_db: OnceCell::new(),
@@ -343,7 +381,7 @@ impl Infra {
     /// The environment that points a service at this test's broker and databases.
     pub fn service_env(&self, service: &str) -> Vec<(String, String)> {
         let upper = service.to_uppercase();
-        vec![
+        let mut env = vec![
             ("AMQP_URL".into(), format!("{}?heartbeat=5", self.amqp_url)),
             (format!("{upper}_DATABASE_URL"), self.database_url(service)),
             (format!("{upper}_HTTP_ADDR"), "127.0.0.1:0".into()),
@@ -351,7 +389,11 @@ impl Infra {
             // Tests run in parallel against one PostgreSQL (100 connections by default).
             ("DATABASE_POOL_SIZE".into(), "6".into()),
             ("RUST_LOG".into(), "info".into()),
-        ]
+        ];
+        if !self.amqp_addresses.is_empty() {
+            env.push(("AMQP_ADDRESSES".into(), self.amqp_addresses.join(",")));
+        }
+        env
     }
 
     async fn pool(&self, service: &str) -> &PgPool {
@@ -447,6 +489,7 @@ impl Infra {
 impl Drop for Infra {
     fn drop(&mut self) {
         let id = self.id.clone();
+        let management_url = self.management_url.clone();
         let users = self.users.lock().map(|u| u.clone()).unwrap_or_default();
         // Drop runs inside the test's runtime, which is blocked while this waits: clean up on a
         // thread with a runtime of its own, and with clients of its own (a pooled connection of
@@ -459,7 +502,7 @@ impl Drop for Infra {
                 return;
             };
             runtime.block_on(async move {
-                let management = Management::new();
+                let management = Management::at(&management_url);
                 management.delete(&format!("vhosts/{id}")).await;
                 for user in users {
                     management.delete(&format!("users/{}", encode(&user))).await;

@@ -15,6 +15,7 @@
 
 pub mod checker;
 pub mod client;
+pub mod cluster;
 pub mod events;
 pub mod infra;
 pub mod load;
@@ -139,6 +140,14 @@ impl TestSystem {
     pub async fn start_with(options: Options) -> Self {
         let broker = Self::share_broker(&options).await;
         let infra = Infra::create().await;
+        Self::start_on(infra, options, broker).await
+    }
+
+    /// A system on a cluster of the test's own (its nodes in `AMQP_ADDRESSES`).
+    pub async fn start_on_cluster(cluster: &cluster::Cluster, options: Options) -> Self {
+        // The machine's node is not touched: share it like any test.
+        let broker = Self::share_broker(&Options::default()).await;
+        let infra = Infra::create_at(cluster.target()).await;
         Self::start_on(infra, options, broker).await
     }
 
