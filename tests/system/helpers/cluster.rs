@@ -36,6 +36,7 @@ impl Cluster {
     /// Starts three nodes and clusters them.
     pub async fn start() -> Self {
         let turn = ONE_AT_A_TIME.lock().await;
+        remove_stale().await;
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -188,5 +189,33 @@ impl Drop for Cluster {
     }
 }
 
-/// How long a node may take to come back, or a cluster to elect new leaders.
-pub const NODE_BOUND: Duration = Duration::from_secs(60);
+/// Removes the clusters of test runs that were killed (their directories are over an hour old).
+async fn remove_stale() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(name) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix("sys"))
+            .and_then(|n| n.strip_suffix("-cluster"))
+        else {
+            continue;
+        };
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if old {
+            let _ = tokio::process::Command::new(script())
+                .arg("stop")
+                .env("CLUSTER_NAME", format!("sys{name}"))
+                .env("CLUSTER_DIR", entry.path())
+                .status()
+                .await;
+        }
+    }
+}
