@@ -19,6 +19,7 @@ mod expiry;
 mod hostile_input;
 mod many_orders;
 mod operations;
+mod operator;
 mod orders;
 mod outages;
 mod partitions;

@@ -100,19 +100,34 @@ impl Coordinator {
     /// Drives an order taken over from another driver (by a fired timer or the sweep), in the
     /// background, holding one slot of recovery room until it stops.
     pub fn resume(self: &Arc<Self>, order: Order, token: LeaseToken, slot: OwnedSemaphorePermit) {
+        // Runs to its end on its own; nobody waits for it.
+        drop(self.drive_taken(order, token, Driving::TakenOver, slot));
+    }
+
+    /// Drives an order whose lease was just taken (`token`), as `driving` says, on a recovery
+    /// slot; the handle gives the order as it ends up.
+    pub(crate) fn drive_taken(
+        self: &Arc<Self>,
+        order: Order,
+        token: LeaseToken,
+        driving: Driving,
+        slot: OwnedSemaphorePermit,
+    ) -> tokio::task::JoinHandle<Order> {
         let span =
             info_span!("order", order_id = %order.id, trace_id = %trace_of(&order).trace_id());
         let this = Arc::clone(self);
         self.tracker.spawn(
             async move {
-                info!(state = %order.state, attempt = order.attempt, "taking the order over");
+                info!(state = %order.state, attempt = order.attempt, ?driving, "taking the order over");
                 // A taken-over order runs no phase 1, so it has no phase-1 deadline of its own.
-                this.drive(order, token, Driving::TakenOver, Instant::now(), None)
+                let order = this
+                    .drive(order, token, driving, Instant::now(), None)
                     .await;
                 drop(slot);
+                order
             }
             .instrument(span),
-        );
+        )
     }
 
     /// Records `event`: the order that the machine computes from it is saved (with its outbox

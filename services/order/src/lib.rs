@@ -19,6 +19,8 @@
 //! - [`outbox`]: the events written with final orders, and the relay that publishes them.
 //! - [`repo`]: the order table.
 //! - [`http`]: the order API.
+//! - [`operator`]: the operator API (`/admin/...`): unfinished orders, drive one now, abort one
+//!   that is undecided.
 //! - [`config`], [`startup`]: settings, and [`Application`], which a test can start on port 0.
 
 pub mod cancellation;
@@ -27,6 +29,7 @@ pub mod coordinator;
 pub mod driver;
 pub mod http;
 pub mod machine;
+pub mod operator;
 pub mod outbox;
 pub mod participants;
 pub mod placement;

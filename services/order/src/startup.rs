@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::config::{Config, DEFAULT_DATABASE};
 use crate::coordinator::Coordinator;
 use crate::http;
+use crate::operator;
 use crate::outbox;
 use crate::participants::Participants;
 use crate::progress::Progress;
@@ -32,6 +33,7 @@ const PROGRESS_PREFETCH: u16 = 32;
 pub struct Application {
     foundation: Foundation,
     coordinator: Arc<Coordinator>,
+    admin_token: Option<String>,
 }
 
 impl Application {
@@ -41,10 +43,16 @@ impl Application {
         for doubt in config.doubts() {
             warn!("{doubt}");
         }
-        let database = config
+        let instance = InstanceId::new();
+        let mut database = config
             .common
             .db
             .settings(config.order_database_url.as_deref(), DEFAULT_DATABASE)?;
+        // Names this coordinator in `pg_stat_activity` and as the holder of the leases it takes
+        // (`orders.lease_holder`, shown by the operator API).
+        database.options = database
+            .options
+            .application_name(&format!("order-service {instance}"));
         let foundation = Foundation::lay(
             &database,
             &crate::MIGRATOR,
@@ -53,7 +61,6 @@ impl Application {
             shutdown,
         )
         .await?;
-        let instance = InstanceId::new();
         let topology = Topology::new(config.common.broker.amqp_prefix.clone());
         let settings = config.coordinator();
         // Deadline timers fire once a dead driver's lease has surely run out.
@@ -163,6 +170,7 @@ impl Application {
         Ok(Self {
             foundation,
             coordinator,
+            admin_token: config.admin_token,
         })
     }
 
@@ -174,7 +182,9 @@ impl Application {
     /// Serves until shutdown, then drains (in-flight orders get the drain time to finish; the
     /// rest are finished by recovery, here or in another coordinator).
     pub async fn run_until_stopped(self) -> Result<(), StartupError> {
-        let routes = http::routes(self.coordinator);
+        let routes = http::routes(Arc::clone(&self.coordinator)).merge(
+            service_kit::http::operator_guard(operator::routes(self.coordinator), self.admin_token),
+        );
         self.foundation.run(routes).await
     }
 }

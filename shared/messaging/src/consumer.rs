@@ -384,11 +384,15 @@ async fn dead_letter(
     message: &Incoming,
     reason: &str,
 ) -> Result<(), BrokerError> {
-    let mut out = Outgoing::raw(message.data().to_vec(), exchange, message.queue())
-        .header(headers::DEAD_LETTER_REASON, reason)
-        .header(headers::DEAD_LETTER_QUEUE, message.queue());
-    if let Some(order_id) = message.order_id() {
-        out = out.header(headers::ORDER_ID, order_id);
-    }
+    // Parked as it came (message id, type, reply-to, headers), so that it can be moved back to
+    // its queue after a fix (`messaging::dlq::replay`) and handled as if it were new.
+    let out = Outgoing::copy(
+        message.data().to_vec(),
+        message.properties.clone(),
+        exchange,
+        message.queue(),
+    )
+    .header(headers::DEAD_LETTER_REASON, reason)
+    .header(headers::DEAD_LETTER_QUEUE, message.queue());
     publisher.publish(&out).await
 }

@@ -20,6 +20,7 @@
 //! - [`publisher`]: [`Outgoing`] and the confirming [`Publisher`].
 //! - [`consumer`]: [`Incoming`], [`Handler`], [`Disposition`] and the consumer supervisor.
 //! - [`rpc`]: request/reply matched on correlation id, concurrent commands sent as one batch.
+//! - [`dlq`]: reading parked messages, and moving them back to their queues.
 //! - [`timer_window`]: timer ids gathered for a short window and published as one message.
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`health`]: which components are connected, for readiness probes.
@@ -27,6 +28,7 @@
 pub mod backoff;
 pub mod broker;
 pub mod consumer;
+pub mod dlq;
 pub mod health;
 pub mod publisher;
 pub mod rpc;

@@ -32,6 +32,9 @@ pub struct Outgoing {
     headers: Vec<(&'static str, String)>,
     persistent: bool,
     mandatory: bool,
+    /// The properties of a message copied as it was (parked, or moved back from its
+    /// dead-letter queue), used instead of the ones above; `headers` are added to its own.
+    copied: Option<BasicProperties>,
 }
 
 impl Outgoing {
@@ -52,6 +55,7 @@ impl Outgoing {
             headers: Vec::new(),
             persistent: true,
             mandatory: true,
+            copied: None,
         })
     }
 
@@ -84,6 +88,22 @@ impl Outgoing {
             headers: Vec::new(),
             persistent: true,
             mandatory: true,
+            copied: None,
+        }
+    }
+
+    /// A copy of a received message, with its properties (message id, type, reply-to,
+    /// correlation id, headers) as they were: a message parked in its dead-letter queue, or moved
+    /// back to its queue from there.
+    pub(crate) fn copy(
+        payload: Vec<u8>,
+        properties: BasicProperties,
+        exchange: impl Into<String>,
+        routing_key: impl Into<String>,
+    ) -> Self {
+        Self {
+            copied: Some(properties),
+            ..Self::raw(payload, exchange, routing_key)
         }
     }
 
@@ -158,6 +178,16 @@ impl Outgoing {
     }
 
     fn properties(&self) -> BasicProperties {
+        if let Some(copied) = &self.copied {
+            let mut headers = copied.headers().clone().unwrap_or_default();
+            for (name, value) in &self.headers {
+                headers.insert(
+                    (*name).into(),
+                    AMQPValue::LongString(LongString::from(value.as_str())),
+                );
+            }
+            return copied.clone().with_headers(headers);
+        }
         let mut headers = FieldTable::default();
         for (name, value) in &self.headers {
             headers.insert(

@@ -222,6 +222,24 @@ impl Topology {
         format!("{queue}.dlq")
     }
 
+    /// Every dead-letter queue: the one beside each queue that a service consumes (each
+    /// participant's commands and expiry timers, the coordinator's timeouts and reports), from
+    /// what the services declare.
+    pub fn dead_letter_queues(&self) -> Vec<String> {
+        // The TTLs only name the timers' wait queues, which nobody consumes.
+        let any = Duration::from_secs(1);
+        [
+            self.participant(Participant::Store, any),
+            self.participant(Participant::Delivery, any),
+            self.coordinator(any),
+        ]
+        .iter()
+        .flat_map(|declarations| declarations.queues.iter())
+        .filter(|queue| queue.dead_letter.is_some())
+        .map(|queue| Self::dead_letter_queue(&queue.name))
+        .collect()
+    }
+
     /// Topic exchange of delivery's progress reports (routing keys `delivery.picked_up`,
     /// `delivery.delivered`), declared by the coordinator like its replies exchange.
     pub fn progress_exchange(&self) -> String {
@@ -432,6 +450,39 @@ fn regex_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_consumed_queue_has_its_dead_letter_queue_listed() {
+        let t = Topology::new("p.");
+        let dlqs = t.dead_letter_queues();
+        for operation in Operation::ALL {
+            for participant in [Participant::Store, Participant::Delivery] {
+                let queue = t.command_queue(participant, operation);
+                assert!(
+                    dlqs.contains(&Topology::dead_letter_queue(&queue)),
+                    "{queue}"
+                );
+            }
+        }
+        for queue in [
+            t.expiry_queue(Participant::Store),
+            t.expiry_queue(Participant::Delivery),
+            t.order_timeouts(),
+            t.progress_queue(),
+        ] {
+            assert!(
+                dlqs.contains(&Topology::dead_letter_queue(&queue)),
+                "{queue}"
+            );
+        }
+        assert!(
+            dlqs.iter()
+                .all(|q| q.starts_with("p.") && q.ends_with(".dlq"))
+        );
+        let mut unique = dlqs.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), dlqs.len());
+    }
 
     #[test]
     fn names_carry_the_prefix() {

@@ -252,10 +252,30 @@ pub fn admin_guard(router: Router, token: Option<String>) -> Router {
     }
 }
 
+/// Requires `Authorization: Bearer <token>` on every request to `router`, reads too (an
+/// operator API, whose reads show customers' orders). No token (or an empty one): open.
+pub fn operator_guard(router: Router, token: Option<String>) -> Router {
+    match token.filter(|t| !t.is_empty()) {
+        None => router,
+        Some(token) => router.layer(middleware::from_fn_with_state(
+            Arc::<str>::from(token),
+            require_bearer_always,
+        )),
+    }
+}
+
 async fn require_bearer(State(token): State<Arc<str>>, request: Request, next: Next) -> Response {
     if matches!(*request.method(), Method::GET | Method::HEAD) {
         return next.run(request).await;
     }
+    require_bearer_always(State(token), request, next).await
+}
+
+async fn require_bearer_always(
+    State(token): State<Arc<str>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)

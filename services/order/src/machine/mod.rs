@@ -90,6 +90,8 @@ named! {
         AssignFailed = "assign_failed",
         /// No such hub.
         UnknownHub = "unknown_hub",
+        /// An operator aborted it before the commit decision (`POST /admin/orders/{id}/abort`).
+        Aborted = "aborted",
     }
 }
 

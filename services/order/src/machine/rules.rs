@@ -24,6 +24,9 @@ pub enum Driving {
     /// since its first driver may have sent reserves we know nothing about; a decided one is
     /// driven to its end.
     TakenOver,
+    /// Taken by an operator's abort (the previous driver fenced off): an undecided order is
+    /// aborted as `aborted`; the operator API takes only undecided orders this way.
+    OperatorAbort,
 }
 
 /// What the driver does next with an order.
@@ -70,6 +73,10 @@ pub fn next_step(order: &Order, driving: Driving) -> Step {
         },
         (OrderState::Reserving, Driving::TakenOver) => Step::Abort {
             reason: NotPlacedReason::Timeout,
+            release: Sides::both(true),
+        },
+        (OrderState::Reserving, Driving::OperatorAbort) => Step::Abort {
+            reason: NotPlacedReason::Aborted,
             release: Sides::both(true),
         },
         (OrderState::Assigning, _) => match (order.packet_ids.is_empty(), order.agent_id) {

@@ -150,10 +150,10 @@ fn every_state_and_event_pair_is_accepted_or_refused_as_the_table_says() {
             }
         }
     }
-    // decided, a new txn, five abort reasons; assigned, assign failed; compensated; from
+    // decided, a new txn, six abort reasons; assigned, assign failed; compensated; from
     // placed: cancel asked, picked up; from cancelling: picked up, refused, cancelled; from
     // picked up: delivered.
-    assert_eq!(accepted, 16);
+    assert_eq!(accepted, 17);
 }
 
 #[test]
@@ -369,8 +369,16 @@ fn what_a_driver_does_depends_on_who_drives() {
             release: Sides::both(false)
         }
     );
+    // An operator's abort releases both sides, like a take-over, and says why.
+    assert_eq!(
+        next_step(&order, Driving::OperatorAbort),
+        Step::Abort {
+            reason: NotPlacedReason::Aborted,
+            release: Sides::both(true)
+        }
+    );
     let decided = order_in(OrderState::Assigning);
-    for driving in [Driving::Fresh, Driving::TakenOver] {
+    for driving in [Driving::Fresh, Driving::TakenOver, Driving::OperatorAbort] {
         assert_eq!(
             next_step(&decided, driving),
             Step::Assign {

@@ -19,7 +19,9 @@ use crate::outbox::OutboxEvent;
 mod leases;
 mod writes;
 
-pub use leases::{LeaseToken, claim, claim_expired, end_lease, renew_lease};
+pub use leases::{
+    LeaseToken, Unfinished, claim, claim_expired, end_lease, renew_lease, take, unfinished,
+};
 use writes::OrderWrite;
 
 /// Why the order table did not answer as asked.
@@ -283,11 +285,12 @@ pub async fn advance(
     lease: Option<(LeaseToken, Duration)>,
     outbox: Option<&OutboxEvent>,
 ) -> Result<Option<Order>, RepoError> {
-    let row: Option<OrderRow> = sqlx::query_as(sql("WITH saved AS (
+    let statement = "WITH saved AS (
              UPDATE orders SET
                  state = $3,
                  lease_token = $4,
-                 lease_until = CASE WHEN $4::uuid IS NULL THEN NULL ELSE now() + $5 END
+                 lease_until = CASE WHEN $4::uuid IS NULL THEN NULL ELSE now() + $5 END,
+                 lease_holder = CASE WHEN $4::uuid IS NULL THEN lease_holder ELSE {holder} END
              WHERE id = $1 AND state = $2 AND txn_id = $9
                AND (lease_token IS NULL OR $4::uuid IS NULL)
              RETURNING {columns}
@@ -296,18 +299,20 @@ pub async fn advance(
              INSERT INTO outbox (event_id, order_id, routing_key, payload)
              SELECT $6, id, $7, $8 FROM saved WHERE $6::uuid IS NOT NULL
          )
-         SELECT {columns} FROM saved"))
-    .bind(before.id)
-    .bind(before.state.as_str())
-    .bind(after.state.as_str())
-    .bind(lease.map(|(token, _)| token))
-    .bind(lease.map(|(_, lease)| lease))
-    .bind(outbox.map(|e| e.event_id))
-    .bind(outbox.map(|e| e.routing_key))
-    .bind(outbox.map(|e| sqlx::types::Json(e.payload.clone())))
-    .bind(before.txn_id)
-    .fetch_optional(pool)
-    .await?;
+         SELECT {columns} FROM saved"
+        .replace("{holder}", leases::HOLDER);
+    let row: Option<OrderRow> = sqlx::query_as(sql(&statement))
+        .bind(before.id)
+        .bind(before.state.as_str())
+        .bind(after.state.as_str())
+        .bind(lease.map(|(token, _)| token))
+        .bind(lease.map(|(_, lease)| lease))
+        .bind(outbox.map(|e| e.event_id))
+        .bind(outbox.map(|e| e.routing_key))
+        .bind(outbox.map(|e| sqlx::types::Json(e.payload.clone())))
+        .bind(before.txn_id)
+        .fetch_optional(pool)
+        .await?;
     order_of(row)
 }
 

@@ -1,0 +1,222 @@
+//! The operator API: what is stuck, and two things to do about one order. Behind `ADMIN_TOKEN`
+//! (every request, reads too).
+//!
+//! - `GET /admin/orders?state=assigning&older_than=30s&limit=100` → `200 {"orders": [{"order_id",
+//!   "state", "reason", "age_seconds", "attempt", "deadline", "lease_holder", "lease_until",
+//!   "lease_expired"}]}`: unfinished orders received more than `older_than` ago (default `0s`),
+//!   oldest first, at most `limit` (default 100, at most 1,000).
+//! - `POST /admin/orders/{id}/retry` → `202 {"order_id", "state", "driving": true}`: a decided
+//!   order that is not final (`assigning`, `compensating`, `cancelling`) is taken over by this
+//!   coordinator now, whoever held its lease (the holder is fenced off: its next save fails), and
+//!   driven from its recorded state, as recovery would once the lease ran out. `409` for an
+//!   undecided order (it is aborted at its deadline; abort it to end it now) or a final one.
+//! - `POST /admin/orders/{id}/abort` → `200` with the final order (`not_placed`, reason
+//!   `aborted`), or `202` if releasing both sides takes longer than the response budget: an
+//!   undecided order (`reserving`) is taken over and aborted, both sides released. `409` with
+//!   the reason for a decided order: its items may already be assigned to it, and taking them
+//!   back would break the promise made by its commit decision (retry it instead).
+//!
+//! `404` for an order that does not exist; `503` if this coordinator has no room to drive one
+//! more taken-over order (`RECOVERY_CONCURRENCY`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use protocol::ids::OrderId;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use service_kit::http::{ApiError, AppPath, AppQuery};
+use tracing::info;
+use uuid::Uuid;
+
+use crate::coordinator::Coordinator;
+use crate::machine::rules::Driving;
+use crate::machine::{Order, OrderState};
+use crate::repo;
+
+/// Orders listed at most per request.
+const MAX_LIST: i64 = 1_000;
+/// Orders listed when `limit` is not given.
+const DEFAULT_LIST: i64 = 100;
+
+/// The routes, with the coordinator as state (to be guarded by the caller).
+pub fn routes(coordinator: Arc<Coordinator>) -> Router {
+    Router::new()
+        .route("/admin/orders", get(list_unfinished))
+        .route("/admin/orders/{id}/retry", post(retry))
+        .route("/admin/orders/{id}/abort", post(abort))
+        .with_state(coordinator)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    older_than: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_unfinished(
+    State(coordinator): State<Arc<Coordinator>>,
+    AppQuery(query): AppQuery<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let state = match query.state.as_deref() {
+        None => None,
+        Some(name) => match name.parse::<OrderState>() {
+            Ok(state) if !state.is_final() => Some(state),
+            _ => {
+                return Err(ApiError::Unprocessable(format!(
+                    "state must be one of the unfinished states {}, got {name:?}",
+                    unfinished_names()
+                )));
+            }
+        },
+    };
+    let older_than = match query.older_than.as_deref() {
+        None => Duration::ZERO,
+        Some(text) => humantime::parse_duration(text).map_err(|err| {
+            ApiError::Unprocessable(format!(
+                "older_than must be a duration such as 30s or 5m, got {text:?}: {err}"
+            ))
+        })?,
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_LIST);
+    if !(1..=MAX_LIST).contains(&limit) {
+        return Err(ApiError::Unprocessable(format!(
+            "limit must be 1 to {MAX_LIST}, got {limit}"
+        )));
+    }
+    let orders = repo::unfinished(coordinator.pool(), state, older_than, limit).await?;
+    let now = Utc::now();
+    let orders: Vec<Value> = orders
+        .into_iter()
+        .map(|o| {
+            let age = (now - o.created_at).num_milliseconds().max(0);
+            json!({
+                "order_id": o.id,
+                "state": o.state,
+                "reason": o.reason,
+                "age_seconds": age as f64 / 1000.0,
+                "attempt": o.attempt,
+                "created_at": o.created_at,
+                "deadline": o.deadline,
+                "lease_holder": o.lease_holder,
+                "lease_until": o.lease_until,
+                "lease_expired": o.lease_until.is_none_or(|until| until < now),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "orders": orders })))
+}
+
+fn unfinished_names() -> String {
+    OrderState::ALL
+        .iter()
+        .filter(|s| !s.is_final())
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Decided and not final: what `retry` may take.
+const DECIDED_UNFINISHED: [OrderState; 3] = [
+    OrderState::Assigning,
+    OrderState::Compensating,
+    OrderState::Cancelling,
+];
+
+async fn retry(
+    State(coordinator): State<Arc<Coordinator>>,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = OrderId(id);
+    let Some((slot, _)) = coordinator.recovery_room(1) else {
+        return Err(busy());
+    };
+    let lease = coordinator.settings().lease;
+    let Some((order, token)) =
+        repo::take(coordinator.pool(), id, &DECIDED_UNFINISHED, lease).await?
+    else {
+        return refused(&coordinator, id, "retry").await;
+    };
+    info!(order_id = %id, state = %order.state, "operator: driving the order now");
+    let body = json!({ "order_id": id, "state": order.state, "driving": true });
+    drop(coordinator.drive_taken(order, token, Driving::TakenOver, slot));
+    Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+async fn abort(
+    State(coordinator): State<Arc<Coordinator>>,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = OrderId(id);
+    let Some((slot, _)) = coordinator.recovery_room(1) else {
+        return Err(busy());
+    };
+    let lease = coordinator.settings().lease;
+    let Some((order, token)) =
+        repo::take(coordinator.pool(), id, &[OrderState::Reserving], lease).await?
+    else {
+        return refused(&coordinator, id, "abort").await;
+    };
+    info!(order_id = %id, "operator: aborting the undecided order");
+    let driving = coordinator.drive_taken(order.clone(), token, Driving::OperatorAbort, slot);
+    let budget = coordinator.settings().response_budget;
+    let ended = match tokio::time::timeout(budget, driving).await {
+        Ok(Ok(ended)) => ended,
+        // Still releasing (or the task ended without an order): the driver, or recovery after
+        // it, finishes it.
+        Ok(Err(_)) | Err(_) => order,
+    };
+    let status = if ended.state.is_final() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(summary(&ended))))
+}
+
+/// Why `action` cannot be done to order `id` as it is now: `404` or `409` with the reason.
+async fn refused(
+    coordinator: &Coordinator,
+    id: OrderId,
+    action: &str,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let order = repo::load(coordinator.pool(), id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))?;
+    let why = match (action, order.state) {
+        (_, state) if state.is_final() => format!("the order is already {state}"),
+        ("retry", OrderState::Reserving) => "the order is undecided: it is aborted at its \
+                                             deadline; abort it to end it now"
+            .to_owned(),
+        ("abort", _) => "the order's commit decision is recorded: its items may already be \
+                         assigned to it, and taking them back would break the promise made to \
+                         the customer; retry it instead"
+            .to_owned(),
+        // Raced: it moved on between the two reads.
+        (_, state) => format!("the order is {state} now; look again"),
+    };
+    let mut body = summary(&order);
+    body["error"] = json!(why);
+    Ok((StatusCode::CONFLICT, Json(body)))
+}
+
+fn summary(order: &Order) -> Value {
+    json!({
+        "order_id": order.id,
+        "state": order.state,
+        "reason": order.reason.map(|r| r.as_str()),
+    })
+}
+
+fn busy() -> ApiError {
+    ApiError::Unavailable(
+        "this coordinator is driving as many taken-over orders as it may; try again".to_owned(),
+    )
+}
