@@ -30,3 +30,4 @@ mod retention;
 mod settings;
 mod soak;
 mod startup;
+mod traces;

@@ -8,11 +8,12 @@ use delivery_service::{Application, Config};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let shutdown = service_kit::app::init(&config.service.common)?;
+    let shutdown = service_kit::app::init(&config.service.common, "delivery-service")?;
     let app = Application::build(config, shutdown)
         .await
         .context("delivery-service failed to start")?;
-    app.run_until_stopped()
-        .await
-        .context("delivery-service stopped with an error")
+    let stopped = app.run_until_stopped().await;
+    // The last spans, including those of the shutdown.
+    service_kit::telemetry::shutdown();
+    stopped.context("delivery-service stopped with an error")
 }

@@ -18,12 +18,12 @@ use std::sync::Arc;
 use protocol::ids::OrderId;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, info};
 
 use crate::coordinator::Coordinator;
 use crate::machine::rules::Driving;
 use crate::machine::{self, Event, Order, OrderState};
-use crate::participants::trace_of;
+use crate::participants::order_span;
 use crate::repo::{self, LeaseToken, RepoError};
 
 /// Why a cancel got no answer.
@@ -82,8 +82,7 @@ impl Coordinator {
         token: LeaseToken,
         answer_by: Instant,
     ) -> Order {
-        let span =
-            info_span!("order", order_id = %order.id, trace_id = %trace_of(&order).trace_id());
+        let span = order_span(&order);
         let (progress, mut latest) = watch::channel(order.clone());
         let this = Arc::clone(self);
         self.tracker.spawn(

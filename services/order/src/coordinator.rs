@@ -17,12 +17,12 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::machine::rules::Driving;
 use crate::machine::{self, Event, Order};
 use crate::outbox;
-use crate::participants::{Participants, trace_of};
+use crate::participants::{Participants, order_span};
 use crate::repo::{self, LeaseToken, Orders, RepoError, SaveError};
 
 /// Tunables of the coordinator.
@@ -113,8 +113,7 @@ impl Coordinator {
         driving: Driving,
         slot: OwnedSemaphorePermit,
     ) -> tokio::task::JoinHandle<Order> {
-        let span =
-            info_span!("order", order_id = %order.id, trace_id = %trace_of(&order).trace_id());
+        let span = order_span(&order);
         let this = Arc::clone(self);
         self.tracker.spawn(
             async move {

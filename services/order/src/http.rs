@@ -31,6 +31,7 @@ use protocol::trace::TraceContext;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use service_kit::http::{ApiError, AppJson, AppPath, hub_field, text_field};
+use tracing::{Instrument, info_span};
 use uuid::Uuid;
 
 use crate::cancellation::CancelError;
@@ -125,14 +126,21 @@ async fn place_order(
     let (hub_id, lines) = basket(&body)?;
     let customer_id = text_field("customer_id", &body.customer_id)?;
     let key = idempotency_key(&headers)?;
-    // Continue the caller's trace if it sent one, else start a new one.
-    let trace = headers
+    // Continue the caller's trace if it sent one, else start a new one. The order records the
+    // context of this request's span: every later step of the order is in that trace.
+    let incoming = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse)
-        .map_or_else(TraceContext::root, |t| t.child());
+        .and_then(TraceContext::parse);
+    let span = info_span!("place_order", customer_id = %customer_id, hub_id = %hub_id);
+    if let Some(incoming) = incoming {
+        messaging::trace::set_parent(&span, incoming);
+    }
+    let trace = messaging::trace::context_of(&span)
+        .unwrap_or_else(|| incoming.map_or_else(TraceContext::root, |t| t.child()));
     let placement = coordinator
         .place(customer_id.to_owned(), hub_id, lines.clone(), key, trace)
+        .instrument(span)
         .await?;
     let mut response_headers = HeaderMap::new();
     let order = match placement {

@@ -17,7 +17,7 @@ use protocol::topology::{Participant, Topology};
 use protocol::trace::TraceContext;
 use serde::Serialize;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{Instrument, Span, debug, info_span, warn};
 
 use crate::machine::Order;
 use crate::machine::rules::{AssignAnswer, Reservation};
@@ -136,8 +136,9 @@ impl Participants {
             if !wanted {
                 return;
             }
-            let sent = match self.message(side, order, Op::Release(reason)) {
-                Ok(message) => self.rpc.send(message).await,
+            let span = info_span!("command", participant = %side, operation = %Operation::Release);
+            let sent = match self.message(side, order, Op::Release(reason), &span) {
+                Ok(message) => self.rpc.send(message).instrument(span).await,
                 Err(err) => Err(err),
             };
             if let Err(err) = sent {
@@ -168,14 +169,24 @@ impl Participants {
         wait: Wait,
     ) -> Option<A> {
         let operation = op.operation();
-        let message = match self.message(side, order, op) {
+        // A span per command sent (with its resends), its reply a span within it.
+        let span = info_span!("command", participant = %side, %operation);
+        let message = match self.message(side, order, op, &span) {
             Ok(message) => message,
             Err(err) => {
                 warn!(participant = %side, %operation, error = %err, "cannot encode command");
                 return None;
             }
         };
-        match self.rpc.call(message, wait).await {
+        let answered = self
+            .rpc
+            .call::<A>(message, wait)
+            .instrument(span.clone())
+            .await;
+        let _reply = answered
+            .is_ok()
+            .then(|| info_span!(parent: &span, "reply", participant = %side, %operation).entered());
+        match answered {
             Ok(answer) => Some(answer),
             Err(err @ RpcError::Unreadable(_)) => {
                 warn!(participant = %side, %operation, error = %err, "unusable reply");
@@ -188,21 +199,28 @@ impl Participants {
         }
     }
 
-    /// The message that carries `op` for the order's transaction to `side`.
-    fn message(&self, side: Participant, order: &Order, op: Op) -> Result<Outgoing, BrokerError> {
+    /// The message that carries `op` for the order's transaction to `side`, sent from `span`.
+    fn message(
+        &self,
+        side: Participant,
+        order: &Order,
+        op: Op,
+        span: &Span,
+    ) -> Result<Outgoing, BrokerError> {
+        let trace = messaging::trace::outgoing(span, trace_of(order));
         match side {
             Participant::Store => {
                 let request = || PacketRequest {
                     hub_id: order.hub_id,
                     lines: order.lines.clone(),
                 };
-                self.addressed(side, order, &op.command(request))
+                self.addressed(side, order, &op.command(request), trace)
             }
             Participant::Delivery => {
                 let request = || AgentRequest {
                     hub_id: order.hub_id,
                 };
-                self.addressed(side, order, &op.command(request))
+                self.addressed(side, order, &op.command(request), trace)
             }
         }
     }
@@ -212,14 +230,16 @@ impl Participants {
         side: Participant,
         order: &Order,
         command: &Command<R>,
+        trace: TraceContext,
     ) -> Result<Outgoing, BrokerError> {
-        let envelope = TxnEnvelope::txn(order.id, order.txn_id, command);
+        // In the envelope too, for a command that travels in a batch (one header for all).
+        let envelope = TxnEnvelope::txn(order.id, order.txn_id, command).with_trace(trace);
         Ok(Outgoing::txn(
             &envelope,
             self.topology.commands_exchange(side),
             Topology::command_routing_key(command.operation()),
         )?
-        .header(headers::TRACEPARENT, trace_of(order).child().to_string()))
+        .header(headers::TRACEPARENT, trace.to_string()))
     }
 }
 
@@ -242,6 +262,15 @@ impl Op {
             Op::Cancel => Operation::Cancel,
         }
     }
+}
+
+/// The span of one driver of `order`, in the order's trace (its recorded `traceparent`, the
+/// span of the request that placed it).
+pub fn order_span(order: &Order) -> Span {
+    let trace = trace_of(order);
+    let span = info_span!("order", order_id = %order.id, trace_id = %trace.trace_id());
+    messaging::trace::set_parent(&span, trace);
+    span
 }
 
 /// The trace an order belongs to (a new one for orders recorded without).

@@ -74,7 +74,9 @@ impl Coordinator {
         // Phase 1 ends on this process's monotonic clock, measured from before the insert, so
         // never after the deadline the database records (its own `now()` plus the same time).
         let phase1_ends = Instant::now() + self.settings.order_deadline;
+        // In the trace of the request (the current span, when spans are exported).
         let span = info_span!("order", order_id = %new.id, trace_id = %trace.trace_id());
+        messaging::trace::set_parent(&span, trace);
         let (started, mut recorded) = oneshot::channel();
         let this = Arc::clone(self);
         // Recording and driving run in a task of their own, so that neither the response budget

@@ -299,6 +299,10 @@ async fn consume_once<H: Handler>(
             trace_id = trace.map(|t| t.trace_id()).unwrap_or_default(),
             span_id = trace.map(|t| t.span_id()).unwrap_or_default(),
         );
+        // The sender's span is this one's parent (when spans are exported).
+        if let Some(trace) = trace {
+            crate::trace::set_parent(&span, trace);
+        }
         if spec.ack_mode == AckMode::Auto {
             // Acked on delivery: a handler that panics loses only its own message.
             if let Err(panic) = AssertUnwindSafe(handler.handle(&message).instrument(span))

@@ -21,6 +21,7 @@
 //! - [`consumer`]: [`Incoming`], [`Handler`], [`Disposition`] and the consumer supervisor.
 //! - [`rpc`]: request/reply matched on correlation id, concurrent commands sent as one batch.
 //! - [`dlq`]: reading parked messages, and moving them back to their queues.
+//! - [`trace`]: the trace context messages carry, tied to the exported spans.
 //! - [`timer_window`]: timer ids gathered for a short window and published as one message.
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`health`]: which components are connected, for readiness probes.
@@ -33,6 +34,7 @@ pub mod health;
 pub mod publisher;
 pub mod rpc;
 pub mod timer_window;
+pub mod trace;
 
 pub use backoff::Backoff;
 pub use broker::{Broker, BrokerConfig, BrokerError};

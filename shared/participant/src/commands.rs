@@ -8,9 +8,10 @@ use protocol::batch::{self, Batch, BatchedReply};
 use protocol::command::{AssignReply, CancelReply, Command, ReleaseReply, Reply, ReserveReply};
 use protocol::envelope::TxnEnvelope;
 use protocol::headers;
+use protocol::trace::TraceContext;
 use serde_json::value::RawValue;
 use service_kit::db::retry_transient;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, Span, debug, info, info_span, warn};
 
 use crate::attempts;
 use crate::barrier;
@@ -105,18 +106,22 @@ impl<I: Inventory> CommandHandler<I> {
             txn_id = %envelope.txn_id(),
             operation = %envelope.message().operation(),
         );
-        let reply = match self.process(&envelope).instrument(span).await {
+        let reply = match self.process(&envelope).instrument(span.clone()).await {
             Ok(reply) => reply,
             Err(disposition) => return disposition,
         };
+        let trace = reply_trace(&span, message.trace());
         let Some(reply_to) = message.reply_to() else {
             warn!("command without reply_to: applied, but nobody to tell");
             return Disposition::Ack;
         };
-        let reply = TxnEnvelope::txn(envelope.order_id(), envelope.txn_id(), reply);
+        let mut reply = TxnEnvelope::txn(envelope.order_id(), envelope.txn_id(), reply);
+        if let Some(trace) = trace {
+            reply = reply.with_trace(trace);
+        }
         let outgoing = Outgoing::txn(&reply, self.shared.topology.replies_exchange(), reply_to)
             .map(|out| out.correlation_id(envelope.message_id));
-        self.send(outgoing, message).await
+        self.send(outgoing, trace).await
     }
 
     /// A batch: every command applied on its own (their writes share group-committed
@@ -139,21 +144,38 @@ impl<I: Inventory> CommandHandler<I> {
                 }
             }
         }
-        let results = join_all(commands.iter().map(|envelope| {
-            let span = info_span!(
-                "command",
-                order_id = %envelope.order_id(),
-                txn_id = %envelope.txn_id(),
-                operation = %envelope.message().operation(),
-            );
-            self.process(envelope).instrument(span)
-        }))
+        // Each command continues its own order's trace (from its envelope: the batch message
+        // has no one sender).
+        let spans: Vec<Span> = commands
+            .iter()
+            .map(|envelope| {
+                let span = info_span!(
+                    "command",
+                    order_id = %envelope.order_id(),
+                    txn_id = %envelope.txn_id(),
+                    operation = %envelope.message().operation(),
+                );
+                if let Some(trace) = envelope.trace() {
+                    messaging::trace::set_parent(&span, trace);
+                }
+                span
+            })
+            .collect();
+        let results = join_all(
+            commands
+                .iter()
+                .zip(&spans)
+                .map(|(envelope, span)| self.process(envelope).instrument(span.clone())),
+        )
         .await;
         let mut replies = Vec::with_capacity(commands.len());
-        for (envelope, result) in commands.iter().zip(results) {
+        for ((envelope, result), span) in commands.iter().zip(results).zip(&spans) {
             match result {
                 Ok(reply) => {
-                    let reply = TxnEnvelope::txn(envelope.order_id(), envelope.txn_id(), reply);
+                    let mut reply = TxnEnvelope::txn(envelope.order_id(), envelope.txn_id(), reply);
+                    if let Some(trace) = reply_trace(span, envelope.trace()) {
+                        reply = reply.with_trace(trace);
+                    }
                     match reply.to_bytes().map(batch::raw) {
                         Ok(Ok(raw)) => replies.push(BatchedReply {
                             in_reply_to: envelope.message_id,
@@ -185,7 +207,8 @@ impl<I: Inventory> CommandHandler<I> {
                         .kind(batch::REPLY_BATCH)
                         .transient()
                 });
-                self.send(outgoing, message).await
+                // A reply batch has no one trace: each reply carries its own.
+                self.send(outgoing, None).await
             }
             _ => Disposition::Ack,
         };
@@ -239,7 +262,11 @@ impl<I: Inventory> CommandHandler<I> {
     }
 
     /// Sends a reply (or a reply batch) and says what to do with the command message.
-    async fn send(&self, reply: Result<Outgoing, BrokerError>, message: &Incoming) -> Disposition {
+    async fn send(
+        &self,
+        reply: Result<Outgoing, BrokerError>,
+        trace: Option<TraceContext>,
+    ) -> Disposition {
         let mut reply = match reply {
             Ok(reply) => reply,
             Err(err) => {
@@ -247,8 +274,8 @@ impl<I: Inventory> CommandHandler<I> {
                 return Disposition::Retry;
             }
         };
-        if let Some(trace) = message.trace() {
-            reply = reply.header(headers::TRACEPARENT, trace.child().to_string());
+        if let Some(trace) = trace {
+            reply = reply.header(headers::TRACEPARENT, trace.to_string());
         }
         match self.shared.publisher.publish(&reply).await {
             Ok(()) => Disposition::Ack,
@@ -312,13 +339,22 @@ impl<I: Inventory> CommandHandler<I> {
             ),
             Command::Cancel(_) => CommandWrite::cancel(statements.cancel.clone(), txn_id, order_id),
             Command::Release(_) => {
-                let mut tx = shared.pool.begin().await?;
-                let reply = barrier::release(&mut tx, statements, txn_id, order_id).await?;
-                tx.commit().await?;
-                return Ok(reply);
+                return async {
+                    let mut tx = shared.pool.begin().await?;
+                    let reply = barrier::release(&mut tx, statements, txn_id, order_id).await?;
+                    tx.commit().await?;
+                    Ok(reply)
+                }
+                .instrument(info_span!("commit", %operation))
+                .await;
             }
         };
-        let applied = shared.writes.run(write).await;
+        // The commit (group-committed with other commands' writes) as a span of its own.
+        let applied = shared
+            .writes
+            .run(write)
+            .instrument(info_span!("commit", %operation))
+            .await;
         match applied {
             Ok(row) => Ok(row.into_reply(operation)?),
             Err(err) if barrier::is_recorded_already(&err, statements) => {
@@ -337,6 +373,12 @@ impl<I: Inventory> CommandHandler<I> {
             Err(err) => Err(err.into()),
         }
     }
+}
+
+/// The trace context a reply is sent with: that of the span that handled its command, or (spans
+/// not exported) a new span of the command's trace, for the logs.
+fn reply_trace(span: &Span, command: Option<TraceContext>) -> Option<TraceContext> {
+    messaging::trace::context_of(span).or_else(|| command.map(|trace| trace.child()))
 }
 
 /// A short label of a reply, for metrics.

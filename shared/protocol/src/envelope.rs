@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::ids::{MessageId, OrderId, TxnId};
+use crate::trace::TraceContext;
 
 /// The protocol version this build speaks. Bump it for any change that an old reader would
 /// misread; additive changes (a new optional field) keep it.
@@ -41,6 +42,10 @@ pub struct Envelope<P> {
     pub message_id: MessageId,
     /// When the sender created the message.
     pub sent_at: DateTime<Utc>,
+    /// The W3C trace context (`traceparent`) of the span that sent it, so that a command that
+    /// travels in a batch still continues its own order's trace. Optional (an additive field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// The payload, flattened into the envelope.
     #[serde(flatten)]
     pub payload: P,
@@ -80,8 +85,21 @@ impl<P> Envelope<P> {
             v: PROTOCOL_VERSION,
             message_id: MessageId::new(),
             sent_at: Utc::now(),
+            traceparent: None,
             payload,
         }
+    }
+
+    /// The same, sent from the span `trace`.
+    #[must_use]
+    pub fn with_trace(mut self, trace: TraceContext) -> Self {
+        self.traceparent = Some(trace.to_string());
+        self
+    }
+
+    /// The trace context of the span that sent it, if it says (and it reads).
+    pub fn trace(&self) -> Option<TraceContext> {
+        TraceContext::parse(self.traceparent.as_deref()?)
     }
 }
 

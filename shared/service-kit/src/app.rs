@@ -54,12 +54,15 @@ pub enum InitError {
     /// The metrics recorder could not be installed.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// Trace export could not be set up.
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
 }
 
-/// Sets the process up, from `main`: logging, fault points, the metrics recorder, and the
-/// signal handler whose token starts the graceful shutdown.
-pub fn init(args: &ServiceArgs) -> Result<CancellationToken, InitError> {
-    crate::telemetry::init(&args.log.log_filter, args.log.log_format);
+/// Sets the process of `service` up, from `main`: logging and trace export, fault points, the
+/// metrics recorder, and the signal handler whose token starts the graceful shutdown.
+pub fn init(args: &ServiceArgs, service: &'static str) -> Result<CancellationToken, InitError> {
+    crate::telemetry::init(&args.log.log_filter, args.log.log_format, service)?;
     crate::fault::arm(&args.fault.fault_points)?;
     crate::metrics::install()?;
     Ok(crate::shutdown::on_signal())
