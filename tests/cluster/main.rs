@@ -54,19 +54,8 @@ async fn finish_and_check(system: &TestSystem, load: Load) {
     assert!(checked.placed > 0, "{checked}");
 }
 
-fn store_reserve_queue() -> String {
-    Topology::new("").command_queue(Participant::Store, Operation::Reserve)
-}
-
-/// A node other than `not`, alive, to ask the management API.
-fn other_than(not: Node) -> Node {
-    NODES.into_iter().find(|n| *n != not).expect("three nodes")
-}
-
-#[tokio::test]
-async fn queues_get_three_members_and_their_leaders_spread_over_the_nodes() {
-    let cluster = Cluster::start().await;
-    let (system, _food) = system_on(&cluster).await;
+/// Every quorum queue has three members, and their leaders are spread over the nodes.
+async fn assert_leaders_spread(cluster: &Cluster, system: &TestSystem) {
     let (led, members) = cluster.leaders(1, &system.infra.vhost).await;
     println!("leaders per node: {led:?}; members per queue: {members:?}");
     assert!(!members.is_empty());
@@ -80,6 +69,15 @@ async fn queues_get_three_members_and_their_leaders_spread_over_the_nodes() {
             .is_some_and(|(most, fewest)| most - fewest <= 2),
         "leaders per node: {led:?}"
     );
+}
+
+fn store_reserve_queue() -> String {
+    Topology::new("").command_queue(Participant::Store, Operation::Reserve)
+}
+
+/// A node other than `not`, alive, to ask the management API.
+fn other_than(not: Node) -> Node {
+    NODES.into_iter().find(|n| *n != not).expect("three nodes")
 }
 
 #[tokio::test]
@@ -124,9 +122,10 @@ async fn losing_a_follower_the_command_queues_leader_or_the_services_node_loses_
 }
 
 #[tokio::test]
-async fn a_rolling_restart_of_every_node_under_load_loses_nothing() {
+async fn queues_spread_their_leaders_and_a_rolling_restart_under_load_loses_nothing() {
     let cluster = Cluster::start().await;
     let (system, food) = system_on(&cluster).await;
+    assert_leaders_spread(&cluster, &system).await;
     let load = Load::start(vec![system.order.url("")], food, CLIENTS);
     load.wait_placed(20, RECOVERY).await;
     for node in NODES {
