@@ -37,20 +37,9 @@ async fn system_on(cluster: &Cluster) -> (TestSystem, i64) {
     (system, food)
 }
 
-async fn all_ready(system: &TestSystem) -> Result<(), String> {
-    system.order.readiness().await?;
-    system.store.readiness().await?;
-    system.delivery.readiness().await
-}
-
 /// Stops the load and holds every answer against the databases.
 async fn finish_and_check(system: &TestSystem, load: Load) {
-    let outcomes = load.stop().await;
-    system.wait_final(&system.order, &outcomes).await;
-    system.assert_all_orders_final(FINISH).await;
-    system.assert_nothing_reserved(FINISH).await;
-    system.assert_audit_clean(FINISH).await;
-    let checked = system.assert_checked(&outcomes).await;
+    let checked = system.finish_and_check(load, FINISH).await;
     assert!(checked.placed > 0, "{checked}");
 }
 
@@ -117,7 +106,7 @@ async fn losing_a_follower_the_command_queues_leader_or_the_services_node_loses_
         cluster.start_node(victim).await;
         load.wait_placed(10, RECOVERY).await;
     }
-    eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
+    eventually_explained("all services ready", FINISH, || system.all_ready()).await;
     finish_and_check(&system, load).await;
 }
 
@@ -135,7 +124,7 @@ async fn queues_spread_their_leaders_and_a_rolling_restart_under_load_loses_noth
         cluster.start_node(node).await;
         load.wait_placed(10, RECOVERY).await;
     }
-    eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
+    eventually_explained("all services ready", FINISH, || system.all_ready()).await;
     finish_and_check(&system, load).await;
 }
 
@@ -165,6 +154,6 @@ async fn one_nodes_memory_alarm_holds_publishing_everywhere_and_placing_resumes_
         .await;
 
     load.wait_placed(20, RECOVERY).await;
-    eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
+    eventually_explained("all services ready", FINISH, || system.all_ready()).await;
     finish_and_check(&system, load).await;
 }

@@ -13,20 +13,8 @@ use crate::helpers::{Options, TestSystem, eventually, eventually_explained};
 
 const FINISH: Duration = Duration::from_secs(60);
 
-/// Every service ready, or the `/readyz` answer of the first that is not.
-async fn all_ready(system: &TestSystem) -> Result<(), String> {
-    system.order.readiness().await?;
-    system.store.readiness().await?;
-    system.delivery.readiness().await
-}
-
 async fn finish_and_audit(system: &TestSystem, load: Load) {
-    let outcomes = load.stop().await;
-    system.wait_final(&system.order, &outcomes).await;
-    system.assert_all_orders_final(FINISH).await;
-    system.assert_nothing_reserved(FINISH).await;
-    system.assert_audit_clean(FINISH).await;
-    system.assert_checked(&outcomes).await;
+    system.finish_and_check(load, FINISH).await;
 }
 
 #[tokio::test]
@@ -49,7 +37,7 @@ async fn broker_connections_closed_mid_load_are_reopened() {
 
     // Everyone reconnects and keeps serving.
     load.wait_placed(30, FINISH).await;
-    eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
+    eventually_explained("all services ready", FINISH, || system.all_ready()).await;
     finish_and_audit(&system, load).await;
 }
 
@@ -65,7 +53,7 @@ async fn database_connections_terminated_mid_load_are_reopened() {
         assert!(terminated > 0);
     }
     load.wait_placed(20, FINISH).await;
-    eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
+    eventually_explained("all services ready", FINISH, || system.all_ready()).await;
     finish_and_audit(&system, load).await;
 }
 
@@ -85,7 +73,7 @@ async fn a_broker_restart_mid_load_loses_no_confirmed_message() {
     stopped.start().await;
 
     // Every consumer is back and orders are placed again.
-    eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
+    eventually_explained("all services ready", FINISH, || system.all_ready()).await;
     load.wait_placed(30, FINISH).await;
     finish_and_audit(&system, load).await;
 }
@@ -165,7 +153,7 @@ async fn after_a_broker_restart_idle_services_and_publishers_are_ready_again() {
     stopped.start().await;
 
     // No traffic at all until everything says it is ready.
-    eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
+    eventually_explained("all services ready", FINISH, || system.all_ready()).await;
     probe.wait_up().await;
 
     let (status, body) = system.place_order(food).await;
@@ -200,7 +188,7 @@ async fn a_blocked_broker_fails_publishes_in_bounded_time_and_they_resume_when_u
     alarm.clear().await;
 
     probe.wait_up().await;
-    eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
+    eventually_explained("all services ready", FINISH, || system.all_ready()).await;
     let (status, body) = system.place_order(food).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     system.assert_all_orders_final(FINISH).await;
@@ -217,7 +205,7 @@ async fn a_pool_of_one_connection_per_service_still_finishes_every_order() {
     system.create_agents(5_000).await;
     let load = Load::start(vec![system.order.url("")], food, 8);
     load.wait_placed(50, FINISH).await;
-    eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
+    eventually_explained("all services ready", FINISH, || system.all_ready()).await;
     finish_and_audit(&system, load).await;
 }
 
@@ -243,7 +231,7 @@ async fn the_network_to_a_database_cut_under_load_makes_its_service_not_ready_un
     load.wait_answered(16, FINISH).await;
 
     link.thaw();
-    eventually_explained("all services ready", FINISH, || all_ready(&system)).await;
+    eventually_explained("all services ready", FINISH, || system.all_ready()).await;
     load.wait_placed(20, FINISH).await;
     finish_and_audit(&system, load).await;
 }

@@ -131,12 +131,7 @@ async fn a_soak_with_a_nemesis_loses_nothing_duplicates_nothing_and_places_nothi
         eventually_explained("every service ready", FINISH, || service.readiness()).await;
     }
     load.wait_placed(20, FINISH).await;
-    let outcomes = load.stop().await;
-    system.wait_final(&system.order, &outcomes).await;
-    system.assert_all_orders_final(FINISH).await;
-    system.assert_nothing_reserved(FINISH).await;
-    system.assert_audit_clean(FINISH).await;
-    let checked = system.assert_checked(&outcomes).await;
+    let checked = system.finish_and_check(load, FINISH).await;
     println!("soak: {duration:?}, seed {seed}, faults {faults:?}; {checked}; violations 0");
     assert!(checked.placed > 0, "{checked}");
 }

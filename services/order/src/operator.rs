@@ -130,17 +130,35 @@ const DECIDED_UNFINISHED: [OrderState; 3] = [
     OrderState::Cancelling,
 ];
 
+/// An order taken by the operator: its lease, and room to drive it.
+struct Taken {
+    order: Order,
+    token: repo::LeaseToken,
+    slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Takes order `id` if it is in one of `states`, with room to drive it: `Ok(None)` if it is not
+/// (the caller says why), `503` if this coordinator has no room.
+async fn take(
+    coordinator: &Coordinator,
+    id: OrderId,
+    states: &[OrderState],
+) -> Result<Option<Taken>, ApiError> {
+    let Some((slot, _)) = coordinator.recovery_room(1) else {
+        return Err(busy());
+    };
+    let lease = coordinator.settings().lease;
+    Ok(repo::take(coordinator.pool(), id, states, lease)
+        .await?
+        .map(|(order, token)| Taken { order, token, slot }))
+}
+
 async fn retry(
     State(coordinator): State<Arc<Coordinator>>,
     AppPath(id): AppPath<Uuid>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = OrderId(id);
-    let Some((slot, _)) = coordinator.recovery_room(1) else {
-        return Err(busy());
-    };
-    let lease = coordinator.settings().lease;
-    let Some((order, token)) =
-        repo::take(coordinator.pool(), id, &DECIDED_UNFINISHED, lease).await?
+    let Some(Taken { order, token, slot }) = take(&coordinator, id, &DECIDED_UNFINISHED).await?
     else {
         return refused(&coordinator, id, "retry").await;
     };
@@ -155,12 +173,8 @@ async fn abort(
     AppPath(id): AppPath<Uuid>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = OrderId(id);
-    let Some((slot, _)) = coordinator.recovery_room(1) else {
-        return Err(busy());
-    };
-    let lease = coordinator.settings().lease;
-    let Some((order, token)) =
-        repo::take(coordinator.pool(), id, &[OrderState::Reserving], lease).await?
+    let Some(Taken { order, token, slot }) =
+        take(&coordinator, id, &[OrderState::Reserving]).await?
     else {
         return refused(&coordinator, id, "abort").await;
     };

@@ -435,6 +435,24 @@ impl TestSystem {
         checked
     }
 
+    /// `Ok` when every service is ready, else the `/readyz` answer of the first that is not.
+    pub async fn all_ready(&self) -> Result<(), String> {
+        self.order.readiness().await?;
+        self.store.readiness().await?;
+        self.delivery.readiness().await
+    }
+
+    /// Stops `load`, waits until each of its orders is final and nothing is held, and holds every
+    /// answer against the databases: the audit, then the checker (whose counts it returns).
+    pub async fn finish_and_check(&self, load: load::Load, timeout: Duration) -> checker::Checked {
+        let outcomes = load.stop().await;
+        self.wait_final(&self.order, &outcomes).await;
+        self.assert_all_orders_final(timeout).await;
+        self.assert_nothing_reserved(timeout).await;
+        self.assert_audit_clean(timeout).await;
+        self.assert_checked(&outcomes).await
+    }
+
     /// Runs the audit on the three databases.
     pub async fn audit(&self) -> audit::Report {
         self.infra.audit().await
