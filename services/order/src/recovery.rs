@@ -116,6 +116,8 @@ pub async fn sweep_loop(
                 Ok(claimed) => {
                     let n = claimed.len();
                     if n > 0 {
+                        metrics::counter!("orders_recovered_total", "via" => "sweep")
+                            .increment(u64::try_from(n).unwrap_or(u64::MAX));
                         info!(
                             claimed = n,
                             "recovery: took over orders whose driver stopped"
