@@ -18,6 +18,7 @@
 //!   driver stopped.
 //! - [`outbox`]: the events written with final orders, and the relay that publishes them.
 //! - [`repo`]: the order table.
+//! - [`metrics`]: the names and descriptions of the service's metrics; the oldest-order gauge.
 //! - [`http`]: the order API.
 //! - [`config`], [`startup`]: settings, and [`Application`], which a test can start on port 0.
 
@@ -27,6 +28,7 @@ pub mod coordinator;
 pub mod driver;
 pub mod http;
 pub mod machine;
+pub mod metrics;
 pub mod outbox;
 pub mod participants;
 pub mod placement;

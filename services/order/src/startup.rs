@@ -53,6 +53,7 @@ impl Application {
             shutdown,
         )
         .await?;
+        crate::metrics::describe();
         let instance = InstanceId::new();
         let topology = Topology::new(config.common.broker.amqp_prefix.clone());
         let settings = config.coordinator();

@@ -23,11 +23,13 @@
 //! - [`timer_window`]: timer ids gathered for a short window and published as one message.
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`health`]: which components are connected, for readiness probes.
+//! - [`metrics`]: the names and descriptions of the metrics recorded here.
 
 pub mod backoff;
 pub mod broker;
 pub mod consumer;
 pub mod health;
+pub mod metrics;
 pub mod publisher;
 pub mod rpc;
 pub mod timer_window;

@@ -75,6 +75,7 @@ impl ParticipantApp {
             shutdown,
         )
         .await?;
+        crate::metrics::describe(I::PARTICIPANT);
         let topology = Topology::new(common.broker.amqp_prefix.clone());
         runtime::start(inventory, &foundation, topology.clone(), settings);
         Ok(Self {
