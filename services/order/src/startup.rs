@@ -65,6 +65,8 @@ impl Application {
             queues: vec![topology.reply_queue_spec(instance)],
         });
         let declarations = Arc::new(declarations);
+        let sample_interval = config.common.metrics.metrics_sample_interval;
+        foundation.watch_dead_letter_queues(&declarations, sample_interval);
 
         let rpc = RpcClient::new(
             foundation.publisher.clone(),

@@ -3,7 +3,7 @@
 //! The services describe them at start-up ([`describe`], called by `service-kit` once the
 //! recorder is installed), so that `/metrics` has a `# HELP` line for each.
 
-use ::metrics::{Unit, describe_counter, describe_histogram};
+use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 /// Counter, by `queue`: a consumer lost its channel or subscription and subscribed again.
 pub const CONSUMER_RESTARTS: &str = "consumer_restarts_total";
@@ -15,6 +15,8 @@ pub const MESSAGES_DEAD_LETTERED: &str = "messages_dead_lettered_total";
 pub const RPC_RESENDS: &str = "rpc_resends_total";
 /// Histogram: requests that travelled in one message.
 pub const RPC_BATCH_SIZE: &str = "rpc_batch_size";
+/// Gauge, by `queue`: messages in a dead-letter queue, as the broker last answered.
+pub const DEAD_LETTER_QUEUE_MESSAGES: &str = "dead_letter_queue_messages";
 
 /// Describes every metric of this crate to the installed recorder, and registers the counters
 /// that have no labels at zero (so that they are exported before their first event).
@@ -43,6 +45,11 @@ pub fn describe() {
         RPC_BATCH_SIZE,
         Unit::Count,
         "Requests to one participant queue that travelled in one message."
+    );
+    describe_gauge!(
+        DEAD_LETTER_QUEUE_MESSAGES,
+        Unit::Count,
+        "Messages waiting in a dead-letter queue of this service, sampled from the broker every few seconds (the last value stays while the broker is out of reach)."
     );
     ::metrics::counter!(RPC_RESENDS).increment(0);
 }
