@@ -67,6 +67,13 @@ impl Application {
         let declarations = Arc::new(declarations);
         let sample_interval = config.common.metrics.metrics_sample_interval;
         foundation.watch_dead_letter_queues(&declarations, sample_interval);
+        foundation
+            .tracker
+            .spawn(crate::metrics::sample_oldest_unfinished(
+                foundation.pool.clone(),
+                sample_interval,
+                foundation.stop_background.clone(),
+            ));
 
         let rpc = RpcClient::new(
             foundation.publisher.clone(),
