@@ -12,8 +12,3 @@ ALTER TABLE orders DROP CONSTRAINT orders_reason_check;
 ALTER TABLE orders ADD CONSTRAINT orders_reason_check
     CHECK (reason IN ('food_unavailable', 'unknown_food', 'agent_unavailable', 'timeout', 'assign_failed', 'unknown_hub', 'aborted')) NOT VALID;
 ALTER TABLE orders VALIDATE CONSTRAINT orders_reason_check;
-
--- Unfinished orders oldest first, without scanning finished ones: the operator's list and the
--- age of the oldest unfinished order.
-CREATE INDEX orders_unfinished_by_age ON orders (created_at)
-    WHERE state IN ('reserving', 'assigning', 'compensating', 'cancelling');

@@ -170,14 +170,14 @@ impl Coordinator {
         };
         if saved.state.is_final() {
             metrics::counter!(
-                "orders_total",
+                crate::metrics::ORDERS,
                 "outcome" => saved.state.as_str(),
                 "reason" => saved.reason.map_or("", |r| r.as_str()),
             )
             .increment(1);
             if let (Some(finished), true) = (saved.finished_at, order.finished_at.is_none()) {
                 let took = (finished - saved.created_at).to_std().unwrap_or_default();
-                metrics::histogram!("order_duration_seconds").record(took.as_secs_f64());
+                metrics::histogram!(crate::metrics::ORDER_DURATION).record(took.as_secs_f64());
             }
             fault::point("coordinator.after_final_state");
             self.events.notify_one();
@@ -225,7 +225,7 @@ impl Coordinator {
             lease = ?self.settings.lease,
             "the broker has been out of reach for a whole lease: handing the order over"
         );
-        metrics::counter!("orders_handed_over_total").increment(1);
+        metrics::counter!(crate::metrics::ORDERS_HANDED_OVER).increment(1);
         if let Err(err) = repo::end_lease(self.orders.pool(), order.id, token).await {
             warn!(error = %err, "could not end the lease; it will run out");
         }

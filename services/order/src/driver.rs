@@ -49,11 +49,11 @@ impl Coordinator {
         phase1_ends: Instant,
         progress: Option<watch::Sender<Order>>,
     ) -> Order {
-        metrics::gauge!("orders_in_flight").increment(1.0);
+        metrics::gauge!(crate::metrics::ORDERS_IN_FLIGHT).increment(1.0);
         let order = self
             .drive_steps(order, token, driving, phase1_ends, progress)
             .await;
-        metrics::gauge!("orders_in_flight").decrement(1.0);
+        metrics::gauge!(crate::metrics::ORDERS_IN_FLIGHT).decrement(1.0);
         order
     }
 
@@ -88,7 +88,7 @@ impl Coordinator {
                 Step::Compensate => self.compensate(&order, token).await,
                 Step::Cancel => self.cancel(&order, token).await,
             };
-            metrics::histogram!("order_phase_seconds", "phase" => phase.as_str())
+            metrics::histogram!(crate::metrics::ORDER_PHASE_SECONDS, "phase" => phase.as_str())
                 .record(phase_started.elapsed().as_secs_f64());
             match step {
                 Ok(next) => {
@@ -139,7 +139,8 @@ impl Coordinator {
                     return self.abort(&order, token, release, reason).await;
                 }
                 AfterReserve::Retry { release } => {
-                    metrics::counter!("order_retries_total", "phase" => "reserve").increment(1);
+                    metrics::counter!(crate::metrics::ORDER_RETRIES, "phase" => "reserve")
+                        .increment(1);
                     debug!(attempt = order.attempt, store = ?answers.store, delivery = ?answers.delivery, "held by others for now; retrying");
                     self.participants
                         .release_now(&order, release, ReleaseReason::Retry)

@@ -18,6 +18,7 @@
 //!   driver stopped.
 //! - [`outbox`]: the events written with final orders, and the relay that publishes them.
 //! - [`repo`]: the order table.
+//! - [`metrics`]: the names and descriptions of the service's metrics; the oldest-order gauge.
 //! - [`http`]: the order API.
 //! - [`operator`]: the operator API (`/admin/...`): unfinished orders, drive one now, abort one
 //!   that is undecided.
@@ -29,6 +30,7 @@ pub mod coordinator;
 pub mod driver;
 pub mod http;
 pub mod machine;
+pub mod metrics;
 pub mod operator;
 pub mod outbox;
 pub mod participants;

@@ -124,7 +124,7 @@ impl Progress {
         let event = outbox::event_for(&after, at);
         match repo::advance(pool, &order, &after, None, event.as_ref()).await? {
             Some(_) => {
-                metrics::counter!("orders_total", "outcome" => after.state.as_str(), "reason" => "")
+                metrics::counter!(crate::metrics::ORDERS, "outcome" => after.state.as_str(), "reason" => "")
                     .increment(1);
                 Ok(Applied::Recorded)
             }

@@ -53,7 +53,7 @@ impl Handler for Timeouts {
             Err(err) => return Disposition::DeadLetter(err.to_string()),
         };
         let OrderTimer::Deadlines { order_ids } = timer;
-        metrics::counter!("deadline_timers_total").increment(1);
+        metrics::counter!(crate::metrics::DEADLINE_TIMERS).increment(1);
         let coordinator = &self.coordinator;
         let lease = coordinator.settings().lease;
         // No room: the sweep takes them over once drivers are free.
@@ -74,7 +74,7 @@ impl Handler for Timeouts {
         };
         if !claimed.is_empty() {
             let n = u64::try_from(claimed.len()).unwrap_or(u64::MAX);
-            metrics::counter!("orders_recovered_total", "via" => "timer").increment(n);
+            metrics::counter!(crate::metrics::ORDERS_RECOVERED, "via" => "timer").increment(n);
             info!(claimed = n, "deadline passed: took over unfinished orders");
         }
         for (order, token) in claimed {
@@ -116,6 +116,8 @@ pub async fn sweep_loop(
                 Ok(claimed) => {
                     let n = claimed.len();
                     if n > 0 {
+                        metrics::counter!(crate::metrics::ORDERS_RECOVERED, "via" => "sweep")
+                            .increment(u64::try_from(n).unwrap_or(u64::MAX));
                         info!(
                             claimed = n,
                             "recovery: took over orders whose driver stopped"

@@ -61,6 +61,7 @@ impl Application {
             shutdown,
         )
         .await?;
+        crate::metrics::describe();
         let topology = Topology::new(config.common.broker.amqp_prefix.clone());
         let settings = config.coordinator();
         // Deadline timers fire once a dead driver's lease has surely run out.
@@ -71,6 +72,15 @@ impl Application {
             queues: vec![topology.reply_queue_spec(instance)],
         });
         let declarations = Arc::new(declarations);
+        let sample_interval = config.common.metrics.metrics_sample_interval;
+        foundation.watch_dead_letter_queues(&declarations, sample_interval);
+        foundation
+            .tracker
+            .spawn(crate::metrics::sample_oldest_unfinished(
+                foundation.pool.clone(),
+                sample_interval,
+                foundation.stop_background.clone(),
+            ));
 
         let rpc = RpcClient::new(
             foundation.publisher.clone(),

@@ -179,6 +179,7 @@ pub fn run<H: Handler>(
 ) -> impl Future<Output = ()> + Send + 'static {
     let component = format!("consumer {}", spec.queue);
     broker.health().set(&component, false);
+    crate::metrics::register_consumer(&spec.queue);
     supervise(broker, publisher, spec, handler, shutdown, component)
 }
 
@@ -206,7 +207,7 @@ async fn supervise<H: Handler>(
         .await;
         broker.health().set(&component, false);
         if !shutdown.is_cancelled() {
-            metrics::counter!("consumer_restarts_total", "queue" => spec.queue.clone())
+            metrics::counter!(crate::metrics::CONSUMER_RESTARTS, "queue" => spec.queue.clone())
                 .increment(1);
         }
         if shutdown.is_cancelled() {
@@ -328,7 +329,7 @@ async fn consume_once<H: Handler>(
                     Err(panic) => {
                         let panic = panic_text(&*panic);
                         error!(panic, "handler panicked");
-                        metrics::counter!("handler_panics_total", "queue" => message.queue().to_owned())
+                        metrics::counter!(crate::metrics::HANDLER_PANICS, "queue" => message.queue().to_owned())
                             .increment(1);
                         Disposition::DeadLetter(format!("the handler panicked: {panic}"))
                     }
@@ -342,7 +343,7 @@ async fn consume_once<H: Handler>(
                     }
                     Disposition::DeadLetter(reason) => {
                         warn!(reason, "dead-lettering message");
-                        metrics::counter!("messages_dead_lettered_total", "queue" => message.queue().to_owned())
+                        metrics::counter!(crate::metrics::MESSAGES_DEAD_LETTERED, "queue" => message.queue().to_owned())
                             .increment(1);
                         match dead_letter_exchange.as_deref() {
                             Some(exchange) => {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use deadpool_lapin::lapin::{
     BasicProperties as AMQPProperties, Channel,
     message::BasicGetMessage,
-    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions},
+    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions},
     types::{AMQPValue, FieldTable},
 };
 use protocol::headers;
@@ -129,26 +129,10 @@ async fn get(channel: &Channel, dlq: &str) -> Result<Option<BasicGetMessage>, Br
 /// A passive declaration, on a channel of its own (a missing queue closes it).
 pub async fn depth(broker: &Broker, queue: &str) -> Result<Option<u32>, BrokerError> {
     let channel = broker.open_channel(Role::Consume).await?;
-    let declared = tokio::time::timeout(
-        GET_TIMEOUT,
-        channel.queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .map_err(|_| BrokerError::Timeout {
-        what: "queue.declare",
-        after: GET_TIMEOUT,
-    })?;
-    let depth = match declared {
-        Ok(queue) => Some(queue.message_count()),
-        Err(err) if is_not_found(&err) => None,
-        Err(err) => return Err(err.into()),
+    let depth = match crate::queue_depth::message_count(&channel, queue, GET_TIMEOUT).await {
+        Ok(count) => Some(count),
+        Err(BrokerError::Amqp(err)) if is_not_found(&err) => None,
+        Err(err) => return Err(err),
     };
     let _ = channel.close(200, "counted".into()).await;
     Ok(depth)

@@ -25,13 +25,17 @@
 //! - [`timer_window`]: timer ids gathered for a short window and published as one message.
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`health`]: which components are connected, for readiness probes.
+//! - [`queue_depth`]: the depth of the dead-letter queues, sampled for metrics.
+//! - [`metrics`]: the names and descriptions of the metrics recorded here.
 
 pub mod backoff;
 pub mod broker;
 pub mod consumer;
 pub mod dlq;
 pub mod health;
+pub mod metrics;
 pub mod publisher;
+pub mod queue_depth;
 pub mod rpc;
 pub mod timer_window;
 pub mod trace;

@@ -148,7 +148,7 @@ impl RpcClient {
                 first = false;
                 self.enqueue(request.clone()).await
             } else {
-                metrics::counter!("rpc_resends_total").increment(1);
+                metrics::counter!(crate::metrics::RPC_RESENDS).increment(1);
                 self.publisher
                     .publish(&request)
                     .await
@@ -319,7 +319,7 @@ async fn lane(
             reply_to.clone(),
         );
         tokio::spawn(async move {
-            metrics::histogram!("rpc_batch_size").record(group.len() as f64);
+            metrics::histogram!(crate::metrics::RPC_BATCH_SIZE).record(group.len() as f64);
             let result = match group.as_slice() {
                 [(single, _)] => publisher.publish(single).await,
                 _ => match batch_message(&group, &exchange, &routing_key, &reply_to) {

@@ -75,8 +75,15 @@ impl ParticipantApp {
             shutdown,
         )
         .await?;
+        crate::metrics::describe(I::PARTICIPANT);
         let topology = Topology::new(common.broker.amqp_prefix.clone());
-        runtime::start(inventory, &foundation, topology.clone(), settings);
+        runtime::start(
+            inventory,
+            &foundation,
+            topology.clone(),
+            settings,
+            common.metrics.metrics_sample_interval,
+        );
         Ok(Self {
             foundation,
             topology,

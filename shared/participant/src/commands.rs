@@ -246,14 +246,14 @@ impl<I: Inventory> CommandHandler<I> {
         log_outcome(&reply);
         let participant = I::PARTICIPANT.as_str();
         metrics::counter!(
-            "participant_commands_total",
+            crate::metrics::COMMANDS,
             "participant" => participant,
             "operation" => operation.as_str(),
             "outcome" => outcome(&reply),
         )
         .increment(1);
         metrics::histogram!(
-            "participant_command_seconds",
+            crate::metrics::COMMAND_SECONDS,
             "participant" => participant,
             "operation" => operation.as_str(),
         )

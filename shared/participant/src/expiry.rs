@@ -42,7 +42,7 @@ impl<I: Inventory> Handler for ExpiryHandler<I> {
             Ok(0) => Disposition::Ack,
             Ok(freed) => {
                 metrics::counter!(
-                    "reservations_expired_total",
+                    crate::metrics::RESERVATIONS_EXPIRED,
                     "participant" => I::PARTICIPANT.as_str(),
                     "via" => "timer",
                 )
@@ -110,7 +110,7 @@ pub(crate) async fn sweep_loop<I: Inventory>(
         match result {
             Ok((0, _)) => {}
             Ok((freed, _)) => {
-                metrics::counter!("reservations_expired_total", "participant" => I::PARTICIPANT.as_str(), "via" => "sweep")
+                metrics::counter!(crate::metrics::RESERVATIONS_EXPIRED, "participant" => I::PARTICIPANT.as_str(), "via" => "sweep")
                     .increment(freed);
                 info!(freed, "sweep released expired reservations");
             }

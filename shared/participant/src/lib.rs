@@ -31,6 +31,7 @@
 //!   the command statements ([`Statements`]) assembled from the item work and the barrier row.
 //! - [`inventory`]: the [`Inventory`] trait and the table-generic SQL on the items table
 //!   ([`ItemTable`]).
+//! - [`metrics`]: the names and descriptions of the metrics a participant records.
 
 pub mod app;
 mod attempts;
@@ -39,6 +40,7 @@ pub mod commands;
 pub mod context;
 pub mod expiry;
 pub mod inventory;
+pub mod metrics;
 pub mod runtime;
 
 pub use app::{Identity, ParticipantApp, ParticipantServiceArgs};

@@ -25,13 +25,15 @@ use crate::inventory::Inventory;
 /// reserves and assigns can be in flight at once.
 const WRITERS: usize = 4;
 
-/// Starts the command and expiry consumers and the sweep of participant `I` on the service's
-/// task tracker. They run until the service shuts down.
+/// Starts the command and expiry consumers, the sweep of participant `I`, and the sampling of
+/// its dead-letter queues (every `sample_interval`) on the service's task tracker. They run until
+/// the service shuts down.
 pub fn start<I: Inventory>(
     inventory: I,
     foundation: &Foundation,
     topology: Topology,
     settings: ParticipantSettings,
+    sample_interval: Duration,
 ) {
     let Foundation {
         pool,
@@ -47,6 +49,7 @@ pub fn start<I: Inventory>(
     // one window after the first reservation of the batch), so that they find them expired.
     let wait = settings.reservation_ttl + settings.timer_window + Duration::from_millis(500);
     let declarations = Arc::new(topology.participant(participant, wait));
+    foundation.watch_dead_letter_queues(&declarations, sample_interval);
     let timers = topology.timers_exchange(participant.as_str());
     let wait_key = Topology::timer_wait_routing_key(wait);
     let expiries = TimerWindow::spawn(

@@ -126,6 +126,17 @@ impl Declarations {
             self.exchanges.push(ExchangeSpec { name, kind });
         }
     }
+
+    /// The dead-letter queues among these: the `.dlq` of each consumed queue declared here. The
+    /// service that declares (and consumes) a queue owns its dead-letter queue and watches it.
+    pub fn dead_letter_queues(&self) -> Vec<String> {
+        self.queues
+            .iter()
+            .filter(|q| q.delivery_limit.is_some())
+            .map(|q| Topology::dead_letter_queue(&q.name))
+            .filter(|dlq| self.queues.iter().any(|q| q.name == *dlq))
+            .collect()
+    }
 }
 
 /// The names of everything, under a prefix.
@@ -234,9 +245,7 @@ impl Topology {
             self.coordinator(any),
         ]
         .iter()
-        .flat_map(|declarations| declarations.queues.iter())
-        .filter(|queue| queue.dead_letter.is_some())
-        .map(|queue| Self::dead_letter_queue(&queue.name))
+        .flat_map(Declarations::dead_letter_queues)
         .collect()
     }
 
@@ -509,6 +518,28 @@ mod tests {
         assert_eq!(store.write, "^(store\\.|order\\.replies$)");
         let order = Topology::new("a.b").permissions("order");
         assert_eq!(order.read, "^a\\.border\\.");
+    }
+
+    #[test]
+    fn each_service_owns_the_dead_letter_queues_of_the_queues_it_consumes() {
+        let t = Topology::new("p.");
+        let store = t.participant(Participant::Store, Duration::from_secs(30));
+        assert_eq!(
+            store.dead_letter_queues(),
+            [
+                "p.store.reserve.dlq",
+                "p.store.assign.dlq",
+                "p.store.release.dlq",
+                "p.store.cancel.dlq",
+                "p.store.expiry.dlq",
+            ]
+        );
+        assert_eq!(
+            t.coordinator(Duration::from_secs(5)).dead_letter_queues(),
+            ["p.order.progress.dlq", "p.order.timeouts.dlq"]
+        );
+        let tap = t.events_tap("p.tap".into(), "order.#");
+        assert!(tap.dead_letter_queues().is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::Router;
 use messaging::{Broker, BrokerConfig, BrokerError, Health, Publisher};
+use protocol::topology::Declarations;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -119,6 +120,19 @@ impl Foundation {
             shutdown,
             stop_background: CancellationToken::new(),
         })
+    }
+
+    /// Samples the depth of the dead-letter queues among `declarations` (those of the queues the
+    /// service consumes) every `interval` for the `dead_letter_queue_messages` gauge, until the
+    /// background tasks stop.
+    pub fn watch_dead_letter_queues(&self, declarations: &Declarations, interval: Duration) {
+        self.tracker
+            .spawn(messaging::queue_depth::sample_dead_letter_queues(
+                self.broker.clone(),
+                declarations.dead_letter_queues(),
+                interval,
+                self.stop_background.clone(),
+            ));
     }
 
     /// The bound address (useful with port 0).

@@ -166,7 +166,21 @@ pub struct ServiceArgs {
 
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub metrics: MetricsArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub fault: FaultArgs,
+}
+
+/// Metrics settings.
+#[derive(clap::Args, Clone, Debug)]
+pub struct MetricsArgs {
+    /// How often the gauges that are read from elsewhere are sampled: the depth of the service's
+    /// dead-letter queues (from the broker) and, in the order service, the age of the oldest
+    /// unfinished order (from its database). Each sample is one cheap request per queue or state.
+    #[arg(long, env = "METRICS_SAMPLE_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
+    pub metrics_sample_interval: Duration,
 }
 
 /// Test-only settings.

@@ -148,7 +148,7 @@ async fn worker<W: Write>(
             }
             group
         };
-        metrics::histogram!("group_commit_size").record(group.len() as f64);
+        metrics::histogram!(crate::metrics::GROUP_COMMIT_SIZE).record(group.len() as f64);
         run_group(&pool, bound, group).await;
     }
 }
@@ -176,7 +176,8 @@ async fn run_group<W: Write>(pool: &PgPool, bound: Duration, mut group: Vec<Pend
         }
         match apart(pool, bound, &group).await {
             Ok(results) => {
-                metrics::counter!("group_commit_retries_total", "how" => "savepoints").increment(1);
+                metrics::counter!(crate::metrics::GROUP_COMMIT_RETRIES, "how" => "savepoints")
+                    .increment(1);
                 for ((_, done), result) in group.into_iter().zip(results) {
                     let _ = done.send(result);
                 }
@@ -186,7 +187,7 @@ async fn run_group<W: Write>(pool: &PgPool, bound: Duration, mut group: Vec<Pend
                 tracing::debug!(error = %err, size = group.len(), "group failed again; running its writes one by one");
             }
         }
-        metrics::counter!("group_commit_retries_total", "how" => "alone").increment(1);
+        metrics::counter!(crate::metrics::GROUP_COMMIT_RETRIES, "how" => "alone").increment(1);
     }
     for (write, done) in group {
         let result = match pool.acquire().await {

@@ -201,20 +201,41 @@ async fn database_up(readiness: &Readiness) -> bool {
     .is_ok_and(|r| r.is_ok())
 }
 
+/// What `/readyz` checks, now: whether the database answers, and each broker component's state.
+struct Checks {
+    database: bool,
+    broker: Vec<(String, bool)>,
+}
+
+impl Checks {
+    async fn run(readiness: &Readiness) -> Self {
+        Self {
+            database: database_up(readiness).await,
+            broker: readiness.health.snapshot(),
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.database && self.broker.iter().all(|(_, up)| *up)
+    }
+}
+
+fn one_if(up: bool) -> f64 {
+    if up { 1.0 } else { 0.0 }
+}
+
 async fn metrics(State(readiness): State<Readiness>) -> Response {
+    use crate::metrics::{BROKER_COMPONENT_UP, DATABASE_UP, DB_POOL_CONNECTIONS, SERVICE_READY};
     // Connection state is sampled at scrape time.
-    let db_up = database_up(&readiness).await;
-    ::metrics::gauge!("database_up").set(if db_up { 1.0 } else { 0.0 });
-    for (component, up) in readiness.health.snapshot() {
-        ::metrics::gauge!("broker_component_up", "component" => component).set(if up {
-            1.0
-        } else {
-            0.0
-        });
+    let checks = Checks::run(&readiness).await;
+    ::metrics::gauge!(SERVICE_READY).set(one_if(checks.ready()));
+    ::metrics::gauge!(DATABASE_UP).set(one_if(checks.database));
+    for (component, up) in checks.broker {
+        ::metrics::gauge!(BROKER_COMPONENT_UP, "component" => component).set(one_if(up));
     }
     let idle = u32::try_from(readiness.db.num_idle()).unwrap_or(u32::MAX);
-    ::metrics::gauge!("db_pool_connections", "state" => "idle").set(f64::from(idle));
-    ::metrics::gauge!("db_pool_connections", "state" => "open").set(f64::from(readiness.db.size()));
+    ::metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(f64::from(idle));
+    ::metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "open").set(f64::from(readiness.db.size()));
     let body = crate::metrics::handle()
         .map(|h| h.render())
         .unwrap_or_default();
@@ -222,20 +243,19 @@ async fn metrics(State(readiness): State<Readiness>) -> Response {
 }
 
 async fn readyz(State(readiness): State<Readiness>) -> Response {
-    let db_ok = database_up(&readiness).await;
-    let mut checks = serde_json::Map::new();
-    checks.insert("database".to_owned(), db_ok.into());
-    let mut ready = db_ok;
-    for (component, up) in readiness.health.snapshot() {
-        ready &= up;
-        checks.insert(component, up.into());
+    let checks = Checks::run(&readiness).await;
+    let ready = checks.ready();
+    let mut answers = serde_json::Map::new();
+    answers.insert("database".to_owned(), checks.database.into());
+    for (component, up) in checks.broker {
+        answers.insert(component, up.into());
     }
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": checks });
+    let body = json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": answers });
     (status, Json(body)).into_response()
 }
 

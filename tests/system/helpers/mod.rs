@@ -16,6 +16,7 @@
 pub mod checker;
 pub mod client;
 pub mod cluster;
+pub mod deploy;
 pub mod events;
 pub mod infra;
 pub mod load;

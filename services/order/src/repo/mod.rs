@@ -13,7 +13,7 @@ use service_kit::group_commit::GroupCommit;
 use sqlx::PgPool;
 use tokio_util::task::TaskTracker;
 
-use crate::machine::{Order, UnknownName};
+use crate::machine::{Order, OrderState, UnknownName};
 use crate::outbox::OutboxEvent;
 
 mod leases;
@@ -350,6 +350,41 @@ pub async fn load_by_key(
     )
 }
 
+/// The statement of [`oldest_unfinished`]: for each unfinished state, the age in seconds of its
+/// oldest order (NULL if none). Each state is a literal, so that the planner answers each
+/// `min(created_at)` from the first entry of the partial index `orders_unfinished_by_age`,
+/// however many finished orders the table holds.
+pub fn oldest_unfinished_sql() -> String {
+    OrderState::ALL
+        .iter()
+        .filter(|s| !s.is_final())
+        .map(|s| {
+            format!(
+                "SELECT '{s}'::text AS state, \
+                 extract(epoch FROM now() - (SELECT min(created_at) FROM orders WHERE state = '{s}'))::float8 AS age"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+}
+
+/// The age of the oldest order of each unfinished state that has one (by the database's clock,
+/// which stamped `created_at`).
+pub async fn oldest_unfinished(pool: &PgPool) -> Result<Vec<(OrderState, Duration)>, RepoError> {
+    let rows: Vec<(String, Option<f64>)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(oldest_unfinished_sql()))
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(state, age)| {
+            let state = OrderState::ALL.iter().find(|s| s.as_str() == state)?;
+            let age = Duration::try_from_secs_f64(age?.max(0.0)).unwrap_or_default();
+            Some((*state, age))
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use crate::machine::{NotPlacedReason, OrderState};
@@ -389,5 +424,115 @@ mod tests {
             super::leases::UNFINISHED,
             format!("('{}')", unfinished.join("', '"))
         );
+        // The index that the oldest-order gauge reads holds exactly the unfinished orders.
+        let by_age = crate::MIGRATOR
+            .iter()
+            .find(|m| {
+                m.sql
+                    .as_str()
+                    .contains("CREATE INDEX orders_unfinished_by_age")
+            })
+            .expect("the migration of orders_unfinished_by_age");
+        assert!(
+            by_age
+                .sql
+                .as_str()
+                .contains(&format!("WHERE state IN {}", super::leases::UNFINISHED)),
+            "{}",
+            by_age.sql.as_str()
+        );
+    }
+
+    /// A database of the test's own on the local PostgreSQL (`DATABASE_URL`), migrated, and the
+    /// server's `postgres` database to drop it from.
+    async fn own_database() -> (String, sqlx::PgPool, sqlx::PgPool) {
+        use std::str::FromStr;
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+        let server = sqlx::postgres::PgConnectOptions::from_str(&url).unwrap();
+        let name = format!("order_repo_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(server.clone().database("postgres"))
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(server.database(&name))
+            .await
+            .unwrap();
+        crate::MIGRATOR.run(&pool).await.unwrap();
+        (name, admin, pool)
+    }
+
+    #[tokio::test]
+    async fn the_oldest_unfinished_orders_are_read_from_an_index_among_many_finished_ones() {
+        let (name, admin, pool) = own_database().await;
+        // Many finished orders, all older than the unfinished ones; a pile of orders still being
+        // placed (the oldest 90 s old); one cancel under way, of an order made 30 minutes ago.
+        sqlx::raw_sql(
+            "INSERT INTO orders (id, customer_id, hub_id, lines, state, reason, txn_id, deadline,
+                                 created_at, finished_at)
+             SELECT gen_random_uuid(), 'c-1', 1, '[{\"food_id\": 1, \"quantity\": 1}]',
+                    'not_placed', 'timeout', gen_random_uuid(), now(), now() - interval '2 hours',
+                    now() - interval '2 hours'
+             FROM generate_series(1, 20000);
+             INSERT INTO orders (id, customer_id, hub_id, lines, state, txn_id, deadline, created_at)
+             SELECT gen_random_uuid(), 'c-2', 1, '[{\"food_id\": 1, \"quantity\": 1}]',
+                    'reserving', gen_random_uuid(), now(),
+                    now() - interval '90 seconds' + g * interval '10 milliseconds'
+             FROM generate_series(0, 1999) g;
+             INSERT INTO orders (id, customer_id, hub_id, lines, state, txn_id, deadline, created_at,
+                                 finished_at, packet_ids, agent_id, reserved_until)
+             VALUES (gen_random_uuid(), 'c-3', 1, '[{\"food_id\": 1, \"quantity\": 1}]',
+                     'cancelling', gen_random_uuid(), now(), now() - interval '30 minutes',
+                     now() - interval '29 minutes', ARRAY[7]::bigint[], 3, now());
+             ANALYZE orders;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN {}",
+            super::oldest_unfinished_sql()
+        )))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let ages = super::oldest_unfinished(&pool).await.unwrap();
+        pool.close().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await
+        .unwrap();
+
+        let plan = plan.join("\n");
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+        assert_eq!(
+            plan.matches("orders_unfinished_by_age").count(),
+            4,
+            "one index lookup per unfinished state:\n{plan}"
+        );
+        let age = |state| {
+            ages.iter()
+                .find(|(s, _)| *s == state)
+                .map(|(_, age)| age.as_secs())
+        };
+        assert!(
+            age(OrderState::Reserving).is_some_and(|s| (90..120).contains(&s)),
+            "{ages:?}"
+        );
+        assert!(
+            age(OrderState::Cancelling).is_some_and(|s| (1800..1830).contains(&s)),
+            "{ages:?}"
+        );
+        assert_eq!(age(OrderState::Assigning), None, "{ages:?}");
+        assert_eq!(age(OrderState::Compensating), None, "{ages:?}");
     }
 }

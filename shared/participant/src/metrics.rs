@@ -1,0 +1,40 @@
+//! The metrics a participant records, each name spelled once, and their descriptions.
+
+use ::metrics::{Unit, describe_counter, describe_histogram};
+use protocol::topology::Participant;
+
+/// Counter, by `participant`, `operation` and `outcome`: commands handled (a redelivered command
+/// answered from its barrier row counts again).
+pub const COMMANDS: &str = "participant_commands_total";
+/// Histogram, by `participant` and `operation`: from a command's arrival to its reply.
+pub const COMMAND_SECONDS: &str = "participant_command_seconds";
+/// Counter, by `participant` and `via` (`timer`, `sweep`): reservations freed because they expired.
+pub const RESERVATIONS_EXPIRED: &str = "reservations_expired_total";
+
+/// Describes every metric of a participant, and registers the counters of `participant` whose
+/// labels are known in advance at zero.
+pub fn describe(participant: Participant) {
+    describe_counter!(
+        COMMANDS,
+        Unit::Count,
+        "Commands handled, by participant, operation and outcome (reserved, busy, unavailable, aborted, assigned, refused, released, cancelled, cancel_refused)."
+    );
+    describe_histogram!(
+        COMMAND_SECONDS,
+        Unit::Seconds,
+        "Time from a command's arrival to its reply, by participant and operation."
+    );
+    describe_counter!(
+        RESERVATIONS_EXPIRED,
+        Unit::Count,
+        "Reservations freed because they expired before they were assigned or released, by participant and via (timer: their expiry timer; sweep: the periodic sweep)."
+    );
+    for via in ["timer", "sweep"] {
+        ::metrics::counter!(
+            RESERVATIONS_EXPIRED,
+            "participant" => participant.as_str(),
+            "via" => via,
+        )
+        .increment(0);
+    }
+}
