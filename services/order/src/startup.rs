@@ -175,6 +175,6 @@ impl Application {
     /// rest are finished by recovery, here or in another coordinator).
     pub async fn run_until_stopped(self) -> Result<(), StartupError> {
         let routes = http::routes(self.coordinator);
-        self.foundation.run(routes).await
+        self.foundation.run(routes, &http::openapi()).await
     }
 }

@@ -4,9 +4,10 @@
 use protocol::ids::{FoodId, HubId, OrderId, PacketId};
 use serde::Serialize;
 use sqlx::PgPool;
+use utoipa::ToSchema;
 
 /// A food with its packet counts over every hub.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct FoodStock {
     /// The food.
     pub id: FoodId,
@@ -21,7 +22,7 @@ pub struct FoodStock {
 }
 
 /// A hub.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Hub {
     /// The hub.
     pub id: HubId,
@@ -30,7 +31,7 @@ pub struct Hub {
 }
 
 /// The stock of one food at one hub.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct HubFood {
     /// The food.
     pub food_id: FoodId,
@@ -43,7 +44,7 @@ pub struct HubFood {
 }
 
 /// One packet.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Packet {
     /// The packet.
     pub id: PacketId,
