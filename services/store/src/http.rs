@@ -28,8 +28,10 @@ use utoipa_axum::routes;
 use crate::repo::{self, Added, FoodStock, Hub, HubFood, Packet};
 
 /// Most packets one request may add: inserting is one statement, and one request should not
-/// hold the database for long. The documents say it as `maximum` of `packets` and `count`.
-pub const MAX_PACKETS_PER_REQUEST: i64 = 1_000_000;
+/// hold the database for long (a million took longer than a client's patience on a small
+/// machine; more packets take more requests). The documents say it as `maximum` of `packets`
+/// and `count`.
+pub const MAX_PACKETS_PER_REQUEST: i64 = 100_000;
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -74,7 +76,7 @@ struct NewFood {
     name: String,
     /// How many packets to add at the hub (none if absent).
     #[serde(default)]
-    #[schema(minimum = 0, maximum = 1000000, example = 100)]
+    #[schema(minimum = 0, maximum = 100000, example = 100)]
     packets: i64,
     /// The hub (the default hub, 1, if absent).
     #[schema(minimum = 1, example = 1)]
@@ -86,7 +88,7 @@ struct NewFood {
 #[serde(deny_unknown_fields)]
 struct NewPackets {
     /// How many.
-    #[schema(minimum = 1, maximum = 1000000, example = 50)]
+    #[schema(minimum = 1, maximum = 100000, example = 50)]
     count: i64,
     /// The hub (the default hub, 1, if absent).
     #[schema(minimum = 1, example = 2)]

@@ -165,6 +165,15 @@ async fn insert_packets(
     hub: HubId,
     count: i64,
 ) -> Result<(), sqlx::Error> {
+    if count >= ANALYZE_AFTER {
+        // A bulk load (up to 100,000 rows, with their indexes, then `ANALYZE`) may take longer
+        // than the statement timeout meant for the transaction's short statements: it gets its
+        // own, for this transaction only.
+        sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+            .bind(BULK_STATEMENT_TIMEOUT)
+            .execute(&mut *tx)
+            .await?;
+    }
     // The food's row is locked by the caller's transaction, so ranges of concurrent additions
     // cannot overwrite each other.
     sqlx::query(
@@ -193,6 +202,10 @@ async fn insert_packets(
 
 /// Loads of at least this many rows refresh the table's statistics.
 pub const ANALYZE_AFTER: i64 = 10_000;
+
+/// The statement timeout of a bulk load (of at least [`ANALYZE_AFTER`] packets): inserting the
+/// most one request may add takes seconds on a small machine.
+const BULK_STATEMENT_TIMEOUT: &str = "60s";
 
 /// The counts per state of the stock row `s` (one food at one hub), each through the partial
 /// index of that state within the (hub, food).
