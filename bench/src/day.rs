@@ -55,7 +55,7 @@ const ATTEMPTS: u32 = 5;
 /// Customers the orders are spread over.
 const CUSTOMERS: u32 = 1_000;
 /// Most packets one seeding request adds (the store's limit).
-const PACKET_CHUNK: i64 = 1_000_000;
+const PACKET_CHUNK: i64 = 100_000;
 /// Orders answered at once at most, in open loop.
 const MAX_IN_FLIGHT: usize = 4_096;
 

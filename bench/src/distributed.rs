@@ -158,7 +158,7 @@ pub(crate) async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<Check
         let id = food["id"].as_i64().context("food id")?;
         let mut left = *packets;
         while left > 0 {
-            let n = left.min(SEED_CHUNK * 10);
+            let n = left.min(SEED_CHUNK);
             api.post(
                 format!("{}/foods/{id}/packets", target.store_url),
                 json!({ "count": n }),

@@ -9,6 +9,7 @@
 
 mod helpers;
 
+mod api;
 mod barrier;
 mod clocks;
 mod contention;

@@ -57,7 +57,14 @@ async fn a_soak_with_a_nemesis_loses_nothing_duplicates_nothing_and_places_nothi
         .unwrap_or(i64::MAX)
         .saturating_mul(100)
         .clamp(50_000, 1_000_000);
-    let food = system.create_food("Soak", stock).await;
+    // At most 100,000 packets a request.
+    let food = system.create_food("Soak", 0).await;
+    let mut left = stock;
+    while left > 0 {
+        let n = left.min(100_000);
+        system.add_packets(food, 1, n).await;
+        left -= n;
+    }
     for _ in 0..(stock + 99_999) / 100_000 {
         system.create_agents(stock.min(100_000)).await;
     }

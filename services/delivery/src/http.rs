@@ -20,23 +20,29 @@
 //! - `POST /deliveries/{order_id}/delivered` → `200` with the delivery; the agent is available
 //!   again; the same again if repeated; `409` if the order was not picked up.
 //! - `GET /deliveries/{order_id}` → the delivery, or `404`.
+//!
+//! The OpenAPI document ([`openapi`], served at `GET /openapi.json`, committed as
+//! `docs/openapi/delivery.json`) is generated from the handlers' `#[utoipa::path]` attributes.
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use axum::{Json, Router};
-use protocol::ids::{AgentId, OrderId};
-use serde::Deserialize;
-use serde_json::{Value, json};
-use service_kit::http::{ApiError, AppJson, AppPath, AppQuery, hub_field, text_field};
+use protocol::ids::{AgentId, HubId, OrderId};
+use serde::{Deserialize, Serialize};
+use service_kit::http::{
+    AdminToken, ApiError, AppJson, AppPath, AppQuery, ErrorBody, hub_field, text_field,
+};
 use sqlx::PgPool;
 use std::sync::Arc;
 use tokio::sync::Notify;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::repo::{self, Agent, Delivery, Reported, Summary};
 
-/// Most agents one request may create.
+/// Most agents one request may create. (The document says it as `maximum` of `count`.)
 pub const MAX_AGENTS_PER_REQUEST: i64 = 100_000;
 
 /// What the handlers share: the pool, and the outbox relay to wake after a report.
@@ -46,32 +52,90 @@ pub struct Api {
     reports: Arc<Notify>,
 }
 
-/// The routes; `reports` wakes the relay of progress reports.
-pub fn routes(pool: PgPool, reports: Arc<Notify>) -> Router {
-    Router::new()
-        .route("/agents", post(create_agents))
-        .route("/agents/summary", get(summary))
-        .route("/agents/{id}", get(get_agent))
-        .route("/agents/{id}/off-duty", post(off_duty))
-        .route("/agents/{id}/on-duty", post(on_duty))
-        .route("/deliveries/{order_id}", get(get_delivery))
-        .route("/deliveries/{order_id}/picked-up", post(picked_up))
-        .route("/deliveries/{order_id}/delivered", post(delivered))
-        .with_state(Api { pool, reports })
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "delivery-service",
+        description = "Delivery: agents (each at a hub), their duty, and the rider's progress with \
+                       each placed order (picked up, delivered), reported to the coordinator. \
+                       Every request that changes something needs the admin token when the \
+                       service has one (`ADMIN_TOKEN`); the rider's app holds it too."
+    ),
+    modifiers(&AdminToken)
+)]
+struct ApiDoc;
+
+/// The routes with their documentation, without state.
+fn api() -> OpenApiRouter<Api> {
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(create_agents))
+        .routes(routes!(summary))
+        .routes(routes!(get_agent))
+        .routes(routes!(off_duty))
+        .routes(routes!(on_duty))
+        .routes(routes!(get_delivery))
+        .routes(routes!(picked_up))
+        .routes(routes!(delivered))
 }
 
-#[derive(Debug, Deserialize)]
+/// The routes; `reports` wakes the relay of progress reports.
+pub fn routes(pool: PgPool, reports: Arc<Notify>) -> Router {
+    let (router, _) = api().split_for_parts();
+    router.with_state(Api { pool, reports })
+}
+
+/// The service's whole OpenAPI document, as served at `GET /openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    service_kit::http::document(api().into_openapi())
+}
+
+/// New agents at one hub: a count, names, or both (as many names as the count).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewAgents {
+    /// How many agents (the number of names if absent).
+    #[schema(minimum = 1, maximum = 100000, example = 10)]
     count: Option<i64>,
+    /// Their names, each 1 to 200 characters after trimming, without NUL characters (else
+    /// `agent-<id>`).
+    #[schema(min_items = 1, max_items = 100000)]
     names: Option<Vec<String>>,
+    /// The hub (the default hub, 1, if absent). Hub ids are the store's, taken as given.
+    #[schema(minimum = 1, example = 1)]
     hub_id: Option<i64>,
 }
 
+/// Agents just created.
+#[derive(Debug, Serialize, ToSchema)]
+struct AgentsCreated {
+    /// Their ids, in the order of the names if given.
+    ids: Vec<AgentId>,
+    /// Their hub.
+    hub_id: HubId,
+}
+
+/// Creates agents at a hub.
+#[utoipa::path(
+    post,
+    path = "/agents",
+    tag = "agents",
+    request_body = NewAgents,
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 201, description = "The agents", body = AgentsCreated),
+        (status = 400, description = "The body is not readable JSON", body = ErrorBody),
+        (status = 401, description = "The admin token is required and missing or wrong", body = ErrorBody,
+            headers(("www-authenticate" = String, description = "`Bearer`"))),
+        (status = 413, description = "The body is over 64 KiB", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or invalid, or the count and the names disagree", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
+    )
+)]
 async fn create_agents(
     State(api): State<Api>,
     AppJson(body): AppJson<NewAgents>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<AgentsCreated>), ApiError> {
     let hub = hub_field(body.hub_id)?;
     let count = match (&body.count, &body.names) {
         (Some(count), Some(names)) if usize::try_from(*count).ok() != Some(names.len()) => {
@@ -108,16 +172,33 @@ async fn create_agents(
     tracing::info!(count, %hub, "agents created");
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "ids": ids, "hub_id": hub })),
+        Json(AgentsCreated { ids, hub_id: hub }),
     ))
 }
 
-#[derive(Debug, Deserialize)]
+/// Which agents to count.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct SummaryQuery {
+    /// One hub (every hub if absent).
+    #[param(minimum = 1)]
     hub_id: Option<i64>,
 }
 
+/// Agents by state, at one hub or over every hub.
+#[utoipa::path(
+    get,
+    path = "/agents/summary",
+    tag = "agents",
+    params(SummaryQuery),
+    responses(
+        (status = 200, description = "How many agents are in each state", body = Summary),
+        (status = 400, description = "The query is not readable (`hub_id` not an integer, or an unknown parameter)", body = ErrorBody),
+        (status = 422, description = "`hub_id` is not a positive integer", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
+    )
+)]
 async fn summary(
     State(api): State<Api>,
     AppQuery(query): AppQuery<SummaryQuery>,
@@ -126,6 +207,19 @@ async fn summary(
     Ok(Json(repo::summary(&api.pool, hub).await?))
 }
 
+/// One agent.
+#[utoipa::path(
+    get,
+    path = "/agents/{id}",
+    tag = "agents",
+    params(("id" = i64, Path, description = "The agent")),
+    responses(
+        (status = 200, description = "The agent", body = Agent),
+        (status = 400, description = "The id is not an integer", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
+    )
+)]
 async fn get_agent(
     State(api): State<Api>,
     AppPath(id): AppPath<i64>,
@@ -136,6 +230,23 @@ async fn get_agent(
         .ok_or_else(|| ApiError::NotFound(format!("no agent {id}")))
 }
 
+/// Puts an agent off duty: it is never reserved until it is back on duty.
+#[utoipa::path(
+    post,
+    path = "/agents/{id}/off-duty",
+    tag = "agents",
+    params(("id" = i64, Path, description = "The agent")),
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "The agent, off duty (the same again if it already was)", body = Agent),
+        (status = 400, description = "The id is not an integer", body = ErrorBody),
+        (status = 401, description = "The admin token is required and missing or wrong", body = ErrorBody,
+            headers(("www-authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "No such agent", body = ErrorBody),
+        (status = 409, description = "The agent holds an order or a reservation", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
+    )
+)]
 async fn off_duty(
     State(api): State<Api>,
     AppPath(id): AppPath<i64>,
@@ -151,6 +262,23 @@ async fn off_duty(
     }
 }
 
+/// Puts an off-duty agent back on duty: available.
+#[utoipa::path(
+    post,
+    path = "/agents/{id}/on-duty",
+    tag = "agents",
+    params(("id" = i64, Path, description = "The agent")),
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "The agent, available", body = Agent),
+        (status = 400, description = "The id is not an integer", body = ErrorBody),
+        (status = 401, description = "The admin token is required and missing or wrong", body = ErrorBody,
+            headers(("www-authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "No such agent", body = ErrorBody),
+        (status = 409, description = "The agent is not off duty", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
+    )
+)]
 async fn on_duty(
     State(api): State<Api>,
     AppPath(id): AppPath<i64>,
@@ -166,6 +294,19 @@ async fn on_duty(
     }
 }
 
+/// The delivery of an order: its agent and its progress.
+#[utoipa::path(
+    get,
+    path = "/deliveries/{order_id}",
+    tag = "deliveries",
+    params(("order_id" = Uuid, Path, description = "The order")),
+    responses(
+        (status = 200, description = "The delivery", body = Delivery),
+        (status = 400, description = "The order id is not a UUID", body = ErrorBody),
+        (status = 404, description = "The order was not picked up", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
+    )
+)]
 async fn get_delivery(
     State(api): State<Api>,
     AppPath(order): AppPath<Uuid>,
@@ -176,6 +317,22 @@ async fn get_delivery(
         .ok_or_else(|| ApiError::NotFound(format!("order {order} was not picked up")))
 }
 
+/// The rider has picked the order up: it can no longer be cancelled.
+#[utoipa::path(
+    post,
+    path = "/deliveries/{order_id}/picked-up",
+    tag = "deliveries",
+    params(("order_id" = Uuid, Path, description = "The order")),
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "The delivery (the same again for a repeat)", body = Delivery),
+        (status = 400, description = "The order id is not a UUID", body = ErrorBody),
+        (status = 401, description = "The admin token is required and missing or wrong", body = ErrorBody,
+            headers(("www-authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "No agent is assigned to the order (not placed here, cancelled, or not assigned yet)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
+    )
+)]
 async fn picked_up(
     State(api): State<Api>,
     AppPath(order): AppPath<Uuid>,
@@ -184,6 +341,22 @@ async fn picked_up(
     answer(&api, order, reported)
 }
 
+/// The rider has delivered the order: its agent is available again.
+#[utoipa::path(
+    post,
+    path = "/deliveries/{order_id}/delivered",
+    tag = "deliveries",
+    params(("order_id" = Uuid, Path, description = "The order")),
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "The delivery (the same again for a repeat)", body = Delivery),
+        (status = 400, description = "The order id is not a UUID", body = ErrorBody),
+        (status = 401, description = "The admin token is required and missing or wrong", body = ErrorBody,
+            headers(("www-authenticate" = String, description = "`Bearer`"))),
+        (status = 409, description = "The order was not picked up", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
+    )
+)]
 async fn delivered(
     State(api): State<Api>,
     AppPath(order): AppPath<Uuid>,
@@ -208,5 +381,33 @@ fn answer(api: &Api, order: Uuid, reported: Reported) -> Result<Json<Delivery>, 
         Reported::NotPickedUp => Err(ApiError::Conflict(format!(
             "order {order} was not picked up"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn openapi_document_is_committed() {
+        service_kit::testing::check_openapi_document(
+            &super::openapi(),
+            std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../docs/openapi/delivery.json"
+            )),
+            "delivery-service",
+        );
+    }
+
+    #[test]
+    fn openapi_limits_are_the_ones_the_handlers_apply() {
+        let document = serde_json::to_value(super::openapi()).unwrap();
+        let agents = &document["components"]["schemas"]["NewAgents"]["properties"];
+        assert_eq!(agents["count"]["maximum"], super::MAX_AGENTS_PER_REQUEST);
+        assert_eq!(agents["names"]["maxItems"], super::MAX_AGENTS_PER_REQUEST);
+    }
+
+    #[test]
+    fn openapi_every_change_needs_the_admin_token_when_one_is_set() {
+        service_kit::testing::check_admin_token_on_writes(&super::openapi());
     }
 }

@@ -7,9 +7,10 @@ use protocol::ids::{AgentId, HubId, OrderId, TxnId};
 use protocol::progress::DeliveryProgress;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
+use utoipa::ToSchema;
 
 /// Agent counts by state.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Summary {
     /// Free to reserve.
     pub available: i64,
@@ -24,7 +25,7 @@ pub struct Summary {
 }
 
 /// One agent.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Agent {
     /// The agent.
     pub id: AgentId,
@@ -148,7 +149,7 @@ pub async fn set_duty(pool: &PgPool, id: AgentId, off: bool) -> Result<Option<Ag
 }
 
 /// A delivery: the order, its agent, and its progress.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Delivery {
     /// The order.
     pub order_id: OrderId,

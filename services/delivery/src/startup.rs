@@ -57,6 +57,8 @@ impl Application {
     /// Serves until shutdown, then drains.
     pub async fn run_until_stopped(self) -> Result<(), StartupError> {
         let reports = self.reports;
-        self.app.run(|pool| http::routes(pool, reports)).await
+        self.app
+            .run(|pool| http::routes(pool, reports), &http::openapi())
+            .await
     }
 }

@@ -18,25 +18,30 @@
 //!   with `reason` `already_picked_up`, `not_placed` or `not_placed_yet`, or `202 {"status":
 //!   "cancelling"}` when the cancel has not ended within the response budget; `404` if the
 //!   customer has no such order. A second cancel gets the first one's answer.
+//!
+//! The OpenAPI document ([`openapi`], served at `GET /openapi.json`, committed as
+//! `docs/openapi/order.json`) is generated from the handlers' `#[utoipa::path]` attributes and
+//! the types of the bodies.
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use protocol::command::{MAX_LINES, MAX_QUANTITY, PacketLine};
-use protocol::ids::{FoodId, HubId, OrderId};
+use protocol::ids::{AgentId, FoodId, HubId, OrderId, PacketId};
 use protocol::trace::TraceContext;
-use serde::Deserialize;
-use serde_json::{Value, json};
-use service_kit::http::{ApiError, AppJson, AppPath, hub_field, text_field};
+use serde::{Deserialize, Serialize};
+use service_kit::http::{AdminToken, ApiError, AppJson, AppPath, ErrorBody, hub_field, text_field};
 use tracing::{Instrument, info_span};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::cancellation::CancelError;
 use crate::coordinator::Coordinator;
-use crate::machine::{Order, OrderState};
+use crate::machine::{NotPlacedReason, Order, OrderState};
 use crate::placement::{PlaceError, Placement};
 use crate::repo::{self, RepoError};
 
@@ -47,29 +52,69 @@ const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-repl
 /// The longest idempotency key accepted.
 const MAX_KEY_LEN: usize = 200;
 
-/// The routes, with the coordinator as state.
-pub fn routes(coordinator: Arc<Coordinator>) -> Router {
-    Router::new()
-        .route("/orders", post(place_order))
-        .route("/orders/{id}", get(get_order))
-        .route("/orders/{id}/cancel", post(cancel_order))
-        .with_state(coordinator)
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "order-service",
+        description = "The coordinator: takes orders (a basket at one hub), places each with a \
+                       distributed transaction over the store and delivery, and cancels them. An \
+                       order is `placed` only when every packet of every line and an agent are \
+                       assigned to it. The operator API (`/admin/...`) needs the admin token on \
+                       every request, reads too, when the service has one (`ADMIN_TOKEN`)."
+    ),
+    modifiers(&AdminToken)
+)]
+struct ApiDoc;
+
+/// The routes with their documentation, without state.
+fn api() -> OpenApiRouter<Arc<Coordinator>> {
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(place_order))
+        .routes(routes!(get_order))
+        .routes(routes!(cancel_order))
 }
 
-#[derive(Debug, Deserialize)]
+/// The routes, with the coordinator as state.
+pub fn routes(coordinator: Arc<Coordinator>) -> Router {
+    let (router, _) = api().split_for_parts();
+    router.with_state(coordinator)
+}
+
+/// The service's whole OpenAPI document, as served at `GET /openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut document = api().into_openapi();
+    document.merge(crate::operator::openapi());
+    service_kit::http::document(document)
+}
+
+/// An order: a basket at one hub, or (the one-item API) one packet of `food_id` at the default
+/// hub. Give `lines` or `food_id`, not both.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PlaceOrder {
+    /// Who orders: 1 to 200 characters after trimming, without NUL characters.
+    #[schema(min_length = 1, max_length = 200, example = "c-42")]
     customer_id: String,
+    /// The hub (the default hub, 1, if absent).
+    #[schema(minimum = 1, example = 1)]
     hub_id: Option<i64>,
-    lines: Option<Vec<Line>>,
-    /// The one-item API: one line of quantity 1.
+    /// The basket: 1 to 50 lines, each food at most once.
+    #[schema(min_items = 1, max_items = 50)]
+    lines: Option<Vec<BasketLine>>,
+    /// The one-item API: one packet of this food at the default hub (instead of `lines`).
+    #[schema(minimum = 1)]
     food_id: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One line of a basket.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Line {
+struct BasketLine {
+    /// The food.
+    #[schema(minimum = 1, example = 1)]
     food_id: i64,
+    /// How many packets of it: 1 to 20 (1 if absent).
+    #[schema(minimum = 1, maximum = 20, example = 2)]
     quantity: Option<i64>,
 }
 
@@ -118,11 +163,54 @@ fn basket(body: &PlaceOrder) -> Result<(HubId, Vec<PacketLine>), ApiError> {
     Ok((hub_id, lines))
 }
 
+/// Places an order: answers with its state once decided, or `pending` after the response
+/// budget.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "orders",
+    request_body = PlaceOrder,
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "The client's key for this order, for retries: a request that repeats \
+                           a key the customer used before creates nothing and is answered with \
+                           that order as recorded now",
+            min_length = 1, max_length = 200, pattern = "^[!-~]+$"),
+        ("traceparent" = Option<String>, Header,
+            description = "A W3C trace context: the order's messages and log lines continue this \
+                           trace (a new one is started without it, or if it is malformed)")
+    ),
+    responses(
+        (status = 201, description = "Placed (a replayed key may find the order further on: \
+                                      picked up, delivered, cancelling, cancelled)",
+            body = OrderView,
+            headers(("idempotent-replayed" = String, description = "`true` when this is the \
+                                                                 answer for an earlier request \
+                                                                 with the same key"))),
+        (status = 202, description = "Not decided within the response budget: `pending`; ask \
+                                      `GET /orders/{id}` later",
+            body = OrderView,
+            headers(("idempotent-replayed" = String, description = "`true` for a replayed key"))),
+        (status = 400, description = "The body is not readable JSON, or the `Idempotency-Key` \
+                                      is malformed", body = ErrorBody),
+        (status = 409, description = "Not placed: `reason` says why",
+            body = OrderView,
+            headers(("idempotent-replayed" = String, description = "`true` for a replayed key"))),
+        (status = 413, description = "The body is over 64 KiB", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or invalid (the basket's \
+                                      limits), or the key was used for another basket",
+            body = ErrorBody),
+        (status = 503, description = "The order could not be recorded (the database is \
+                                      unavailable); try again, with the same key",
+            body = ErrorBody)
+    )
+)]
 async fn place_order(
     State(coordinator): State<Arc<Coordinator>>,
     headers: HeaderMap,
     AppJson(body): AppJson<PlaceOrder>,
-) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<OrderView>), ApiError> {
     let (hub_id, lines) = basket(&body)?;
     let customer_id = text_field("customer_id", &body.customer_id)?;
     let key = idempotency_key(&headers)?;
@@ -206,27 +294,68 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
+/// An order in its current state.
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    tag = "orders",
+    params(("id" = Uuid, Path, description = "The order")),
+    responses(
+        (status = 200, description = "The order as recorded now", body = OrderView),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 404, description = "No such order", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
+    )
+)]
 async fn get_order(
     State(coordinator): State<Arc<Coordinator>>,
     AppPath(id): AppPath<Uuid>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrderView>, ApiError> {
     let order = repo::load(coordinator.pool(), OrderId(id))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))?;
     Ok(Json(view(&order)))
 }
 
-#[derive(Debug, Deserialize)]
+/// Who asks to cancel.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CancelOrder {
+    /// The customer who placed the order: 1 to 200 characters after trimming, without NUL
+    /// characters.
+    #[schema(min_length = 1, max_length = 200, example = "c-42")]
     customer_id: String,
 }
 
+/// Cancels a placed order, until the rider has picked it up. A repeat gets the same answer.
+#[utoipa::path(
+    post,
+    path = "/orders/{id}/cancel",
+    tag = "orders",
+    params(("id" = Uuid, Path, description = "The order")),
+    request_body = CancelOrder,
+    responses(
+        (status = 200, description = "Cancelled: the packets are back in stock and the agent is \
+                                      free", body = OrderView),
+        (status = 202, description = "`cancelling`: not ended within the response budget",
+            body = OrderView),
+        (status = 400, description = "The id is not a UUID, or the body is not readable JSON",
+            body = ErrorBody),
+        (status = 404, description = "The customer has no such order", body = ErrorBody),
+        (status = 409, description = "Refused, nothing changed: `reason` is \
+                                      `already_picked_up`, `not_placed`, or `not_placed_yet` \
+                                      (ask again once placed)", body = OrderView),
+        (status = 413, description = "The body is over 64 KiB", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or invalid", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
+    )
+)]
 async fn cancel_order(
     State(coordinator): State<Arc<Coordinator>>,
     AppPath(id): AppPath<Uuid>,
     AppJson(body): AppJson<CancelOrder>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<OrderView>), ApiError> {
     let customer_id = text_field("customer_id", &body.customer_id)?;
     let order = coordinator
         .cancel_order(OrderId(id), customer_id)
@@ -236,17 +365,17 @@ async fn cancel_order(
             CancelError::Repo(err) => err.into(),
         })?;
     let mut body = view(&order);
-    let mut refused = |reason: &str| {
-        body["reason"] = json!(reason);
+    let mut refused = |reason: Reason| {
+        body.reason = Some(reason);
         StatusCode::CONFLICT
     };
     let status = match order.state {
         OrderState::Cancelled => StatusCode::OK,
         OrderState::Cancelling => StatusCode::ACCEPTED,
-        OrderState::PickedUp | OrderState::Delivered => refused("already_picked_up"),
-        OrderState::NotPlaced => refused("not_placed"),
+        OrderState::PickedUp | OrderState::Delivered => refused(Reason::AlreadyPickedUp),
+        OrderState::NotPlaced => refused(Reason::NotPlaced),
         OrderState::Reserving | OrderState::Assigning | OrderState::Compensating => {
-            refused("not_placed_yet")
+            refused(Reason::NotPlacedYet)
         }
         // Only if the order changed under the cancel in a way the machine does not allow.
         OrderState::Placed => StatusCode::ACCEPTED,
@@ -254,39 +383,219 @@ async fn cancel_order(
     Ok((status, Json(body)))
 }
 
+/// An order as the API shows it: recorded facts only.
+#[derive(Debug, Serialize, ToSchema)]
+struct OrderView {
+    /// The order.
+    order_id: OrderId,
+    /// Where it is.
+    status: Status,
+    /// Its hub.
+    hub_id: HubId,
+    /// What was ordered.
+    lines: Vec<PacketLine>,
+    /// Why it is not placed (`not_placed`); in the answer of a refused cancel, why the cancel
+    /// was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<Reason>,
+    /// How far placing it has come (`pending` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stage: Option<Stage>,
+    /// The packets of every line (from `placed` on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    packet_ids: Option<Vec<PacketId>>,
+    /// Its agent (from `placed` on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_id: Option<AgentId>,
+    /// The food of an order of one packet of one food (the one-item API).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    food_id: Option<FoodId>,
+    /// The packet of an order of one packet of one food, once it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    packet_id: Option<PacketId>,
+}
+
+/// Where an order is, as the API says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum Status {
+    /// Being placed: see `stage`.
+    Pending,
+    /// The packets of every line and an agent are assigned to it.
+    Placed,
+    /// Final: it will not be fulfilled; nothing is held for it (see `reason`).
+    NotPlaced,
+    /// The agent has it; it can no longer be cancelled.
+    PickedUp,
+    /// Final: delivered.
+    Delivered,
+    /// The customer cancelled it; being undone.
+    Cancelling,
+    /// Final: cancelled; the packets are back in stock and the agent is free.
+    Cancelled,
+}
+
+/// How far placing a `pending` order has come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum Stage {
+    /// Phase 1: reservations asked for.
+    Reserving,
+    /// The commit decision is recorded; assignments asked for.
+    Assigning,
+    /// An assignment failed; releasing both sides before saying `not_placed`.
+    Compensating,
+}
+
+/// Why an order is not placed, or why a cancel was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum Reason {
+    /// Not placed: too few packets of a food at the hub.
+    FoodUnavailable,
+    /// Not placed: no such food.
+    UnknownFood,
+    /// Not placed: every agent of the hub is busy or off duty.
+    AgentUnavailable,
+    /// Not placed: no decision by the order's deadline.
+    Timeout,
+    /// Not placed: a reservation expired before it could be assigned.
+    AssignFailed,
+    /// Not placed: no such hub.
+    UnknownHub,
+    /// Not placed: an operator aborted it before its commit decision.
+    Aborted,
+    /// Cancel refused: the agent has picked the order up.
+    AlreadyPickedUp,
+    /// Cancel refused: the order was not placed.
+    NotPlaced,
+    /// Cancel refused: the order is still being placed; ask again once placed.
+    NotPlacedYet,
+}
+
+impl From<NotPlacedReason> for Reason {
+    fn from(reason: NotPlacedReason) -> Self {
+        match reason {
+            NotPlacedReason::FoodUnavailable => Reason::FoodUnavailable,
+            NotPlacedReason::UnknownFood => Reason::UnknownFood,
+            NotPlacedReason::AgentUnavailable => Reason::AgentUnavailable,
+            NotPlacedReason::Timeout => Reason::Timeout,
+            NotPlacedReason::AssignFailed => Reason::AssignFailed,
+            NotPlacedReason::UnknownHub => Reason::UnknownHub,
+            NotPlacedReason::Aborted => Reason::Aborted,
+        }
+    }
+}
+
+/// The status and stage the API shows for `state`.
+fn status_of(state: OrderState) -> (Status, Option<Stage>) {
+    match state {
+        OrderState::Reserving => (Status::Pending, Some(Stage::Reserving)),
+        OrderState::Assigning => (Status::Pending, Some(Stage::Assigning)),
+        OrderState::Compensating => (Status::Pending, Some(Stage::Compensating)),
+        OrderState::Placed => (Status::Placed, None),
+        OrderState::NotPlaced => (Status::NotPlaced, None),
+        OrderState::PickedUp => (Status::PickedUp, None),
+        OrderState::Delivered => (Status::Delivered, None),
+        OrderState::Cancelling => (Status::Cancelling, None),
+        OrderState::Cancelled => (Status::Cancelled, None),
+    }
+}
+
 /// The public view of an order: recorded facts only.
-fn view(order: &Order) -> Value {
-    let mut view = json!({
-        "order_id": order.id,
-        "status": order.state,
-        "hub_id": order.hub_id,
-        "lines": order.lines,
-    });
-    match order.state {
-        OrderState::NotPlaced => {
-            view["reason"] = json!(order.reason.map(|r| r.as_str()));
-        }
-        OrderState::Reserving | OrderState::Assigning | OrderState::Compensating => {
-            view["status"] = json!("pending");
-            view["stage"] = json!(order.state);
-        }
+fn view(order: &Order) -> OrderView {
+    let (status, stage) = status_of(order.state);
+    let assigned = match order.state {
+        OrderState::NotPlaced
+        | OrderState::Reserving
+        | OrderState::Assigning
+        | OrderState::Compensating => false,
         OrderState::Placed
         | OrderState::PickedUp
         | OrderState::Delivered
         | OrderState::Cancelling
-        | OrderState::Cancelled => {
-            view["packet_ids"] = json!(order.packet_ids);
-            view["agent_id"] = json!(order.agent_id);
-        }
+        | OrderState::Cancelled => true,
+    };
+    let mut view = OrderView {
+        order_id: order.id,
+        status,
+        hub_id: order.hub_id,
+        lines: order.lines.clone(),
+        reason: None,
+        stage,
+        packet_ids: assigned.then(|| order.packet_ids.clone()),
+        agent_id: if assigned { order.agent_id } else { None },
+        food_id: None,
+        packet_id: None,
+    };
+    if order.state == OrderState::NotPlaced {
+        view.reason = order.reason.map(Reason::from);
     }
     // The fields of the one-item API, for an order of one packet of one food.
     if let [line] = order.lines.as_slice()
         && line.quantity == 1
     {
-        view["food_id"] = json!(line.food_id);
+        view.food_id = Some(line.food_id);
         if let [packet] = order.packet_ids.as_slice() {
-            view["packet_id"] = json!(packet);
+            view.packet_id = Some(*packet);
         }
     }
     view
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_document_is_committed() {
+        service_kit::testing::check_openapi_document(
+            &openapi(),
+            std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../docs/openapi/order.json"
+            )),
+            "order-service",
+        );
+    }
+
+    #[test]
+    fn openapi_limits_are_the_ones_the_handlers_apply() {
+        let document = serde_json::to_value(openapi()).unwrap();
+        let schemas = &document["components"]["schemas"];
+        let order = &schemas["PlaceOrder"]["properties"];
+        assert_eq!(order["lines"]["maxItems"], MAX_LINES);
+        assert_eq!(
+            order["customer_id"]["maxLength"],
+            service_kit::http::MAX_TEXT
+        );
+        let line = &schemas["BasketLine"]["properties"];
+        assert_eq!(line["quantity"]["maximum"], MAX_QUANTITY);
+        let key = document["paths"]["/orders"]["post"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "Idempotency-Key")
+            .cloned()
+            .unwrap();
+        assert_eq!(key["schema"]["maxLength"], MAX_KEY_LEN);
+    }
+
+    #[test]
+    fn the_api_spells_states_and_reasons_as_the_database_does() {
+        for &state in OrderState::ALL {
+            let (status, stage) = status_of(state);
+            let shown = match stage {
+                Some(stage) => serde_json::to_value(stage),
+                None => serde_json::to_value(status),
+            };
+            assert_eq!(shown.ok(), Some(serde_json::json!(state.as_str())));
+        }
+        for &reason in NotPlacedReason::ALL {
+            assert_eq!(
+                serde_json::to_value(Reason::from(reason)).ok(),
+                Some(serde_json::json!(reason.as_str()))
+            );
+        }
+    }
 }

@@ -24,14 +24,16 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use protocol::ids::OrderId;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use service_kit::http::{ApiError, AppPath, AppQuery};
+use service_kit::http::{ApiError, AppPath, AppQuery, ErrorBody};
 use tracing::info;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::coordinator::Coordinator;
@@ -44,23 +46,54 @@ const MAX_LIST: i64 = 1_000;
 /// Orders listed when `limit` is not given.
 const DEFAULT_LIST: i64 = 100;
 
-/// The routes, with the coordinator as state (to be guarded by the caller).
-pub fn routes(coordinator: Arc<Coordinator>) -> Router {
-    Router::new()
-        .route("/admin/orders", get(list_unfinished))
-        .route("/admin/orders/{id}/retry", post(retry))
-        .route("/admin/orders/{id}/abort", post(abort))
-        .with_state(coordinator)
+/// The routes with their documentation, without state.
+fn api() -> OpenApiRouter<Arc<Coordinator>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_unfinished))
+        .routes(routes!(retry))
+        .routes(routes!(abort))
 }
 
-#[derive(Debug, Deserialize)]
+/// The routes, with the coordinator as state, behind `token` (every request, reads too).
+pub fn routes(coordinator: Arc<Coordinator>, token: Option<String>) -> Router {
+    let (router, _) = api().split_for_parts();
+    service_kit::http::operator_guard(router.with_state(coordinator), token)
+}
+
+/// The operator API's part of the service's OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
+/// Which unfinished orders to list.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// One unfinished state: `reserving`, `assigning`, `compensating` or `cancelling`.
     state: Option<String>,
+    /// Only orders received longer ago than this (`30s`, `5m`; `0s` if absent).
     older_than: Option<String>,
+    /// At most this many (100 if absent).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
+/// Unfinished orders, oldest first, with their lease.
+#[utoipa::path(
+    get,
+    path = "/admin/orders",
+    tag = "operator",
+    params(ListQuery),
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{\"orders\": [{\"order_id\", \"state\", \"reason\", \"age_seconds\", \"attempt\", \"created_at\", \"deadline\", \"lease_holder\", \"lease_until\", \"lease_expired\"}]}`", body = Object),
+        (status = 400, description = "The query is not readable (an unknown parameter, `limit` not an integer)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 422, description = "An unknown or final `state`, a malformed `older_than`, or `limit` out of range", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
+    )
+)]
 async fn list_unfinished(
     State(coordinator): State<Arc<Coordinator>>,
     AppQuery(query): AppQuery<ListQuery>,
@@ -153,6 +186,22 @@ async fn take(
         .map(|(order, token)| Taken { order, token, slot }))
 }
 
+/// Drives a decided, unfinished order now, from this coordinator.
+#[utoipa::path(
+    post,
+    path = "/admin/orders/{id}/retry",
+    tag = "operator",
+    params(("id" = Uuid, Path, description = "The order")),
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 202, description = "Taken over and being driven: `{\"order_id\", \"state\", \"driving\": true}`", body = Object),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such order", body = ErrorBody),
+        (status = 409, description = "Undecided (its deadline aborts it) or already final: `error` says which", body = Object),
+        (status = 503, description = "No room to drive one more order here, or the database is unavailable", body = ErrorBody)
+    )
+)]
 async fn retry(
     State(coordinator): State<Arc<Coordinator>>,
     AppPath(id): AppPath<Uuid>,
@@ -168,6 +217,23 @@ async fn retry(
     Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
+/// Aborts an undecided order: both sides released, `not_placed` (`aborted`).
+#[utoipa::path(
+    post,
+    path = "/admin/orders/{id}/abort",
+    tag = "operator",
+    params(("id" = Uuid, Path, description = "The order")),
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "Aborted: `{\"order_id\", \"state\": \"not_placed\", \"reason\": \"aborted\"}`", body = Object),
+        (status = 202, description = "Still being aborted after the response budget", body = Object),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such order", body = ErrorBody),
+        (status = 409, description = "Decided or final: never aborted; `error` says why", body = Object),
+        (status = 503, description = "No room to drive one more order here, or the database is unavailable", body = ErrorBody)
+    )
+)]
 async fn abort(
     State(coordinator): State<Arc<Coordinator>>,
     AppPath(id): AppPath<Uuid>,

@@ -192,9 +192,8 @@ impl Application {
     /// Serves until shutdown, then drains (in-flight orders get the drain time to finish; the
     /// rest are finished by recovery, here or in another coordinator).
     pub async fn run_until_stopped(self) -> Result<(), StartupError> {
-        let routes = http::routes(Arc::clone(&self.coordinator)).merge(
-            service_kit::http::operator_guard(operator::routes(self.coordinator), self.admin_token),
-        );
-        self.foundation.run(routes).await
+        let routes = http::routes(Arc::clone(&self.coordinator))
+            .merge(operator::routes(self.coordinator, self.admin_token));
+        self.foundation.run(routes, &http::openapi()).await
     }
 }

@@ -10,82 +10,205 @@
 //! - `GET /foods`, `GET /foods/{id}` → `{"id", "name", "available", "reserved", "assigned"}`
 //!   over every hub
 //! - `GET /packets/{id}` → `{"id", "food_id", "hub_id", "state", "order_id"}`
+//!
+//! The OpenAPI document ([`openapi`], served at `GET /openapi.json`, committed as
+//! `docs/openapi/store.json`) is generated from the handlers' `#[utoipa::path]` attributes.
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use protocol::ids::{FoodId, HubId, PacketId};
-use serde::Deserialize;
-use serde_json::{Value, json};
-use service_kit::http::{ApiError, AppJson, AppPath, hub_field, text_field};
+use serde::{Deserialize, Serialize};
+use service_kit::http::{AdminToken, ApiError, AppJson, AppPath, ErrorBody, hub_field, text_field};
 use sqlx::PgPool;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::repo::{self, Added, FoodStock, Hub, Packet};
+use crate::repo::{self, Added, FoodStock, Hub, HubFood, Packet};
 
 /// Most packets one request may add: inserting is one statement, and one request should not
-/// hold the database for long.
-pub const MAX_PACKETS_PER_REQUEST: i64 = 1_000_000;
+/// hold the database for long (a million took longer than a client's patience on a small
+/// machine; more packets take more requests). The documents say it as `maximum` of `packets`
+/// and `count`.
+pub const MAX_PACKETS_PER_REQUEST: i64 = 100_000;
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "store-service",
+        description = "The store: hubs (dark stores), foods, and the packets of each food at each \
+                       hub. Hub 1, `default`, always exists. Every request that changes something \
+                       needs the admin token when the service has one (`ADMIN_TOKEN`)."
+    ),
+    modifiers(&AdminToken)
+)]
+struct ApiDoc;
+
+/// The routes with their documentation, without state.
+fn api() -> OpenApiRouter<PgPool> {
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(create_hub, list_hubs))
+        .routes(routes!(get_hub))
+        .routes(routes!(create_food, list_foods))
+        .routes(routes!(get_food))
+        .routes(routes!(add_packets))
+        .routes(routes!(get_packet))
+}
 
 /// The routes, with the pool as state.
 pub fn routes(pool: PgPool) -> Router {
-    Router::new()
-        .route("/hubs", post(create_hub).get(list_hubs))
-        .route("/hubs/{id}", get(get_hub))
-        .route("/foods", post(create_food).get(list_foods))
-        .route("/foods/{id}", get(get_food))
-        .route("/foods/{id}/packets", post(add_packets))
-        .route("/packets/{id}", get(get_packet))
-        .with_state(pool)
+    let (router, _) = api().split_for_parts();
+    router.with_state(pool)
 }
 
-#[derive(Debug, Deserialize)]
+/// The service's whole OpenAPI document, as served at `GET /openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    service_kit::http::document(api().into_openapi())
+}
+
+/// A new food, with its first packets at one hub.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewFood {
+    /// 1 to 200 characters after trimming, without NUL characters.
+    #[schema(min_length = 1, max_length = 200, example = "Masala Dosa")]
     name: String,
+    /// How many packets to add at the hub (none if absent).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 100000, example = 100)]
     packets: i64,
+    /// The hub (the default hub, 1, if absent).
+    #[schema(minimum = 1, example = 1)]
     hub_id: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Packets to add to a food at one hub.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewPackets {
+    /// How many.
+    #[schema(minimum = 1, maximum = 100000, example = 50)]
     count: i64,
+    /// The hub (the default hub, 1, if absent).
+    #[schema(minimum = 1, example = 2)]
     hub_id: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A new hub.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewHub {
+    /// 1 to 200 characters after trimming, without NUL characters.
+    #[schema(min_length = 1, max_length = 200, example = "Indiranagar")]
     name: String,
 }
 
+/// A hub with the stock of every food it has packets of.
+#[derive(Debug, Serialize, ToSchema)]
+struct HubStock {
+    /// The hub.
+    id: HubId,
+    /// Its name.
+    name: String,
+    /// Each food with packets at the hub.
+    foods: Vec<HubFood>,
+}
+
+/// A food just created.
+#[derive(Debug, Serialize, ToSchema)]
+struct FoodCreated {
+    /// The food.
+    id: FoodId,
+    /// Its name, trimmed.
+    name: String,
+}
+
+/// Packets just added.
+#[derive(Debug, Serialize, ToSchema)]
+struct PacketsAdded {
+    /// The food.
+    food_id: FoodId,
+    /// The hub.
+    hub_id: HubId,
+    /// How many packets were added.
+    added: i64,
+}
+
+/// Creates a hub.
+#[utoipa::path(
+    post,
+    path = "/hubs",
+    tag = "hubs",
+    request_body = NewHub,
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 201, description = "The hub", body = Hub),
+        (status = 400, description = "The body is not readable JSON", body = ErrorBody),
+        (status = 401, description = "The admin token is required and missing or wrong", body = ErrorBody,
+            headers(("www-authenticate" = String, description = "`Bearer`"))),
+        (status = 413, description = "The body is over 64 KiB", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or invalid", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
+    )
+)]
 async fn create_hub(
     State(pool): State<PgPool>,
     AppJson(body): AppJson<NewHub>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Hub>), ApiError> {
     let name = text_field("name", &body.name)?;
     let id = repo::create_hub(&pool, name).await?;
     tracing::info!(hub_id = %id, name, "hub created");
-    Ok((StatusCode::CREATED, Json(json!({ "id": id, "name": name }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(Hub {
+            id,
+            name: name.to_owned(),
+        }),
+    ))
 }
 
+/// Every hub.
+#[utoipa::path(
+    get,
+    path = "/hubs",
+    tag = "hubs",
+    responses(
+        (status = 200, description = "Every hub, by id", body = Vec<Hub>),
+        (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
+    )
+)]
 async fn list_hubs(State(pool): State<PgPool>) -> Result<Json<Vec<Hub>>, ApiError> {
     Ok(Json(repo::list_hubs(&pool).await?))
 }
 
+/// A hub and its stock.
+#[utoipa::path(
+    get,
+    path = "/hubs/{id}",
+    tag = "hubs",
+    params(("id" = i64, Path, description = "The hub")),
+    responses(
+        (status = 200, description = "The hub with the stock of each food it has", body = HubStock),
+        (status = 400, description = "The id is not an integer", body = ErrorBody),
+        (status = 404, description = "No such hub", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
+    )
+)]
 async fn get_hub(
     State(pool): State<PgPool>,
     AppPath(id): AppPath<i64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HubStock>, ApiError> {
     let hub = repo::get_hub(&pool, HubId(id))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no hub {id}")))?;
     let foods = repo::hub_stock(&pool, hub.id).await?;
-    Ok(Json(
-        json!({ "id": hub.id, "name": hub.name, "foods": foods }),
-    ))
+    Ok(Json(HubStock {
+        id: hub.id,
+        name: hub.name,
+        foods,
+    }))
 }
 
 fn check_count(field: &str, count: i64, min: i64) -> Result<(), ApiError> {
@@ -98,10 +221,29 @@ fn check_count(field: &str, count: i64, min: i64) -> Result<(), ApiError> {
     }
 }
 
+/// Creates a food, with its first packets at one hub.
+#[utoipa::path(
+    post,
+    path = "/foods",
+    tag = "foods",
+    request_body = NewFood,
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 201, description = "The food", body = FoodCreated),
+        (status = 400, description = "The body is not readable JSON", body = ErrorBody),
+        (status = 401, description = "The admin token is required and missing or wrong", body = ErrorBody,
+            headers(("www-authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "No such hub", body = ErrorBody),
+        (status = 413, description = "The body is over 64 KiB", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or invalid", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
+    )
+)]
 async fn create_food(
     State(pool): State<PgPool>,
     AppJson(body): AppJson<NewFood>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<FoodCreated>), ApiError> {
     let name = text_field("name", &body.name)?;
     check_count("packets", body.packets, 0)?;
     let hub = hub_field(body.hub_id)?;
@@ -109,14 +251,40 @@ async fn create_food(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no hub {hub}")))?;
     tracing::info!(food_id = %id, name, packets = body.packets, "food created");
-    Ok((StatusCode::CREATED, Json(json!({ "id": id, "name": name }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(FoodCreated {
+            id,
+            name: name.to_owned(),
+        }),
+    ))
 }
 
+/// Adds packets of a food at one hub.
+#[utoipa::path(
+    post,
+    path = "/foods/{id}/packets",
+    tag = "foods",
+    params(("id" = i64, Path, description = "The food")),
+    request_body = NewPackets,
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 201, description = "The packets were added", body = PacketsAdded),
+        (status = 400, description = "The id is not an integer, or the body is not readable JSON", body = ErrorBody),
+        (status = 401, description = "The admin token is required and missing or wrong", body = ErrorBody,
+            headers(("www-authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "No such food, or no such hub", body = ErrorBody),
+        (status = 413, description = "The body is over 64 KiB", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or invalid", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
+    )
+)]
 async fn add_packets(
     State(pool): State<PgPool>,
     AppPath(id): AppPath<i64>,
     AppJson(body): AppJson<NewPackets>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<PacketsAdded>), ApiError> {
     check_count("count", body.count, 1)?;
     let hub = hub_field(body.hub_id)?;
     let food = FoodId(id);
@@ -128,14 +296,41 @@ async fn add_packets(
     tracing::info!(food_id = %food, hub_id = %hub, count = body.count, "packets added");
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "food_id": food, "hub_id": hub, "added": body.count })),
+        Json(PacketsAdded {
+            food_id: food,
+            hub_id: hub,
+            added: body.count,
+        }),
     ))
 }
 
+/// Every food, with its packet counts over every hub.
+#[utoipa::path(
+    get,
+    path = "/foods",
+    tag = "foods",
+    responses(
+        (status = 200, description = "Every food, by id", body = Vec<FoodStock>),
+        (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
+    )
+)]
 async fn list_foods(State(pool): State<PgPool>) -> Result<Json<Vec<FoodStock>>, ApiError> {
     Ok(Json(repo::list_foods(&pool).await?))
 }
 
+/// A food, with its packet counts over every hub.
+#[utoipa::path(
+    get,
+    path = "/foods/{id}",
+    tag = "foods",
+    params(("id" = i64, Path, description = "The food")),
+    responses(
+        (status = 200, description = "The food", body = FoodStock),
+        (status = 400, description = "The id is not an integer", body = ErrorBody),
+        (status = 404, description = "No such food", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
+    )
+)]
 async fn get_food(
     State(pool): State<PgPool>,
     AppPath(id): AppPath<i64>,
@@ -146,6 +341,19 @@ async fn get_food(
         .ok_or_else(|| ApiError::NotFound(format!("no food {id}")))
 }
 
+/// One packet: its food, hub, state and order.
+#[utoipa::path(
+    get,
+    path = "/packets/{id}",
+    tag = "packets",
+    params(("id" = i64, Path, description = "The packet")),
+    responses(
+        (status = 200, description = "The packet", body = Packet),
+        (status = 400, description = "The id is not an integer", body = ErrorBody),
+        (status = 404, description = "No such packet", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
+    )
+)]
 async fn get_packet(
     State(pool): State<PgPool>,
     AppPath(id): AppPath<i64>,
@@ -154,4 +362,36 @@ async fn get_packet(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no packet {id}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn openapi_document_is_committed() {
+        service_kit::testing::check_openapi_document(
+            &super::openapi(),
+            std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../docs/openapi/store.json"
+            )),
+            "store-service",
+        );
+    }
+
+    #[test]
+    fn openapi_limits_are_the_ones_the_handlers_apply() {
+        let document = serde_json::to_value(super::openapi()).unwrap();
+        let schemas = &document["components"]["schemas"];
+        let max = super::MAX_PACKETS_PER_REQUEST;
+        assert_eq!(schemas["NewFood"]["properties"]["packets"]["maximum"], max);
+        assert_eq!(schemas["NewPackets"]["properties"]["count"]["maximum"], max);
+        let text = service_kit::http::MAX_TEXT;
+        assert_eq!(schemas["NewFood"]["properties"]["name"]["maxLength"], text);
+        assert_eq!(schemas["NewHub"]["properties"]["name"]["maxLength"], text);
+    }
+
+    #[test]
+    fn openapi_every_change_needs_the_admin_token_when_one_is_set() {
+        service_kit::testing::check_admin_token_on_writes(&super::openapi());
+    }
 }

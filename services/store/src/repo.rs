@@ -4,9 +4,10 @@
 use protocol::ids::{FoodId, HubId, OrderId, PacketId};
 use serde::Serialize;
 use sqlx::PgPool;
+use utoipa::ToSchema;
 
 /// A food with its packet counts over every hub.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct FoodStock {
     /// The food.
     pub id: FoodId,
@@ -21,7 +22,7 @@ pub struct FoodStock {
 }
 
 /// A hub.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Hub {
     /// The hub.
     pub id: HubId,
@@ -30,7 +31,7 @@ pub struct Hub {
 }
 
 /// The stock of one food at one hub.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct HubFood {
     /// The food.
     pub food_id: FoodId,
@@ -43,7 +44,7 @@ pub struct HubFood {
 }
 
 /// One packet.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Packet {
     /// The packet.
     pub id: PacketId,
@@ -164,6 +165,15 @@ async fn insert_packets(
     hub: HubId,
     count: i64,
 ) -> Result<(), sqlx::Error> {
+    if count >= ANALYZE_AFTER {
+        // A bulk load (up to 100,000 rows, with their indexes, then `ANALYZE`) may take longer
+        // than the statement timeout meant for the transaction's short statements: it gets its
+        // own, for this transaction only.
+        sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+            .bind(BULK_STATEMENT_TIMEOUT)
+            .execute(&mut *tx)
+            .await?;
+    }
     // The food's row is locked by the caller's transaction, so ranges of concurrent additions
     // cannot overwrite each other.
     sqlx::query(
@@ -192,6 +202,10 @@ async fn insert_packets(
 
 /// Loads of at least this many rows refresh the table's statistics.
 pub const ANALYZE_AFTER: i64 = 10_000;
+
+/// The statement timeout of a bulk load (of at least [`ANALYZE_AFTER`] packets): inserting the
+/// most one request may add takes seconds on a small machine.
+const BULK_STATEMENT_TIMEOUT: &str = "60s";
 
 /// The counts per state of the stock row `s` (one food at one hub), each through the partial
 /// index of that state within the (hub, food).

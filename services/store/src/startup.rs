@@ -41,6 +41,6 @@ impl Application {
 
     /// Serves until shutdown, then drains.
     pub async fn run_until_stopped(self) -> Result<(), StartupError> {
-        self.0.run(http::routes).await
+        self.0.run(http::routes, &http::openapi()).await
     }
 }

@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use utoipa::openapi::OpenApi;
 
 use crate::inventory::Inventory;
 use crate::runtime::{self, ParticipantArgs};
@@ -116,10 +117,14 @@ impl ParticipantApp {
     }
 
     /// Serves `routes` (given the database pool; the admin token guards the requests that change
-    /// something) until shutdown, then drains.
-    pub async fn run(self, routes: impl FnOnce(PgPool) -> Router) -> Result<(), StartupError> {
+    /// something) and their OpenAPI `document` until shutdown, then drains.
+    pub async fn run(
+        self,
+        routes: impl FnOnce(PgPool) -> Router,
+        document: &OpenApi,
+    ) -> Result<(), StartupError> {
         let routes =
             service_kit::http::admin_guard(routes(self.foundation.pool.clone()), self.admin_token);
-        self.foundation.run(routes).await
+        self.foundation.run(routes, document).await
     }
 }

@@ -102,6 +102,7 @@ pub struct PacketRequest {
 
 /// Packets of one food.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PacketLine {
     /// The food.
     pub food_id: FoodId,

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
+use utoipa::openapi::OpenApi;
 
 /// How much longer than the statement timeout a call to the database may take on the client side.
 const DB_CALL_MARGIN: Duration = Duration::from_secs(1);
@@ -44,6 +45,9 @@ pub enum StartupError {
     /// Settings that do not fit together.
     #[error(transparent)]
     Settings(#[from] crate::config::SettingsError),
+    /// The OpenAPI document could not be serialised.
+    #[error("openapi document: {0}")]
+    Document(#[from] serde_json::Error),
 }
 
 /// Why the process could not be set up.
@@ -140,15 +144,19 @@ impl Foundation {
         self.listener.local_addr()
     }
 
-    /// Serves `routes` with the health routes and body limits until shutdown, then stops in
-    /// order: in-flight requests finish, in-flight work finishes (bounded), background tasks
-    /// finish (bounded), connections close.
-    pub async fn run(self, routes: Router) -> Result<(), StartupError> {
+    /// Serves `routes` with the health routes, `GET /openapi.json` (answering `document`, the
+    /// service's whole document: see [`http::document`]), body limits and request tracing until
+    /// shutdown, then stops in order: in-flight requests finish, in-flight work finishes
+    /// (bounded), background tasks finish (bounded), connections close.
+    pub async fn run(self, routes: Router, document: &OpenApi) -> Result<(), StartupError> {
         let readiness = Readiness {
             db: self.pool.clone(),
             health: self.broker.health().clone(),
         };
-        let router = http::with_limits(routes.merge(http::health_routes(readiness)));
+        let routes = routes
+            .merge(http::health_routes(readiness))
+            .merge(http::document_route(document)?);
+        let router = http::with_limits(http::with_request_tracing(routes));
         http::serve(self.listener, router, self.shutdown.clone()).await?;
         self.shutdown.cancel();
         info!("http server stopped; finishing in-flight work");

@@ -1,23 +1,35 @@
 //! HTTP plumbing shared by the services: one JSON error type, extractors that answer bad input in
-//! that format, the health routes, and serving with graceful shutdown.
+//! that format, the health routes, the OpenAPI document and its route, a span and an id for every
+//! request, and serving with graceful shutdown.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::http::{HeaderName, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use messaging::Health;
 use serde::Serialize;
-use serde_json::json;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tracing::field::Empty;
+use tracing::{Level, Span, debug, debug_span, error, info, info_span, warn};
+use utoipa::openapi::OpenApi;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn, PathItem};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{ObjectBuilder, RefOr, Required, Type};
+use utoipa::{Modify, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Request bodies larger than this are refused with 413: every body of the API is a few fields.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -83,12 +95,27 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// The body of every error answer: `{"error": "..."}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What is wrong, for a person to read (never internals).
+    pub error: String,
+}
+
+impl ErrorBody {
+    fn new(error: impl Into<String>) -> Json<Self> {
+        Json(Self {
+            error: error.into(),
+        })
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::Internal(err) = &self {
             error!(error = %err, "internal error");
         }
-        (self.status(), Json(json!({ "error": self.to_string() }))).into_response()
+        (self.status(), ErrorBody::new(self.to_string())).into_response()
     }
 }
 
@@ -178,18 +205,67 @@ pub struct Readiness {
     pub health: Health,
 }
 
+/// Whether the process answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Alive {
+    /// Always `ok`.
+    pub status: AliveStatus,
+}
+
+/// The one answer of `/healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AliveStatus {
+    /// The process runs.
+    Ok,
+}
+
+/// Whether the service can do its work, and which of its checks fail.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadinessReport {
+    /// `ready` when every check passes.
+    pub status: ReadyStatus,
+    /// Each check (`database`, then every broker component) and whether it passes.
+    pub checks: BTreeMap<String, bool>,
+}
+
+/// The answer of `/readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyStatus {
+    /// Every check passes.
+    Ready,
+    /// At least one check fails.
+    NotReady,
+}
+
+/// The routes of [`health_routes`], documented.
+fn health_api() -> OpenApiRouter<Readiness> {
+    OpenApiRouter::default()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+}
+
 /// `GET /healthz` (the process answers), `GET /readyz` (200 only while the database and the
 /// broker are reachable; 503 with the failing checks otherwise) and `GET /metrics` (Prometheus
 /// text format).
 pub fn health_routes(readiness: Readiness) -> Router {
-    Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(readiness)
+    let (router, _) = health_api().split_for_parts();
+    router.with_state(readiness)
+}
+
+/// The process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "The process runs", body = Alive))
+)]
+async fn healthz() -> Json<Alive> {
+    Json(Alive {
+        status: AliveStatus::Ok,
+    })
 }
 
 async fn database_up(readiness: &Readiness) -> bool {
@@ -224,6 +300,19 @@ fn one_if(up: bool) -> f64 {
     if up { 1.0 } else { 0.0 }
 }
 
+/// Prometheus metrics: orders by outcome and reason, phase latencies, retries, recoveries,
+/// timers, expiries, dead letters, in-flight orders, broker and database state.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((
+        status = 200,
+        description = "Prometheus text format (version 0.0.4)",
+        body = String,
+        content_type = "text/plain"
+    ))
+)]
 async fn metrics(State(readiness): State<Readiness>) -> Response {
     use crate::metrics::{BROKER_COMPONENT_UP, DATABASE_UP, DB_POOL_CONNECTIONS, SERVICE_READY};
     // Connection state is sampled at scrape time.
@@ -242,21 +331,153 @@ async fn metrics(State(readiness): State<Readiness>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-async fn readyz(State(readiness): State<Readiness>) -> Response {
+/// Whether the service can do its work: its database answers, and its publisher and every
+/// broker consumer are connected.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Every check passes", body = ReadinessReport),
+        (status = 503, description = "A check fails: it is named in `checks`", body = ReadinessReport)
+    )
+)]
+async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, Json<ReadinessReport>) {
     let checks = Checks::run(&readiness).await;
     let ready = checks.ready();
-    let mut answers = serde_json::Map::new();
-    answers.insert("database".to_owned(), checks.database.into());
+    let mut answers = BTreeMap::new();
+    answers.insert("database".to_owned(), checks.database);
     for (component, up) in checks.broker {
-        answers.insert(component, up.into());
+        answers.insert(component, up);
     }
-    let status = if ready {
-        StatusCode::OK
+    let (status, report) = if ready {
+        (StatusCode::OK, ReadyStatus::Ready)
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        (StatusCode::SERVICE_UNAVAILABLE, ReadyStatus::NotReady)
     };
-    let body = json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": answers });
-    (status, Json(body)).into_response()
+    (
+        status,
+        Json(ReadinessReport {
+            status: report,
+            checks: answers,
+        }),
+    )
+}
+
+/// The OpenAPI document, serialised once, as the state of its route.
+#[derive(Clone, Debug)]
+struct Document(Bytes);
+
+/// The OpenAPI document of this service (this document).
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "This OpenAPI 3.1 document", body = Object))
+)]
+async fn openapi_json(State(Document(document)): State<Document>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], document).into_response()
+}
+
+fn document_api() -> OpenApiRouter<Document> {
+    OpenApiRouter::default().routes(routes!(openapi_json))
+}
+
+/// `GET /openapi.json`, answering with `document`.
+pub fn document_route(document: &OpenApi) -> Result<Router, serde_json::Error> {
+    let bytes = Bytes::from(serde_json::to_vec(document)?);
+    let (router, _) = document_api().split_for_parts();
+    Ok(router.with_state(Document(bytes)))
+}
+
+/// The whole OpenAPI document of a service: `service` (its info, its own routes and their
+/// schemas) with the routes every service shares (health, metrics, this document), and the
+/// `x-request-id` header on every operation and every response.
+pub fn document(mut service: OpenApi) -> OpenApi {
+    service.merge(health_api().into_openapi());
+    service.merge(document_api().into_openapi());
+    for item in service.paths.paths.values_mut() {
+        for operation in operations(item) {
+            document_request_id(operation);
+        }
+    }
+    service
+}
+
+/// Every operation of a path.
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .filter_map(Option::as_mut)
+}
+
+fn document_request_id(operation: &mut Operation) {
+    let id = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_REQUEST_ID_LEN))
+        .pattern(Some("^[!-~]+$"));
+    let parameter = ParameterBuilder::new()
+        .name(REQUEST_ID.as_str())
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "The request's id, for the logs: 1 to 200 visible ASCII characters. Any other \
+             value, or none, gets a fresh UUID.",
+        ))
+        .schema(Some(id))
+        .build();
+    operation
+        .parameters
+        .get_or_insert_with(Vec::new)
+        .push(parameter);
+    for response in operation.responses.responses.values_mut() {
+        if let RefOr::T(response) = response {
+            response.headers.insert(
+                REQUEST_ID.as_str().to_owned(),
+                HeaderBuilder::new()
+                    .schema(ObjectBuilder::new().schema_type(Type::String))
+                    .description(Some(
+                        "The request's id: the one it came with, or a fresh UUID",
+                    ))
+                    .build(),
+            );
+        }
+    }
+}
+
+/// The name of the security scheme of the admin token. The operations that [`admin_guard`]
+/// guards (every method but GET and HEAD) say `security((), ("admin_token" = []))`: the
+/// attribute takes a literal; `testing::check_admin_token_on_writes` holds them to this name.
+pub const ADMIN_TOKEN_SCHEME: &str = "admin_token";
+
+/// Declares the admin token ([`ADMIN_TOKEN_SCHEME`]) in a document:
+/// `#[openapi(modifiers(&AdminToken))]`.
+#[derive(Debug)]
+pub struct AdminToken;
+
+impl Modify for AdminToken {
+    fn modify(&self, openapi: &mut OpenApi) {
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.description = Some(
+            "`ADMIN_TOKEN`: when the service has one, every request that changes something \
+             needs it; reads stay open"
+                .to_owned(),
+        );
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(ADMIN_TOKEN_SCHEME, SecurityScheme::Http(scheme));
+    }
 }
 
 /// Requires `Authorization: Bearer <token>` on every request that changes something (any method
@@ -308,7 +529,7 @@ async fn require_bearer_always(
         _ => (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({ "error": "missing or wrong admin token" })),
+            ErrorBody::new("missing or wrong admin token"),
         )
             .into_response(),
     }
@@ -323,6 +544,107 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Adds the body size limit every service uses.
 pub fn with_limits(router: Router) -> Router {
     router.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// The header that carries a request's id, on the request and on its answer.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest request id taken from a client; a longer one is replaced.
+pub const MAX_REQUEST_ID_LEN: usize = 200;
+
+/// Routes polled by probes and scrapers: their requests are logged at debug level only.
+const QUIET_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// Gives every request of `router` an id and a span, and logs its answer.
+///
+/// The id is the request's `x-request-id` if it has a usable one (1 to
+/// [`MAX_REQUEST_ID_LEN`] visible ASCII characters), else a fresh UUID; it is answered in
+/// `x-request-id` too. The span, `request`, has the method, the matched route, the path and the
+/// id, and gets the status and the latency when the answer is ready: every line logged while the
+/// request is handled (and by work it starts, such as an order's placement) carries them. The
+/// answer is logged at info level (debug for [`QUIET_ROUTES`]; warning for a 5xx).
+///
+/// Apply it to the whole router, with every route in it: the route is matched before the span
+/// is made.
+pub fn with_request_tracing(router: Router) -> Router {
+    router
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(log_response)
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(middleware::map_request(drop_unusable_request_id))
+}
+
+/// Removes a request id that is not 1 to [`MAX_REQUEST_ID_LEN`] visible ASCII characters, so that
+/// the request gets a fresh one: ids go into every log line of the request.
+async fn drop_unusable_request_id(mut request: Request) -> Request {
+    let usable = |value: &axum::http::HeaderValue| {
+        let bytes = value.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_LEN
+            && bytes.iter().all(u8::is_ascii_graphic)
+    };
+    let headers = request.headers();
+    let count = headers.get_all(&REQUEST_ID).iter().count();
+    if count > 1 || headers.get(&REQUEST_ID).is_some_and(|v| !usable(v)) {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    request
+}
+
+fn request_span(request: &Request) -> Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let method = request.method().as_str();
+    let path = request.uri().path();
+    if route.is_some_and(|route| QUIET_ROUTES.contains(&route)) {
+        debug_span!(
+            "request",
+            method,
+            route,
+            path,
+            request_id,
+            status = Empty,
+            latency_ms = Empty
+        )
+    } else {
+        info_span!(
+            "request",
+            method,
+            route,
+            path,
+            request_id,
+            status = Empty,
+            latency_ms = Empty
+        )
+    }
+}
+
+fn log_response(response: &Response, latency: Duration, span: &Span) {
+    let status = response.status().as_u16();
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    span.record("status", status);
+    span.record("latency_ms", latency_ms);
+    let quiet = span.metadata().is_some_and(|m| *m.level() == Level::DEBUG);
+    if quiet {
+        debug!(status, latency_ms, "request answered");
+    } else if response.status().is_server_error() {
+        warn!(status, latency_ms, "request answered");
+    } else {
+        info!(status, latency_ms, "request answered");
+    }
 }
 
 /// Binds `addr` (port 0 picks a free port) and logs the bound address.

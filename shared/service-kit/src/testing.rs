@@ -1,6 +1,7 @@
 //! Test support (feature `testing`): a TCP proxy between a service and a server it talks to,
 //! which a test can freeze. Once frozen it keeps every connection open but forwards nothing
-//! more, like a network path that silently drops everything (there is no `netem` here).
+//! more, like a network path that silently drops everything (there is no `netem` here). And the
+//! check that a service's committed OpenAPI document is the one its code generates.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -81,6 +82,82 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut frozen: watch
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Fails (panics) unless the file at `committed` holds `document` as the code generates it
+/// (pretty JSON), saying how to refresh it; with `UPDATE_OPENAPI=1` in the environment, writes
+/// it there instead. `package` is the service's package, for the refresh command.
+pub fn check_openapi_document(
+    document: &utoipa::openapi::OpenApi,
+    committed: &std::path::Path,
+    package: &str,
+) {
+    let generated = match document.to_pretty_json() {
+        Ok(json) => json + "\n",
+        Err(err) => panic!("the OpenAPI document of {package} does not serialise: {err}"),
+    };
+    if std::env::var_os("UPDATE_OPENAPI").is_some_and(|v| !v.is_empty() && v != "0") {
+        if let Some(dir) = committed.parent()
+            && let Err(err) = std::fs::create_dir_all(dir)
+        {
+            panic!("cannot create {}: {err}", dir.display());
+        }
+        if let Err(err) = std::fs::write(committed, &generated) {
+            panic!("cannot write {}: {err}", committed.display());
+        }
+        return;
+    }
+    let on_disk = std::fs::read_to_string(committed).unwrap_or_default();
+    assert!(
+        on_disk == generated,
+        "{} is not the OpenAPI document the code of {package} generates (an endpoint, a status \
+         or a body changed?). Check the change, then refresh the committed copy with \
+         `UPDATE_OPENAPI=1 cargo test -p {package} openapi` and commit it.",
+        committed.display()
+    );
+}
+
+/// Fails (panics) unless every operation of `document` that changes something (any method but
+/// GET and HEAD, which [`admin_guard`](crate::http::admin_guard) guards) declares the admin token
+/// as its optional security and its `401` answer.
+pub fn check_admin_token_on_writes(document: &utoipa::openapi::OpenApi) {
+    let document = match serde_json::to_value(document) {
+        Ok(document) => document,
+        Err(err) => panic!("the OpenAPI document does not serialise: {err}"),
+    };
+    let scheme = crate::http::ADMIN_TOKEN_SCHEME;
+    assert!(
+        document["components"]["securitySchemes"][scheme].is_object(),
+        "the document does not declare the {scheme} security scheme"
+    );
+    let paths = document["paths"].as_object().cloned().unwrap_or_default();
+    for (path, item) in paths {
+        let Some(item) = item.as_object() else {
+            continue;
+        };
+        for (method, operation) in item {
+            if !["post", "put", "patch", "delete"].contains(&method.as_str()) {
+                continue;
+            }
+            let security = operation["security"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let optional = security
+                .iter()
+                .any(|r| r.as_object().is_some_and(|r| r.is_empty()));
+            let token = security.iter().any(|r| r.get(scheme).is_some());
+            assert!(
+                optional && token,
+                "{method} {path} changes something: it must say security((), (\"{scheme}\" = [])), \
+                 not {security:?}"
+            );
+            assert!(
+                operation["responses"]["401"].is_object(),
+                "{method} {path} changes something: it must document its 401"
+            );
         }
     }
 }

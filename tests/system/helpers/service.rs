@@ -241,6 +241,19 @@ impl Service {
             .unwrap_or(false)
     }
 
+    /// The log lines that contain `needle`.
+    pub fn lines_with(&self, needle: &str) -> Vec<String> {
+        self.logs
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .filter(|line| line.contains(needle))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// A handle on the log lines, for a test that has moved the service into a task.
     pub fn logs(&self) -> Logs {
         Logs(Arc::clone(&self.logs))
