@@ -140,7 +140,10 @@ pub async fn depth(broker: &Broker, queue: &str) -> Result<Option<u32>, BrokerEr
 
 /// Whether the broker answered `404 NOT_FOUND` (the channel is closed then).
 fn is_not_found(err: &deadpool_lapin::lapin::Error) -> bool {
-    err.to_string().contains("NOT_FOUND")
+    matches!(
+        err.kind(),
+        deadpool_lapin::lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404
+    )
 }
 
 /// Up to `limit` messages of `dlq`, oldest first, left in it: they are taken unacked, and the
