@@ -17,6 +17,7 @@
 //! # Layout
 //! - [`broker`]: configuration, the two connection pools (publishing and consuming are kept on
 //!   separate connections, as RabbitMQ advises), topology declaration.
+//! - `failover`: the connection manager that reconnects to the next node of a cluster.
 //! - [`publisher`]: [`Outgoing`] and the confirming [`Publisher`].
 //! - [`consumer`]: [`Incoming`], [`Handler`], [`Disposition`] and the consumer supervisor.
 //! - [`rpc`]: request/reply matched on correlation id, concurrent commands sent as one batch.
@@ -32,6 +33,7 @@ pub mod backoff;
 pub mod broker;
 pub mod consumer;
 pub mod dlq;
+mod failover;
 pub mod health;
 pub mod metrics;
 pub mod publisher;
