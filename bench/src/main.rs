@@ -7,6 +7,7 @@
 //! bench run --scenario hot --orders 10000 --packets 1000        # exactly 1000 placed
 //! bench sweep --clients 1,4,16,32 --plot bench.svg              # throughput and p99 vs clients
 //! bench run --scenario day --hubs 3 --agents-per-hub 3 --duration 30s   # a delivery day
+//! bench targets --stock 400000                                  # the four speed targets
 //! ```
 //!
 //! Every run ends by checking the invariants (the audit, and the scenario's own expectations); a
@@ -20,6 +21,7 @@
 //! - [`baseline`]: the same orders as one PostgreSQL transaction each, in one database.
 //! - [`breakdown`]: the services' own histograms over a run: time per phase and per command.
 //! - [`cpu`]: CPU time per process over a run, when the system runs on this machine.
+//! - [`targets`]: the speed targets, each a ratio to the baseline of the same invocation.
 //! - [`report`]: text, JSON and the SVG plot.
 
 mod baseline;
@@ -30,6 +32,7 @@ mod distributed;
 mod load;
 mod report;
 mod scenario;
+mod targets;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -64,6 +67,28 @@ enum Command {
         /// Where to write the plot (SVG).
         #[arg(long, default_value = "bench.svg")]
         plot: String,
+    },
+    /// The speed targets in one invocation: a sweep over clients (distributed and baseline),
+    /// then a search for the highest open-loop rate whose p99 stays within a limit; prints each
+    /// target's ratio to this invocation's baseline and whether it is met.
+    Targets {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Client counts of the sweep (1 and 16 are always measured).
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256,512")]
+        clients_list: Vec<usize>,
+        /// The p99 an open-loop rate must keep, milliseconds.
+        #[arg(long, default_value_t = 50.0)]
+        p99_limit_ms: f64,
+        /// How many rates the search tries at most.
+        #[arg(long, default_value_t = 7)]
+        search_steps: usize,
+        /// How long each rate of the search runs.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+        search_duration: Duration,
+        /// Also write the sweep's plot (SVG) here.
+        #[arg(long)]
+        plot: Option<String>,
     },
 }
 
@@ -244,6 +269,21 @@ async fn main() -> ExitCode {
             clients_list,
             plot,
         } => sweep(&cli.target, args, clients_list, plot).await,
+        Command::Targets {
+            run: args,
+            clients_list,
+            p99_limit_ms,
+            search_steps,
+            search_duration,
+            plot,
+        } => {
+            let search = targets::Search {
+                p99_limit_ms: *p99_limit_ms,
+                steps: *search_steps,
+                duration: *search_duration,
+            };
+            targets::run(&cli.target, args, clients_list, search, plot.as_deref()).await
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
