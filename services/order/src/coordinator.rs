@@ -17,7 +17,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::machine::rules::Driving;
 use crate::machine::{self, Event, Order};
@@ -152,6 +152,7 @@ impl Coordinator {
             match self
                 .orders
                 .save(order, &after, token, lease, outbox.as_ref())
+                .instrument(info_span!("save", to = %after.state))
                 .await
             {
                 Ok(saved) => break saved,
@@ -197,8 +198,10 @@ impl Coordinator {
         work: impl std::future::Future<Output = T>,
     ) -> Result<T, Stop> {
         tokio::pin!(work);
-        let mut renew = tokio::time::interval(self.settings.lease / 3);
-        renew.tick().await;
+        // The first renewal is a third of a lease from now. (Not `interval` and a first tick:
+        // that tick waits for the timer wheel's next millisecond, on every phase-2 step.)
+        let period = self.settings.lease / 3;
+        let mut renew = tokio::time::interval_at(Instant::now() + period, period);
         let mut cut_off_since: Option<Instant> = None;
         loop {
             tokio::select! {
