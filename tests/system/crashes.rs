@@ -91,6 +91,47 @@ async fn a_coordinator_killed_before_the_commit_decision_releases_everything_aft
     assert_eq!(order["reason"], "timeout", "{order}");
 }
 
+/// A new order is recorded while its first reserves are out. A coordinator that dies with both
+/// reserves answered and the order not yet recorded leaves nothing recorded and tells its client
+/// nothing; the reservations lapse with their expiry, and the items go to the next order.
+#[tokio::test]
+async fn a_coordinator_killed_before_recording_leaves_reservations_that_lapse_with_their_expiry() {
+    let options = Options::fast().order(
+        "FAULT_POINTS",
+        "coordinator.before_record=30s,coordinator.reserved_before_record",
+    );
+    let mut system = TestSystem::start_with(options).await;
+    let food = system.create_food("Upma", 1).await;
+    system.create_agents(1).await;
+
+    let order = serde_json::json!({ "food_id": food, "customer_id": "c-1" });
+    let placing = system
+        .http()
+        .post(system.order.url("/orders"))
+        .json(&order)
+        .send()
+        .await;
+    assert!(placing.is_err(), "the coordinator died before answering");
+    system.order.wait_exit(Duration::from_secs(10)).await;
+
+    // Both items are held for a transaction that nobody recorded.
+    assert_eq!(system.infra.reserved_counts().await, (1, 1));
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(system.infra.order_db().await)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 0, "nothing was recorded");
+
+    // No coordinator runs: the participants' expiry alone frees them.
+    system.assert_nothing_reserved(FINISH).await;
+    system.order.remove_env("FAULT_POINTS");
+    system.order.start().await;
+    let (status, body) = system.post(&system.order, "/orders", order).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["status"], "placed", "{body}");
+    system.assert_audit_clean(FINISH).await;
+}
+
 #[tokio::test]
 async fn with_two_coordinators_one_killed_mid_load_every_order_finishes_once() {
     let system = TestSystem::start_with(Options::fast()).await;

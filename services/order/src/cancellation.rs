@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, info};
 
 use crate::coordinator::Coordinator;
+use crate::driver::Phase1;
 use crate::machine::rules::Driving;
 use crate::machine::{self, Event, Order, OrderState};
 use crate::participants::order_span;
@@ -88,8 +89,14 @@ impl Coordinator {
         self.tracker.spawn(
             async move {
                 info!("cancel asked");
-                this.drive(order, token, Driving::Fresh, Instant::now(), Some(progress))
-                    .await;
+                this.drive(
+                    order,
+                    token,
+                    Driving::Fresh,
+                    Phase1::until(Instant::now()),
+                    Some(progress),
+                )
+                .await;
             }
             .instrument(span),
         );

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::driver::Phase1;
 use crate::machine::rules::Driving;
 use crate::machine::{self, Event, Order};
 use crate::outbox;
@@ -120,7 +121,7 @@ impl Coordinator {
                 info!(state = %order.state, attempt = order.attempt, ?driving, "taking the order over");
                 // A taken-over order runs no phase 1, so it has no phase-1 deadline of its own.
                 let order = this
-                    .drive(order, token, driving, Instant::now(), None)
+                    .drive(order, token, driving, Phase1::until(Instant::now()), None)
                     .await;
                 drop(slot);
                 order

@@ -36,22 +36,39 @@ use crate::machine::rules::{self, AfterReserve, CancelAnswer, Driving, Reservati
 use crate::machine::{Event, NotPlacedReason, Order};
 use crate::repo::LeaseToken;
 
+/// How phase 1 of an order runs, if it does.
+#[derive(Debug)]
+pub(crate) struct Phase1 {
+    /// When it ends (the order is then not placed, `timeout`).
+    pub(crate) ends: Instant,
+    /// The answers to the first attempt's reserves, sent before the order was recorded.
+    pub(crate) sent: Option<tokio::task::JoinHandle<Sides<Reservation>>>,
+}
+
+impl Phase1 {
+    /// Phase 1 with nothing sent yet, ending at `ends`.
+    pub(crate) fn until(ends: Instant) -> Self {
+        Self { ends, sent: None }
+    }
+}
+
 impl Coordinator {
     /// Moves `order` on until it is final, another driver takes it, or a wait is cut short by
     /// shutdown (an order being driven when the signal comes is finished if its replies come;
-    /// only waits stop). Phase 1, if it runs, ends at `phase1_ends`. Each recorded state is sent
-    /// to `progress`.
+    /// only waits stop). Phase 1, if it runs, ends at `phase1.ends`, and starts from the
+    /// answers of reserves already sent, if there are any. Each recorded state is sent to
+    /// `progress`.
     pub(crate) async fn drive(
         &self,
         order: Order,
         token: LeaseToken,
         driving: Driving,
-        phase1_ends: Instant,
+        phase1: Phase1,
         progress: Option<watch::Sender<Order>>,
     ) -> Order {
         metrics::gauge!(crate::metrics::ORDERS_IN_FLIGHT).increment(1.0);
         let order = self
-            .drive_steps(order, token, driving, phase1_ends, progress)
+            .drive_steps(order, token, driving, phase1, progress)
             .await;
         metrics::gauge!(crate::metrics::ORDERS_IN_FLIGHT).decrement(1.0);
         order
@@ -62,7 +79,7 @@ impl Coordinator {
         mut order: Order,
         token: LeaseToken,
         driving: Driving,
-        phase1_ends: Instant,
+        mut phase1: Phase1,
         progress: Option<watch::Sender<Order>>,
     ) -> Order {
         if driving == Driving::TakenOver && self.shutdown.is_cancelled() {
@@ -78,7 +95,7 @@ impl Coordinator {
                     warn!(state = %order.state, "decided order without its items; leaving it to the audit");
                     return order;
                 }
-                Step::Reserve => self.reserve(&order, token, phase1_ends).await,
+                Step::Reserve => self.reserve(&order, token, &mut phase1).await,
                 Step::Abort { reason, release } => self.abort(&order, token, release, reason).await,
                 Step::Assign {
                     packets,
@@ -113,23 +130,26 @@ impl Coordinator {
         }
     }
 
-    /// Phase 1, with its retries, until the commit decision or an abort is recorded. `ends` is
-    /// on the monotonic clock: the wall clocks of this process and of the database may differ.
+    /// Phase 1, with its retries, until the commit decision or an abort is recorded. It ends at
+    /// `phase1.ends`, on the monotonic clock: the wall clocks of this process and of the
+    /// database may differ.
     async fn reserve(
         &self,
         order: &Order,
         token: LeaseToken,
-        ends: Instant,
+        phase1: &mut Phase1,
     ) -> Result<Order, Stop> {
         let mut order = order.clone();
         let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(250));
+        let ends = phase1.ends;
         let time_until_end = || ends.saturating_duration_since(Instant::now());
         loop {
             let left = time_until_end();
-            let answers = if left.is_zero() {
-                Sides::both(Reservation::NoAnswer)
-            } else {
-                self.participants.reserve(&order, left).await
+            let answers = match phase1.sent.take() {
+                // Sent while the order was being recorded (the first attempt of a new order).
+                Some(sent) => sent.await.unwrap_or(Sides::both(Reservation::NoAnswer)),
+                None if left.is_zero() => Sides::both(Reservation::NoAnswer),
+                None => self.participants.reserve(&order, left).await,
             };
             let time_left = !time_until_end().is_zero();
             let wanted = order.packets_wanted();

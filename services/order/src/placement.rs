@@ -1,17 +1,25 @@
-//! Taking in a new order (`POST /orders`): record it, or find the customer's order with the same
-//! idempotency key; drive it; answer with the order as recorded when it became final, or when
-//! the response budget ran out.
+//! Taking in a new order (`POST /orders`): record it while its first reserves are out, or find
+//! the customer's order with the same idempotency key; drive it; answer with the order as
+//! recorded when it became final, or when the response budget ran out.
+//!
+//! Recording and the first reserves run at once, so the insert costs an order no time of its
+//! own. Nothing is answered before the order is recorded. A coordinator that dies between the
+//! two leaves reservations that nobody records: they lapse with their expiry (the reservation
+//! TTL), and its client, told nothing, retries. An insert that fails or finds the idempotency
+//! key taken releases the reserves it raced.
 
 use std::sync::Arc;
 
-use protocol::command::PacketLine;
+use protocol::command::{PacketLine, ReleaseReason};
 use protocol::ids::{HubId, OrderId, TxnId};
+use protocol::sides::Sides;
 use protocol::trace::TraceContext;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::coordinator::Coordinator;
+use crate::driver::Phase1;
 use crate::machine::Order;
 use crate::machine::rules::Driving;
 use crate::repo::{Inserted, LeaseToken, NewOrder, RepoError};
@@ -82,11 +90,29 @@ impl Coordinator {
         // Recording and driving run in a task of their own, so that neither the response budget
         // nor a client hanging up cancels them halfway. An insert that lands after the request
         // was answered `503` (or abandoned) is driven if the order carries an idempotency key,
-        // since a retry with that key finds it; without one, nobody can find it, so it is ended
-        // `not_placed` at once (nothing was sent for it yet).
+        // since a retry with that key finds it; without one, nobody can find it, so both sides
+        // are released and it is ended `not_placed` at once.
         let keyed = new.idempotency_key.is_some();
         self.tracker.spawn(
             async move {
+                // The first reserves go out at once, addressed from the order as it will be
+                // recorded; their answers wait for the driver.
+                let draft = new.draft(this.settings.order_deadline);
+                let sent = {
+                    let (this, draft) = (Arc::clone(&this), draft.clone());
+                    let wait = phase1_ends.saturating_duration_since(Instant::now());
+                    this.tracker.clone().spawn(
+                        async move {
+                            let answers = this.participants.reserve(&draft, wait).await;
+                            // A process that dies with the reserves answered and the order not
+                            // recorded (tests only; with `coordinator.before_record` paused).
+                            service_kit::fault::point("coordinator.reserved_before_record");
+                            answers
+                        }
+                        .in_current_span(),
+                    )
+                };
+                service_kit::fault::pause("coordinator.before_record").await;
                 let inserted = this
                     .orders
                     .insert(&new, this.settings.order_deadline, token, this.settings.lease)
@@ -96,11 +122,13 @@ impl Coordinator {
                     Ok(Inserted::Existing(order)) => {
                         info!(existing = %order.id, state = %order.state, "idempotency key seen before: answering with its order");
                         let _ = started.send(Ok(Started::Existing(Box::new(order))));
+                        this.release_unrecorded(&draft).await;
                         return;
                     }
                     Err(err) => {
                         warn!(error = %err, "order not recorded");
                         let _ = started.send(Err(err));
+                        this.release_unrecorded(&draft).await;
                         return;
                     }
                 };
@@ -113,7 +141,11 @@ impl Coordinator {
                     info!(hub_id = %order.hub_id, lines = order.lines.len(), "order received");
                     Driving::Fresh
                 };
-                this.drive(order, token, driving, phase1_ends, Some(progress))
+                let phase1 = Phase1 {
+                    ends: phase1_ends,
+                    sent: Some(sent),
+                };
+                this.drive(order, token, driving, phase1, Some(progress))
                     .await;
             }
             .instrument(span),
@@ -139,5 +171,13 @@ impl Coordinator {
         let _ = tokio::time::timeout_at(answer_by, latest.wait_for(|o| o.state.is_final())).await;
         let recorded = latest.borrow().clone();
         Ok(Placement::New(recorded))
+    }
+
+    /// Releases both sides for a draft that was not recorded (its first reserves are out, or on
+    /// their way: a release that arrives first makes them hold nothing).
+    async fn release_unrecorded(&self, draft: &Order) {
+        self.participants
+            .release_now(draft, Sides::both(true), ReleaseReason::Abort)
+            .await;
     }
 }

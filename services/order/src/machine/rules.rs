@@ -17,8 +17,9 @@ use super::{AssignFailure, Event, NotPlacedReason, Order, OrderState};
 pub enum Driving {
     /// The coordinator that recorded it, for the request that waits: phase 1 runs.
     Fresh,
-    /// Recorded after its request gave up, and nobody can ask for it (no idempotency key):
-    /// nothing was sent for it, so it ends `not_placed` at once.
+    /// Recorded after its request gave up, and nobody can ask for it (no idempotency key): its
+    /// first reserves went out while it was being recorded, so both sides are released and it
+    /// ends `not_placed` at once.
     Unwanted,
     /// Taken over from a driver that stopped (its lease ran out): an undecided order is aborted,
     /// since its first driver may have sent reserves we know nothing about; a decided one is
@@ -67,11 +68,7 @@ pub enum Step {
 pub fn next_step(order: &Order, driving: Driving) -> Step {
     match (order.state, driving) {
         (OrderState::Reserving, Driving::Fresh) => Step::Reserve,
-        (OrderState::Reserving, Driving::Unwanted) => Step::Abort {
-            reason: NotPlacedReason::Timeout,
-            release: Sides::both(false),
-        },
-        (OrderState::Reserving, Driving::TakenOver) => Step::Abort {
+        (OrderState::Reserving, Driving::Unwanted | Driving::TakenOver) => Step::Abort {
             reason: NotPlacedReason::Timeout,
             release: Sides::both(true),
         },

@@ -158,6 +158,32 @@ pub struct NewOrder {
     pub idempotency_key: Option<String>,
 }
 
+impl NewOrder {
+    /// The order as the insert will record it (the database sets its times), for addressing
+    /// its first reserves while the insert runs.
+    pub fn draft(&self, deadline: Duration) -> Order {
+        let now = service_kit::fault::now();
+        Order {
+            id: self.id,
+            customer_id: self.customer_id.clone(),
+            hub_id: self.hub_id,
+            lines: self.lines.clone(),
+            state: OrderState::Reserving,
+            reason: None,
+            txn_id: self.txn_id,
+            attempt: 1,
+            packet_ids: Vec::new(),
+            agent_id: None,
+            reserved_until: None,
+            deadline: now + deadline,
+            created_at: now,
+            decided_at: None,
+            finished_at: None,
+            traceparent: Some(self.traceparent.clone()),
+        }
+    }
+}
+
 /// What recording a new order came to.
 #[derive(Clone, Debug)]
 pub enum Inserted {
