@@ -131,6 +131,49 @@ impl ProbePublisher {
     }
 }
 
+/// Replies are published without confirms: a publish returns once the message is handed to the
+/// connection, and a message that no queue takes (its coordinator is gone) is dropped instead of
+/// failing the publish, where a confirming publisher reports it unroutable.
+#[tokio::test]
+async fn a_publisher_without_confirms_drops_what_no_queue_takes_and_reports_under_its_own_name() {
+    let infra = crate::helpers::infra::Infra::create().await;
+    let health = Health::default();
+    let broker = Broker::new(
+        BrokerConfig {
+            url: infra.amqp_url.clone(),
+            addresses: infra.amqp_addresses.clone(),
+            connection_name: "system test reply publisher".into(),
+            publisher_channels: 1,
+            confirm_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+        },
+        health.clone(),
+    )
+    .expect("broker config");
+    let nowhere = Outgoing::raw(b"{}".to_vec(), "", "system-test.nowhere").transient();
+
+    let confirming = Publisher::new(broker.clone());
+    assert!(matches!(
+        confirming.publish(&nowhere).await,
+        Err(BrokerError::Unroutable { .. })
+    ));
+    let replies = Publisher::without_confirms(broker);
+    replies
+        .publish(&nowhere)
+        .await
+        .expect("dropped, not an error");
+    let components: Vec<String> = health
+        .snapshot()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        components.contains(&"amqp reply publisher".to_owned()),
+        "{components:?}"
+    );
+    assert!(health.all_up(), "{:?}", health.snapshot());
+}
+
 #[tokio::test]
 async fn after_a_broker_restart_idle_services_and_publishers_are_ready_again() {
     let system = TestSystem::start_with(Options::fast().exclusive_broker()).await;

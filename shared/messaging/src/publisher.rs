@@ -226,6 +226,10 @@ pub struct Publisher {
 
 struct Inner {
     broker: Broker,
+    /// Whether its channels are in confirm mode and each publish waits for its confirm.
+    confirms: bool,
+    /// Its line in the broker's health table.
+    component: &'static str,
     slots: Vec<Mutex<Option<Channel>>>,
     next: AtomicUsize,
     /// Wakes the probe after a failed publish (and when the publisher is dropped, to end it).
@@ -241,6 +245,7 @@ impl Drop for Inner {
 }
 
 const HEALTH_COMPONENT: &str = "amqp publisher";
+const UNCONFIRMED_HEALTH_COMPONENT: &str = "amqp reply publisher";
 /// First wait of the probe after a failure; it backs off up to [`PROBE_MAX_DELAY`].
 const PROBE_BASE_DELAY: Duration = Duration::from_millis(100);
 const PROBE_MAX_DELAY: Duration = Duration::from_secs(5);
@@ -248,13 +253,28 @@ const PROBE_MAX_DELAY: Duration = Duration::from_secs(5);
 impl Publisher {
     /// A publisher with `broker.config().publisher_channels` channels, opened on first use.
     pub fn new(broker: Broker) -> Self {
+        Self::with(broker, true, HEALTH_COMPONENT)
+    }
+
+    /// A publisher whose publishes do not wait for the broker's confirm: `Ok` means the message
+    /// was handed to the connection, not that the broker has it, and a message that no queue
+    /// takes is dropped (its `mandatory` flag is ignored). For messages whose loss is repaired
+    /// by asking again, such as replies, which are transient anyway. Reports itself in the
+    /// health table as `amqp reply publisher`.
+    pub fn without_confirms(broker: Broker) -> Self {
+        Self::with(broker, false, UNCONFIRMED_HEALTH_COMPONENT)
+    }
+
+    fn with(broker: Broker, confirms: bool, component: &'static str) -> Self {
         let slots = (0..broker.config().publisher_channels.max(1))
             .map(|_| Mutex::new(None))
             .collect();
-        broker.health().set(HEALTH_COMPONENT, true);
+        broker.health().set(component, true);
         Self {
             inner: Arc::new(Inner {
                 broker,
+                confirms,
+                component,
                 slots,
                 next: AtomicUsize::new(0),
                 failed: Arc::new(Notify::new()),
@@ -280,10 +300,10 @@ impl Publisher {
         };
         let health = self.inner.broker.health();
         if result.as_ref().is_err_and(|err| !err.is_unroutable()) {
-            health.set(HEALTH_COMPONENT, false);
+            health.set(self.inner.component, false);
             self.wake_probe();
         } else {
-            health.set(HEALTH_COMPONENT, true);
+            health.set(self.inner.component, true);
         }
         result
     }
@@ -310,22 +330,28 @@ impl Publisher {
     }
 
     async fn publish_on(&self, channel: &Channel, message: &Outgoing) -> Result<(), BrokerError> {
+        let confirms = self.inner.confirms;
         // The deadline covers sending too: lapin holds publishes while the broker has blocked
         // the connection (resource alarm), which would otherwise wait for the alarm to clear.
         let publish = async {
-            channel
+            let sent = channel
                 .basic_publish(
                     message.exchange.as_str().into(),
                     message.routing_key.as_str().into(),
                     BasicPublishOptions {
-                        mandatory: message.mandatory,
+                        // Without confirms a returned message would only pile up in lapin.
+                        mandatory: message.mandatory && confirms,
                         ..BasicPublishOptions::default()
                     },
                     &message.payload,
                     message.properties(),
                 )
-                .await?
-                .await
+                .await?;
+            if confirms {
+                sent.await
+            } else {
+                Ok(Confirmation::Ack(None))
+            }
         };
         let timeout = self.inner.broker.config().confirm_timeout;
         let confirmation = tokio::time::timeout(timeout, publish)
@@ -349,6 +375,10 @@ impl Publisher {
             return Ok(channel.clone());
         }
         let channel = self.inner.broker.open_channel(Role::Publish).await?;
+        if !self.inner.confirms {
+            *guard = Some(channel.clone());
+            return Ok(channel);
+        }
         let timeout = self.inner.broker.config().connect_timeout;
         tokio::time::timeout(
             timeout,
@@ -396,7 +426,8 @@ async fn probe(inner: Weak<Inner>, failed: Arc<Notify>) {
             let publisher = Publisher { inner };
             match publisher.reopen_all().await {
                 Ok(()) => {
-                    publisher.inner.broker.health().set(HEALTH_COMPONENT, true);
+                    let component = publisher.inner.component;
+                    publisher.inner.broker.health().set(component, true);
                     tracing::info!("amqp publisher: channels open again");
                     break;
                 }

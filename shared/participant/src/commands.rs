@@ -277,7 +277,7 @@ impl<I: Inventory> CommandHandler<I> {
         if let Some(trace) = trace {
             reply = reply.header(headers::TRACEPARENT, trace.to_string());
         }
-        match self.shared.publisher.publish(&reply).await {
+        match self.shared.replies.publish(&reply).await {
             Ok(()) => Disposition::Ack,
             Err(BrokerError::Unroutable { .. }) => {
                 // The coordinator that asked is gone (its reply queue with it). Whoever takes

@@ -37,7 +37,9 @@ pub struct ParticipantSettings {
 pub(crate) struct Shared<I: Inventory> {
     pub(crate) inventory: I,
     pub(crate) pool: PgPool,
-    pub(crate) publisher: Publisher,
+    /// Publishes replies without waiting for confirms: a lost reply is asked for again, and the
+    /// command is acked as soon as its reply is handed to the connection.
+    pub(crate) replies: Publisher,
     pub(crate) topology: Topology,
     pub(crate) settings: ParticipantSettings,
     pub(crate) expiries: TimerWindow<TxnId>,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messaging::consumer::{self, AckMode, ConsumerSpec};
-use messaging::{Outgoing, TimerWindow};
+use messaging::{Outgoing, Publisher, TimerWindow};
 use protocol::command::Operation;
 use protocol::envelope::Envelope;
 use protocol::ids::TxnId;
@@ -81,7 +81,7 @@ pub fn start<I: Inventory>(
     let shared = Arc::new(Shared {
         inventory,
         pool,
-        publisher: publisher.clone(),
+        replies: Publisher::without_confirms(broker.clone()),
         topology,
         settings,
         expiries,
