@@ -6,7 +6,7 @@ use std::time::Duration;
 use messaging::{Broker, BrokerConfig, BrokerError, Health, Outgoing, Publisher};
 use reqwest::StatusCode;
 
-use crate::helpers::infra::{MemoryAlarm, StoppedBroker, rabbitmqctl};
+use crate::helpers::infra::{Infra, MemoryAlarm, StoppedBroker, rabbitmqctl};
 use crate::helpers::load::Load;
 use crate::helpers::proxy;
 use crate::helpers::{Options, TestSystem, eventually, eventually_explained};
@@ -86,21 +86,26 @@ struct ProbePublisher {
     message: Outgoing,
 }
 
+/// A broker handle on the test's vhost that reports to `health`.
+fn test_broker(infra: &Infra, health: &Health) -> Broker {
+    Broker::new(
+        BrokerConfig {
+            url: infra.amqp_url.clone(),
+            addresses: infra.amqp_addresses.clone(),
+            connection_name: "system test publisher".into(),
+            publisher_channels: 2,
+            confirm_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+        },
+        health.clone(),
+    )
+    .expect("broker config")
+}
+
 impl ProbePublisher {
     fn new(system: &TestSystem) -> Self {
         let health = Health::default();
-        let broker = Broker::new(
-            BrokerConfig {
-                url: system.infra.amqp_url.clone(),
-                addresses: system.infra.amqp_addresses.clone(),
-                connection_name: "system test publisher".into(),
-                publisher_channels: 2,
-                confirm_timeout: Duration::from_secs(5),
-                connect_timeout: Duration::from_secs(2),
-            },
-            health.clone(),
-        )
-        .expect("broker config");
+        let broker = test_broker(&system.infra, &health);
         Self {
             publisher: Publisher::new(broker),
             health,
@@ -136,20 +141,9 @@ impl ProbePublisher {
 /// failing the publish, where a confirming publisher reports it unroutable.
 #[tokio::test]
 async fn a_publisher_without_confirms_drops_what_no_queue_takes_and_reports_under_its_own_name() {
-    let infra = crate::helpers::infra::Infra::create().await;
+    let infra = Infra::create().await;
     let health = Health::default();
-    let broker = Broker::new(
-        BrokerConfig {
-            url: infra.amqp_url.clone(),
-            addresses: infra.amqp_addresses.clone(),
-            connection_name: "system test reply publisher".into(),
-            publisher_channels: 1,
-            confirm_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(2),
-        },
-        health.clone(),
-    )
-    .expect("broker config");
+    let broker = test_broker(&infra, &health);
     let nowhere = Outgoing::raw(b"{}".to_vec(), "", "system-test.nowhere").transient();
 
     let confirming = Publisher::new(broker.clone());
