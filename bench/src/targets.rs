@@ -46,11 +46,11 @@ pub(crate) struct Search {
     /// How many rates to try.
     pub(crate) steps: usize,
     /// How long each rate runs.
-    #[serde(with = "humantime_serde_secs")]
+    #[serde(with = "as_seconds")]
     pub(crate) duration: Duration,
 }
 
-mod humantime_serde_secs {
+mod as_seconds {
     pub(super) fn serialize<S: serde::Serializer>(
         d: &std::time::Duration,
         s: S,
