@@ -24,6 +24,7 @@
 //! - [`dlq`]: reading parked messages, and moving them back to their queues.
 //! - [`trace`]: the trace context messages carry, tied to the exported spans.
 //! - [`timer_window`]: timer ids gathered for a short window and published as one message.
+//! - [`gather`]: how concurrent work is gathered into one batch (command lanes, group commit).
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`health`]: which components are connected, for readiness probes.
 //! - [`queue_depth`]: the depth of the dead-letter queues, sampled for metrics.
@@ -34,6 +35,7 @@ pub mod broker;
 pub mod consumer;
 pub mod dlq;
 mod failover;
+pub mod gather;
 pub mod health;
 pub mod metrics;
 pub mod publisher;

@@ -4,8 +4,8 @@
 //! Requests for the same destination (exchange and routing key) that are ready at the same moment
 //! travel in one message (a [`protocol::batch`] command batch): each destination has a lane that
 //! keeps at most [`LANE_IN_FLIGHT`] publishes outstanding and puts everything that queued up
-//! meanwhile into the next one, after yielding to the runtime [`LINGER_YIELDS`] times so that
-//! tasks ready to run can add theirs. At low load that is one request per message, sent at once;
+//! meanwhile into the next one, gathered as [`crate::gather`] does (a few yields to the runtime,
+//! so that tasks ready to run can add theirs). At low load that is one request per message, sent at once;
 //! under load the batches grow by themselves, and so do the participant's transactions. Each request
 //! keeps its own message id, and its reply (alone, or inside a reply batch) is matched on it.
 
@@ -27,11 +27,6 @@ use crate::publisher::{Outgoing, Publisher};
 
 /// Publishes a lane keeps outstanding; requests that arrive meanwhile form the next batch.
 pub const LANE_IN_FLIGHT: usize = 2;
-
-/// How many times a lane yields to the runtime after taking the requests waiting, taking those
-/// that arrived meanwhile after each yield. A yield costs nothing when no other task is ready (a
-/// lone request goes out at once), and lets ready tasks add theirs when some are.
-pub const LINGER_YIELDS: usize = 4;
 /// Requests in one batch at most.
 const MAX_BATCH: usize = 128;
 
@@ -306,16 +301,7 @@ async fn lane(
             return;
         };
         let mut group = vec![first];
-        take_waiting(&mut queue, &mut group);
-        // Let the tasks that are ready run first (a few yields, no timer): at moderate load they
-        // are often about to send to this destination too, and join this batch.
-        for _ in 0..LINGER_YIELDS {
-            if group.len() >= MAX_BATCH {
-                break;
-            }
-            tokio::task::yield_now().await;
-            take_waiting(&mut queue, &mut group);
-        }
+        crate::gather::gather(&mut queue, &mut group, MAX_BATCH).await;
         // A caller that stopped waiting while its request queued has moved on (a reserve it gave
         // up on is released instead): sending the request now would only act behind its back.
         group.retain(|(_, published)| !published.is_closed());
@@ -346,16 +332,6 @@ async fn lane(
             }
             drop(permit);
         });
-    }
-}
-
-/// Moves every request waiting in `queue` into `group`, up to `MAX_BATCH`.
-fn take_waiting(queue: &mut mpsc::UnboundedReceiver<Queued>, group: &mut Vec<Queued>) {
-    while group.len() < MAX_BATCH {
-        match queue.try_recv() {
-            Ok(next) => group.push(next),
-            Err(_) => break,
-        }
     }
 }
 

@@ -31,11 +31,6 @@ use tokio_util::task::TaskTracker;
 /// Writes taken into one transaction at most.
 const MAX_GROUP: usize = 64;
 
-/// How many times a worker yields to the runtime after taking the writes waiting, taking those
-/// that arrived meanwhile after each yield. A yield costs nothing when no other task is ready
-/// (a write alone runs at once), and lets ready tasks add their writes when some are.
-const LINGER_YIELDS: usize = 4;
-
 /// A write: one statement (or a few that must stay together) on the given connection. It may
 /// run twice (once in a group that fails, once alone), so it must not change anything but the
 /// database.
@@ -146,33 +141,12 @@ async fn worker<W: Write>(
                 return;
             };
             let mut group = vec![first];
-            take_waiting(&mut receiver, &mut group);
-            // Let the tasks that are ready run first (a few yields, no timer): at moderate load
-            // they are often about to write too, and join this group instead of the next.
-            for _ in 0..LINGER_YIELDS {
-                if group.len() >= MAX_GROUP {
-                    break;
-                }
-                tokio::task::yield_now().await;
-                take_waiting(&mut receiver, &mut group);
-            }
+            // What waits, and what the tasks ready to run add meanwhile.
+            messaging::gather::gather(&mut receiver, &mut group, MAX_GROUP).await;
             group
         };
         metrics::histogram!(crate::metrics::GROUP_COMMIT_SIZE).record(group.len() as f64);
         run_group(&pool, bound, group).await;
-    }
-}
-
-/// Moves every write waiting in `receiver` into `group`, up to [`MAX_GROUP`].
-fn take_waiting<W: Write>(
-    receiver: &mut mpsc::UnboundedReceiver<Pending<W>>,
-    group: &mut Vec<Pending<W>>,
-) {
-    while group.len() < MAX_GROUP {
-        match receiver.try_recv() {
-            Ok(next) => group.push(next),
-            Err(_) => break,
-        }
     }
 }
 
