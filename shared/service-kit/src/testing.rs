@@ -1,7 +1,8 @@
 //! Test support (feature `testing`): a TCP proxy between a service and a server it talks to,
 //! which a test can freeze. Once frozen it keeps every connection open but forwards nothing
-//! more, like a network path that silently drops everything (there is no `netem` here). And the
-//! check that a service's committed OpenAPI document is the one its code generates.
+//! more, like a network path that silently drops everything (there is no `netem` here). A
+//! database of a test's own ([`ScratchDatabase`]). And the check that a service's committed
+//! OpenAPI document is the one its code generates.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -159,5 +160,56 @@ pub fn check_admin_token_on_writes(document: &utoipa::openapi::OpenApi) {
                 "{method} {path} changes something: it must document its 401"
             );
         }
+    }
+}
+
+/// A database of a test's own on the local PostgreSQL (`DATABASE_URL`, else
+/// `postgres://postgres@127.0.0.1:5432`), with a random name. Dropped by
+/// [`ScratchDatabase::drop_database`] (a test that fails before leaves it behind, named by its
+/// prefix).
+#[derive(Debug)]
+pub struct ScratchDatabase {
+    name: String,
+    admin: sqlx::PgPool,
+    pool: sqlx::PgPool,
+}
+
+impl ScratchDatabase {
+    /// Creates `<prefix>_<random>` and connects to it (two connections at most).
+    pub async fn create(prefix: &str) -> Result<Self, sqlx::Error> {
+        use std::str::FromStr;
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+        let server = sqlx::postgres::PgConnectOptions::from_str(&url)?;
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        let admin = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(server.clone().database("postgres"))
+            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await?;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(server.database(&name))
+            .await?;
+        Ok(Self { name, admin, pool })
+    }
+
+    /// The pool of the database.
+    pub fn pool(&self) -> &sqlx::PgPool {
+        &self.pool
+    }
+
+    /// Closes the pool and drops the database.
+    pub async fn drop_database(self) -> Result<(), sqlx::Error> {
+        self.pool.close().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&self.admin)
+        .await?;
+        Ok(())
     }
 }

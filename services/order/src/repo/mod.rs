@@ -469,35 +469,13 @@ mod tests {
         );
     }
 
-    /// A database of the test's own on the local PostgreSQL (`DATABASE_URL`), migrated, and the
-    /// server's `postgres` database to drop it from.
-    async fn own_database() -> (String, sqlx::PgPool, sqlx::PgPool) {
-        use std::str::FromStr;
-        let url = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
-        let server = sqlx::postgres::PgConnectOptions::from_str(&url).unwrap();
-        let name = format!("order_repo_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(server.clone().database("postgres"))
-            .await
-            .unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(2)
-            .connect_with(server.database(&name))
-            .await
-            .unwrap();
-        crate::MIGRATOR.run(&pool).await.unwrap();
-        (name, admin, pool)
-    }
-
     #[tokio::test]
     async fn the_oldest_unfinished_orders_are_read_from_an_index_among_many_finished_ones() {
-        let (name, admin, pool) = own_database().await;
+        let database = service_kit::testing::ScratchDatabase::create("order_repo_test")
+            .await
+            .unwrap();
+        crate::MIGRATOR.run(database.pool()).await.unwrap();
+        let pool = database.pool().clone();
         // Many finished orders, all older than the unfinished ones; a pile of orders still being
         // placed (the oldest 90 s old); one cancel under way, of an order made 30 minutes ago.
         sqlx::raw_sql(
@@ -530,13 +508,7 @@ mod tests {
         .await
         .unwrap();
         let ages = super::oldest_unfinished(&pool).await.unwrap();
-        pool.close().await;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {name} WITH (FORCE)"
-        )))
-        .execute(&admin)
-        .await
-        .unwrap();
+        database.drop_database().await.unwrap();
 
         let plan = plan.join("\n");
         assert!(!plan.contains("Seq Scan"), "{plan}");
