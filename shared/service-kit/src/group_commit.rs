@@ -14,6 +14,11 @@
 //! one commit. Only if that fails too (the connection, or the commit) does every write run again
 //! on its own. Savepoints cost two more statements per write, so only the retry uses them.
 //!
+//! A write type may also run several writes of one kind as one statement ([`Write::set_kind`],
+//! [`Write::run_set`]: arrays bound and `unnest`ed): PostgreSQL then starts its executor, checks
+//! its constraints' expressions and answers once per kind in the group, not once per write. Only
+//! a group's first, all-or-nothing run does that; the retries run the writes one by one.
+//!
 //! Every call to the database is bounded on the client side too (`bound`, a little more than the
 //! server's `statement_timeout`): a server or connection that freezes would never enforce its own
 //! timeout. A call past the bound fails as a lost connection (transient, so callers retry), and
@@ -50,6 +55,38 @@ pub trait Write: Send + Sync + 'static {
         &'c self,
         conn: &'c mut PgConnection,
     ) -> Pin<Box<dyn Future<Output = Result<Self::Output, sqlx::Error>> + Send + 'c>>;
+
+    /// Writes of a group with the same kind run as one statement, with [`Write::run_set`];
+    /// `None` (the default) runs the write on its own statement.
+    fn set_kind(&self) -> Option<u8> {
+        None
+    }
+
+    /// Runs `writes` (two or more of one [`Write::set_kind`], in the group's order) as one
+    /// statement in the caller's transaction, and returns one output per write, in that order.
+    /// The outputs must be those that running the writes one by one in that order would give.
+    /// Group commit only asks this of writes whose [`Write::order_key`]s differ from those of
+    /// every other write in the group, so the writes of a set never touch the same row.
+    fn run_set<'c>(writes: &'c [&'c Self], conn: &'c mut PgConnection) -> SetFuture<'c, Self>
+    where
+        Self: Sized,
+    {
+        let _ = (writes, conn);
+        unreachable_set()
+    }
+}
+
+/// What [`Write::run_set`] returns: the outputs of the set, in its order.
+pub type SetFuture<'c, W> =
+    Pin<Box<dyn Future<Output = Result<Vec<<W as Write>::Output>, sqlx::Error>> + Send + 'c>>;
+
+/// [`Write::run_set`] of a type that has no set statement: never called (its writes have no
+/// [`Write::set_kind`]), and an error if it were.
+fn unreachable_set<'c, T: Send + 'c>()
+-> Pin<Box<dyn Future<Output = Result<Vec<T>, sqlx::Error>> + Send + 'c>> {
+    Box::pin(std::future::ready(Err(sqlx::Error::Protocol(
+        "a write type with a set kind but no set statement".to_owned(),
+    ))))
 }
 
 type Pending<W> = (
@@ -253,10 +290,29 @@ async fn together<W: Write>(
     let mut conn = pool.acquire().await?;
     let result = async {
         let mut tx = bounded(bound, conn.begin()).await?;
-        let mut outputs = Vec::with_capacity(group.len());
-        for (write, _) in group {
-            outputs.push(bounded(bound, write.run(&mut tx)).await?);
+        let mut outputs: Vec<Option<W::Output>> = group.iter().map(|_| None).collect();
+        for step in plan(group) {
+            match step {
+                Step::One(i) => {
+                    outputs[i] = Some(bounded(bound, group[i].0.run(&mut tx)).await?);
+                }
+                Step::Set(members) => {
+                    let writes: Vec<&W> = members.iter().map(|&i| &group[i].0).collect();
+                    let results = bounded(bound, W::run_set(&writes, &mut tx)).await?;
+                    if results.len() != members.len() {
+                        return Err(sqlx::Error::Protocol(format!(
+                            "a set of {} writes returned {} outputs",
+                            members.len(),
+                            results.len()
+                        )));
+                    }
+                    for (i, output) in members.into_iter().zip(results) {
+                        outputs[i] = Some(output);
+                    }
+                }
+            }
         }
+        let outputs = outputs.into_iter().flatten().collect::<Vec<_>>();
         crate::fault::point("group_commit.before_commit");
         bounded(bound, tx.commit()).await?;
         Ok(outputs)
@@ -266,6 +322,54 @@ async fn together<W: Write>(
         drop(conn.detach());
     }
     result
+}
+
+/// One statement of a group's all-or-nothing run.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// The write at this index, on its own.
+    One(usize),
+    /// The writes at these indexes (of one set kind), as one statement.
+    Set(Vec<usize>),
+}
+
+/// The statements that run a group (sorted by order key): each set kind with two or more writes as one
+/// statement, where the first of them was, and every other write on its own, in the group's
+/// order. If two writes of the group share an order key, every write runs on its own (a set's
+/// writes must not touch the rows of another write of the group).
+fn plan<W: Write>(group: &[Pending<W>]) -> Vec<Step> {
+    let shared_key = group
+        .windows(2)
+        .any(|pair| pair[0].0.order_key() == pair[1].0.order_key());
+    if shared_key {
+        return (0..group.len()).map(Step::One).collect();
+    }
+    let mut members: Vec<(u8, Vec<usize>)> = Vec::new();
+    for (i, (write, _)) in group.iter().enumerate() {
+        if let Some(kind) = write.set_kind() {
+            match members.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, indexes)) => indexes.push(i),
+                None => members.push((kind, vec![i])),
+            }
+        }
+    }
+    let mut steps = Vec::new();
+    for (i, (write, _)) in group.iter().enumerate() {
+        let set = write
+            .set_kind()
+            .and_then(|kind| members.iter().find(|(k, _)| *k == kind))
+            .map(|(_, indexes)| indexes);
+        match set {
+            // The first of a set runs it; the others run with it.
+            Some(indexes) if indexes.len() > 1 => {
+                if indexes[0] == i {
+                    steps.push(Step::Set(indexes.clone()));
+                }
+            }
+            _ => steps.push(Step::One(i)),
+        }
+    }
+    steps
 }
 
 #[cfg(test)]
@@ -294,6 +398,118 @@ mod tests {
         }
     }
 
+    /// A key inserted by a write of a kind (`Some`: with the others of its kind in a group, as
+    /// one statement); returns the key and whether it ran in a set.
+    struct Keyed {
+        key: i32,
+        kind: Option<u8>,
+    }
+
+    impl Write for Keyed {
+        type Output = (i32, &'static str);
+
+        fn order_key(&self) -> u128 {
+            self.key.unsigned_abs().into()
+        }
+
+        fn set_kind(&self) -> Option<u8> {
+            self.kind
+        }
+
+        fn run_set<'c>(writes: &'c [&'c Self], conn: &'c mut PgConnection) -> SetFuture<'c, Self> {
+            let keys: Vec<i32> = writes.iter().map(|w| w.key).collect();
+            Box::pin(async move {
+                let inserted: Vec<i32> = sqlx::query_scalar(
+                    "INSERT INTO keys SELECT k FROM unnest($1::int[]) WITH ORDINALITY AS v(k, n)
+                     ORDER BY n RETURNING k",
+                )
+                .bind(&keys)
+                .fetch_all(conn)
+                .await?;
+                Ok(inserted.into_iter().map(|k| (k, "set")).collect())
+            })
+        }
+
+        fn run<'c>(
+            &'c self,
+            conn: &'c mut PgConnection,
+        ) -> Pin<Box<dyn Future<Output = Result<Self::Output, sqlx::Error>> + Send + 'c>> {
+            Box::pin(async move {
+                let key: i32 = sqlx::query_scalar("INSERT INTO keys VALUES ($1) RETURNING k")
+                    .bind(self.key)
+                    .fetch_one(conn)
+                    .await?;
+                Ok((key, "one"))
+            })
+        }
+    }
+
+    fn pending(writes: Vec<(i32, Option<u8>)>) -> Vec<Pending<Keyed>> {
+        writes
+            .into_iter()
+            .map(|(key, kind)| (Keyed { key, kind }, oneshot::channel().0))
+            .collect()
+    }
+
+    #[test]
+    fn a_plan_runs_each_kind_of_two_or_more_as_one_statement_where_its_first_write_was() {
+        let group = pending(vec![
+            (1, None),
+            (2, Some(7)),
+            (3, Some(8)),
+            (4, Some(7)),
+            (5, None),
+            (6, Some(7)),
+        ]);
+        assert_eq!(
+            plan(&group),
+            vec![
+                Step::One(0),
+                Step::Set(vec![1, 3, 5]),
+                Step::One(2),
+                Step::One(4)
+            ]
+        );
+        // Two writes with one order key: every write on its own.
+        let group = pending(vec![(1, Some(7)), (2, Some(7)), (2, Some(7))]);
+        assert_eq!(plan(&group), vec![Step::One(0), Step::One(1), Step::One(2)]);
+    }
+
+    #[tokio::test]
+    async fn a_set_returns_each_write_its_own_output_in_the_group_order() {
+        let database = crate::testing::ScratchDatabase::create("group_commit_test")
+            .await
+            .unwrap();
+        let pool = database.pool().clone();
+        sqlx::query("CREATE TABLE keys (k INT PRIMARY KEY)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let mut receivers = Vec::new();
+        let mut group = Vec::new();
+        for (key, kind) in [(3, Some(1)), (1, None), (2, Some(1)), (4, Some(1))] {
+            let (done, result) = oneshot::channel();
+            group.push((Keyed { key, kind }, done));
+            receivers.push(result);
+        }
+        run_group(&pool, Duration::from_secs(10), group).await;
+        let mut results = Vec::new();
+        for receiver in receivers {
+            results.push(receiver.await.unwrap().unwrap());
+        }
+        let keys: Vec<i32> = sqlx::query_scalar("SELECT k FROM keys ORDER BY k")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        database.drop_database().await.unwrap();
+
+        assert_eq!(
+            results,
+            vec![(3, "set"), (1, "one"), (2, "set"), (4, "set")]
+        );
+        assert_eq!(keys, vec![1, 2, 3, 4]);
+    }
+
     fn server() -> PgConnectOptions {
         let url = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
@@ -302,21 +518,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_write_fails_alone_and_the_others_still_share_one_commit() {
-        let name = format!("group_commit_test_{:016x}", rand::random::<u64>());
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(server().database("postgres"))
+        let database = crate::testing::ScratchDatabase::create("group_commit_test")
             .await
             .unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .connect_with(server().database(&name))
-            .await
-            .unwrap();
+        let pool = database.pool().clone();
         sqlx::query("CREATE TABLE keys (k INT PRIMARY KEY)")
             .execute(&pool)
             .await
@@ -339,13 +544,7 @@ mod tests {
             .fetch_one(&pool)
             .await
             .unwrap();
-        pool.close().await;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {name} WITH (FORCE)"
-        )))
-        .execute(&admin)
-        .await
-        .unwrap();
+        database.drop_database().await.unwrap();
 
         let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
         assert_eq!(failed.len(), 1, "{results:?}");
