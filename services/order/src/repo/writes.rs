@@ -1,12 +1,13 @@
 //! The writes of the drivers, run with group commit: recording a new order and saving the order
-//! that the machine computed.
+//! that the machine computed. A group's inserts run as one statement, and so do its saves
+//! ([`INSERT_SET`], [`SAVE_SET`]: the same statements over arrays, one element per write).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use service_kit::group_commit::Write;
+use service_kit::group_commit::{SetFuture, Write};
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::{LeaseToken, NewOrder, OrderRow, sql_text};
@@ -70,6 +71,197 @@ static SAVE: LazyLock<Arc<str>> = LazyLock::new(|| {
     )
 });
 
+/// [`INSERT`] for many orders: element `n` of each array is bound as the `$` parameters of the
+/// `n`-th insert. Inserted in the order of the arrays.
+static INSERT_SET: LazyLock<Arc<str>> = LazyLock::new(|| {
+    sql_text(
+        "INSERT INTO orders
+             (id, customer_id, hub_id, lines, state, txn_id, deadline, lease_token, lease_until,
+              traceparent, idempotency_key)
+         SELECT v_id, v_customer_id, v_hub_id, v_lines, 'reserving', v_txn_id, now() + v_deadline,
+                v_token, now() + v_deadline + v_lease, v_traceparent, v_key
+         FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::uuid[], $5::interval[],
+                     $6::uuid[], $7::interval[], $8::text[], $9::text[], $10::jsonb[])
+              WITH ORDINALITY AS v(v_id, v_customer_id, v_hub_id, v_txn_id, v_deadline, v_token,
+                                   v_lease, v_traceparent, v_key, v_lines, v_n)
+         ORDER BY v_n
+         ON CONFLICT DO NOTHING
+         RETURNING {columns}",
+    )
+});
+
+/// [`SAVE`] for many orders (each a different one): element `n` of each array is bound as the
+/// `$` parameters of the `n`-th save; the packets as array literals (`{1,2}`), the arrays being
+/// of different lengths. Events are added to the outbox in the order of the arrays.
+static SAVE_SET: LazyLock<Arc<str>> = LazyLock::new(|| {
+    sql_text(
+        "WITH v AS (
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[],
+                                  $6::uuid[], $7::int[], $8::text[], $9::bigint[],
+                                  $10::timestamptz[], $11::timestamptz[], $12::timestamptz[],
+                                  $13::timestamptz[], $14::interval[], $15::uuid[], $16::uuid[],
+                                  $17::text[], $18::jsonb[])
+                  WITH ORDINALITY AS v(v_id, v_before_state, v_before_txn, v_state, v_reason,
+                                       v_txn_id, v_attempt, v_packet_ids, v_agent_id,
+                                       v_reserved_until, v_deadline, v_decided_at, v_finished_at,
+                                       v_lease, v_token, v_event_id, v_routing_key, v_payload, v_n)
+         ),
+         saved AS (
+             UPDATE orders o SET
+                 state = v_state, reason = v_reason, txn_id = v_txn_id, attempt = v_attempt,
+                 packet_ids = v_packet_ids::bigint[], agent_id = v_agent_id,
+                 reserved_until = v_reserved_until, deadline = v_deadline,
+                 decided_at = v_decided_at, finished_at = v_finished_at,
+                 lease_token = CASE WHEN v_lease IS NULL THEN NULL ELSE o.lease_token END,
+                 lease_until = CASE WHEN v_lease IS NULL THEN NULL
+                                    ELSE greatest(o.lease_until, now() + v_lease) END
+             FROM v
+             WHERE o.id = v_id AND o.state = v_before_state AND o.txn_id = v_before_txn
+               AND o.lease_token = v_token
+             RETURNING {columns}, v_n, v_event_id, v_routing_key, v_payload
+         ),
+         event AS (
+             INSERT INTO outbox (event_id, order_id, routing_key, payload)
+             SELECT v_event_id, id, v_routing_key, v_payload FROM saved
+             WHERE v_event_id IS NOT NULL
+             ORDER BY v_n
+         )
+         SELECT {columns} FROM saved",
+    )
+});
+
+/// The outputs of a set of writes that returned `rows`: each write's row (matched by order id),
+/// or none.
+fn matched(ids: &[protocol::ids::OrderId], rows: Vec<OrderRow>) -> Vec<Option<OrderRow>> {
+    let mut rows: std::collections::HashMap<_, _> =
+        rows.into_iter().map(|row| (row.id, row)).collect();
+    ids.iter().map(|id| rows.remove(id)).collect()
+}
+
+/// The inserts of a set, as one statement.
+fn insert_set<'c>(writes: &[&OrderWrite], conn: &'c mut PgConnection) -> SetFuture<'c, OrderWrite> {
+    let mut ids = Vec::with_capacity(writes.len());
+    let (mut customers, mut hubs, mut txns, mut deadlines, mut tokens) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut leases, mut traces, mut keys, mut lines) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for write in writes {
+        if let OrderWrite::Insert {
+            new,
+            deadline,
+            token,
+            lease,
+        } = write
+        {
+            ids.push(new.id);
+            customers.push(new.customer_id.clone());
+            hubs.push(new.hub_id.0);
+            txns.push(new.txn_id.0);
+            deadlines.push(*deadline);
+            tokens.push(token.0);
+            leases.push(*lease);
+            traces.push(new.traceparent.clone());
+            keys.push(new.idempotency_key.clone());
+            lines.push(sqlx::types::Json(new.lines.clone()));
+        }
+    }
+    let query = sqlx::query_as::<_, OrderRow>(AssertSqlSafe(INSERT_SET.clone()))
+        .bind(ids.iter().map(|id| id.0).collect::<Vec<_>>())
+        .bind(customers)
+        .bind(hubs)
+        .bind(txns)
+        .bind(deadlines)
+        .bind(tokens)
+        .bind(leases)
+        .bind(traces)
+        .bind(keys)
+        .bind(lines);
+    Box::pin(async move { Ok(matched(&ids, query.fetch_all(conn).await?)) })
+}
+
+/// The saves of a set, as one statement.
+fn save_set<'c>(writes: &[&OrderWrite], conn: &'c mut PgConnection) -> SetFuture<'c, OrderWrite> {
+    let mut ids = Vec::with_capacity(writes.len());
+    let (mut before_states, mut before_txns, mut states, mut reasons, mut txns, mut attempts) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    let (mut packets, mut agents, mut reserved, mut deadlines, mut decided, mut finished) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    let (mut leases, mut tokens, mut events, mut routing_keys, mut payloads) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for write in writes {
+        if let OrderWrite::Save {
+            before_state,
+            before_txn,
+            after,
+            lease,
+            token,
+            outbox,
+        } = write
+        {
+            ids.push(after.id);
+            before_states.push(*before_state);
+            before_txns.push(before_txn.0);
+            states.push(after.state.as_str());
+            reasons.push(after.reason.map(|r| r.as_str()));
+            txns.push(after.txn_id.0);
+            attempts.push(after.attempt);
+            packets.push((!after.packet_ids.is_empty()).then(|| array_literal(&after.packet_ids)));
+            agents.push(after.agent_id.map(|a| a.0));
+            reserved.push(after.reserved_until);
+            deadlines.push(after.deadline);
+            decided.push(after.decided_at);
+            finished.push(after.finished_at);
+            leases.push(*lease);
+            tokens.push(token.0);
+            events.push(outbox.as_ref().map(|e| e.event_id.0));
+            routing_keys.push(outbox.as_ref().map(|e| e.routing_key));
+            payloads.push(
+                outbox
+                    .as_ref()
+                    .map(|e| sqlx::types::Json(e.payload.clone())),
+            );
+        }
+    }
+    let query = sqlx::query_as::<_, OrderRow>(AssertSqlSafe(SAVE_SET.clone()))
+        .bind(ids.iter().map(|id| id.0).collect::<Vec<_>>())
+        .bind(before_states)
+        .bind(before_txns)
+        .bind(states)
+        .bind(reasons)
+        .bind(txns)
+        .bind(attempts)
+        .bind(packets)
+        .bind(agents)
+        .bind(reserved)
+        .bind(deadlines)
+        .bind(decided)
+        .bind(finished)
+        .bind(leases)
+        .bind(tokens)
+        .bind(events)
+        .bind(routing_keys)
+        .bind(payloads);
+    Box::pin(async move { Ok(matched(&ids, query.fetch_all(conn).await?)) })
+}
+
+/// `{1,2,3}`: packet ids as a PostgreSQL array literal.
+fn array_literal(ids: &[protocol::ids::PacketId]) -> String {
+    let ids: Vec<String> = ids.iter().map(|id| id.0.to_string()).collect();
+    format!("{{{}}}", ids.join(","))
+}
+
 impl Write for OrderWrite {
     type Output = Option<OrderRow>;
 
@@ -92,6 +284,20 @@ impl Write for OrderWrite {
             .as_u128(),
             OrderWrite::Insert { new, .. } => new.id.0.as_u128(),
             OrderWrite::Save { after, .. } => after.id.0.as_u128(),
+        }
+    }
+
+    fn set_kind(&self) -> Option<u8> {
+        Some(match self {
+            OrderWrite::Insert { .. } => 0,
+            OrderWrite::Save { .. } => 1,
+        })
+    }
+
+    fn run_set<'c>(writes: &'c [&'c Self], conn: &'c mut PgConnection) -> SetFuture<'c, Self> {
+        match writes.first() {
+            Some(OrderWrite::Insert { .. }) => insert_set(writes, conn),
+            _ => save_set(writes, conn),
         }
     }
 
@@ -153,5 +359,178 @@ impl Write for OrderWrite {
                     .fetch_optional(conn),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use protocol::command::PacketLine;
+    use protocol::ids::{AgentId, EventId, FoodId, HubId, OrderId, PacketId, TxnId};
+    use service_kit::group_commit::Write;
+    use service_kit::testing::ScratchDatabase;
+
+    use super::{OrderWrite, PgConnection};
+    use crate::machine::{NotPlacedReason, Order, OrderState};
+    use crate::outbox::OutboxEvent;
+    use crate::repo::{LeaseToken, NewOrder, OrderRow};
+
+    const LEASE: Duration = Duration::from_secs(30);
+
+    fn new_order(id: OrderId, customer: &str, key: Option<&str>) -> NewOrder {
+        NewOrder {
+            id,
+            customer_id: customer.to_owned(),
+            hub_id: HubId(1),
+            lines: vec![PacketLine {
+                food_id: FoodId(4),
+                quantity: 2,
+            }],
+            txn_id: TxnId(uuid::Uuid::from_u128(id.0.as_u128() + 1)),
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+            idempotency_key: key.map(str::to_owned),
+        }
+    }
+
+    fn insert(new: &NewOrder, token: LeaseToken) -> OrderWrite {
+        OrderWrite::Insert {
+            new: NewOrder {
+                id: new.id,
+                customer_id: new.customer_id.clone(),
+                hub_id: new.hub_id,
+                lines: new.lines.clone(),
+                txn_id: new.txn_id,
+                traceparent: new.traceparent.clone(),
+                idempotency_key: new.idempotency_key.clone(),
+            },
+            deadline: Duration::from_secs(5),
+            token,
+            lease: LEASE,
+        }
+    }
+
+    fn save(before: &Order, after: Order, token: LeaseToken, event: bool) -> OrderWrite {
+        OrderWrite::Save {
+            before_state: before.state.as_str(),
+            before_txn: before.txn_id,
+            outbox: event.then(|| OutboxEvent {
+                event_id: EventId(uuid::Uuid::from_u128(after.id.0.as_u128() ^ 1)),
+                routing_key: "order.test",
+                payload: serde_json::json!({ "order_id": after.id, "state": after.state.as_str() }),
+            }),
+            lease: (!after.state.is_final()).then_some(LEASE),
+            after,
+            token,
+        }
+    }
+
+    /// What a set of writes returned, without the times the database chose.
+    fn outcome(rows: &[Option<OrderRow>]) -> Vec<Option<String>> {
+        rows.iter()
+            .map(|row| {
+                row.as_ref()
+                    .map(|r| format!("{} {} {:?} {:?}", r.id, r.state, r.reason, r.lease_token))
+            })
+            .collect()
+    }
+
+    /// Both tables as text, without the times the database chose.
+    async fn contents(conn: &mut PgConnection) -> (Vec<String>, Vec<String>) {
+        let orders = sqlx::query_scalar(
+            "SELECT (to_jsonb(o) - 'created_at' - 'lease_until'
+                     - CASE WHEN state = 'reserving' THEN 'deadline' ELSE '' END)::text
+                    || (lease_until IS NULL)::text
+             FROM orders o ORDER BY id",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        let outbox = sqlx::query_scalar(
+            "SELECT concat_ws(' ', event_id, order_id, routing_key, payload) FROM outbox ORDER BY id",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        (orders, outbox)
+    }
+
+    /// Runs the same writes in a database of their own, one by one or as sets, and returns what
+    /// they returned and left.
+    async fn run(as_sets: bool) -> (Vec<Option<String>>, (Vec<String>, Vec<String>)) {
+        let database = ScratchDatabase::create("order_writes_test").await.unwrap();
+        crate::MIGRATOR.run(database.pool()).await.unwrap();
+        let mut conn = database.pool().acquire().await.unwrap();
+        let id = |n: u128| OrderId(uuid::Uuid::from_u128(n << 64));
+        let token = LeaseToken(uuid::Uuid::from_u128(77));
+        let other_token = LeaseToken(uuid::Uuid::from_u128(78));
+
+        // Three orders recorded before, one of them with a key.
+        let mut recorded = Vec::new();
+        for (n, key) in [(1, Some("k-1")), (2, None), (3, None)] {
+            let write = insert(&new_order(id(n), "c-1", key), token);
+            let row = write.run(&mut conn).await.unwrap().unwrap();
+            recorded.push(row.read().unwrap().0);
+        }
+        // Times of the machine's own: the same in both databases.
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let decided = |order: &Order| Order {
+            state: OrderState::Assigning,
+            packet_ids: vec![PacketId(5), PacketId(6)],
+            agent_id: Some(AgentId(3)),
+            reserved_until: Some(at + chrono::Duration::seconds(30)),
+            deadline: at + chrono::Duration::seconds(60),
+            decided_at: Some(at),
+            ..order.clone()
+        };
+        let timed_out = |order: &Order| Order {
+            state: OrderState::NotPlaced,
+            reason: Some(NotPlacedReason::Timeout),
+            deadline: at,
+            finished_at: Some(at),
+            ..order.clone()
+        };
+        let writes = vec![
+            // New orders: one without a key, one with a new key, one whose key is taken, and one
+            // with the same key from another customer.
+            insert(&new_order(id(4), "c-1", None), token),
+            insert(&new_order(id(5), "c-1", Some("k-2")), token),
+            insert(&new_order(id(6), "c-1", Some("k-1")), token),
+            insert(&new_order(id(7), "c-2", Some("k-1")), token),
+            // Saves: a decision with its event, one by a driver that lost its lease, and a final
+            // state with its event (which ends the lease).
+            save(&recorded[0], decided(&recorded[0]), token, true),
+            save(&recorded[1], decided(&recorded[1]), other_token, true),
+            save(&recorded[2], timed_out(&recorded[2]), token, true),
+        ];
+        let mut outputs = Vec::new();
+        if as_sets {
+            let inserts: Vec<&OrderWrite> = writes[..4].iter().collect();
+            let saves: Vec<&OrderWrite> = writes[4..].iter().collect();
+            outputs.extend(OrderWrite::run_set(&inserts, &mut conn).await.unwrap());
+            outputs.extend(OrderWrite::run_set(&saves, &mut conn).await.unwrap());
+        } else {
+            for write in &writes {
+                outputs.push(write.run(&mut conn).await.unwrap());
+            }
+        }
+        let left = contents(&mut conn).await;
+        drop(conn);
+        database.drop_database().await.unwrap();
+        (outcome(&outputs), left)
+    }
+
+    #[tokio::test]
+    async fn inserts_and_saves_as_sets_return_and_leave_what_they_would_one_by_one() {
+        let (one_by_one, left_one_by_one) = run(false).await;
+        let (as_sets, left_as_sets) = run(true).await;
+        assert_eq!(
+            one_by_one.iter().map(Option::is_some).collect::<Vec<_>>(),
+            [true, true, false, true, true, false, true],
+            "{one_by_one:#?}"
+        );
+        assert_eq!(as_sets, one_by_one);
+        assert_eq!(left_as_sets, left_one_by_one);
+        assert_eq!(left_one_by_one.1.len(), 2, "{left_one_by_one:#?}");
     }
 }
