@@ -125,3 +125,138 @@ impl Inventory for Packets {
         Ok(key)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use participant::Statements;
+    use participant::barrier::{Recorded, RecordedFor};
+    use protocol::command::Operation;
+    use service_kit::testing::ScratchDatabase;
+    use sqlx::{AssertSqlSafe, PgConnection};
+
+    use super::Packets;
+
+    /// The assigns: a transaction, the packets it holds, whether their reservation has expired,
+    /// and the packets its assign asks for.
+    const ASSIGNS: [(u128, &[i64], bool, &[i64]); 5] = [
+        // Holds what it asks for.
+        (0xa, &[1, 2], false, &[1, 2]),
+        // Asks for one it does not hold.
+        (0xb, &[3], false, &[3, 4]),
+        // Its reservation has expired.
+        (0xc, &[5], true, &[5]),
+        // Asks for nothing.
+        (0xd, &[], false, &[]),
+        // Holds what it asks for, asked in another order.
+        (0xe, &[6, 7], false, &[7, 6]),
+    ];
+
+    fn order_of(txn: u128) -> uuid::Uuid {
+        uuid::Uuid::from_u128(txn << 8)
+    }
+
+    /// The replies of the assigns, run one by one or as one set in a database of their own, and
+    /// what they left in the packets and the barrier (without the times the database chose).
+    async fn run(as_set: bool) -> (Vec<String>, Vec<String>) {
+        let database = ScratchDatabase::create("store_assign_test").await.unwrap();
+        crate::MIGRATOR.run(database.pool()).await.unwrap();
+        let mut conn = database.pool().acquire().await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO foods (name) VALUES ('rice');
+             INSERT INTO packets (food_id, hub_id) SELECT 1, 1 FROM generate_series(1, 8);",
+        )
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        for (txn, held, expired, _) in ASSIGNS {
+            sqlx::query(
+                "UPDATE packets SET state = 'reserved', txn_id = $1, order_id = $2,
+                     reserved_until = now() + CASE WHEN $4 THEN interval '-1 s' ELSE interval '1 min' END
+                 WHERE id = ANY($3)",
+            )
+            .bind(uuid::Uuid::from_u128(txn))
+            .bind(order_of(txn))
+            .bind(held)
+            .bind(expired)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        }
+        let statements = Statements::of::<Packets>();
+        let recorded = if as_set {
+            assign_set(&mut conn, &statements).await
+        } else {
+            let mut recorded = Vec::new();
+            for (txn, _, _, asked) in ASSIGNS {
+                let row: Recorded = sqlx::query_as(AssertSqlSafe(statements.assign.clone()))
+                    .bind(uuid::Uuid::from_u128(txn))
+                    .bind(order_of(txn))
+                    .bind(asked)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .unwrap();
+                recorded.push(row);
+            }
+            recorded
+        };
+        let mut left: Vec<String> = sqlx::query_scalar(
+            "SELECT concat_ws(' ', id, state, txn_id, order_id, reserved_until IS NULL)
+             FROM packets ORDER BY id",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        left.extend(
+            sqlx::query_scalar::<_, String>(
+                "SELECT concat_ws(' ', txn_id, operation, order_id, outcome, reason, items)
+                 FROM txn_barrier ORDER BY txn_id",
+            )
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap(),
+        );
+        drop(conn);
+        database.drop_database().await.unwrap();
+        let replies = recorded
+            .into_iter()
+            .map(|row| format!("{:?}", row.into_reply(Operation::Assign).unwrap()))
+            .collect();
+        (replies, left)
+    }
+
+    async fn assign_set(conn: &mut PgConnection, statements: &Statements) -> Vec<Recorded> {
+        let txns: Vec<uuid::Uuid> = ASSIGNS.iter().map(|a| uuid::Uuid::from_u128(a.0)).collect();
+        let orders: Vec<uuid::Uuid> = ASSIGNS.iter().map(|a| order_of(a.0)).collect();
+        let items: Vec<String> = ASSIGNS
+            .iter()
+            .map(|(_, _, _, asked)| {
+                let ids: Vec<String> = asked.iter().map(i64::to_string).collect();
+                format!("{{{}}}", ids.join(","))
+            })
+            .collect();
+        let rows: Vec<RecordedFor> = sqlx::query_as(AssertSqlSafe(statements.assign_set.clone()))
+            .bind(&txns)
+            .bind(orders)
+            .bind(items)
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        let mut rows: std::collections::HashMap<_, _> =
+            rows.into_iter().map(|r| (r.txn_id, r.recorded)).collect();
+        txns.iter().map(|txn| rows.remove(txn).unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn assigns_as_one_statement_reply_and_leave_what_they_would_one_by_one() {
+        let (one_by_one, left_one_by_one) = run(false).await;
+        let (as_set, left_as_set) = run(true).await;
+        let assigned: Vec<bool> = one_by_one.iter().map(|r| r.contains("Assigned")).collect();
+        assert_eq!(
+            assigned,
+            [true, false, false, false, true],
+            "{one_by_one:#?}"
+        );
+        assert_eq!(as_set, one_by_one);
+        assert_eq!(left_as_set, left_one_by_one);
+    }
+}

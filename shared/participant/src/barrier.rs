@@ -94,6 +94,17 @@ impl Recorded {
     }
 }
 
+/// A recorded reply and the transaction it is for, as a statement of many transactions returns
+/// them.
+#[derive(Debug, sqlx::FromRow)]
+pub struct RecordedFor {
+    /// The transaction.
+    pub txn_id: uuid::Uuid,
+    /// Its reply.
+    #[sqlx(flatten)]
+    pub recorded: Recorded,
+}
+
 /// The columns every barrier statement returns: the recorded reply.
 pub const REPLY_COLUMNS: &str = "outcome, reason, items, expires_at";
 
@@ -118,6 +129,9 @@ pub struct Statements {
     pub reserve: Arc<str>,
     /// Assign: `$1` txn, `$2` order, `$3` items.
     pub assign: Arc<str>,
+    /// The assigns of many transactions in one statement: `$1` txns, `$2` orders, `$3` the items
+    /// of each as array literals (`{1,2}`). Returns `txn_id` and the reply of each.
+    pub assign_set: Arc<str>,
     /// Release, step 0: lock the items the transaction holds, so that an assign of the same
     /// transaction either finishes first or finds them gone (locking in the same order as the
     /// assign, items then barrier row, so that the two never deadlock). `$1` txn.
@@ -163,6 +177,17 @@ impl Statements {
              RETURNING {REPLY_COLUMNS}",
             ctes = items.assign_ctes(),
         );
+        let assign_set = format!(
+            "{ctes}
+             INSERT INTO txn_barrier (txn_id, operation, order_id, outcome, reason, items)
+             SELECT txn_id, 'assign', order_id,
+                    CASE WHEN all_held THEN 'assigned' ELSE 'refused' END,
+                    CASE WHEN all_held THEN NULL ELSE 'expired' END,
+                    CASE WHEN all_held THEN items END
+             FROM verdict ORDER BY n
+             RETURNING txn_id, {REPLY_COLUMNS}",
+            ctes = items.assign_set_ctes(),
+        );
         let cancel = format!(
             "{ctes}
              INSERT INTO txn_barrier (txn_id, operation, order_id, outcome, reason, items)
@@ -199,6 +224,7 @@ impl Statements {
         Self {
             reserve: reserve.into(),
             assign: assign.into(),
+            assign_set: assign_set.into(),
             release_lock: items.lock_held().into(),
             release_claim: release_claim.into(),
             release_free: release_free.into(),

@@ -331,12 +331,9 @@ impl<I: Inventory> CommandHandler<I> {
                 shared.settings.reservation_ttl,
                 shared.inventory.key(request)?,
             ),
-            Command::Assign(assign) => CommandWrite::assign(
-                statements.assign.clone(),
-                txn_id,
-                order_id,
-                item_ids(&assign.items),
-            ),
+            Command::Assign(assign) => {
+                CommandWrite::assign(statements, txn_id, order_id, item_ids(&assign.items))
+            }
             Command::Cancel(_) => CommandWrite::cancel(statements.cancel.clone(), txn_id, order_id),
             Command::Release(_) => {
                 return async {

@@ -10,11 +10,11 @@ use std::time::Duration;
 use messaging::{Publisher, TimerWindow};
 use protocol::ids::{OrderId, TxnId};
 use protocol::topology::Topology;
-use service_kit::group_commit::{GroupCommit, Write};
+use service_kit::group_commit::{GroupCommit, SetFuture, Write};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::barrier::{Recorded, Statements};
+use crate::barrier::{Recorded, RecordedFor, Statements};
 use crate::inventory::{Inventory, Key};
 
 /// Tunables of a participant.
@@ -53,8 +53,11 @@ pub(crate) struct Shared<I: Inventory> {
     pub(crate) suspects: tokio::sync::RwLock<()>,
 }
 
-/// A reserve or an assign, as one statement that does the work and records the reply; run with
-/// group commit.
+/// A reserve, an assign or a cancel, as one statement that does the work and records the reply;
+/// run with group commit. A group's assigns run as one statement
+/// ([`Statements::assign_set`]); its reserves do not, since each must see the items the others
+/// took (`SKIP LOCKED` does not skip rows that its own transaction locked, and one statement
+/// reads one snapshot).
 pub(crate) struct CommandWrite {
     statement: Arc<str>,
     binds: Binds,
@@ -71,6 +74,8 @@ enum Binds {
         txn_id: TxnId,
         order_id: OrderId,
         items: Vec<i64>,
+        /// [`Statements::assign_set`], for a group's assigns.
+        set_statement: Arc<str>,
     },
     Cancel {
         txn_id: TxnId,
@@ -98,19 +103,20 @@ impl CommandWrite {
         }
     }
 
-    /// An assign with [`Statements::assign`].
+    /// An assign with [`Statements::assign`] (and [`Statements::assign_set`] in a group).
     pub(crate) fn assign(
-        statement: Arc<str>,
+        statements: &Statements,
         txn_id: TxnId,
         order_id: OrderId,
         items: Vec<i64>,
     ) -> Self {
         Self {
-            statement,
+            statement: statements.assign.clone(),
             binds: Binds::Assign {
                 txn_id,
                 order_id,
                 items,
+                set_statement: statements.assign_set.clone(),
             },
         }
     }
@@ -137,6 +143,55 @@ impl Write for CommandWrite {
         }
     }
 
+    fn set_kind(&self) -> Option<u8> {
+        match self.binds {
+            Binds::Assign { .. } => Some(0),
+            Binds::Reserve { .. } | Binds::Cancel { .. } => None,
+        }
+    }
+
+    fn run_set<'c>(writes: &'c [&'c Self], conn: &'c mut PgConnection) -> SetFuture<'c, Self> {
+        let mut statement = None;
+        let (mut txns, mut orders, mut items) = (Vec::new(), Vec::new(), Vec::new());
+        for write in writes {
+            if let Binds::Assign {
+                txn_id,
+                order_id,
+                items: ids,
+                set_statement,
+            } = &write.binds
+            {
+                statement.get_or_insert_with(|| set_statement.clone());
+                txns.push(txn_id.0);
+                orders.push(order_id.0);
+                let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+                items.push(format!("{{{}}}", ids.join(",")));
+            }
+        }
+        Box::pin(async move {
+            let statement = statement.ok_or_else(|| {
+                sqlx::Error::Protocol("a set of assigns without an assign".to_owned())
+            })?;
+            let rows: Vec<RecordedFor> = sqlx::query_as(AssertSqlSafe(statement))
+                .bind(&txns)
+                .bind(orders)
+                .bind(items)
+                .fetch_all(conn)
+                .await?;
+            let mut rows: std::collections::HashMap<_, _> = rows
+                .into_iter()
+                .map(|row| (row.txn_id, row.recorded))
+                .collect();
+            txns.iter()
+                .map(|txn| {
+                    rows.remove(txn).ok_or_else(|| {
+                        sqlx::Error::Protocol(format!("no reply recorded for the assign of {txn}"))
+                    })
+                })
+                .collect()
+        })
+    }
+
     fn run<'c>(
         &'c self,
         conn: &'c mut PgConnection,
@@ -159,6 +214,7 @@ impl Write for CommandWrite {
                 txn_id,
                 order_id,
                 items,
+                ..
             } => query.bind(*txn_id).bind(*order_id).bind(items.clone()),
             Binds::Cancel { txn_id, order_id } => query.bind(*txn_id).bind(*order_id),
         };

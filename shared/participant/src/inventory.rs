@@ -175,6 +175,40 @@ impl ItemTable {
         )
     }
 
+    /// The `WITH` clause of the assigns of many transactions in one statement (`$1` txns, `$2`
+    /// orders, `$3` the items of each, as array literals): what [`ItemTable::assign_ctes`] does
+    /// for each. Defines `verdict (n, txn_id, order_id, items, all_held)`, `n` the command's
+    /// place in the arrays. The transactions' items are disjoint (an item is held by one
+    /// transaction), so the assigns cannot see each other's work.
+    pub(crate) fn assign_set_ctes(&self) -> String {
+        let table = self.name;
+        format!(
+            "WITH cmd AS (
+                 SELECT n, txn_id, order_id, items::bigint[] AS items
+                 FROM unnest($1::uuid[], $2::uuid[], $3::text[])
+                      WITH ORDINALITY AS c(txn_id, order_id, items, n)
+             ),
+             held AS (
+                 SELECT t.id, c.n FROM cmd c
+                 JOIN {table} t ON t.id = ANY(c.items) AND t.txn_id = c.txn_id
+                 WHERE t.state = 'reserved' AND t.reserved_until > statement_timestamp()
+                 FOR UPDATE OF t
+             ),
+             counted AS (SELECT n, count(*) AS held FROM held GROUP BY n),
+             verdict AS (
+                 SELECT c.n, c.txn_id, c.order_id, c.items,
+                        cardinality(c.items) > 0
+                        AND coalesce(counted.held, 0) = cardinality(c.items) AS all_held
+                 FROM cmd c LEFT JOIN counted ON counted.n = c.n
+             ),
+             assigned AS (
+                 UPDATE {table} t SET state = 'assigned', reserved_until = NULL, updated_at = now()
+                 FROM held JOIN verdict ON verdict.n = held.n
+                 WHERE t.id = held.id AND verdict.all_held
+             )"
+        )
+    }
+
     /// The `WITH` clause of a cancel (`$1` txn): frees the items the transaction was assigned, if
     /// it holds any and every one of them is still only assigned (an agent that picked its order
     /// up is not). Defines `verdict (cancellable)` and `freed (id)`.
