@@ -444,6 +444,38 @@ mod tests {
         }
     }
 
+    /// A scratch database with a table of keys.
+    async fn keys_database() -> crate::testing::ScratchDatabase {
+        let database = crate::testing::ScratchDatabase::create("group_commit_test")
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE keys (k INT PRIMARY KEY)")
+            .execute(database.pool())
+            .await
+            .unwrap();
+        database
+    }
+
+    /// Runs `writes` as one group and returns each one's result.
+    async fn run_as_group<W: Write>(
+        pool: &PgPool,
+        writes: impl IntoIterator<Item = W>,
+    ) -> Vec<Result<W::Output, sqlx::Error>> {
+        let (group, receivers): (Vec<_>, Vec<_>) = writes
+            .into_iter()
+            .map(|write| {
+                let (done, result) = oneshot::channel();
+                ((write, done), result)
+            })
+            .unzip();
+        run_group(pool, Duration::from_secs(10), group).await;
+        let mut results = Vec::new();
+        for receiver in receivers {
+            results.push(receiver.await.unwrap());
+        }
+        results
+    }
+
     fn pending(writes: Vec<(i32, Option<u8>)>) -> Vec<Pending<Keyed>> {
         writes
             .into_iter()
@@ -477,26 +509,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_set_returns_each_write_its_own_output_in_the_group_order() {
-        let database = crate::testing::ScratchDatabase::create("group_commit_test")
-            .await
-            .unwrap();
+        let database = keys_database().await;
         let pool = database.pool().clone();
-        sqlx::query("CREATE TABLE keys (k INT PRIMARY KEY)")
-            .execute(&pool)
+        let writes = [(3, Some(1)), (1, None), (2, Some(1)), (4, Some(1))]
+            .map(|(key, kind)| Keyed { key, kind });
+        let results: Vec<_> = run_as_group(&pool, writes)
             .await
-            .unwrap();
-        let mut receivers = Vec::new();
-        let mut group = Vec::new();
-        for (key, kind) in [(3, Some(1)), (1, None), (2, Some(1)), (4, Some(1))] {
-            let (done, result) = oneshot::channel();
-            group.push((Keyed { key, kind }, done));
-            receivers.push(result);
-        }
-        run_group(&pool, Duration::from_secs(10), group).await;
-        let mut results = Vec::new();
-        for receiver in receivers {
-            results.push(receiver.await.unwrap().unwrap());
-        }
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
         let keys: Vec<i32> = sqlx::query_scalar("SELECT k FROM keys ORDER BY k")
             .fetch_all(&pool)
             .await
@@ -518,28 +539,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_write_fails_alone_and_the_others_still_share_one_commit() {
-        let database = crate::testing::ScratchDatabase::create("group_commit_test")
-            .await
-            .unwrap();
+        let database = keys_database().await;
         let pool = database.pool().clone();
-        sqlx::query("CREATE TABLE keys (k INT PRIMARY KEY)")
-            .execute(&pool)
-            .await
-            .unwrap();
-
         // Ten keys and a repeat of one of them, in one group.
-        let mut receivers = Vec::new();
-        let mut group = Vec::new();
-        for key in (1..=10).chain([5]) {
-            let (done, result) = oneshot::channel();
-            group.push((Insert(key), done));
-            receivers.push(result);
-        }
-        run_group(&pool, Duration::from_secs(10), group).await;
-        let mut results = Vec::new();
-        for receiver in receivers {
-            results.push(receiver.await.unwrap());
-        }
+        let results = run_as_group(&pool, (1..=10).chain([5]).map(Insert)).await;
         let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM keys")
             .fetch_one(&pool)
             .await

@@ -138,121 +138,99 @@ fn matched(ids: &[protocol::ids::OrderId], rows: Vec<OrderRow>) -> Vec<Option<Or
     ids.iter().map(|id| rows.remove(id)).collect()
 }
 
+/// One field of every write of a set, as the array bound for it.
+fn column<T, U>(writes: &[T], field: impl Fn(&T) -> U) -> Vec<U> {
+    writes.iter().map(field).collect()
+}
+
 /// The inserts of a set, as one statement.
 fn insert_set<'c>(writes: &[&OrderWrite], conn: &'c mut PgConnection) -> SetFuture<'c, OrderWrite> {
-    let mut ids = Vec::with_capacity(writes.len());
-    let (mut customers, mut hubs, mut txns, mut deadlines, mut tokens) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut leases, mut traces, mut keys, mut lines) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for write in writes {
-        if let OrderWrite::Insert {
-            new,
-            deadline,
-            token,
-            lease,
-        } = write
-        {
-            ids.push(new.id);
-            customers.push(new.customer_id.clone());
-            hubs.push(new.hub_id.0);
-            txns.push(new.txn_id.0);
-            deadlines.push(*deadline);
-            tokens.push(token.0);
-            leases.push(*lease);
-            traces.push(new.traceparent.clone());
-            keys.push(new.idempotency_key.clone());
-            lines.push(sqlx::types::Json(new.lines.clone()));
-        }
-    }
+    let inserts: Vec<(&NewOrder, Duration, LeaseToken, Duration)> = writes
+        .iter()
+        .filter_map(|write| match write {
+            OrderWrite::Insert {
+                new,
+                deadline,
+                token,
+                lease,
+            } => Some((new, *deadline, *token, *lease)),
+            OrderWrite::Save { .. } => None,
+        })
+        .collect();
+    let ids = column(&inserts, |(new, ..)| new.id);
     let query = sqlx::query_as::<_, OrderRow>(AssertSqlSafe(INSERT_SET.clone()))
-        .bind(ids.iter().map(|id| id.0).collect::<Vec<_>>())
-        .bind(customers)
-        .bind(hubs)
-        .bind(txns)
-        .bind(deadlines)
-        .bind(tokens)
-        .bind(leases)
-        .bind(traces)
-        .bind(keys)
-        .bind(lines);
+        .bind(column(&ids, |id| id.0))
+        .bind(column(&inserts, |(new, ..)| new.customer_id.clone()))
+        .bind(column(&inserts, |(new, ..)| new.hub_id.0))
+        .bind(column(&inserts, |(new, ..)| new.txn_id.0))
+        .bind(column(&inserts, |(_, deadline, ..)| *deadline))
+        .bind(column(&inserts, |(_, _, token, _)| token.0))
+        .bind(column(&inserts, |(.., lease)| *lease))
+        .bind(column(&inserts, |(new, ..)| new.traceparent.clone()))
+        .bind(column(&inserts, |(new, ..)| new.idempotency_key.clone()))
+        .bind(column(&inserts, |(new, ..)| {
+            sqlx::types::Json(new.lines.clone())
+        }));
     Box::pin(async move { Ok(matched(&ids, query.fetch_all(conn).await?)) })
+}
+
+/// A save of a set, borrowed.
+struct SaveOf<'a> {
+    before_state: &'static str,
+    before_txn: TxnId,
+    after: &'a Order,
+    lease: Option<Duration>,
+    token: LeaseToken,
+    outbox: Option<&'a OutboxEvent>,
 }
 
 /// The saves of a set, as one statement.
 fn save_set<'c>(writes: &[&OrderWrite], conn: &'c mut PgConnection) -> SetFuture<'c, OrderWrite> {
-    let mut ids = Vec::with_capacity(writes.len());
-    let (mut before_states, mut before_txns, mut states, mut reasons, mut txns, mut attempts) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    let (mut packets, mut agents, mut reserved, mut deadlines, mut decided, mut finished) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    let (mut leases, mut tokens, mut events, mut routing_keys, mut payloads) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for write in writes {
-        if let OrderWrite::Save {
-            before_state,
-            before_txn,
-            after,
-            lease,
-            token,
-            outbox,
-        } = write
-        {
-            ids.push(after.id);
-            before_states.push(*before_state);
-            before_txns.push(before_txn.0);
-            states.push(after.state.as_str());
-            reasons.push(after.reason.map(|r| r.as_str()));
-            txns.push(after.txn_id.0);
-            attempts.push(after.attempt);
-            packets.push((!after.packet_ids.is_empty()).then(|| array_literal(&after.packet_ids)));
-            agents.push(after.agent_id.map(|a| a.0));
-            reserved.push(after.reserved_until);
-            deadlines.push(after.deadline);
-            decided.push(after.decided_at);
-            finished.push(after.finished_at);
-            leases.push(*lease);
-            tokens.push(token.0);
-            events.push(outbox.as_ref().map(|e| e.event_id.0));
-            routing_keys.push(outbox.as_ref().map(|e| e.routing_key));
-            payloads.push(
-                outbox
-                    .as_ref()
-                    .map(|e| sqlx::types::Json(e.payload.clone())),
-            );
-        }
-    }
+    let saves: Vec<SaveOf<'_>> = writes
+        .iter()
+        .filter_map(|write| match write {
+            OrderWrite::Save {
+                before_state,
+                before_txn,
+                after,
+                lease,
+                token,
+                outbox,
+            } => Some(SaveOf {
+                before_state,
+                before_txn: *before_txn,
+                after,
+                lease: *lease,
+                token: *token,
+                outbox: outbox.as_ref(),
+            }),
+            OrderWrite::Insert { .. } => None,
+        })
+        .collect();
+    let ids = column(&saves, |s| s.after.id);
     let query = sqlx::query_as::<_, OrderRow>(AssertSqlSafe(SAVE_SET.clone()))
-        .bind(ids.iter().map(|id| id.0).collect::<Vec<_>>())
-        .bind(before_states)
-        .bind(before_txns)
-        .bind(states)
-        .bind(reasons)
-        .bind(txns)
-        .bind(attempts)
-        .bind(packets)
-        .bind(agents)
-        .bind(reserved)
-        .bind(deadlines)
-        .bind(decided)
-        .bind(finished)
-        .bind(leases)
-        .bind(tokens)
-        .bind(events)
-        .bind(routing_keys)
-        .bind(payloads);
+        .bind(column(&ids, |id| id.0))
+        .bind(column(&saves, |s| s.before_state))
+        .bind(column(&saves, |s| s.before_txn.0))
+        .bind(column(&saves, |s| s.after.state.as_str()))
+        .bind(column(&saves, |s| s.after.reason.map(|r| r.as_str())))
+        .bind(column(&saves, |s| s.after.txn_id.0))
+        .bind(column(&saves, |s| s.after.attempt))
+        .bind(column(&saves, |s| {
+            (!s.after.packet_ids.is_empty()).then(|| array_literal(&s.after.packet_ids))
+        }))
+        .bind(column(&saves, |s| s.after.agent_id.map(|a| a.0)))
+        .bind(column(&saves, |s| s.after.reserved_until))
+        .bind(column(&saves, |s| s.after.deadline))
+        .bind(column(&saves, |s| s.after.decided_at))
+        .bind(column(&saves, |s| s.after.finished_at))
+        .bind(column(&saves, |s| s.lease))
+        .bind(column(&saves, |s| s.token.0))
+        .bind(column(&saves, |s| s.outbox.map(|e| e.event_id.0)))
+        .bind(column(&saves, |s| s.outbox.map(|e| e.routing_key)))
+        .bind(column(&saves, |s| {
+            s.outbox.map(|e| sqlx::types::Json(e.payload.clone()))
+        }));
     Box::pin(async move { Ok(matched(&ids, query.fetch_all(conn).await?)) })
 }
 
