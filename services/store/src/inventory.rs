@@ -227,16 +227,14 @@ mod tests {
     async fn assign_set(conn: &mut PgConnection, statements: &Statements) -> Vec<Recorded> {
         let txns: Vec<uuid::Uuid> = ASSIGNS.iter().map(|a| uuid::Uuid::from_u128(a.0)).collect();
         let orders: Vec<uuid::Uuid> = ASSIGNS.iter().map(|a| order_of(a.0)).collect();
-        let items: Vec<String> = ASSIGNS
-            .iter()
-            .map(|(_, _, _, asked)| {
-                let ids: Vec<String> = asked.iter().map(i64::to_string).collect();
-                format!("{{{}}}", ids.join(","))
-            })
-            .collect();
+        let (item_of, items): (Vec<i32>, Vec<i64>) = (1..)
+            .zip(ASSIGNS)
+            .flat_map(|(place, (_, _, _, asked))| asked.iter().map(move |&item| (place, item)))
+            .unzip();
         let rows: Vec<RecordedFor> = sqlx::query_as(AssertSqlSafe(statements.assign_set.clone()))
             .bind(&txns)
             .bind(orders)
+            .bind(item_of)
             .bind(items)
             .fetch_all(&mut *conn)
             .await
@@ -244,6 +242,64 @@ mod tests {
         let mut rows: std::collections::HashMap<_, _> =
             rows.into_iter().map(|r| (r.txn_id, r.recorded)).collect();
         txns.iter().map(|txn| rows.remove(txn).unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn an_assign_finds_its_packets_by_primary_key_among_many_reservations() {
+        let database = ScratchDatabase::create("store_assign_test").await.unwrap();
+        crate::MIGRATOR.run(database.pool()).await.unwrap();
+        let mut conn = database.pool().acquire().await.unwrap();
+        // Many packets, a tenth of them reserved by transactions of their own.
+        sqlx::raw_sql(
+            "INSERT INTO foods (name) VALUES ('rice');
+             INSERT INTO packets (food_id, hub_id) SELECT 1, 1 FROM generate_series(1, 20000);
+             UPDATE packets SET state = 'reserved', txn_id = gen_random_uuid(),
+                 order_id = gen_random_uuid(), reserved_until = now() + interval '1 min'
+             WHERE id % 10 = 0;
+             ANALYZE packets;
+             SET plan_cache_mode = force_generic_plan;",
+        )
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        let statements = Statements::of::<Packets>();
+        let mut plans = Vec::new();
+        for (name, types, statement, args) in [
+            (
+                "one",
+                "uuid, uuid, bigint[]",
+                &statements.assign,
+                "gen_random_uuid(), gen_random_uuid(), '{10, 20}'",
+            ),
+            (
+                "set",
+                "uuid[], uuid[], int[], bigint[]",
+                &statements.assign_set,
+                "ARRAY[gen_random_uuid()], ARRAY[gen_random_uuid()], '{1, 1}', '{10, 20}'",
+            ),
+        ] {
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "PREPARE {name} ({types}) AS {statement}"
+            )))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+            let plan: Vec<String> =
+                sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN EXECUTE {name} ({args})")))
+                    .fetch_all(&mut *conn)
+                    .await
+                    .unwrap();
+            plans.push(plan.join("\n"));
+        }
+        drop(conn);
+        database.drop_database().await.unwrap();
+
+        for plan in plans {
+            assert!(plan.contains("packets_pkey"), "{plan}");
+            assert!(!plan.contains("packets_reserved_until"), "{plan}");
+            assert!(!plan.contains("packets_txn"), "{plan}");
+            assert!(!plan.contains("Seq Scan on packets"), "{plan}");
+        }
     }
 
     #[tokio::test]

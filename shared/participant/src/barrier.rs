@@ -129,8 +129,9 @@ pub struct Statements {
     pub reserve: Arc<str>,
     /// Assign: `$1` txn, `$2` order, `$3` items.
     pub assign: Arc<str>,
-    /// The assigns of many transactions in one statement: `$1` txns, `$2` orders, `$3` the items
-    /// of each as array literals (`{1,2}`). Returns `txn_id` and the reply of each.
+    /// The assigns of many transactions in one statement: `$1` txns, `$2` orders, and the items
+    /// of all of them, `$3` the place (from 1) in `$1` of the transaction each is for and `$4` the
+    /// item. Returns `txn_id` and the reply of each.
     pub assign_set: Arc<str>,
     /// Release, step 0: lock the items the transaction holds, so that an assign of the same
     /// transaction either finishes first or finds them gone (locking in the same order as the

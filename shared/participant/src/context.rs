@@ -152,7 +152,8 @@ impl Write for CommandWrite {
 
     fn run_set<'c>(writes: &'c [&'c Self], conn: &'c mut PgConnection) -> SetFuture<'c, Self> {
         let mut statement = None;
-        let (mut txns, mut orders, mut items) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut txns, mut orders) = (Vec::new(), Vec::new());
+        let (mut item_of, mut items) = (Vec::new(), Vec::new());
         for write in writes {
             if let Binds::Assign {
                 txn_id,
@@ -164,8 +165,10 @@ impl Write for CommandWrite {
                 statement.get_or_insert_with(|| set_statement.clone());
                 txns.push(txn_id.0);
                 orders.push(order_id.0);
-                let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
-                items.push(format!("{{{}}}", ids.join(",")));
+                // At most a group's worth of commands, so it fits.
+                let place = i32::try_from(txns.len()).unwrap_or(i32::MAX);
+                item_of.extend(ids.iter().map(|_| place));
+                items.extend(ids.iter().copied());
             }
         }
         Box::pin(async move {
@@ -175,6 +178,7 @@ impl Write for CommandWrite {
             let rows: Vec<RecordedFor> = sqlx::query_as(AssertSqlSafe(statement))
                 .bind(&txns)
                 .bind(orders)
+                .bind(item_of)
                 .bind(items)
                 .fetch_all(conn)
                 .await?;

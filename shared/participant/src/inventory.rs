@@ -154,13 +154,17 @@ impl ItemTable {
 
     /// The `WITH` clause of an assign (`$1` txn, `$3` items): assigns the items if the
     /// transaction still holds every one of them, unexpired. Defines `verdict (all_held)`.
+    ///
+    /// The items are found by primary key, and [`HELD_BY`] is written so that no other index
+    /// can serve it: under a generic plan PostgreSQL would otherwise AND a scan of every live
+    /// reservation (the index on `reserved_until`) with the index on `txn_id`.
     pub(crate) fn assign_ctes(&self) -> String {
         let table = self.name;
+        let held_by = HELD_BY.replace("{t}", "").replace("{txn}", "$1");
         format!(
             "WITH held AS (
                  SELECT id FROM {table}
-                 WHERE id = ANY($3) AND txn_id = $1 AND state = 'reserved'
-                   AND reserved_until > statement_timestamp()
+                 WHERE id = ANY($3) AND {held_by}
                  FOR UPDATE
              ),
              verdict AS (
@@ -176,25 +180,32 @@ impl ItemTable {
     }
 
     /// The `WITH` clause of the assigns of many transactions in one statement (`$1` txns, `$2`
-    /// orders, `$3` the items of each, as array literals): what [`ItemTable::assign_ctes`] does
-    /// for each. Defines `verdict (n, txn_id, order_id, items, all_held)`, `n` the command's
-    /// place in the arrays. The transactions' items are disjoint (an item is held by one
-    /// transaction), so the assigns cannot see each other's work.
+    /// orders, and the items of all of them: `$3` the place in `$1` of the command each is for,
+    /// `$4` the item): what [`ItemTable::assign_ctes`] does for each. Defines `verdict (n, txn_id,
+    /// order_id, items, all_held)`, `n` the command's place in the arrays. The transactions'
+    /// items are disjoint (an item is held by one transaction), so the assigns cannot see each
+    /// other's work.
     pub(crate) fn assign_set_ctes(&self) -> String {
         let table = self.name;
+        let held_by = HELD_BY.replace("{t}", "t.").replace("{txn}", "c.txn_id");
         format!(
-            "WITH cmd AS (
-                 SELECT n, txn_id, order_id, items::bigint[] AS items
-                 FROM unnest($1::uuid[], $2::uuid[], $3::text[])
-                      WITH ORDINALITY AS c(txn_id, order_id, items, n)
+            "WITH asked AS (
+                 SELECT * FROM unnest($3::int[], $4::bigint[]) WITH ORDINALITY AS a(n, id, pos)
+             ),
+             cmd AS (
+                 SELECT c.n, c.txn_id, c.order_id,
+                        coalesce((SELECT array_agg(a.id ORDER BY a.pos) FROM asked a
+                                  WHERE a.n = c.n), '{{}}') AS items
+                 FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS c(txn_id, order_id, n)
              ),
              held AS (
-                 SELECT t.id, c.n FROM cmd c
-                 JOIN {table} t ON t.id = ANY(c.items) AND t.txn_id = c.txn_id
-                 WHERE t.state = 'reserved' AND t.reserved_until > statement_timestamp()
+                 SELECT t.id, c.n FROM asked a
+                 JOIN cmd c ON c.n = a.n
+                 JOIN {table} t ON t.id = a.id
+                 WHERE {held_by}
                  FOR UPDATE OF t
              ),
-             counted AS (SELECT n, count(*) AS held FROM held GROUP BY n),
+             counted AS (SELECT n, count(DISTINCT id) AS held FROM held GROUP BY n),
              verdict AS (
                  SELECT c.n, c.txn_id, c.order_id, c.items,
                         cardinality(c.items) > 0
@@ -259,6 +270,15 @@ impl ItemTable {
         format!("{}_txn", self.name)
     }
 }
+
+/// An assign's test that an item (of the table aliased `{t}`) is held by transaction `{txn}`,
+/// reserved and unexpired. The comparisons are written so that no index can serve them, not
+/// even a partial one on `state = 'reserved'` (`IS NOT DISTINCT FROM` and `IS TRUE` give what
+/// `=` and `>` give for the values they meet: the transaction and the state are never NULL, and
+/// a NULL expiry is not held either way), which leaves the primary key to find the items.
+const HELD_BY: &str = "{t}txn_id IS NOT DISTINCT FROM {txn}
+                   AND {t}state IS NOT DISTINCT FROM 'reserved'
+                   AND ({t}reserved_until > statement_timestamp()) IS TRUE";
 
 /// Items as bound to the statements.
 pub(crate) fn item_ids(items: &[ItemId]) -> Vec<i64> {
