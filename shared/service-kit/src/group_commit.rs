@@ -67,11 +67,10 @@ pub trait Write: Send + Sync + 'static {
     /// The outputs must be those that running the writes one by one in that order would give.
     /// Group commit only asks this of writes whose [`Write::order_key`]s differ from those of
     /// every other write in the group, so the writes of a set never touch the same row.
-    fn run_set<'c>(writes: &'c [&'c Self], conn: &'c mut PgConnection) -> SetFuture<'c, Self>
+    fn run_set<'c>(_writes: &'c [&'c Self], _conn: &'c mut PgConnection) -> SetFuture<'c, Self>
     where
         Self: Sized,
     {
-        let _ = (writes, conn);
         unreachable_set()
     }
 }
@@ -344,29 +343,32 @@ fn plan<W: Write>(group: &[Pending<W>]) -> Vec<Step> {
     if shared_key {
         return (0..group.len()).map(Step::One).collect();
     }
-    let mut members: Vec<(u8, Vec<usize>)> = Vec::new();
+    let mut steps = Vec::new();
+    // Each set kind met so far, and the step that runs its set.
+    let mut sets: Vec<(u8, usize)> = Vec::new();
     for (i, (write, _)) in group.iter().enumerate() {
-        if let Some(kind) = write.set_kind() {
-            match members.iter_mut().find(|(k, _)| *k == kind) {
-                Some((_, indexes)) => indexes.push(i),
-                None => members.push((kind, vec![i])),
+        let Some(kind) = write.set_kind() else {
+            steps.push(Step::One(i));
+            continue;
+        };
+        match sets.iter().find(|(k, _)| *k == kind) {
+            Some(&(_, at)) => {
+                if let Step::Set(members) = &mut steps[at] {
+                    members.push(i);
+                }
+            }
+            None => {
+                sets.push((kind, steps.len()));
+                steps.push(Step::Set(vec![i]));
             }
         }
     }
-    let mut steps = Vec::new();
-    for (i, (write, _)) in group.iter().enumerate() {
-        let set = write
-            .set_kind()
-            .and_then(|kind| members.iter().find(|(k, _)| *k == kind))
-            .map(|(_, indexes)| indexes);
-        match set {
-            // The first of a set runs it; the others run with it.
-            Some(indexes) if indexes.len() > 1 => {
-                if indexes[0] == i {
-                    steps.push(Step::Set(indexes.clone()));
-                }
-            }
-            _ => steps.push(Step::One(i)),
+    // A set of one is a write on its own.
+    for step in &mut steps {
+        if let Step::Set(members) = step
+            && let [only] = members[..]
+        {
+            *step = Step::One(only);
         }
     }
     steps
