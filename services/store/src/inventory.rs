@@ -128,9 +128,13 @@ impl Inventory for Packets {
 
 #[cfg(test)]
 mod tests {
-    use participant::Statements;
+    use std::time::Duration;
+
     use participant::barrier::{Recorded, RecordedFor};
+    use participant::context::{Reserve, reserve_one, reserve_set};
+    use participant::{Key, Statements};
     use protocol::command::Operation;
+    use protocol::ids::{OrderId, TxnId};
     use service_kit::testing::ScratchDatabase;
     use sqlx::{AssertSqlSafe, PgConnection};
 
@@ -314,5 +318,196 @@ mod tests {
         );
         assert_eq!(as_set, one_by_one);
         assert_eq!(left_as_set, left_one_by_one);
+    }
+
+    /// The reserves (a transaction and its lines, food and quantity) in a store of rice (3
+    /// packets), tea, milk and sugar (8 each) and salt (none), all at hub 1: four reserves
+    /// compete for the three packets of rice, two for five of the eight of tea, one meets no
+    /// other, one is short of salt and one asks for a food that does not exist.
+    const RESERVES: [(u128, &[(i64, i32)]); 9] = [
+        (0x1, &[(1, 1)]),
+        (0x2, &[(1, 1)]),
+        (0x3, &[(1, 1)]),
+        (0x4, &[(1, 1)]),
+        (0x5, &[(2, 5)]),
+        (0x6, &[(2, 5)]),
+        (0x7, &[(3, 2), (5, 1)]),
+        (0x8, &[(2, 2), (4, 1)]),
+        (0x9, &[(99, 1)]),
+    ];
+
+    fn reserve(txn: u128, lines: &[(i64, i32)]) -> Reserve {
+        Reserve {
+            txn_id: TxnId(uuid::Uuid::from_u128(txn)),
+            order_id: OrderId(order_of(txn)),
+            ttl: Duration::from_secs(60),
+            key: Key {
+                hub: 1,
+                kinds: lines.iter().map(|l| l.0).collect(),
+                quantities: lines.iter().map(|l| l.1).collect(),
+            },
+        }
+    }
+
+    async fn stocked_store() -> (ScratchDatabase, sqlx::pool::PoolConnection<sqlx::Postgres>) {
+        let database = ScratchDatabase::create("store_reserve_test").await.unwrap();
+        crate::MIGRATOR.run(database.pool()).await.unwrap();
+        let mut conn = database.pool().acquire().await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO foods (name) VALUES ('rice'), ('tea'), ('milk'), ('salt'), ('sugar');
+             INSERT INTO packets (food_id, hub_id) SELECT 1, 1 FROM generate_series(1, 3);
+             INSERT INTO packets (food_id, hub_id) SELECT 2, 1 FROM generate_series(1, 8);
+             INSERT INTO packets (food_id, hub_id) SELECT 3, 1 FROM generate_series(1, 8);
+             INSERT INTO packets (food_id, hub_id) SELECT 5, 1 FROM generate_series(1, 8);
+             INSERT INTO stock (hub_id, food_id, packets_lo, packets_hi)
+             SELECT hub_id, food_id, min(id), max(id) FROM packets GROUP BY hub_id, food_id;",
+        )
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        (database, conn)
+    }
+
+    /// Each reserve's reply with the foods of its packets for the packets themselves (which
+    /// packets a reserve gets is chosen at random), after checking that the packets are the
+    /// reserve's in the table and in the barrier, and that nothing else is reserved.
+    async fn outcomes(conn: &mut PgConnection, replies: Vec<Recorded>) -> Vec<String> {
+        let mut outcomes = Vec::new();
+        let mut all_items = Vec::new();
+        for ((txn, _), reply) in RESERVES.iter().zip(replies) {
+            let reply = reply.into_reply(Operation::Reserve).unwrap();
+            let text = format!("{reply:?}");
+            let protocol::command::Reply::ReserveReply(protocol::command::ReserveReply::Reserved {
+                items,
+                ..
+            }) = reply
+            else {
+                outcomes.push(text);
+                continue;
+            };
+            let ids: Vec<i64> = items.iter().map(|i| i.0).collect();
+            let held: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM packets WHERE txn_id = $1 AND state = 'reserved' ORDER BY id",
+            )
+            .bind(uuid::Uuid::from_u128(*txn))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+            assert_eq!(held, ids, "{text}");
+            let foods: Vec<String> = sqlx::query_scalar(
+                "SELECT concat(food_id, ' x', count(*)) FROM packets WHERE id = ANY($1)
+                 GROUP BY food_id ORDER BY food_id",
+            )
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+            all_items.extend(ids);
+            outcomes.push(format!("reserved {foods:?}"));
+        }
+        let reserved: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM packets WHERE state = 'reserved'")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        let distinct: std::collections::BTreeSet<_> = all_items.iter().collect();
+        assert_eq!(distinct.len(), all_items.len(), "a packet reserved twice");
+        assert_eq!(usize::try_from(reserved).unwrap(), all_items.len());
+        let recorded: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM txn_barrier WHERE operation = 'reserve'")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        assert_eq!(usize::try_from(recorded).unwrap(), RESERVES.len());
+        outcomes
+    }
+
+    /// The outcomes of the reserves run one by one or as a set, with those of the reserves that
+    /// compete for the rice, and for the tea, sorted (which of them is left without depends on
+    /// the order).
+    async fn run_reserves(as_set: bool) -> Vec<String> {
+        let (database, mut conn) = stocked_store().await;
+        let statements = Statements::of::<Packets>();
+        let reserves: Vec<Reserve> = RESERVES.iter().map(|(t, l)| reserve(*t, l)).collect();
+        let replies = if as_set {
+            let refs: Vec<&Reserve> = reserves.iter().collect();
+            reserve_set(&mut conn, &statements, &refs).await.unwrap()
+        } else {
+            let mut replies = Vec::new();
+            for reserve in &reserves {
+                replies.push(reserve_one(&mut conn, &statements, reserve).await.unwrap());
+            }
+            replies
+        };
+        let mut outcomes = outcomes(&mut conn, replies).await;
+        outcomes[..4].sort();
+        outcomes[4..6].sort();
+        drop(conn);
+        database.drop_database().await.unwrap();
+        outcomes
+    }
+
+    #[tokio::test]
+    async fn reserves_as_one_statement_reply_and_leave_what_they_would_one_by_one() {
+        let one_by_one = run_reserves(false).await;
+        assert_eq!(
+            one_by_one,
+            [
+                "ReserveReply(Busy)",
+                "reserved [\"1 x1\"]",
+                "reserved [\"1 x1\"]",
+                "reserved [\"1 x1\"]",
+                "ReserveReply(Busy)",
+                "reserved [\"2 x5\"]",
+                "reserved [\"3 x2\", \"5 x1\"]",
+                "ReserveReply(Unavailable { reason: FoodUnavailable, food_ids: [FoodId(4)] })",
+                "ReserveReply(Unavailable { reason: UnknownFood, food_ids: [FoodId(99)] })",
+            ]
+        );
+        // The packets are picked at random, so the competitions go differently from one run to
+        // the next.
+        for _ in 0..3 {
+            assert_eq!(run_reserves(true).await, one_by_one);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_set_of_reserves_takes_those_that_meet_no_other_in_one_statement() {
+        let (database, mut conn) = stocked_store().await;
+        let statements = Statements::of::<Packets>();
+        let reserves: Vec<Reserve> = RESERVES.iter().map(|(t, l)| reserve(*t, l)).collect();
+        let mut lines = (Vec::new(), Vec::new(), Vec::new());
+        for (place, reserve) in (1_i32..).zip(&reserves) {
+            for (kind, quantity) in reserve.key.kinds.iter().zip(&reserve.key.quantities) {
+                lines.0.push(place);
+                lines.1.push(*kind);
+                lines.2.push(*quantity);
+            }
+        }
+        let rows: Vec<RecordedFor> = sqlx::query_as(AssertSqlSafe(statements.reserve_set.clone()))
+            .bind(reserves.iter().map(|r| r.txn_id.0).collect::<Vec<_>>())
+            .bind(reserves.iter().map(|r| r.order_id.0).collect::<Vec<_>>())
+            .bind(reserves.iter().map(|r| r.ttl).collect::<Vec<_>>())
+            .bind(reserves.iter().map(|r| r.key.hub).collect::<Vec<_>>())
+            .bind(lines.0)
+            .bind(lines.1)
+            .bind(lines.2)
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        drop(conn);
+        database.drop_database().await.unwrap();
+        let taken: Vec<u128> = rows.iter().map(|r| r.txn_id.as_u128()).collect();
+        // The one that meets no other is taken. The two that want five of the eight packets of
+        // tea must have picked some of the same, so neither is; nor are the short and the
+        // unknown. Of the four that compete for three packets, at most three are.
+        assert!(taken.contains(&0x7), "{taken:x?}");
+        for not_taken in [0x5, 0x6, 0x8, 0x9] {
+            assert!(!taken.contains(&not_taken), "{taken:x?}");
+        }
+        assert!(
+            taken.iter().filter(|t| **t <= 0x4).count() <= 3,
+            "{taken:x?}"
+        );
     }
 }

@@ -127,6 +127,12 @@ pub const REPLY_COLUMNS: &str = "outcome, reason, items, expires_at";
 pub struct Statements {
     /// Reserve: `$1` txn, `$2` order, `$3` ttl, `$4`-`$6` key.
     pub reserve: Arc<str>,
+    /// The reserves of many transactions in one statement: `$1` txns, `$2` orders, `$3` ttls,
+    /// `$4` hubs, and the lines of all of them, `$5` the place (from 1) in `$1` of the
+    /// transaction each is for, `$6` the kind and `$7` the quantity. Returns `txn_id` and the
+    /// reply of each reserve it took, and nothing for the others, which the caller runs again
+    /// with [`Statements::reserve`] (see [`ItemTable::reserve_set_ctes`](crate::ItemTable)).
+    pub reserve_set: Arc<str>,
     /// Assign: `$1` txn, `$2` order, `$3` items.
     pub assign: Arc<str>,
     /// The assigns of many transactions in one statement: `$1` txns, `$2` orders, and the items
@@ -166,6 +172,17 @@ impl Statements {
              FROM verdict
              RETURNING {REPLY_COLUMNS}",
             ctes = items.reserve_ctes(I::PICK, I::SHORTAGE),
+        );
+        let reserve_set = format!(
+            "{ctes}
+             INSERT INTO txn_barrier (txn_id, operation, order_id, outcome, items, expires_at)
+             SELECT request.txn_id, 'reserve', request.order_id, 'reserved',
+                    array_agg(taken.id ORDER BY taken.id), min(taken.reserved_until)
+             FROM taken JOIN requests request ON request.n = taken.n
+             GROUP BY request.n, request.txn_id, request.order_id
+             ORDER BY request.n
+             RETURNING txn_id, {REPLY_COLUMNS}",
+            ctes = items.reserve_set_ctes(I::PICK),
         );
         let assign = format!(
             "{ctes}
@@ -224,6 +241,7 @@ impl Statements {
         );
         Self {
             reserve: reserve.into(),
+            reserve_set: reserve_set.into(),
             assign: assign.into(),
             assign_set: assign_set.into(),
             release_lock: items.lock_held().into(),

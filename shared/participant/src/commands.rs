@@ -15,7 +15,7 @@ use tracing::{Instrument, Span, debug, info, info_span, warn};
 
 use crate::attempts;
 use crate::barrier;
-use crate::context::{CommandWrite, Shared};
+use crate::context::{CommandWrite, Reserve, Shared};
 use crate::inventory::{Inventory, ReserveError, item_ids};
 
 /// Handles the reserve, assign and release queues of a participant.
@@ -325,16 +325,21 @@ impl<I: Inventory> CommandHandler<I> {
         let statements = &shared.statements;
         let write = match envelope.message() {
             Command::Reserve(request) => CommandWrite::reserve(
-                statements.reserve.clone(),
+                statements.clone(),
+                Reserve {
+                    txn_id,
+                    order_id,
+                    ttl: shared.settings.reservation_ttl,
+                    key: shared.inventory.key(request)?,
+                },
+            ),
+            Command::Assign(assign) => CommandWrite::assign(
+                statements.clone(),
                 txn_id,
                 order_id,
-                shared.settings.reservation_ttl,
-                shared.inventory.key(request)?,
+                item_ids(&assign.items),
             ),
-            Command::Assign(assign) => {
-                CommandWrite::assign(statements, txn_id, order_id, item_ids(&assign.items))
-            }
-            Command::Cancel(_) => CommandWrite::cancel(statements.cancel.clone(), txn_id, order_id),
+            Command::Cancel(_) => CommandWrite::cancel(statements.clone(), txn_id, order_id),
             Command::Release(_) => {
                 return async {
                     let mut tx = shared.pool.begin().await?;

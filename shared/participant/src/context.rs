@@ -2,6 +2,7 @@
 //! settings, database pool, publisher, assembled statements and the group-commit writer (with
 //! the write it runs).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -44,7 +45,7 @@ pub(crate) struct Shared<I: Inventory> {
     pub(crate) settings: ParticipantSettings,
     pub(crate) expiries: TimerWindow<TxnId>,
     /// The command statements, assembled once.
-    pub(crate) statements: Statements,
+    pub(crate) statements: Arc<Statements>,
     /// Reserves and assigns, with group commit.
     pub(crate) writes: GroupCommit<CommandWrite>,
     /// Stops in-place retries at shutdown.
@@ -54,28 +55,19 @@ pub(crate) struct Shared<I: Inventory> {
 }
 
 /// A reserve, an assign or a cancel, as one statement that does the work and records the reply;
-/// run with group commit. A group's assigns run as one statement
-/// ([`Statements::assign_set`]); its reserves do not, since each must see the items the others
-/// took (`SKIP LOCKED` does not skip rows that its own transaction locked, and one statement
-/// reads one snapshot).
+/// run with group commit. A group's reserves run as one statement ([`reserve_set`]), and so do its
+/// assigns ([`Statements::assign_set`]).
 pub(crate) struct CommandWrite {
-    statement: Arc<str>,
+    statements: Arc<Statements>,
     binds: Binds,
 }
 
 enum Binds {
-    Reserve {
-        txn_id: TxnId,
-        order_id: OrderId,
-        ttl: Duration,
-        key: Key,
-    },
+    Reserve(Reserve),
     Assign {
         txn_id: TxnId,
         order_id: OrderId,
         items: Vec<i64>,
-        /// [`Statements::assign_set`], for a group's assigns.
-        set_statement: Arc<str>,
     },
     Cancel {
         txn_id: TxnId,
@@ -83,50 +75,53 @@ enum Binds {
     },
 }
 
+/// What a reserve is bound to.
+#[derive(Clone, Debug)]
+pub struct Reserve {
+    /// The transaction.
+    pub txn_id: TxnId,
+    /// Its order.
+    pub order_id: OrderId,
+    /// How long the reservation holds its items.
+    pub ttl: Duration,
+    /// What it asks for.
+    pub key: Key,
+}
+
+/// The set kinds of [`CommandWrite`].
+const RESERVES: u8 = 0;
+const ASSIGNS: u8 = 1;
+
 impl CommandWrite {
-    /// A reserve with [`Statements::reserve`].
-    pub(crate) fn reserve(
-        statement: Arc<str>,
-        txn_id: TxnId,
-        order_id: OrderId,
-        ttl: Duration,
-        key: Key,
-    ) -> Self {
+    /// A reserve.
+    pub(crate) fn reserve(statements: Arc<Statements>, reserve: Reserve) -> Self {
         Self {
-            statement,
-            binds: Binds::Reserve {
-                txn_id,
-                order_id,
-                ttl,
-                key,
-            },
+            statements,
+            binds: Binds::Reserve(reserve),
         }
     }
 
-    /// An assign with [`Statements::assign`] (and [`Statements::assign_set`] in a group).
+    /// An assign.
     pub(crate) fn assign(
-        statements: &Statements,
+        statements: Arc<Statements>,
         txn_id: TxnId,
         order_id: OrderId,
         items: Vec<i64>,
     ) -> Self {
         Self {
-            statement: statements.assign.clone(),
+            statements,
             binds: Binds::Assign {
                 txn_id,
                 order_id,
                 items,
-                set_statement: statements.assign_set.clone(),
             },
         }
     }
-}
 
-impl CommandWrite {
-    /// A cancel with [`Statements::cancel`].
-    pub(crate) fn cancel(statement: Arc<str>, txn_id: TxnId, order_id: OrderId) -> Self {
+    /// A cancel.
+    pub(crate) fn cancel(statements: Arc<Statements>, txn_id: TxnId, order_id: OrderId) -> Self {
         Self {
-            statement,
+            statements,
             binds: Binds::Cancel { txn_id, order_id },
         }
     }
@@ -137,7 +132,7 @@ impl Write for CommandWrite {
 
     fn order_key(&self) -> u128 {
         match &self.binds {
-            Binds::Reserve { txn_id, .. }
+            Binds::Reserve(Reserve { txn_id, .. })
             | Binds::Assign { txn_id, .. }
             | Binds::Cancel { txn_id, .. } => txn_id.0.as_u128(),
         }
@@ -145,54 +140,38 @@ impl Write for CommandWrite {
 
     fn set_kind(&self) -> Option<u8> {
         match self.binds {
-            Binds::Assign { .. } => Some(0),
-            Binds::Reserve { .. } | Binds::Cancel { .. } => None,
+            Binds::Reserve(_) => Some(RESERVES),
+            Binds::Assign { .. } => Some(ASSIGNS),
+            Binds::Cancel { .. } => None,
         }
     }
 
     fn run_set<'c>(writes: &'c [&'c Self], conn: &'c mut PgConnection) -> SetFuture<'c, Self> {
-        let mut statement = None;
-        let (mut txns, mut orders) = (Vec::new(), Vec::new());
-        let (mut item_of, mut items) = (Vec::new(), Vec::new());
-        for write in writes {
-            if let Binds::Assign {
-                txn_id,
-                order_id,
-                items: ids,
-                set_statement,
-            } = &write.binds
-            {
-                statement.get_or_insert_with(|| set_statement.clone());
-                txns.push(txn_id.0);
-                orders.push(order_id.0);
-                // At most a group's worth of commands, so it fits.
-                let place = i32::try_from(txns.len()).unwrap_or(i32::MAX);
-                item_of.extend(ids.iter().map(|_| place));
-                items.extend(ids.iter().copied());
-            }
-        }
         Box::pin(async move {
-            let statement = statement.ok_or_else(|| {
-                sqlx::Error::Protocol("a set of assigns without an assign".to_owned())
-            })?;
-            let rows: Vec<RecordedFor> = sqlx::query_as(AssertSqlSafe(statement))
-                .bind(&txns)
-                .bind(orders)
-                .bind(item_of)
-                .bind(items)
-                .fetch_all(conn)
-                .await?;
-            let mut rows: std::collections::HashMap<_, _> = rows
-                .into_iter()
-                .map(|row| (row.txn_id, row.recorded))
-                .collect();
-            txns.iter()
-                .map(|txn| {
-                    rows.remove(txn).ok_or_else(|| {
-                        sqlx::Error::Protocol(format!("no reply recorded for the assign of {txn}"))
-                    })
-                })
-                .collect()
+            let Some(first) = writes.first() else {
+                return Ok(Vec::new());
+            };
+            let statements = &first.statements;
+            let mut reserves = Vec::new();
+            let mut assigns = Vec::new();
+            for write in writes {
+                match &write.binds {
+                    Binds::Reserve(reserve) => reserves.push(reserve),
+                    Binds::Assign {
+                        txn_id,
+                        order_id,
+                        items,
+                    } => assigns.push((*txn_id, *order_id, items.as_slice())),
+                    Binds::Cancel { .. } => {}
+                }
+            }
+            match (reserves.len(), assigns.len()) {
+                (n, 0) if n == writes.len() => reserve_set(conn, statements, &reserves).await,
+                (0, n) if n == writes.len() => assign_set(conn, statements, &assigns).await,
+                _ => Err(sqlx::Error::Protocol(
+                    "a set of commands of more than one kind".to_owned(),
+                )),
+            }
         })
     }
 
@@ -200,28 +179,132 @@ impl Write for CommandWrite {
         &'c self,
         conn: &'c mut PgConnection,
     ) -> Pin<Box<dyn Future<Output = Result<Recorded, sqlx::Error>> + Send + 'c>> {
-        let query = sqlx::query_as::<_, Recorded>(AssertSqlSafe(self.statement.clone()));
-        let query = match &self.binds {
-            Binds::Reserve {
-                txn_id,
-                order_id,
-                ttl,
-                key,
-            } => query
-                .bind(*txn_id)
-                .bind(*order_id)
-                .bind(*ttl)
-                .bind(key.hub)
-                .bind(key.kinds.clone())
-                .bind(key.quantities.clone()),
+        let statements = &self.statements;
+        match &self.binds {
+            Binds::Reserve(reserve) => Box::pin(reserve_one(conn, statements, reserve)),
             Binds::Assign {
                 txn_id,
                 order_id,
                 items,
-                ..
-            } => query.bind(*txn_id).bind(*order_id).bind(items.clone()),
-            Binds::Cancel { txn_id, order_id } => query.bind(*txn_id).bind(*order_id),
-        };
-        Box::pin(query.fetch_one(conn))
+            } => Box::pin(
+                sqlx::query_as(AssertSqlSafe(statements.assign.clone()))
+                    .bind(*txn_id)
+                    .bind(*order_id)
+                    .bind(items.clone())
+                    .fetch_one(conn),
+            ),
+            Binds::Cancel { txn_id, order_id } => Box::pin(
+                sqlx::query_as(AssertSqlSafe(statements.cancel.clone()))
+                    .bind(*txn_id)
+                    .bind(*order_id)
+                    .fetch_one(conn),
+            ),
+        }
     }
+}
+
+/// Runs `reserve` on its own statement ([`Statements::reserve`]).
+pub async fn reserve_one(
+    conn: &mut PgConnection,
+    statements: &Statements,
+    reserve: &Reserve,
+) -> Result<Recorded, sqlx::Error> {
+    sqlx::query_as(AssertSqlSafe(statements.reserve.clone()))
+        .bind(reserve.txn_id)
+        .bind(reserve.order_id)
+        .bind(reserve.ttl)
+        .bind(reserve.key.hub)
+        .bind(&reserve.key.kinds)
+        .bind(&reserve.key.quantities)
+        .fetch_one(conn)
+        .await
+}
+
+/// Runs the reserves of distinct transactions in the caller's transaction: as one statement
+/// ([`Statements::reserve_set`]), then one by one, in their order, those it did not take (short,
+/// busy, or after an item that another of them picked too), each seeing what the set took. The
+/// replies are those of running them one by one with the taken ones first; one reply per
+/// reserve, in their order.
+pub async fn reserve_set(
+    conn: &mut PgConnection,
+    statements: &Statements,
+    reserves: &[&Reserve],
+) -> Result<Vec<Recorded>, sqlx::Error> {
+    let mut txns = Vec::with_capacity(reserves.len());
+    let (mut orders, mut ttls, mut hubs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut line_of, mut kinds, mut quantities) = (Vec::new(), Vec::new(), Vec::new());
+    for (place, reserve) in (1_i32..).zip(reserves) {
+        txns.push(reserve.txn_id.0);
+        orders.push(reserve.order_id.0);
+        ttls.push(reserve.ttl);
+        hubs.push(reserve.key.hub);
+        for (kind, quantity) in reserve.key.kinds.iter().zip(&reserve.key.quantities) {
+            line_of.push(place);
+            kinds.push(*kind);
+            quantities.push(*quantity);
+        }
+    }
+    let rows: Vec<RecordedFor> = sqlx::query_as(AssertSqlSafe(statements.reserve_set.clone()))
+        .bind(&txns)
+        .bind(orders)
+        .bind(ttls)
+        .bind(hubs)
+        .bind(line_of)
+        .bind(kinds)
+        .bind(quantities)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut taken: HashMap<_, _> = rows
+        .into_iter()
+        .map(|row| (row.txn_id, row.recorded))
+        .collect();
+    let mut replies = Vec::with_capacity(reserves.len());
+    for reserve in reserves {
+        let reply = match taken.remove(&reserve.txn_id.0) {
+            Some(reply) => reply,
+            None => {
+                ::metrics::counter!(crate::metrics::RESERVES_ALONE).increment(1);
+                reserve_one(conn, statements, reserve).await?
+            }
+        };
+        replies.push(reply);
+    }
+    Ok(replies)
+}
+
+/// Runs the assigns of distinct transactions (transaction, order, items) as one statement
+/// ([`Statements::assign_set`]) in the caller's transaction: one reply per assign, in their
+/// order.
+async fn assign_set(
+    conn: &mut PgConnection,
+    statements: &Statements,
+    assigns: &[(TxnId, OrderId, &[i64])],
+) -> Result<Vec<Recorded>, sqlx::Error> {
+    let mut txns = Vec::with_capacity(assigns.len());
+    let mut orders = Vec::with_capacity(assigns.len());
+    let (mut item_of, mut items) = (Vec::new(), Vec::new());
+    for (place, (txn_id, order_id, ids)) in (1_i32..).zip(assigns) {
+        txns.push(txn_id.0);
+        orders.push(order_id.0);
+        item_of.extend(ids.iter().map(|_| place));
+        items.extend(ids.iter().copied());
+    }
+    let rows: Vec<RecordedFor> = sqlx::query_as(AssertSqlSafe(statements.assign_set.clone()))
+        .bind(&txns)
+        .bind(orders)
+        .bind(item_of)
+        .bind(items)
+        .fetch_all(conn)
+        .await?;
+    let mut rows: HashMap<_, _> = rows
+        .into_iter()
+        .map(|row| (row.txn_id, row.recorded))
+        .collect();
+    txns.iter()
+        .map(|txn| {
+            rows.remove(txn).ok_or_else(|| {
+                sqlx::Error::Protocol(format!("no reply recorded for the assign of {txn}"))
+            })
+        })
+        .collect()
 }

@@ -52,7 +52,9 @@ pub trait Inventory: Send + Sync + 'static {
     /// A query returning the `id` of every item the request asks for, locked `FOR UPDATE SKIP
     /// LOCKED` so that concurrent reserves take different items (an available one first, else
     /// one whose reservation has expired), or no rows at all if it cannot have every one of them:
-    /// all or nothing. `$4`, `$5` and `$6` are the request's [`Key`].
+    /// all or nothing. `$4`, `$5` and `$6` are the request's [`Key`], and it uses no other
+    /// parameter: a group's reserves run it once per request within one statement, with those
+    /// three replaced by the request's columns ([`ItemTable::reserve_set_ctes`]).
     const PICK: &'static str;
 
     /// A query of one row `(v text, short bigint[])` for when nothing was picked: `v` is
@@ -148,6 +150,53 @@ impl ItemTable {
                              ELSE (SELECT v FROM shortage) END AS v,
                         CASE WHEN EXISTS (SELECT 1 FROM taken) THEN NULL
                              ELSE (SELECT short FROM shortage) END AS short
+             )"
+        )
+    }
+
+    /// The `WITH` clause of the reserves of many transactions in one statement (`$1` txns, `$2`
+    /// orders, `$3` ttls, `$4` hubs, and the lines of all of them: `$5` the place (from 1) in
+    /// `$1` of the request each is for, `$6` the kind and `$7` the quantity). Defines
+    /// `requests (n, txn_id, order_id)` and `taken (n, id, reserved_until)`, `n` a request's
+    /// place in the arrays.
+    ///
+    /// `pick` runs once per request (a `LATERAL` subquery), but all of them read one snapshot and
+    /// `SKIP LOCKED` does not skip the rows that an earlier request of the same statement locked,
+    /// so two requests may pick the same item. A request takes what it picked only if no other
+    /// request picked any of it; a request that picked nothing (it is short, or busy) or that
+    /// shares an item takes nothing here, and the caller runs it again on its own statement,
+    /// which sees what this one took.
+    pub(crate) fn reserve_set_ctes(&self, pick: &str) -> String {
+        let table = self.name;
+        let pick = per_request(pick);
+        format!(
+            "WITH lines AS (
+                 SELECT * FROM unnest($5::int[], $6::bigint[], $7::int[])
+                     WITH ORDINALITY AS l(n, kind, quantity, pos)
+             ),
+             requests AS (
+                 SELECT r.n, r.txn_id, r.order_id, r.ttl, r.hub,
+                        coalesce((SELECT array_agg(l.kind ORDER BY l.pos) FROM lines l
+                                  WHERE l.n = r.n), '{{}}') AS kinds,
+                        coalesce((SELECT array_agg(l.quantity ORDER BY l.pos) FROM lines l
+                                  WHERE l.n = r.n), '{{}}') AS quantities
+                 FROM unnest($1::uuid[], $2::uuid[], $3::interval[], $4::bigint[])
+                     WITH ORDINALITY AS r(txn_id, order_id, ttl, hub, n)
+             ),
+             picked AS (
+                 SELECT request.n, p.id FROM requests request CROSS JOIN LATERAL ({pick}) p
+             ),
+             contested AS (
+                 SELECT DISTINCT picked.n FROM picked
+                 JOIN (SELECT id FROM picked GROUP BY id HAVING count(*) > 1) twice USING (id)
+             ),
+             taken AS (
+                 UPDATE {table} t
+                 SET state = 'reserved', txn_id = request.txn_id, order_id = request.order_id,
+                     reserved_until = statement_timestamp() + request.ttl, updated_at = now()
+                 FROM picked JOIN requests request ON request.n = picked.n
+                 WHERE t.id = picked.id AND picked.n NOT IN (SELECT n FROM contested)
+                 RETURNING picked.n, t.id, t.reserved_until
              )"
         )
     }
@@ -280,7 +329,44 @@ const HELD_BY: &str = "{t}txn_id IS NOT DISTINCT FROM {txn}
                    AND {t}state IS NOT DISTINCT FROM 'reserved'
                    AND ({t}reserved_until > statement_timestamp()) IS TRUE";
 
+/// `pick` with the parameters of a request's [`Key`] (`$4`, `$5`, `$6`) replaced by the columns
+/// of the request it runs for in a set (`request.hub`, `request.kinds`, `request.quantities`).
+/// Any other parameter is left as it is (and a set statement would bind it wrongly, which its
+/// tests would show).
+fn per_request(pick: &str) -> String {
+    let mut out = String::with_capacity(pick.len());
+    let mut rest = pick;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        match &after[..digits] {
+            "4" => out.push_str("request.hub"),
+            "5" => out.push_str("request.kinds"),
+            "6" => out.push_str("request.quantities"),
+            _ => out.push_str(&rest[at..=at + digits]),
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Items as bound to the statements.
 pub(crate) fn item_ids(items: &[ItemId]) -> Vec<i64> {
     items.iter().map(|i| i.0).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::per_request;
+
+    #[test]
+    fn a_pick_per_request_reads_the_request_columns_instead_of_the_key_parameters() {
+        assert_eq!(
+            per_request("hub_id = $4 AND food = ANY($5::bigint[]) LIMIT $6[1] OR $44 $1 $"),
+            "hub_id = request.hub AND food = ANY(request.kinds::bigint[]) \
+             LIMIT request.quantities[1] OR $44 $1 $"
+        );
+    }
 }

@@ -11,6 +11,11 @@ pub const COMMAND_SECONDS: &str = "participant_command_seconds";
 /// Counter, by `participant` and `via` (`timer`, `sweep`): reservations freed because they expired.
 pub const RESERVATIONS_EXPIRED: &str = "reservations_expired_total";
 
+/// Counter: reserves of a group that the group's one statement did not take (short, busy, or
+/// after an item that another reserve of the group picked too), run again on their own
+/// statement.
+pub const RESERVES_ALONE: &str = "participant_reserves_alone_total";
+
 /// Describes every metric of a participant, and registers the counters of `participant` whose
 /// labels are known in advance at zero.
 pub fn describe(participant: Participant) {
@@ -29,6 +34,12 @@ pub fn describe(participant: Participant) {
         Unit::Count,
         "Reservations freed because they expired before they were assigned or released, by participant and via (timer: their expiry timer; sweep: the periodic sweep)."
     );
+    describe_counter!(
+        RESERVES_ALONE,
+        Unit::Count,
+        "Reserves of a group that the group's one statement did not take (short, busy, or after an item that another reserve of the group picked too), run again on their own statement."
+    );
+    ::metrics::counter!(RESERVES_ALONE).increment(0);
     for via in ["timer", "sweep"] {
         ::metrics::counter!(
             RESERVATIONS_EXPIRED,

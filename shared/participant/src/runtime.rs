@@ -85,7 +85,7 @@ pub fn start<I: Inventory>(
         topology,
         settings,
         expiries,
-        statements: Statements::of::<I>(),
+        statements: Arc::new(Statements::of::<I>()),
         writes,
         shutdown: shutdown.clone(),
         suspects: tokio::sync::RwLock::new(()),

@@ -64,7 +64,10 @@ pub trait Write: Send + Sync + 'static {
 
     /// Runs `writes` (two or more of one [`Write::set_kind`], in the group's order) as one
     /// statement in the caller's transaction, and returns one output per write, in that order.
-    /// The outputs must be those that running the writes one by one in that order would give.
+    /// The outputs must be those that running the writes one by one would give: in that order,
+    /// or, for writes whose outcome depends on which runs first (reserves that compete for
+    /// items), in some order. A set may run some of its writes on statements of their own (a
+    /// reserve that its set statement could not take).
     /// Group commit only asks this of writes whose [`Write::order_key`]s differ from those of
     /// every other write in the group, so the writes of a set never touch the same row.
     fn run_set<'c>(_writes: &'c [&'c Self], _conn: &'c mut PgConnection) -> SetFuture<'c, Self>
