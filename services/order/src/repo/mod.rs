@@ -22,7 +22,7 @@ mod writes;
 pub use leases::{
     LeaseToken, Unfinished, claim, claim_expired, end_lease, renew_lease, take, unfinished,
 };
-use writes::OrderWrite;
+use writes::{Insert, OrderWrite, Save};
 
 /// Why the order table did not answer as asked.
 #[derive(Debug, thiserror::Error)]
@@ -228,12 +228,12 @@ impl Orders {
         token: LeaseToken,
         lease: Duration,
     ) -> Result<Inserted, RepoError> {
-        let write = OrderWrite::Insert {
+        let write = OrderWrite::Insert(Insert {
             new: new.clone(),
             deadline,
             token,
             lease,
-        };
+        });
         if let Some(order) = order_of(self.writes.run(write).await?)? {
             return Ok(Inserted::New(order));
         }
@@ -274,14 +274,14 @@ impl Orders {
             !after.state.is_final() || outbox.is_some(),
             "final orders carry their event"
         );
-        let write = OrderWrite::Save {
+        let write = OrderWrite::Save(Save {
             before_state: before.state.as_str(),
             before_txn: before.txn_id,
             after: after.clone(),
             lease: (!after.state.is_final()).then_some(lease),
             token,
             outbox: outbox.cloned(),
-        };
+        });
         if let Some(saved) = order_of(self.writes.run(write).await?)? {
             return Ok(saved);
         }

@@ -18,21 +18,29 @@ use protocol::ids::TxnId;
 /// A write of a driver: one statement, run with group commit.
 #[derive(Debug)]
 pub(crate) enum OrderWrite {
-    Insert {
-        new: NewOrder,
-        deadline: Duration,
-        token: LeaseToken,
-        lease: Duration,
-    },
-    Save {
-        before_state: &'static str,
-        before_txn: TxnId,
-        after: Order,
-        /// `None` ends the lease (final orders).
-        lease: Option<Duration>,
-        token: LeaseToken,
-        outbox: Option<OutboxEvent>,
-    },
+    Insert(Insert),
+    Save(Save),
+}
+
+/// Records a new order.
+#[derive(Debug)]
+pub(crate) struct Insert {
+    pub(crate) new: NewOrder,
+    pub(crate) deadline: Duration,
+    pub(crate) token: LeaseToken,
+    pub(crate) lease: Duration,
+}
+
+/// Saves the order that the machine computed, if it is still as its driver saw it.
+#[derive(Debug)]
+pub(crate) struct Save {
+    pub(crate) before_state: &'static str,
+    pub(crate) before_txn: TxnId,
+    pub(crate) after: Order,
+    /// `None` ends the lease (final orders).
+    pub(crate) lease: Option<Duration>,
+    pub(crate) token: LeaseToken,
+    pub(crate) outbox: Option<OutboxEvent>,
 }
 
 /// The namespace of the name-based UUIDs that order keyed inserts in a group.
@@ -145,66 +153,35 @@ fn column<T, U>(writes: &[T], field: impl Fn(&T) -> U) -> Vec<U> {
 
 /// The inserts of a set, as one statement.
 fn insert_set<'c>(writes: &[&OrderWrite], conn: &'c mut PgConnection) -> SetFuture<'c, OrderWrite> {
-    let inserts: Vec<(&NewOrder, Duration, LeaseToken, Duration)> = writes
+    let inserts: Vec<&Insert> = writes
         .iter()
         .filter_map(|write| match write {
-            OrderWrite::Insert {
-                new,
-                deadline,
-                token,
-                lease,
-            } => Some((new, *deadline, *token, *lease)),
-            OrderWrite::Save { .. } => None,
+            OrderWrite::Insert(insert) => Some(insert),
+            OrderWrite::Save(_) => None,
         })
         .collect();
-    let ids = column(&inserts, |(new, ..)| new.id);
+    let ids = column(&inserts, |i| i.new.id);
     let query = sqlx::query_as::<_, OrderRow>(AssertSqlSafe(INSERT_SET.clone()))
         .bind(column(&ids, |id| id.0))
-        .bind(column(&inserts, |(new, ..)| new.customer_id.clone()))
-        .bind(column(&inserts, |(new, ..)| new.hub_id.0))
-        .bind(column(&inserts, |(new, ..)| new.txn_id.0))
-        .bind(column(&inserts, |(_, deadline, ..)| *deadline))
-        .bind(column(&inserts, |(_, _, token, _)| token.0))
-        .bind(column(&inserts, |(.., lease)| *lease))
-        .bind(column(&inserts, |(new, ..)| new.traceparent.clone()))
-        .bind(column(&inserts, |(new, ..)| new.idempotency_key.clone()))
-        .bind(column(&inserts, |(new, ..)| {
-            sqlx::types::Json(new.lines.clone())
-        }));
+        .bind(column(&inserts, |i| i.new.customer_id.clone()))
+        .bind(column(&inserts, |i| i.new.hub_id.0))
+        .bind(column(&inserts, |i| i.new.txn_id.0))
+        .bind(column(&inserts, |i| i.deadline))
+        .bind(column(&inserts, |i| i.token.0))
+        .bind(column(&inserts, |i| i.lease))
+        .bind(column(&inserts, |i| i.new.traceparent.clone()))
+        .bind(column(&inserts, |i| i.new.idempotency_key.clone()))
+        .bind(column(&inserts, |i| sqlx::types::Json(i.new.lines.clone())));
     Box::pin(async move { Ok(matched(&ids, query.fetch_all(conn).await?)) })
-}
-
-/// A save of a set, borrowed.
-struct SaveOf<'a> {
-    before_state: &'static str,
-    before_txn: TxnId,
-    after: &'a Order,
-    lease: Option<Duration>,
-    token: LeaseToken,
-    outbox: Option<&'a OutboxEvent>,
 }
 
 /// The saves of a set, as one statement.
 fn save_set<'c>(writes: &[&OrderWrite], conn: &'c mut PgConnection) -> SetFuture<'c, OrderWrite> {
-    let saves: Vec<SaveOf<'_>> = writes
+    let saves: Vec<&Save> = writes
         .iter()
         .filter_map(|write| match write {
-            OrderWrite::Save {
-                before_state,
-                before_txn,
-                after,
-                lease,
-                token,
-                outbox,
-            } => Some(SaveOf {
-                before_state,
-                before_txn: *before_txn,
-                after,
-                lease: *lease,
-                token: *token,
-                outbox: outbox.as_ref(),
-            }),
-            OrderWrite::Insert { .. } => None,
+            OrderWrite::Save(save) => Some(save),
+            OrderWrite::Insert(_) => None,
         })
         .collect();
     let ids = column(&saves, |s| s.after.id);
@@ -226,10 +203,12 @@ fn save_set<'c>(writes: &[&OrderWrite], conn: &'c mut PgConnection) -> SetFuture
         .bind(column(&saves, |s| s.after.finished_at))
         .bind(column(&saves, |s| s.lease))
         .bind(column(&saves, |s| s.token.0))
-        .bind(column(&saves, |s| s.outbox.map(|e| e.event_id.0)))
-        .bind(column(&saves, |s| s.outbox.map(|e| e.routing_key)))
+        .bind(column(&saves, |s| s.outbox.as_ref().map(|e| e.event_id.0)))
+        .bind(column(&saves, |s| s.outbox.as_ref().map(|e| e.routing_key)))
         .bind(column(&saves, |s| {
-            s.outbox.map(|e| sqlx::types::Json(e.payload.clone()))
+            s.outbox
+                .as_ref()
+                .map(|e| sqlx::types::Json(e.payload.clone()))
         }));
     Box::pin(async move { Ok(matched(&ids, query.fetch_all(conn).await?)) })
 }
@@ -247,7 +226,7 @@ impl Write for OrderWrite {
         match self {
             // A keyed insert waits for an uncommitted insert of the same key in another group:
             // ordered by the key (the same in every process), two groups never wait crosswise.
-            OrderWrite::Insert {
+            OrderWrite::Insert(Insert {
                 new:
                     NewOrder {
                         customer_id,
@@ -255,26 +234,26 @@ impl Write for OrderWrite {
                         ..
                     },
                 ..
-            } => uuid::Uuid::new_v5(
+            }) => uuid::Uuid::new_v5(
                 &IDEMPOTENCY_NAMESPACE,
                 format!("{customer_id}\0{key}").as_bytes(),
             )
             .as_u128(),
-            OrderWrite::Insert { new, .. } => new.id.0.as_u128(),
-            OrderWrite::Save { after, .. } => after.id.0.as_u128(),
+            OrderWrite::Insert(insert) => insert.new.id.0.as_u128(),
+            OrderWrite::Save(save) => save.after.id.0.as_u128(),
         }
     }
 
     fn set_kind(&self) -> Option<u8> {
         Some(match self {
-            OrderWrite::Insert { .. } => 0,
-            OrderWrite::Save { .. } => 1,
+            OrderWrite::Insert(_) => 0,
+            OrderWrite::Save(_) => 1,
         })
     }
 
     fn run_set<'c>(writes: &'c [&'c Self], conn: &'c mut PgConnection) -> SetFuture<'c, Self> {
         match writes.first() {
-            Some(OrderWrite::Insert { .. }) => insert_set(writes, conn),
+            Some(OrderWrite::Insert(_)) => insert_set(writes, conn),
             _ => save_set(writes, conn),
         }
     }
@@ -284,12 +263,12 @@ impl Write for OrderWrite {
         conn: &'c mut PgConnection,
     ) -> Pin<Box<dyn Future<Output = Result<Option<OrderRow>, sqlx::Error>> + Send + 'c>> {
         match self {
-            OrderWrite::Insert {
+            OrderWrite::Insert(Insert {
                 new,
                 deadline,
                 token,
                 lease,
-            } => Box::pin(
+            }) => Box::pin(
                 sqlx::query_as(AssertSqlSafe(INSERT.clone()))
                     .bind(new.id)
                     .bind(new.customer_id.clone())
@@ -303,14 +282,14 @@ impl Write for OrderWrite {
                     .bind(sqlx::types::Json(new.lines.clone()))
                     .fetch_optional(conn),
             ),
-            OrderWrite::Save {
+            OrderWrite::Save(Save {
                 before_state,
                 before_txn,
                 after,
                 lease,
                 token,
                 outbox,
-            } => Box::pin(
+            }) => Box::pin(
                 sqlx::query_as(AssertSqlSafe(SAVE.clone()))
                     .bind(after.id)
                     .bind(*before_state)
@@ -349,7 +328,7 @@ mod tests {
     use service_kit::group_commit::Write;
     use service_kit::testing::ScratchDatabase;
 
-    use super::{OrderWrite, PgConnection};
+    use super::{Insert, OrderWrite, PgConnection, Save};
     use crate::machine::{NotPlacedReason, Order, OrderState};
     use crate::outbox::OutboxEvent;
     use crate::repo::{LeaseToken, NewOrder, OrderRow};
@@ -372,7 +351,7 @@ mod tests {
     }
 
     fn insert(new: &NewOrder, token: LeaseToken) -> OrderWrite {
-        OrderWrite::Insert {
+        OrderWrite::Insert(Insert {
             new: NewOrder {
                 id: new.id,
                 customer_id: new.customer_id.clone(),
@@ -385,11 +364,11 @@ mod tests {
             deadline: Duration::from_secs(5),
             token,
             lease: LEASE,
-        }
+        })
     }
 
     fn save(before: &Order, after: Order, token: LeaseToken, event: bool) -> OrderWrite {
-        OrderWrite::Save {
+        OrderWrite::Save(Save {
             before_state: before.state.as_str(),
             before_txn: before.txn_id,
             outbox: event.then(|| OutboxEvent {
@@ -400,7 +379,7 @@ mod tests {
             lease: (!after.state.is_final()).then_some(LEASE),
             after,
             token,
-        }
+        })
     }
 
     /// What a set of writes returned, without the times the database chose.
