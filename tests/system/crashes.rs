@@ -40,24 +40,42 @@ async fn a_store_killed_during_a_stream_of_orders_loses_nothing() {
 }
 
 /// The coordinator aborts at `point`, is restarted without it, and finishes the order alone.
-async fn coordinator_dies_at(point: &str) -> serde_json::Value {
+/// With `recorded_in_phase1`, phase 1 is held up (delivery paused) past the response budget, so
+/// that the order is recorded undecided and answered `202` before the coordinator dies.
+async fn coordinator_dies_at(point: &str, recorded_in_phase1: bool) -> serde_json::Value {
     // Reservations that outlast the restart and the lease by far: the order must be finished by
     // the restarted coordinator, not by the participants' expiry racing it.
     let options = Options::fast()
         .order("FAULT_POINTS", point)
         .order("ORDER_DEADLINE", "5s")
+        .order(
+            "RESPONSE_BUDGET",
+            if recorded_in_phase1 { "1s" } else { "6s" },
+        )
         .all("RESERVATION_TTL", "60s");
     let mut system = TestSystem::start_with(options).await;
     let food = system.create_food("Pongal", 3).await;
     system.create_agents(3).await;
 
+    if recorded_in_phase1 {
+        system.delivery.signal("STOP").await;
+    }
     let placing = system
         .http()
         .post(system.order.url("/orders"))
         .json(&serde_json::json!({ "food_id": food, "customer_id": "c-1" }))
         .send()
         .await;
-    assert!(placing.is_err(), "the coordinator died before answering");
+    if recorded_in_phase1 {
+        let placing = placing.expect("an answer within the budget");
+        assert_eq!(placing.status(), 202, "pending, as recorded in phase 1");
+        let body: serde_json::Value = placing.json().await.expect("a JSON body");
+        assert_eq!(body["status"], "pending", "{body}");
+        assert_eq!(body["stage"], "reserving", "{body}");
+        system.delivery.signal("CONT").await;
+    } else {
+        assert!(placing.is_err(), "the coordinator died before answering");
+    }
     system.order.wait_exit(Duration::from_secs(10)).await;
 
     // Both items are held by the dead coordinator's transaction (or being assigned to it).
@@ -80,26 +98,26 @@ async fn coordinator_dies_at(point: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn a_coordinator_killed_after_the_commit_decision_places_the_order_after_restart() {
-    let order = coordinator_dies_at("coordinator.after_commit_decision").await;
+    let order = coordinator_dies_at("coordinator.after_commit_decision", false).await;
     assert_eq!(order["status"], "placed", "{order}");
 }
 
+/// An order recorded undecided (its phase 1 outlasted the response budget) whose coordinator
+/// dies before the commit decision: the restarted coordinator takes it over and aborts it.
 #[tokio::test]
 async fn a_coordinator_killed_before_the_commit_decision_releases_everything_after_restart() {
-    let order = coordinator_dies_at("coordinator.before_commit_decision").await;
+    let order = coordinator_dies_at("coordinator.before_commit_decision", true).await;
     assert_eq!(order["status"], "not_placed", "{order}");
     assert_eq!(order["reason"], "timeout", "{order}");
 }
 
-/// A new order is recorded while its first reserves are out. A coordinator that dies with both
-/// reserves answered and the order not yet recorded leaves nothing recorded and tells its client
-/// nothing; the reservations lapse with their expiry, and the items go to the next order.
+/// A new order is recorded only once its phase 1 ends (presumed abort). A coordinator that dies
+/// with both reserves answered and the order not yet recorded leaves nothing recorded and tells
+/// its client nothing; the reservations lapse with their expiry, and the items go to the next
+/// order.
 #[tokio::test]
 async fn a_coordinator_killed_before_recording_leaves_reservations_that_lapse_with_their_expiry() {
-    let options = Options::fast().order(
-        "FAULT_POINTS",
-        "coordinator.before_record=30s,coordinator.reserved_before_record",
-    );
+    let options = Options::fast().order("FAULT_POINTS", "coordinator.reserved_before_record");
     let mut system = TestSystem::start_with(options).await;
     let food = system.create_food("Upma", 1).await;
     system.create_agents(1).await;

@@ -137,10 +137,12 @@ async fn purged_timers_are_made_up_for_by_the_sweeps() {
 
     // The participants' sweeps free the reservations after their expiry.
     system.assert_nothing_reserved(FINISH).await;
-    // A coordinator's recovery sweep (without any timer) finishes the order.
+    // The coordinator died in phase 1, before the order was recorded (presumed abort): a
+    // restarted coordinator has nothing to finish, and nothing is assigned.
     system.order.remove_env("FAULT_POINTS");
     system.order.start().await;
     system.assert_all_orders_final(FINISH).await;
+    assert_eq!(system.infra.order_states().await, Default::default());
     assert_eq!(system.food(food).await["assigned"], 0);
     system.assert_audit_clean(FINISH).await;
 }

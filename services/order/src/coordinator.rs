@@ -170,21 +170,28 @@ impl Coordinator {
                 }
             }
         };
-        if saved.state.is_final() {
-            metrics::counter!(
-                crate::metrics::ORDERS,
-                "outcome" => saved.state.as_str(),
-                "reason" => saved.reason.map_or("", |r| r.as_str()),
-            )
-            .increment(1);
-            if let (Some(finished), true) = (saved.finished_at, order.finished_at.is_none()) {
-                let took = (finished - saved.created_at).to_std().unwrap_or_default();
-                metrics::histogram!(crate::metrics::ORDER_DURATION).record(took.as_secs_f64());
-            }
-            fault::point("coordinator.after_final_state");
-            self.events.notify_one();
-        }
+        self.finished(order, &saved);
         Ok(saved)
+    }
+
+    /// What follows a record that made `before` into `saved`, if `saved` is final: the outcome
+    /// is counted, and the outbox relay woken for its event.
+    pub(crate) fn finished(&self, before: &Order, saved: &Order) {
+        if !saved.state.is_final() {
+            return;
+        }
+        metrics::counter!(
+            crate::metrics::ORDERS,
+            "outcome" => saved.state.as_str(),
+            "reason" => saved.reason.map_or("", |r| r.as_str()),
+        )
+        .increment(1);
+        if let (Some(finished), true) = (saved.finished_at, before.finished_at.is_none()) {
+            let took = (finished - saved.created_at).to_std().unwrap_or_default();
+            metrics::histogram!(crate::metrics::ORDER_DURATION).record(took.as_secs_f64());
+        }
+        fault::point("coordinator.after_final_state");
+        self.events.notify_one();
     }
 
     /// Runs `work` while renewing the driver's lease in the background, so that a long phase 2

@@ -1,6 +1,6 @@
 //! The driver: carries out what the machine decides, step by step, until the order is final.
 //!
-//! Each turn asks `machine::rules::next_step` what to do with the order as recorded, does it
+//! Each turn asks `machine::rules::next_step` what to do with the order as it stands, does it
 //! (sends commands, waits for answers), asks the rule of that phase what the answers come to,
 //! and records the resulting event. New orders, take-overs after a crash and fired timers all go
 //! through this loop; only [`Driving`] differs.
@@ -9,7 +9,9 @@
 //!   is recorded (`assigning`) before any assign is sent. A final refusal: whatever may be held
 //!   is released, then `not_placed`. Items only held by other unfinished transactions: release,
 //!   back off with jitter, and try again with a new transaction until the order's deadline.
-//!   Releasing before retrying means two orders never wait on each other.
+//!   Releasing before retrying means two orders never wait on each other. A new order is not
+//!   recorded during its phase 1 (presumed abort): its outcome, the decision or `not_placed`, is
+//!   its first record (`placement::record_first`), unless phase 1 outlasts its request's budget.
 //! - **Phase 2** asks both to assign, asking sides that did not answer again until the
 //!   reservations' expiry plus a grace. Both assigned: `placed`. Otherwise: `compensating`.
 //! - **Compensation** releases both sides (a release undoes an assignment) until both confirm,
@@ -33,7 +35,8 @@ use tracing::{debug, info, warn};
 
 use crate::coordinator::{Coordinator, Stop};
 use crate::machine::rules::{self, AfterReserve, CancelAnswer, Driving, Reservation, Step};
-use crate::machine::{Event, NotPlacedReason, Order};
+use crate::machine::{self, Event, NotPlacedReason, Order};
+use crate::placement::Unrecorded;
 use crate::repo::LeaseToken;
 
 /// How phase 1 of an order runs, if it does.
@@ -41,14 +44,27 @@ use crate::repo::LeaseToken;
 pub(crate) struct Phase1 {
     /// When it ends (the order is then not placed, `timeout`).
     pub(crate) ends: Instant,
-    /// The answers to the first attempt's reserves, sent before the order was recorded.
-    pub(crate) sent: Option<tokio::task::JoinHandle<Sides<Reservation>>>,
+    /// A new order, not recorded yet: its request waits for its first record, at the end of
+    /// phase 1 (or sooner, if phase 1 outlasts the request's budget).
+    pub(crate) unrecorded: Option<Unrecorded>,
+    /// Recorded in phase 1 after its request gave up, and nobody can ask for it again: it is
+    /// not placed.
+    pub(crate) unwanted: bool,
 }
 
 impl Phase1 {
-    /// Phase 1 with nothing sent yet, ending at `ends`.
+    /// Phase 1 of a recorded order, ending at `ends`.
     pub(crate) fn until(ends: Instant) -> Self {
-        Self { ends, sent: None }
+        Self {
+            ends,
+            unrecorded: None,
+            unwanted: false,
+        }
+    }
+
+    /// Whether nobody wants the order any more (see [`Unrecorded::unwanted`]).
+    fn unwanted(&self) -> bool {
+        self.unwanted || self.unrecorded.as_ref().is_some_and(Unrecorded::unwanted)
     }
 }
 
@@ -95,8 +111,15 @@ impl Coordinator {
                     warn!(state = %order.state, "decided order without its items; leaving it to the audit");
                     return order;
                 }
-                Step::Reserve => self.reserve(&order, token, &mut phase1).await,
-                Step::Abort { reason, release } => self.abort(&order, token, release, reason).await,
+                Step::Reserve => {
+                    self.reserve(&order, token, &mut phase1, progress.as_ref())
+                        .await
+                }
+                Step::Abort { reason, release } => {
+                    let progress = progress.as_ref();
+                    self.abort(&order, token, (release, reason), &mut phase1, progress)
+                        .await
+                }
                 Step::Assign {
                     packets,
                     agent,
@@ -132,12 +155,14 @@ impl Coordinator {
 
     /// Phase 1, with its retries, until the commit decision or an abort is recorded. It ends at
     /// `phase1.ends`, on the monotonic clock: the wall clocks of this process and of the
-    /// database may differ.
+    /// database may differ. A new order is recorded at its end (presumed abort), or when its
+    /// request's budget is about to run out.
     async fn reserve(
         &self,
         order: &Order,
         token: LeaseToken,
         phase1: &mut Phase1,
+        progress: Option<&watch::Sender<Order>>,
     ) -> Result<Order, Stop> {
         let mut order = order.clone();
         let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(250));
@@ -145,52 +170,116 @@ impl Coordinator {
         let time_until_end = || ends.saturating_duration_since(Instant::now());
         loop {
             let left = time_until_end();
-            let answers = match phase1.sent.take() {
-                // Sent while the order was being recorded (the first attempt of a new order).
-                Some(sent) => sent.await.unwrap_or(Sides::both(Reservation::NoAnswer)),
-                None if left.is_zero() => Sides::both(Reservation::NoAnswer),
-                None => self.participants.reserve(&order, left).await,
+            let answers = if left.is_zero() {
+                Sides::both(Reservation::NoAnswer)
+            } else {
+                let reserve = self.participants.reserve(&order, left);
+                let (answers, recorded) = self
+                    .in_phase1(&order, token, phase1, progress, reserve)
+                    .await?;
+                order = recorded.unwrap_or(order);
+                answers
             };
             let time_left = !time_until_end().is_zero();
             let wanted = order.packets_wanted();
-            match rules::after_reserve(&answers, wanted, time_left, self.settings.phase2_grace) {
-                AfterReserve::Commit(decided) => return self.decide(&order, token, decided).await,
+            let outcome =
+                rules::after_reserve(&answers, wanted, time_left, self.settings.phase2_grace);
+            match outcome {
+                AfterReserve::Commit(_) if phase1.unwanted() => {
+                    info!("its request gave up, and nobody can ask for it again: not placed");
+                    let abort = (Sides::both(true), NotPlacedReason::Timeout);
+                    return self.abort(&order, token, abort, phase1, progress).await;
+                }
+                AfterReserve::Commit(decided) => {
+                    fault::point("coordinator.before_commit_decision");
+                    let order = self
+                        .record_phase1(&order, decided, token, phase1, progress)
+                        .await?;
+                    info!(
+                        packet_ids = ?order.packet_ids,
+                        agent_id = ?order.agent_id,
+                        reserved_until = ?order.reserved_until,
+                        "both reserved: commit decided"
+                    );
+                    fault::point("coordinator.after_commit_decision");
+                    return Ok(order);
+                }
                 AfterReserve::Abort { reason, release } => {
-                    return self.abort(&order, token, release, reason).await;
+                    let abort = (release, reason);
+                    return self.abort(&order, token, abort, phase1, progress).await;
                 }
                 AfterReserve::Retry { release } => {
                     metrics::counter!(crate::metrics::ORDER_RETRIES, "phase" => "reserve")
                         .increment(1);
                     debug!(attempt = order.attempt, store = ?answers.store, delivery = ?answers.delivery, "held by others for now; retrying");
-                    self.participants
-                        .release_now(&order, release, ReleaseReason::Retry)
-                        .await;
+                    let released =
+                        self.participants
+                            .release_now(&order, release, ReleaseReason::Retry);
                     let pause = backoff.next_delay().min(time_until_end());
-                    self.pause(pause).await?;
+                    let released_and_paused = async {
+                        released.await;
+                        self.pause(pause).await
+                    };
+                    let (paused, recorded) = self
+                        .in_phase1(&order, token, phase1, progress, released_and_paused)
+                        .await?;
+                    paused?;
+                    order = recorded.unwrap_or(order);
                     let retried = Event::Retried { txn: TxnId::new() };
-                    order = self.record(&order, retried, token).await?;
+                    order = match phase1.unrecorded {
+                        // Not recorded yet: the first record says which attempt it ended with.
+                        Some(_) => machine::apply(&order, retried, fault::now())
+                            .map_err(|_| Stop::Interrupted)?,
+                        None => self.record(&order, retried, token).await?,
+                    };
                 }
             }
         }
     }
 
-    /// Records the commit decision: from here on the order is placed unless an assign fails.
-    async fn decide(
+    /// Runs `work`, a step of phase 1. If the order is not recorded yet and its request's budget
+    /// is about to run out first, records the order as it is (`reserving`), so that the request
+    /// can answer `202 pending`; then `work` goes on. Returns what `work` did, and the order as
+    /// recorded if it was recorded meanwhile.
+    async fn in_phase1<T>(
         &self,
         order: &Order,
         token: LeaseToken,
-        decided: Event,
+        phase1: &mut Phase1,
+        progress: Option<&watch::Sender<Order>>,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<(T, Option<Order>), Stop> {
+        let Some(record_by) = phase1.unrecorded.as_ref().map(|u| u.record_by) else {
+            return Ok((work.await, None));
+        };
+        tokio::pin!(work);
+        tokio::select! {
+            out = &mut work => return Ok((out, None)),
+            () = tokio::time::sleep_until(record_by) => {}
+        }
+        debug!("phase 1 outlasts the response budget: recording the order now");
+        let recorded = self
+            .record_first(order, None, token, phase1, progress)
+            .await?;
+        Ok((work.await, Some(recorded)))
+    }
+
+    /// Records the outcome of phase 1: the first record of a new order, or a save.
+    async fn record_phase1(
+        &self,
+        order: &Order,
+        event: Event,
+        token: LeaseToken,
+        phase1: &mut Phase1,
+        progress: Option<&watch::Sender<Order>>,
     ) -> Result<Order, Stop> {
-        fault::point("coordinator.before_commit_decision");
-        let order = self.record(order, decided, token).await?;
-        info!(
-            packet_ids = ?order.packet_ids,
-            agent_id = ?order.agent_id,
-            reserved_until = ?order.reserved_until,
-            "both reserved: commit decided"
-        );
-        fault::point("coordinator.after_commit_decision");
-        Ok(order)
+        match phase1.unrecorded {
+            Some(_) => {
+                self.record_first(order, Some(event), token, phase1, progress)
+                    .await
+            }
+            None => self.record(order, event, token).await,
+        }
     }
 
     /// Releases the sides that may hold something (the release is durable in the participant's
@@ -201,16 +290,27 @@ impl Coordinator {
         &self,
         order: &Order,
         token: LeaseToken,
-        release: Sides<bool>,
-        reason: NotPlacedReason,
+        (release, reason): (Sides<bool>, NotPlacedReason),
+        phase1: &mut Phase1,
+        progress: Option<&watch::Sender<Order>>,
     ) -> Result<Order, Stop> {
+        let aborted = Event::Aborted { reason };
+        if phase1.unrecorded.is_some() {
+            // Nobody else can have it: no lease to keep.
+            self.participants
+                .release_now(order, release, ReleaseReason::Abort)
+                .await;
+            return self
+                .record_phase1(order, aborted, token, phase1, progress)
+                .await;
+        }
         // Keeps its lease meanwhile: under a herd of take-overs the releases and the save can
         // take longer than a lease.
         self.keeping_lease(order, token, async {
             self.participants
                 .release_now(order, release, ReleaseReason::Abort)
                 .await;
-            self.record(order, Event::Aborted { reason }, token).await
+            self.record(order, aborted, token).await
         })
         .await?
     }

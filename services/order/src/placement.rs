@@ -1,28 +1,37 @@
-//! Taking in a new order (`POST /orders`): record it while its first reserves are out, or find
-//! the customer's order with the same idempotency key; drive it; answer with the order as
-//! recorded when it became final, or when the response budget ran out.
+//! Taking in a new order (`POST /orders`): run its phase 1, then record it with the outcome
+//! (presumed abort), or find the customer's order with the same idempotency key; drive it to its
+//! end; answer with the order as recorded when it became final, or when the response budget ran
+//! out.
 //!
-//! Recording and the first reserves run at once, so the insert costs an order no time of its
-//! own. Nothing is answered before the order is recorded. A coordinator that dies between the
-//! two leaves reservations that nobody records: they lapse with their expiry (the reservation
-//! TTL), and its client, told nothing, retries. An insert that fails or finds the idempotency
-//! key taken releases the reserves it raced.
+//! Nothing is written before phase 1 ends: the order is recorded once, at its commit decision
+//! (`assigning`) or as `not_placed`. Nothing is answered before that record commits, neither
+//! `201`, `409` nor `202 pending`. A coordinator that dies in phase 1 leaves reservations that
+//! nobody records: they lapse with their expiry (the reservation TTL), and its client, told
+//! nothing, retries. A record that fails, or finds the idempotency key taken, releases what
+//! phase 1 holds.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use messaging::Backoff;
 use protocol::command::{PacketLine, ReleaseReason};
 use protocol::ids::{HubId, OrderId, TxnId};
 use protocol::sides::Sides;
 use protocol::trace::TraceContext;
+use service_kit::db::Transient;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, Stop};
 use crate::driver::Phase1;
-use crate::machine::Order;
 use crate::machine::rules::Driving;
+use crate::machine::{self, Event, Order, OrderState};
+use crate::outbox;
 use crate::repo::{Inserted, LeaseToken, NewOrder, RepoError};
+
+/// At most how long before the response budget ends an order still in phase 1 is recorded.
+const RECORD_MARGIN: Duration = Duration::from_millis(500);
 
 /// What `POST /orders` came to.
 #[derive(Clone, Debug)]
@@ -49,15 +58,46 @@ pub enum PlaceError {
 }
 
 /// What the task that records a new order reports to the request that asked for it.
-enum Started {
+pub(crate) enum Started {
     /// Recorded; the driver sends each recorded state here.
     New(watch::Receiver<Order>),
     /// The customer's order with the same idempotency key.
     Existing(Box<Order>),
 }
 
+/// A new order whose phase 1 runs: it is not recorded yet, and its request waits for the first
+/// record.
+#[derive(Debug)]
+pub(crate) struct Unrecorded {
+    /// The client's key for it, if it sent one.
+    pub(crate) idempotency_key: Option<String>,
+    /// Where the request waits.
+    pub(crate) started: oneshot::Sender<Result<Started, RepoError>>,
+    /// When to record it even if phase 1 goes on, so that the request can answer `202 pending`
+    /// within its budget.
+    pub(crate) record_by: Instant,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Started::New(_) => f.write_str("New"),
+            Started::Existing(order) => f.debug_tuple("Existing").field(&order.id).finish(),
+        }
+    }
+}
+
+impl Unrecorded {
+    /// Whether nobody wants the order any more: its request gave up (it answered `503`), and
+    /// nobody can ask for it again (no idempotency key). Such an order is not placed.
+    pub(crate) fn unwanted(&self) -> bool {
+        self.started.is_closed() && self.idempotency_key.is_none()
+    }
+}
+
 impl Coordinator {
-    /// Records a new order and drives it. Returns the order as recorded when it became final,
+    /// Runs a new order's phase 1, records the order with its outcome, and drives it to its end.
+    /// Returns the order as recorded when it became final,
     /// or as recorded when the response budget ran out (the driver goes on in the background).
     /// If the customer already has an order with `idempotency_key`, returns that one instead.
     pub async fn place(
@@ -79,73 +119,38 @@ impl Coordinator {
             idempotency_key,
         };
         let answer_by = Instant::now() + self.settings.response_budget;
-        // Phase 1 ends on this process's monotonic clock, measured from before the insert, so
-        // never after the deadline the database records (its own `now()` plus the same time).
+        // A phase 1 that outlasts most of the budget is recorded (`reserving`) before the
+        // budget ends, leaving the record time to commit.
+        let margin = (self.settings.response_budget / 2).min(RECORD_MARGIN);
+        let record_by = answer_by.checked_sub(margin).unwrap_or(answer_by);
+        // Phase 1 ends on this process's monotonic clock (the wall clocks of this process and of
+        // the database may differ).
         let phase1_ends = Instant::now() + self.settings.order_deadline;
         // In the trace of the request (the current span, when spans are exported).
         let span = info_span!("order", order_id = %new.id, trace_id = %trace.trace_id());
         messaging::trace::set_parent(&span, trace);
         let (started, mut recorded) = oneshot::channel();
         let this = Arc::clone(self);
-        // Recording and driving run in a task of their own, so that neither the response budget
-        // nor a client hanging up cancels them halfway. An insert that lands after the request
-        // was answered `503` (or abandoned) is driven if the order carries an idempotency key,
-        // since a retry with that key finds it; without one, nobody can find it, so both sides
-        // are released and it is ended `not_placed` at once.
-        let keyed = new.idempotency_key.is_some();
+        // Phase 1, recording and driving run in a task of their own, so that neither the
+        // response budget nor a client hanging up cancels them halfway. An order recorded after
+        // its request was answered `503` (or abandoned) is driven if it carries an idempotency
+        // key, since a retry with that key finds it; without one, nobody can find it, so phase 1
+        // ends it `not_placed` rather than decide.
         self.tracker.spawn(
             async move {
-                // The first reserves go out at once, addressed from the order as it will be
-                // recorded; their answers wait for the driver.
                 let draft = new.draft(this.settings.order_deadline);
-                let sent = {
-                    let (this, draft) = (Arc::clone(&this), draft.clone());
-                    let wait = phase1_ends.saturating_duration_since(Instant::now());
-                    this.tracker.clone().spawn(
-                        async move {
-                            let answers = this.participants.reserve(&draft, wait).await;
-                            // A process that dies with the reserves answered and the order not
-                            // recorded (tests only; with `coordinator.before_record` paused).
-                            service_kit::fault::point("coordinator.reserved_before_record");
-                            answers
-                        }
-                        .in_current_span(),
-                    )
-                };
-                service_kit::fault::pause("coordinator.before_record").await;
-                let inserted = this
-                    .orders
-                    .insert(&new, this.settings.order_deadline, token, this.settings.lease)
-                    .await;
-                let order = match inserted {
-                    Ok(Inserted::New(order)) => order,
-                    Ok(Inserted::Existing(order)) => {
-                        info!(existing = %order.id, state = %order.state, "idempotency key seen before: answering with its order");
-                        let _ = started.send(Ok(Started::Existing(Box::new(order))));
-                        this.release_unrecorded(&draft).await;
-                        return;
-                    }
-                    Err(err) => {
-                        warn!(error = %err, "order not recorded");
-                        let _ = started.send(Err(err));
-                        this.release_unrecorded(&draft).await;
-                        return;
-                    }
-                };
-                this.deadlines.push(order.id);
-                let (progress, latest) = watch::channel(order.clone());
-                let driving = if started.send(Ok(Started::New(latest))).is_err() && !keyed {
-                    info!("recorded after its request was answered: not placed");
-                    Driving::Unwanted
-                } else {
-                    info!(hub_id = %order.hub_id, lines = order.lines.len(), "order received");
-                    Driving::Fresh
-                };
+                let (progress, _) = watch::channel(draft.clone());
+                info!(hub_id = %draft.hub_id, lines = draft.lines.len(), "order received");
                 let phase1 = Phase1 {
                     ends: phase1_ends,
-                    sent: Some(sent),
+                    unrecorded: Some(Unrecorded {
+                        idempotency_key: new.idempotency_key,
+                        started,
+                        record_by,
+                    }),
+                    unwanted: false,
                 };
-                this.drive(order, token, driving, phase1, Some(progress))
+                this.drive(draft, token, Driving::Fresh, phase1, Some(progress))
                     .await;
             }
             .instrument(span),
@@ -173,11 +178,116 @@ impl Coordinator {
         Ok(Placement::New(recorded))
     }
 
-    /// Releases both sides for a draft that was not recorded (its first reserves are out, or on
-    /// their way: a release that arrives first makes them hold nothing).
-    async fn release_unrecorded(&self, draft: &Order) {
+    /// Records a new order for the first time, as `event` (the end of its phase 1) leaves it,
+    /// or as it is (`None`: phase 1 goes on), retrying database failures for a while; then
+    /// sends it to `progress` and tells the request. If the customer's order with the same
+    /// idempotency key was recorded first, or the record fails, releases both sides (phase 1
+    /// may hold items), tells the request, and stops.
+    pub(crate) async fn record_first(
+        &self,
+        order: &Order,
+        event: Option<Event>,
+        token: LeaseToken,
+        phase1: &mut Phase1,
+        progress: Option<&watch::Sender<Order>>,
+    ) -> Result<Order, Stop> {
+        let at = service_kit::fault::now();
+        let after = match event.map(|event| machine::apply(order, event, at)) {
+            None => order.clone(),
+            Some(Ok(after)) => after,
+            Some(Err(err)) => {
+                warn!(error = %err, "illegal transition; releasing the order");
+                return Err(self.not_recorded(order, phase1, None).await);
+            }
+        };
+        let outbox = outbox::event_for(&after, at);
+        let key = phase1
+            .unrecorded
+            .as_ref()
+            .and_then(|u| u.idempotency_key.clone());
+        let age = (at - order.created_at).to_std().unwrap_or_default();
+        // Still in phase 1: leased until its end, like any driven order.
+        let lease = match after.state {
+            OrderState::Reserving => {
+                phase1.ends.saturating_duration_since(Instant::now()) + self.settings.lease
+            }
+            _ => self.settings.lease,
+        };
+        // A process that dies with phase 1 done and the order not recorded (tests only).
+        service_kit::fault::point("coordinator.reserved_before_record");
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let inserted = loop {
+            let inserted = self
+                .orders
+                .insert(&after, key.as_deref(), age, token, lease, outbox.as_ref())
+                .instrument(info_span!("save", to = %after.state))
+                .await;
+            match inserted {
+                Err(err) if err.is_transient() && backoff.attempts() < 10 => {
+                    warn!(error = %err, to = %after.state, "database unavailable; retrying");
+                    if self.pause(backoff.next_delay()).await.is_err() {
+                        return Err(self.not_recorded(order, phase1, None).await);
+                    }
+                }
+                other => break other,
+            }
+        };
+        let recorded = match inserted {
+            Ok(Inserted::New(recorded)) => recorded,
+            Ok(Inserted::Existing(existing)) => {
+                info!(existing = %existing.id, state = %existing.state, "idempotency key seen before: answering with its order");
+                let answer = Ok(Started::Existing(Box::new(existing)));
+                return Err(self.not_recorded(order, phase1, Some(answer)).await);
+            }
+            Err(err) => {
+                warn!(error = %err, "order not recorded");
+                return Err(self.not_recorded(order, phase1, Some(Err(err))).await);
+            }
+        };
+        if !recorded.state.is_final() {
+            self.deadlines.push(recorded.id);
+        }
+        self.finished(order, &recorded);
+        if let (Some(unrecorded), Some(progress)) = (phase1.unrecorded.take(), progress) {
+            progress.send_replace(recorded.clone());
+            let told = unrecorded
+                .started
+                .send(Ok(Started::New(progress.subscribe())));
+            if told.is_err() && unrecorded.idempotency_key.is_none() {
+                // Its request answered `503` meanwhile, and nobody can ask for it again.
+                phase1.unwanted = true;
+            }
+        }
+        Ok(recorded)
+    }
+
+    /// Releases both sides for an order that was not recorded (a release that arrives before
+    /// its reserve makes the reserve hold nothing), and tells its request `answer` (none: the
+    /// request learns that the coordinator stops).
+    async fn not_recorded(
+        &self,
+        order: &Order,
+        phase1: &mut Phase1,
+        answer: Option<Result<Started, RepoError>>,
+    ) -> Stop {
         self.participants
-            .release_now(draft, Sides::both(true), ReleaseReason::Abort)
+            .release_now(order, Sides::both(true), ReleaseReason::Abort)
             .await;
+        let Some(unrecorded) = phase1.unrecorded.take() else {
+            return Stop::Interrupted;
+        };
+        match answer {
+            Some(Ok(Started::Existing(existing))) => {
+                let _ = unrecorded
+                    .started
+                    .send(Ok(Started::Existing(existing.clone())));
+                Stop::Lost(existing)
+            }
+            Some(answer) => {
+                let _ = unrecorded.started.send(answer);
+                Stop::Interrupted
+            }
+            None => Stop::Interrupted,
+        }
     }
 }

@@ -15,15 +15,12 @@ use super::{AssignFailure, Event, NotPlacedReason, Order, OrderState};
 /// Who drives an order, which decides what an undecided order may still do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Driving {
-    /// The coordinator that recorded it, for the request that waits: phase 1 runs.
+    /// The coordinator that took the request, which waits: phase 1 runs, and its end is the
+    /// order's first record.
     Fresh,
-    /// Recorded after its request gave up, and nobody can ask for it (no idempotency key): its
-    /// first reserves went out while it was being recorded, so both sides are released and it
-    /// ends `not_placed` at once.
-    Unwanted,
-    /// Taken over from a driver that stopped (its lease ran out): an undecided order is aborted,
-    /// since its first driver may have sent reserves we know nothing about; a decided one is
-    /// driven to its end.
+    /// Taken over from a driver that stopped (its lease ran out): an undecided order (recorded
+    /// in phase 1 by an earlier version) is aborted, since its first driver may have sent
+    /// reserves we know nothing about; a decided one is driven to its end.
     TakenOver,
     /// Taken by an operator's abort (the previous driver fenced off): an undecided order is
     /// aborted as `aborted`; the operator API takes only undecided orders this way.
@@ -68,7 +65,7 @@ pub enum Step {
 pub fn next_step(order: &Order, driving: Driving) -> Step {
     match (order.state, driving) {
         (OrderState::Reserving, Driving::Fresh) => Step::Reserve,
-        (OrderState::Reserving, Driving::Unwanted | Driving::TakenOver) => Step::Abort {
+        (OrderState::Reserving, Driving::TakenOver) => Step::Abort {
             reason: NotPlacedReason::Timeout,
             release: Sides::both(true),
         },

@@ -362,14 +362,6 @@ fn what_a_driver_does_depends_on_who_drives() {
             release: Sides::both(true)
         }
     );
-    // Its first reserves went out while it was being recorded: both sides are released.
-    assert_eq!(
-        next_step(&order, Driving::Unwanted),
-        Step::Abort {
-            reason: NotPlacedReason::Timeout,
-            release: Sides::both(true)
-        }
-    );
     // An operator's abort releases both sides, like a take-over, and says why.
     assert_eq!(
         next_step(&order, Driving::OperatorAbort),

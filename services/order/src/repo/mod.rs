@@ -139,7 +139,7 @@ fn order_of(row: Option<OrderRow>) -> Result<Option<Order>, RepoError> {
     Ok(row.map(OrderRow::read).transpose()?.map(|(order, _)| order))
 }
 
-/// A new order, before it is recorded.
+/// A new order as asked for, before its phase 1.
 #[derive(Clone, Debug)]
 pub struct NewOrder {
     /// Its id.
@@ -159,8 +159,8 @@ pub struct NewOrder {
 }
 
 impl NewOrder {
-    /// The order as the insert will record it (the database sets its times), for addressing
-    /// its first reserves while the insert runs.
+    /// The order as phase 1 starts, in `reserving`, with its deadline `deadline` from now (by
+    /// this process's clock). Phase 1 runs on it in memory; it is recorded once phase 1 ends.
     pub fn draft(&self, deadline: Duration) -> Order {
         let now = service_kit::fault::now();
         Order {
@@ -218,40 +218,46 @@ impl Orders {
         &self.pool
     }
 
-    /// Records a new order in phase 1 with a deadline `deadline` from now, leased to `token`
-    /// until its deadline plus `lease`; or finds the customer's order with the same idempotency
+    /// Records a new order for the first time, as the machine computed it at the end of phase
+    /// 1 (presumed abort: nothing is recorded before): its commit decision, leased to `token`
+    /// for `lease`, or a final `not_placed` with `outbox`, its event. `created_at` is `age`
+    /// before the database's `now()`. Or finds the customer's order with the same idempotency
     /// key.
     pub async fn insert(
         &self,
-        new: &NewOrder,
-        deadline: Duration,
+        order: &Order,
+        idempotency_key: Option<&str>,
+        age: Duration,
         token: LeaseToken,
         lease: Duration,
+        outbox: Option<&OutboxEvent>,
     ) -> Result<Inserted, RepoError> {
+        let last = order.state.is_final();
+        debug_assert!(!last || outbox.is_some(), "final orders carry their event");
         let write = OrderWrite::Insert(Insert {
-            new: new.clone(),
-            deadline,
+            order: order.clone(),
+            idempotency_key: idempotency_key.map(str::to_owned),
+            age: whole_micros(age),
+            lease: (!last).then_some(whole_micros(lease)),
             token,
-            lease,
+            outbox: outbox.cloned(),
         });
         if let Some(order) = order_of(self.writes.run(write).await?)? {
             return Ok(Inserted::New(order));
         }
         // A conflict. Either on the id: a group whose commit looked failed had in fact committed,
-        // and the insert ran again alone (the order is ours if it carries our lease token). Or on
-        // the idempotency key: the customer's earlier request recorded the order.
-        if let Some((order, lease)) = load_leased(&self.pool, new.id).await?
-            && lease == Some(token)
-        {
-            return Ok(Inserted::New(order));
+        // and the insert ran again alone (ids are drawn by the coordinator that takes the
+        // request, so a row with this id is ours). Or on the idempotency key: another request
+        // of the customer's recorded its order first.
+        if let Some(found) = load(&self.pool, order.id).await? {
+            return Ok(Inserted::New(found));
         }
-        if let Some(key) = &new.idempotency_key
-            && let Some(order) = load_by_key(&self.pool, &new.customer_id, key).await?
-            && order.id != new.id
+        if let Some(key) = idempotency_key
+            && let Some(found) = load_by_key(&self.pool, &order.customer_id, key).await?
         {
-            return Ok(Inserted::Existing(order));
+            return Ok(Inserted::Existing(found));
         }
-        Err(RepoError::NotRecorded(new.id))
+        Err(RepoError::NotRecorded(order.id))
     }
 
     /// Stores `after`, the order that the machine computed from `before`, if the order is still
@@ -297,6 +303,11 @@ impl Orders {
             Err(SaveError::Lost(Box::new(current)))
         }
     }
+}
+
+/// `d` to whole microseconds (the precision of PostgreSQL's `interval`).
+fn whole_micros(d: Duration) -> Duration {
+    Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Moves an order on without a driver's lease: a report from delivery, or the start of a cancel

@@ -1,6 +1,7 @@
-//! The writes of the drivers, run with group commit: recording a new order and saving the order
-//! that the machine computed. A group's inserts run as one statement, and so do its saves
-//! ([`INSERT_SET`], [`SAVE_SET`]: the same statements over arrays, one element per write).
+//! The writes of the drivers, run with group commit: recording a new order at the end of its
+//! phase 1, and saving the order that the machine computed. A group's inserts run as one
+//! statement, and so do its saves ([`INSERT`], [`SAVE_SET`]: statements over arrays, one element
+//! per write).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use service_kit::group_commit::{SetFuture, Write};
 use sqlx::{AssertSqlSafe, PgConnection};
 
-use super::{LeaseToken, NewOrder, OrderRow, sql_text};
+use super::{LeaseToken, OrderRow, sql_text};
 use crate::machine::Order;
 use crate::outbox::OutboxEvent;
 use protocol::ids::TxnId;
@@ -22,13 +23,18 @@ pub(crate) enum OrderWrite {
     Save(Save),
 }
 
-/// Records a new order.
+/// Records a new order for the first time, as the machine computed it at the end of phase 1:
+/// its commit decision, or `not_placed` with its event.
 #[derive(Debug)]
 pub(crate) struct Insert {
-    pub(crate) new: NewOrder,
-    pub(crate) deadline: Duration,
+    pub(crate) order: Order,
+    pub(crate) idempotency_key: Option<String>,
+    /// How long ago the order was asked for (`created_at` is the database's `now()` less this).
+    pub(crate) age: Duration,
+    /// `None`: final, so no driver holds it.
+    pub(crate) lease: Option<Duration>,
     pub(crate) token: LeaseToken,
-    pub(crate) lease: Duration,
+    pub(crate) outbox: Option<OutboxEvent>,
 }
 
 /// Saves the order that the machine computed, if it is still as its driver saw it.
@@ -46,17 +52,6 @@ pub(crate) struct Save {
 /// The namespace of the name-based UUIDs that order keyed inserts in a group.
 const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x6f1c_2d0e_8a4b_4c5e_9f3a_7b2d_1e0c_5a94);
-
-static INSERT: LazyLock<Arc<str>> = LazyLock::new(|| {
-    sql_text(
-        "INSERT INTO orders
-             (id, customer_id, hub_id, lines, state, txn_id, deadline, lease_token, lease_until,
-              traceparent, idempotency_key)
-         VALUES ($1, $2, $3, $10, 'reserving', $4, now() + $5, $6, now() + $5 + $7, $8, $9)
-         ON CONFLICT DO NOTHING
-         RETURNING {columns}",
-    )
-});
 
 static SAVE: LazyLock<Arc<str>> = LazyLock::new(|| {
     sql_text(
@@ -79,22 +74,46 @@ static SAVE: LazyLock<Arc<str>> = LazyLock::new(|| {
     )
 });
 
-/// [`INSERT`] for many orders: element `n` of each array is bound as the `$` parameters of the
-/// `n`-th insert. Inserted in the order of the arrays.
-static INSERT_SET: LazyLock<Arc<str>> = LazyLock::new(|| {
+/// Inserts orders: element `n` of each array is the `n`-th insert (one element for a write
+/// alone), inserted in the order of the arrays; the packets as array literals (`{1,2}`), the
+/// arrays being of different lengths. A final order's event goes to the outbox with it.
+static INSERT: LazyLock<Arc<str>> = LazyLock::new(|| {
     sql_text(
-        "INSERT INTO orders
-             (id, customer_id, hub_id, lines, state, txn_id, deadline, lease_token, lease_until,
-              traceparent, idempotency_key)
-         SELECT v_id, v_customer_id, v_hub_id, v_lines, 'reserving', v_txn_id, now() + v_deadline,
-                v_token, now() + v_deadline + v_lease, v_traceparent, v_key
-         FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::uuid[], $5::interval[],
-                     $6::uuid[], $7::interval[], $8::text[], $9::text[], $10::jsonb[])
-              WITH ORDINALITY AS v(v_id, v_customer_id, v_hub_id, v_txn_id, v_deadline, v_token,
-                                   v_lease, v_traceparent, v_key, v_lines, v_n)
-         ORDER BY v_n
-         ON CONFLICT DO NOTHING
-         RETURNING {columns}",
+        "WITH v AS (
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::jsonb[], $5::text[],
+                                  $6::text[], $7::uuid[], $8::int[], $9::text[], $10::bigint[],
+                                  $11::timestamptz[], $12::timestamptz[], $13::interval[],
+                                  $14::timestamptz[], $15::timestamptz[], $16::interval[],
+                                  $17::uuid[], $18::text[], $19::text[], $20::uuid[],
+                                  $21::text[], $22::jsonb[])
+                  WITH ORDINALITY AS v(v_id, v_customer_id, v_hub_id, v_lines, v_state, v_reason,
+                                       v_txn_id, v_attempt, v_packet_ids, v_agent_id,
+                                       v_reserved_until, v_deadline, v_age, v_decided_at,
+                                       v_finished_at, v_lease, v_token, v_traceparent, v_key,
+                                       v_event_id, v_routing_key, v_payload, v_n)
+         ),
+         inserted AS (
+             INSERT INTO orders
+                 (id, customer_id, hub_id, lines, state, reason, txn_id, attempt, packet_ids,
+                  agent_id, reserved_until, deadline, created_at, decided_at, finished_at,
+                  lease_token, lease_until, traceparent, idempotency_key)
+             SELECT v_id, v_customer_id, v_hub_id, v_lines, v_state, v_reason, v_txn_id,
+                    v_attempt, v_packet_ids::bigint[], v_agent_id, v_reserved_until, v_deadline,
+                    now() - v_age, v_decided_at, v_finished_at, v_token, now() + v_lease,
+                    v_traceparent, v_key
+             FROM v
+             ORDER BY v_n
+             ON CONFLICT DO NOTHING
+             RETURNING {columns}
+         ),
+         event AS (
+             INSERT INTO outbox (event_id, order_id, routing_key, payload)
+             SELECT v_event_id, i.id, v_routing_key, v_payload
+             FROM inserted i JOIN v ON v.v_id = i.id
+             WHERE v_event_id IS NOT NULL
+             ORDER BY v_n
+         )
+         SELECT {columns} FROM inserted",
     )
 });
 
@@ -151,7 +170,7 @@ fn column<T, U>(writes: &[T], field: impl Fn(&T) -> U) -> Vec<U> {
     writes.iter().map(field).collect()
 }
 
-/// The inserts of a set, as one statement.
+/// The inserts of a set (or one alone), as one statement.
 fn insert_set<'c>(writes: &[&OrderWrite], conn: &'c mut PgConnection) -> SetFuture<'c, OrderWrite> {
     let inserts: Vec<&Insert> = writes
         .iter()
@@ -160,18 +179,42 @@ fn insert_set<'c>(writes: &[&OrderWrite], conn: &'c mut PgConnection) -> SetFutu
             OrderWrite::Save(_) => None,
         })
         .collect();
-    let ids = column(&inserts, |i| i.new.id);
-    let query = sqlx::query_as::<_, OrderRow>(AssertSqlSafe(INSERT_SET.clone()))
+    let ids = column(&inserts, |i| i.order.id);
+    let query = sqlx::query_as::<_, OrderRow>(AssertSqlSafe(INSERT.clone()))
         .bind(column(&ids, |id| id.0))
-        .bind(column(&inserts, |i| i.new.customer_id.clone()))
-        .bind(column(&inserts, |i| i.new.hub_id.0))
-        .bind(column(&inserts, |i| i.new.txn_id.0))
-        .bind(column(&inserts, |i| i.deadline))
-        .bind(column(&inserts, |i| i.token.0))
+        .bind(column(&inserts, |i| i.order.customer_id.clone()))
+        .bind(column(&inserts, |i| i.order.hub_id.0))
+        .bind(column(&inserts, |i| {
+            sqlx::types::Json(i.order.lines.clone())
+        }))
+        .bind(column(&inserts, |i| i.order.state.as_str()))
+        .bind(column(&inserts, |i| i.order.reason.map(|r| r.as_str())))
+        .bind(column(&inserts, |i| i.order.txn_id.0))
+        .bind(column(&inserts, |i| i.order.attempt))
+        .bind(column(&inserts, |i| {
+            (!i.order.packet_ids.is_empty()).then(|| array_literal(&i.order.packet_ids))
+        }))
+        .bind(column(&inserts, |i| i.order.agent_id.map(|a| a.0)))
+        .bind(column(&inserts, |i| i.order.reserved_until))
+        .bind(column(&inserts, |i| i.order.deadline))
+        .bind(column(&inserts, |i| i.age))
+        .bind(column(&inserts, |i| i.order.decided_at))
+        .bind(column(&inserts, |i| i.order.finished_at))
         .bind(column(&inserts, |i| i.lease))
-        .bind(column(&inserts, |i| i.new.traceparent.clone()))
-        .bind(column(&inserts, |i| i.new.idempotency_key.clone()))
-        .bind(column(&inserts, |i| sqlx::types::Json(i.new.lines.clone())));
+        .bind(column(&inserts, |i| i.lease.map(|_| i.token.0)))
+        .bind(column(&inserts, |i| i.order.traceparent.clone()))
+        .bind(column(&inserts, |i| i.idempotency_key.clone()))
+        .bind(column(&inserts, |i| {
+            i.outbox.as_ref().map(|e| e.event_id.0)
+        }))
+        .bind(column(&inserts, |i| {
+            i.outbox.as_ref().map(|e| e.routing_key)
+        }))
+        .bind(column(&inserts, |i| {
+            i.outbox
+                .as_ref()
+                .map(|e| sqlx::types::Json(e.payload.clone()))
+        }));
     Box::pin(async move { Ok(matched(&ids, query.fetch_all(conn).await?)) })
 }
 
@@ -227,19 +270,15 @@ impl Write for OrderWrite {
             // A keyed insert waits for an uncommitted insert of the same key in another group:
             // ordered by the key (the same in every process), two groups never wait crosswise.
             OrderWrite::Insert(Insert {
-                new:
-                    NewOrder {
-                        customer_id,
-                        idempotency_key: Some(key),
-                        ..
-                    },
+                order,
+                idempotency_key: Some(key),
                 ..
             }) => uuid::Uuid::new_v5(
                 &IDEMPOTENCY_NAMESPACE,
-                format!("{customer_id}\0{key}").as_bytes(),
+                format!("{}\0{key}", order.customer_id).as_bytes(),
             )
             .as_u128(),
-            OrderWrite::Insert(insert) => insert.new.id.0.as_u128(),
+            OrderWrite::Insert(insert) => insert.order.id.0.as_u128(),
             OrderWrite::Save(save) => save.after.id.0.as_u128(),
         }
     }
@@ -263,25 +302,10 @@ impl Write for OrderWrite {
         conn: &'c mut PgConnection,
     ) -> Pin<Box<dyn Future<Output = Result<Option<OrderRow>, sqlx::Error>> + Send + 'c>> {
         match self {
-            OrderWrite::Insert(Insert {
-                new,
-                deadline,
-                token,
-                lease,
-            }) => Box::pin(
-                sqlx::query_as(AssertSqlSafe(INSERT.clone()))
-                    .bind(new.id)
-                    .bind(new.customer_id.clone())
-                    .bind(new.hub_id)
-                    .bind(new.txn_id)
-                    .bind(*deadline)
-                    .bind(*token)
-                    .bind(*lease)
-                    .bind(new.traceparent.clone())
-                    .bind(new.idempotency_key.clone())
-                    .bind(sqlx::types::Json(new.lines.clone()))
-                    .fetch_optional(conn),
-            ),
+            OrderWrite::Insert(_) => {
+                let inserted = insert_set(&[self], conn);
+                Box::pin(async move { Ok(inserted.await?.pop().flatten()) })
+            }
             OrderWrite::Save(Save {
                 before_state,
                 before_txn,
@@ -323,6 +347,7 @@ impl Write for OrderWrite {
 mod tests {
     use std::time::Duration;
 
+    use chrono::{DateTime, Utc};
     use protocol::command::PacketLine;
     use protocol::ids::{AgentId, EventId, FoodId, HubId, OrderId, PacketId, TxnId};
     use service_kit::group_commit::Write;
@@ -331,12 +356,27 @@ mod tests {
     use super::{Insert, OrderWrite, PgConnection, Save};
     use crate::machine::{NotPlacedReason, Order, OrderState};
     use crate::outbox::OutboxEvent;
-    use crate::repo::{LeaseToken, NewOrder, OrderRow};
+    use crate::repo::{LeaseToken, OrderRow};
 
     const LEASE: Duration = Duration::from_secs(30);
 
-    fn new_order(id: OrderId, customer: &str, key: Option<&str>) -> NewOrder {
-        NewOrder {
+    /// Times of the machine's own: the same in both databases.
+    fn at() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    fn event(order: &Order) -> OutboxEvent {
+        OutboxEvent {
+            event_id: EventId(uuid::Uuid::from_u128(order.id.0.as_u128() ^ 1)),
+            routing_key: "order.test",
+            payload: serde_json::json!({ "order_id": order.id, "state": order.state.as_str() }),
+        }
+    }
+
+    /// An order as phase 1 ends: decided, or not placed.
+    fn ended(id: OrderId, customer: &str, decided: bool) -> Order {
+        let at = at();
+        Order {
             id,
             customer_id: customer.to_owned(),
             hub_id: HubId(1),
@@ -344,26 +384,38 @@ mod tests {
                 food_id: FoodId(4),
                 quantity: 2,
             }],
+            state: if decided {
+                OrderState::Assigning
+            } else {
+                OrderState::NotPlaced
+            },
+            reason: (!decided).then_some(NotPlacedReason::FoodUnavailable),
             txn_id: TxnId(uuid::Uuid::from_u128(id.0.as_u128() + 1)),
-            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
-            idempotency_key: key.map(str::to_owned),
+            attempt: 2,
+            packet_ids: if decided {
+                vec![PacketId(5), PacketId(6)]
+            } else {
+                Vec::new()
+            },
+            agent_id: decided.then_some(AgentId(3)),
+            reserved_until: decided.then(|| at + chrono::Duration::seconds(30)),
+            deadline: at + chrono::Duration::seconds(60),
+            created_at: at,
+            decided_at: decided.then_some(at),
+            finished_at: (!decided).then_some(at),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned()),
         }
     }
 
-    fn insert(new: &NewOrder, token: LeaseToken) -> OrderWrite {
+    fn insert(order: Order, key: Option<&str>, token: LeaseToken) -> OrderWrite {
+        let last = order.state.is_final();
         OrderWrite::Insert(Insert {
-            new: NewOrder {
-                id: new.id,
-                customer_id: new.customer_id.clone(),
-                hub_id: new.hub_id,
-                lines: new.lines.clone(),
-                txn_id: new.txn_id,
-                traceparent: new.traceparent.clone(),
-                idempotency_key: new.idempotency_key.clone(),
-            },
-            deadline: Duration::from_secs(5),
+            outbox: last.then(|| event(&order)),
+            lease: (!last).then_some(LEASE),
+            idempotency_key: key.map(str::to_owned),
+            age: Duration::from_millis(7),
+            order,
             token,
-            lease: LEASE,
         })
     }
 
@@ -371,11 +423,7 @@ mod tests {
         OrderWrite::Save(Save {
             before_state: before.state.as_str(),
             before_txn: before.txn_id,
-            outbox: event.then(|| OutboxEvent {
-                event_id: EventId(uuid::Uuid::from_u128(after.id.0.as_u128() ^ 1)),
-                routing_key: "order.test",
-                payload: serde_json::json!({ "order_id": after.id, "state": after.state.as_str() }),
-            }),
+            outbox: event.then(|| self::event(&after)),
             lease: (!after.state.is_final()).then_some(LEASE),
             after,
             token,
@@ -395,8 +443,7 @@ mod tests {
     /// Both tables as text, without the times the database chose.
     async fn contents(conn: &mut PgConnection) -> (Vec<String>, Vec<String>) {
         let orders = sqlx::query_scalar(
-            "SELECT (to_jsonb(o) - 'created_at' - 'lease_until'
-                     - CASE WHEN state = 'reserving' THEN 'deadline' ELSE '' END)::text
+            "SELECT (to_jsonb(o) - 'created_at' - 'lease_until')::text
                     || (lease_until IS NULL)::text
              FROM orders o ORDER BY id",
         )
@@ -422,43 +469,35 @@ mod tests {
         let token = LeaseToken(uuid::Uuid::from_u128(77));
         let other_token = LeaseToken(uuid::Uuid::from_u128(78));
 
-        // Three orders recorded before, one of them with a key.
+        // Three orders recorded before, decided, one of them with a key.
         let mut recorded = Vec::new();
         for (n, key) in [(1, Some("k-1")), (2, None), (3, None)] {
-            let write = insert(&new_order(id(n), "c-1", key), token);
+            let write = insert(ended(id(n), "c-1", true), key, token);
             let row = write.run(&mut conn).await.unwrap().unwrap();
             recorded.push(row.read().unwrap().0);
         }
-        // Times of the machine's own: the same in both databases.
-        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        let decided = |order: &Order| Order {
-            state: OrderState::Assigning,
-            packet_ids: vec![PacketId(5), PacketId(6)],
-            agent_id: Some(AgentId(3)),
-            reserved_until: Some(at + chrono::Duration::seconds(30)),
-            deadline: at + chrono::Duration::seconds(60),
-            decided_at: Some(at),
+        let placed = |order: &Order| Order {
+            state: OrderState::Placed,
+            finished_at: Some(at()),
             ..order.clone()
         };
-        let timed_out = |order: &Order| Order {
-            state: OrderState::NotPlaced,
-            reason: Some(NotPlacedReason::Timeout),
-            deadline: at,
-            finished_at: Some(at),
+        let compensating = |order: &Order| Order {
+            state: OrderState::Compensating,
+            reason: Some(NotPlacedReason::AssignFailed),
             ..order.clone()
         };
         let writes = vec![
-            // New orders: one without a key, one with a new key, one whose key is taken, and one
-            // with the same key from another customer.
-            insert(&new_order(id(4), "c-1", None), token),
-            insert(&new_order(id(5), "c-1", Some("k-2")), token),
-            insert(&new_order(id(6), "c-1", Some("k-1")), token),
-            insert(&new_order(id(7), "c-2", Some("k-1")), token),
-            // Saves: a decision with its event, one by a driver that lost its lease, and a final
-            // state with its event (which ends the lease).
-            save(&recorded[0], decided(&recorded[0]), token, true),
-            save(&recorded[1], decided(&recorded[1]), other_token, true),
-            save(&recorded[2], timed_out(&recorded[2]), token, true),
+            // New orders: decided without a key, not placed with a new key (and its event), one
+            // whose key is taken, and one with the same key from another customer.
+            insert(ended(id(4), "c-1", true), None, token),
+            insert(ended(id(5), "c-1", false), Some("k-2"), token),
+            insert(ended(id(6), "c-1", true), Some("k-1"), token),
+            insert(ended(id(7), "c-2", false), Some("k-1"), token),
+            // Saves: a final state with its event (which ends the lease), one by a driver that
+            // lost its lease, and a compensation.
+            save(&recorded[0], placed(&recorded[0]), token, true),
+            save(&recorded[1], placed(&recorded[1]), other_token, true),
+            save(&recorded[2], compensating(&recorded[2]), token, false),
         ];
         let mut outputs = Vec::new();
         if as_sets {
@@ -488,6 +527,17 @@ mod tests {
         );
         assert_eq!(as_sets, one_by_one);
         assert_eq!(left_as_sets, left_one_by_one);
-        assert_eq!(left_one_by_one.1.len(), 2, "{left_one_by_one:#?}");
+        // The events of the not-placed inserts and of the placed save; the lease of a final
+        // order ends with its insert.
+        assert_eq!(left_one_by_one.1.len(), 3, "{left_one_by_one:#?}");
+        assert_eq!(
+            left_one_by_one
+                .0
+                .iter()
+                .filter(|o| o.ends_with("true"))
+                .count(),
+            3,
+            "{left_one_by_one:#?}"
+        );
     }
 }
