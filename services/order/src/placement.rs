@@ -4,7 +4,9 @@
 //! out.
 //!
 //! Nothing is written before phase 1 ends: the order is recorded once, at its commit decision
-//! (`assigning`) or as `not_placed`. Nothing is answered before that record commits, neither
+//! (`assigning`) or as `not_placed` (a phase 1 that outlasts most of the response budget is
+//! recorded as `reserving` first, so that `202 pending` is said of a recorded order). Nothing is
+//! answered before that record commits, neither
 //! `201`, `409` nor `202 pending`. A coordinator that dies in phase 1 leaves reservations that
 //! nobody records: they lapse with their expiry (the reservation TTL), and its client, told
 //! nothing, retries. A record that fails, or finds the idempotency key taken, releases what
@@ -58,6 +60,7 @@ pub enum PlaceError {
 }
 
 /// What the task that records a new order reports to the request that asked for it.
+#[derive(Debug)]
 pub(crate) enum Started {
     /// Recorded; the driver sends each recorded state here.
     New(watch::Receiver<Order>),
@@ -76,15 +79,6 @@ pub(crate) struct Unrecorded {
     /// When to record it even if phase 1 goes on, so that the request can answer `202 pending`
     /// within its budget.
     pub(crate) record_by: Instant,
-}
-
-impl std::fmt::Debug for Started {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Started::New(_) => f.write_str("New"),
-            Started::Existing(order) => f.debug_tuple("Existing").field(&order.id).finish(),
-        }
-    }
 }
 
 impl Unrecorded {
