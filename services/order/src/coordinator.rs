@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use messaging::{Backoff, Health, TimerWindow};
 use protocol::ids::OrderId;
-use service_kit::db::is_transient;
+use service_kit::db::Transient;
 use service_kit::fault;
 use sqlx::PgPool;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -21,10 +21,10 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::driver::Phase1;
 use crate::machine::rules::Driving;
-use crate::machine::{self, Event, Order};
+use crate::machine::{self, Event, Order, OrderState};
 use crate::outbox;
 use crate::participants::{Participants, order_span};
-use crate::repo::{self, LeaseToken, Orders, RepoError, SaveError};
+use crate::repo::{self, LeaseToken, Orders, SaveError};
 
 /// Tunables of the coordinator.
 #[derive(Clone, Debug)]
@@ -148,30 +148,47 @@ impl Coordinator {
         };
         let outbox = outbox::event_for(&after, at);
         let lease = self.settings.lease;
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        let saved = loop {
-            match self
-                .orders
-                .save(order, &after, token, lease, outbox.as_ref())
-                .instrument(info_span!("save", to = %after.state))
-                .await
-            {
-                Ok(saved) => break saved,
-                Err(SaveError::Repo(RepoError::Db(err)))
-                    if is_transient(&err) && backoff.attempts() < 10 =>
-                {
-                    warn!(error = %err, to = %after.state, "database unavailable; retrying");
-                    self.pause(backoff.next_delay()).await?;
-                }
-                Err(SaveError::Lost(current)) => return Err(Stop::Lost(current)),
-                Err(SaveError::Repo(err)) => {
-                    warn!(error = %err, "database error; leaving the order to recovery");
-                    return Err(Stop::Interrupted);
-                }
+        let saved = self
+            .writing(after.state, || {
+                self.orders
+                    .save(order, &after, token, lease, outbox.as_ref())
+            })
+            .await?;
+        let saved = match saved {
+            Ok(saved) => saved,
+            Err(SaveError::Lost(current)) => return Err(Stop::Lost(current)),
+            Err(SaveError::Repo(err)) => {
+                warn!(error = %err, "database error; leaving the order to recovery");
+                return Err(Stop::Interrupted);
             }
         };
         self.finished(order, &saved);
         Ok(saved)
+    }
+
+    /// Runs `write`, a record of the order as `to`, trying it again while the database is
+    /// unavailable for now (up to 10 attempts, with backoff). Returns its last result, or stops
+    /// if shutdown cuts a pause short.
+    pub(crate) async fn writing<T, E, F, Fut>(
+        &self,
+        to: OrderState,
+        mut write: F,
+    ) -> Result<Result<T, E>, Stop>
+    where
+        E: Transient + std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        loop {
+            match write().instrument(info_span!("save", to = %to)).await {
+                Err(err) if err.is_transient() && backoff.attempts() < 10 => {
+                    warn!(error = %err, %to, "database unavailable; retrying");
+                    self.pause(backoff.next_delay()).await?;
+                }
+                other => return Ok(other),
+            }
+        }
     }
 
     /// What follows a record that made `before` into `saved`, if `saved` is final: the outcome

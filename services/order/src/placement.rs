@@ -15,12 +15,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use messaging::Backoff;
 use protocol::command::{PacketLine, ReleaseReason};
 use protocol::ids::{HubId, OrderId, TxnId};
 use protocol::sides::Sides;
 use protocol::trace::TraceContext;
-use service_kit::db::Transient;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
@@ -209,22 +207,15 @@ impl Coordinator {
         };
         // A process that dies with phase 1 done and the order not recorded (tests only).
         service_kit::fault::point("coordinator.reserved_before_record");
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        let inserted = loop {
-            let inserted = self
-                .orders
-                .insert(&after, key.as_deref(), age, token, lease, outbox.as_ref())
-                .instrument(info_span!("save", to = %after.state))
-                .await;
-            match inserted {
-                Err(err) if err.is_transient() && backoff.attempts() < 10 => {
-                    warn!(error = %err, to = %after.state, "database unavailable; retrying");
-                    if self.pause(backoff.next_delay()).await.is_err() {
-                        return Err(self.not_recorded(order, phase1, None).await);
-                    }
-                }
-                other => break other,
-            }
+        let inserted = self
+            .writing(after.state, || {
+                let outbox = outbox.as_ref();
+                self.orders
+                    .insert(&after, key.as_deref(), age, token, lease, outbox)
+            })
+            .await;
+        let Ok(inserted) = inserted else {
+            return Err(self.not_recorded(order, phase1, None).await);
         };
         let recorded = match inserted {
             Ok(Inserted::New(recorded)) => recorded,

@@ -64,6 +64,12 @@ pub enum SaveError {
     Repo(#[from] RepoError),
 }
 
+impl service_kit::db::Transient for SaveError {
+    fn is_transient(&self) -> bool {
+        matches!(self, SaveError::Repo(err) if err.is_transient())
+    }
+}
+
 impl From<sqlx::Error> for SaveError {
     fn from(err: sqlx::Error) -> Self {
         SaveError::Repo(RepoError::Db(err))
