@@ -29,6 +29,8 @@
 //!   counted, parked after a few).
 //! - [`barrier`]: all the SQL on the barrier table (`txn_barrier`), the recorded replies, and
 //!   the command statements ([`Statements`]) assembled from the item work and the barrier row.
+//! - [`machine`]: the item life and the barrier's rules as a value, without I/O (what the model
+//!   checker runs).
 //! - [`inventory`]: the [`Inventory`] trait and the table-generic SQL on the items table
 //!   ([`ItemTable`]).
 //! - [`metrics`]: the names and descriptions of the metrics a participant records.
@@ -41,6 +43,10 @@ pub mod context;
 pub mod expiry;
 pub mod inventory;
 pub mod metrics;
+
+/// The item life and the barrier's rules as a value (its own crate, so that the model checker
+/// builds without a database driver).
+pub use participant_machine as machine;
 pub mod runtime;
 
 pub use app::{Identity, ParticipantApp, ParticipantServiceArgs};

@@ -101,7 +101,7 @@ pub struct PacketRequest {
 }
 
 /// Packets of one food.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PacketLine {
     /// The food.
@@ -158,7 +158,7 @@ pub struct Release {
 pub struct Cancel {}
 
 /// Why the coordinator releases a transaction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReleaseReason {
     /// The order will not be placed (a reservation failed or phase 1 timed out).
@@ -290,7 +290,7 @@ pub enum ReserveReply {
 }
 
 /// Why a reservation can never succeed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Shortage {
     /// Fewer packets of a food than asked for are free or held at the hub: the rest are
@@ -345,7 +345,7 @@ pub enum AssignReply {
 }
 
 /// Why an assign was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AssignRefusal {
     /// The reservation expired (and may have gone to someone else).
@@ -382,7 +382,7 @@ pub enum CancelReply {
 }
 
 /// Why a cancel was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CancelRefusal {
     /// The items have left the participant's hands: the agent picked the order up (or

@@ -4,7 +4,7 @@
 use crate::topology::Participant;
 
 /// A `T` for the store and a `T` for delivery.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Sides<T> {
     /// The store's.
     pub store: T,

@@ -27,7 +27,7 @@ use crate::command::Operation;
 use crate::ids::InstanceId;
 
 /// A participant of the transaction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Participant {
     /// The store: food packets.
     Store,

@@ -1,7 +1,7 @@
 //! The order machine: the order as a value, the events that move it, and one exhaustive
 //! function, [`apply`], that computes the order after an event. The rules that decide which
 //! event comes next are in [`rules`]. Nothing here does I/O or reads a clock: the driver
-//! (`crate::driver`) sends commands and waits, the repository (`crate::repo`) stores the order
+//! (`services/order`'s `driver`) sends commands and waits, its repository (`repo`) stores the order
 //! that `apply` computed, and both feed what they learn back through these functions.
 //!
 //! ```text
@@ -107,7 +107,7 @@ impl From<Shortage> for NotPlacedReason {
 }
 
 /// An order: everything the coordinator knows of it, as recorded.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Order {
     /// The order.
     pub id: OrderId,
@@ -160,7 +160,7 @@ impl Order {
 }
 
 /// What happened to an order, with what the order learns from it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Event {
     /// Both reservations held: the commit decision.
     Decided {
@@ -207,7 +207,7 @@ pub enum Event {
 }
 
 /// How an assignment failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AssignFailure {
     /// The participant refused: the reservation is gone.
     Refused(AssignRefusal),

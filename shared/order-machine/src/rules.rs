@@ -13,7 +13,7 @@ use protocol::sides::Sides;
 use super::{AssignFailure, Event, NotPlacedReason, Order, OrderState};
 
 /// Who drives an order, which decides what an undecided order may still do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Driving {
     /// The coordinator that took the request, which waits: phase 1 runs, and its end is the
     /// order's first record.
@@ -95,7 +95,7 @@ pub fn next_step(order: &Order, driving: Driving) -> Step {
 }
 
 /// What a participant answered to a reserve.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Reservation {
     /// Held for the transaction until `expires_at`.
     Held {
@@ -185,7 +185,7 @@ pub fn after_reserve(
 }
 
 /// What a participant answered to an assign, by the time phase 2 stopped asking.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AssignAnswer {
     /// Assigned to the order.
     Assigned,
@@ -218,7 +218,7 @@ pub fn after_release(released: &Sides<bool>) -> Option<Event> {
 
 /// What delivery answered to a cancel, by the time the driver has an answer (it asks until it
 /// gets one).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CancelAnswer {
     /// The agent is free again.
     Cancelled,
@@ -238,7 +238,7 @@ pub fn after_cancel(delivery: CancelAnswer, store_done: bool) -> Option<Event> {
 }
 
 /// A report of delivery's progress.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Report {
     /// The agent picked the order up.
     PickedUp,

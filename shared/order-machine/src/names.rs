@@ -45,12 +45,12 @@ macro_rules! named {
         }
 
         impl std::str::FromStr for $name {
-            type Err = $crate::machine::names::UnknownName;
+            type Err = $crate::names::UnknownName;
 
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $( $text => Ok($name::$variant), )*
-                    other => Err($crate::machine::names::UnknownName {
+                    other => Err($crate::names::UnknownName {
                         what: $what,
                         name: other.to_owned(),
                     }),

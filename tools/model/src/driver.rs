@@ -1,0 +1,471 @@
+//! The coordinator in the model: what a driver does at each step, as `services/order`'s driver
+//! does it, with the order machine's own rules ([`next_step`], [`after_reserve`],
+//! [`after_assign`], [`after_release`], [`after_cancel`], [`after_report`]) and transition
+//! function ([`apply`]). A driver writes through the same guards as the order table: an insert
+//! for a new order's first record, then saves that present the lease token and the state they
+//! were computed from.
+
+use std::time::Duration;
+
+use order_machine::rules::{
+    AfterReserve, AssignAnswer, CancelAnswer, Reservation, Step, after_assign, after_cancel,
+    after_release, after_report, after_reserve, next_step,
+};
+use order_machine::{Event, OrderState, apply};
+use participant_machine::{Command, Outcome};
+use protocol::command::{CancelRefusal, ReleaseReason};
+use protocol::ids::{ItemId, TxnId};
+use protocol::sides::Sides;
+use protocol::topology::Participant;
+
+use crate::Config;
+use crate::state::{AT, Answer, Client, Msg, Phase, Record, State, order_id, txn_id};
+
+/// Phase 2's grace (the model has no clock; any value serves).
+const GRACE: Duration = Duration::from_secs(1);
+
+/// The driver of order `o` with lease token `token`: its place in the order's drivers.
+pub(crate) fn find(state: &State, o: usize, token: u8) -> Option<usize> {
+    state.orders[o]
+        .drivers
+        .iter()
+        .position(|d| d.token == token)
+}
+
+/// Whether the driver has what its next step needs.
+pub(crate) fn ready(state: &State, o: usize, d: usize) -> bool {
+    let driver = &state.orders[o].drivers[d];
+    match &driver.phase {
+        Phase::Start => true,
+        Phase::Reserving(answers) => {
+            driver.deadline_passed || (answers.store.is_some() && answers.delivery.is_some())
+        }
+        Phase::Assigning { answers, gave_up } => {
+            *gave_up || (answers.store.is_some() && answers.delivery.is_some())
+        }
+        Phase::Compensating(released) => released.store && released.delivery,
+        Phase::Cancelling { delivery, store } => {
+            *store || *delivery == Some(CancelAnswer::PickedUp)
+        }
+    }
+}
+
+/// Steps every driver that has what its next step needs, until none has: a driver acts as soon
+/// as it can (what else happens between an answer's arrival and the driver's step may as well
+/// happen before the answer arrives, with the same outcome).
+pub(crate) fn settle(state: &mut State, config: &Config) {
+    while let Some((o, d)) = (0..state.orders.len())
+        .flat_map(|o| (0..state.orders[o].drivers.len()).map(move |d| (o, d)))
+        .find(|(o, d)| ready(state, *o, *d))
+    {
+        step(state, config, o, d);
+    }
+}
+
+/// The driver's next step.
+fn step(state: &mut State, config: &Config, o: usize, d: usize) {
+    let driver = state.orders[o].drivers[d].clone();
+    let order = &driver.order;
+    match driver.phase {
+        Phase::Start => match next_step(order, driver.driving) {
+            Step::Done | Step::Inconsistent => stop(state, o, d),
+            Step::Reserve => reserve(state, config, o, d, order.txn_id),
+            Step::Abort { reason, release } => abort(state, o, d, release, reason),
+            Step::Assign { packets, agent, .. } => {
+                let items = Sides::new(
+                    packets.iter().map(|p| ItemId(p.0)).collect(),
+                    vec![ItemId(agent.0)],
+                );
+                assign(state, o, d, items);
+            }
+            Step::Compensate => compensate(state, o, d),
+            Step::Cancel => {
+                send(
+                    state,
+                    o,
+                    Participant::Delivery,
+                    Command::Cancel { txn: order.txn_id },
+                );
+                state.orders[o].drivers[d].phase = Phase::Cancelling {
+                    delivery: None,
+                    store: false,
+                };
+            }
+        },
+        Phase::Reserving(answers) => {
+            let answers = answers.map(|_, a| a.unwrap_or(Reservation::NoAnswer));
+            let time_left = !driver.deadline_passed && order.attempt + 1 < config.max_attempts;
+            let wanted = order.packets_wanted();
+            match after_reserve(&answers, wanted, time_left, GRACE) {
+                AfterReserve::Commit(decided) if driver.unrecorded && driver.ack_lost => {
+                    // The insert commits; the driver sees an error, releases both sides (abort)
+                    // and stops, telling its request nothing: the record stays, for recovery.
+                    if let Ok(after) = apply(order, decided, AT) {
+                        state.orders[o].record = Some(Record {
+                            order: after,
+                            lease: driver.token,
+                        });
+                    }
+                    release(
+                        state,
+                        o,
+                        order.txn_id,
+                        Sides::both(true),
+                        ReleaseReason::Abort,
+                    );
+                    tell_nothing(state, o);
+                    stop(state, o, d);
+                }
+                AfterReserve::Commit(decided) => {
+                    if record(state, o, d, decided) {
+                        let after = &state.orders[o].drivers[d].order;
+                        let items = Sides::new(
+                            after.packet_ids.iter().map(|p| ItemId(p.0)).collect(),
+                            after.agent_id.map(|a| ItemId(a.0)).into_iter().collect(),
+                        );
+                        assign(state, o, d, items);
+                    }
+                }
+                AfterReserve::Abort { reason, release } => abort(state, o, d, release, reason),
+                AfterReserve::Retry { release: which } => {
+                    release(state, o, order.txn_id, which, ReleaseReason::Retry);
+                    let slot = &mut state.orders[o];
+                    slot.txns += 1;
+                    let txn = txn_id(o, slot.txns);
+                    if record(state, o, d, Event::Retried { txn }) {
+                        reserve(state, config, o, d, txn);
+                    }
+                }
+            }
+        }
+        Phase::Assigning { answers, .. } => {
+            let answers = answers.map(|_, a| a.unwrap_or(AssignAnswer::NoAnswer));
+            let event = after_assign(&answers);
+            let failed = event != Event::Assigned;
+            if record(state, o, d, event) && failed {
+                compensate(state, o, d);
+            }
+        }
+        Phase::Compensating(released) => {
+            if let Some(compensated) = after_release(&released) {
+                record(state, o, d, compensated);
+            }
+        }
+        Phase::Cancelling { delivery, store } => {
+            if let Some(event) = delivery.and_then(|answer| after_cancel(answer, store)) {
+                record(state, o, d, event);
+            }
+        }
+    }
+}
+
+/// Sends reserves for `txn` to both sides.
+fn reserve(state: &mut State, config: &Config, o: usize, d: usize, txn: TxnId) {
+    let order = order_id(o);
+    send(
+        state,
+        o,
+        Participant::Store,
+        Command::Reserve {
+            txn,
+            order,
+            wanted: config.packets_per_order as usize,
+        },
+    );
+    send(
+        state,
+        o,
+        Participant::Delivery,
+        Command::Reserve {
+            txn,
+            order,
+            wanted: 1,
+        },
+    );
+    state.orders[o].drivers[d].phase = Phase::Reserving(Sides::default());
+}
+
+fn assign(state: &mut State, o: usize, d: usize, items: Sides<Vec<ItemId>>) {
+    let txn = state.orders[o].drivers[d].order.txn_id;
+    let order = order_id(o);
+    for (side, items) in items.iter() {
+        let items = items.clone();
+        send(state, o, side, Command::Assign { txn, order, items });
+    }
+    state.orders[o].drivers[d].phase = Phase::Assigning {
+        answers: Sides::default(),
+        gave_up: false,
+    };
+}
+
+fn compensate(state: &mut State, o: usize, d: usize) {
+    let txn = state.orders[o].drivers[d].order.txn_id;
+    release(state, o, txn, Sides::both(true), ReleaseReason::Compensate);
+    state.orders[o].drivers[d].phase = Phase::Compensating(Sides::default());
+}
+
+/// Releases the sides in `which` (not waiting for replies), then records `Aborted`.
+fn abort(
+    state: &mut State,
+    o: usize,
+    d: usize,
+    which: Sides<bool>,
+    reason: order_machine::NotPlacedReason,
+) {
+    let txn = state.orders[o].drivers[d].order.txn_id;
+    release(state, o, txn, which, ReleaseReason::Abort);
+    record(state, o, d, Event::Aborted { reason });
+}
+
+fn release(state: &mut State, o: usize, txn: TxnId, which: Sides<bool>, reason: ReleaseReason) {
+    for (side, wanted) in which.iter() {
+        if *wanted {
+            send(state, o, side, Command::Release { txn, reason });
+        }
+    }
+}
+
+pub(crate) fn send(state: &mut State, o: usize, to: Participant, command: Command) {
+    state.send(Msg::Command {
+        to,
+        order: o,
+        command,
+    });
+}
+
+/// Records `event` for driver `d`: the first record of a new order (an insert), or a save that
+/// presents the driver's lease token and the state it computed from. A save that finds either
+/// changed, or an event the machine refuses, stops the driver. Returns whether it was recorded.
+fn record(state: &mut State, o: usize, d: usize, event: Event) -> bool {
+    let driver = state.orders[o].drivers[d].clone();
+    let Ok(after) = apply(&driver.order, event, AT) else {
+        stop(state, o, d);
+        return false;
+    };
+    let slot = &mut state.orders[o];
+    // Phase 1 goes on in memory: a new order is recorded only at its end.
+    let in_memory = driver.unrecorded && after.state == OrderState::Reserving;
+    if !in_memory {
+        let written = match (&mut slot.record, driver.unrecorded) {
+            (None, true) => {
+                slot.record = Some(Record {
+                    order: after.clone(),
+                    lease: driver.token,
+                });
+                true
+            }
+            (Some(record), false)
+                if record.lease == driver.token
+                    && record.order.state == driver.order.state
+                    && record.order.txn_id == driver.order.txn_id =>
+            {
+                record.order = after.clone();
+                true
+            }
+            _ => false,
+        };
+        if !written {
+            stop(state, o, d);
+            return false;
+        }
+    }
+    if after.state == OrderState::Placed {
+        state.send(Msg::Placed { order: o });
+    }
+    let slot = &mut state.orders[o];
+    slot.drivers[d].order = after.clone();
+    slot.drivers[d].unrecorded = in_memory;
+    if driver.request && slot.client == Client::Waiting {
+        match after.state {
+            OrderState::Placed => slot.client = Client::Answered(Answer::Placed),
+            OrderState::NotPlaced => {
+                if let Some(reason) = after.reason {
+                    slot.client = Client::Answered(Answer::NotPlaced(reason));
+                }
+            }
+            _ => {}
+        }
+    }
+    if after.state.is_final() {
+        stop(state, o, d);
+    }
+    true
+}
+
+/// The driver stops (its order is final, or another driver has it).
+fn stop(state: &mut State, o: usize, d: usize) {
+    state.orders[o].drivers.remove(d);
+}
+
+/// The request gives up without a final answer (`503`, or the coordinator died).
+pub(crate) fn tell_nothing(state: &mut State, o: usize) {
+    let slot = &mut state.orders[o];
+    if slot.client == Client::Waiting {
+        slot.client = Client::Unanswered;
+    }
+}
+
+/// A reply reaches the driver waiting for it, if one is (a reply nobody waits for is dropped,
+/// as an unknown correlation id is).
+pub(crate) fn on_reply(
+    state: &mut State,
+    o: usize,
+    from: Participant,
+    command: &Command,
+    outcome: &Outcome,
+) {
+    let txn = command.txn();
+    let Some(d) = state.orders[o]
+        .drivers
+        .iter()
+        .position(|d| d.order.txn_id == txn && awaits(&d.phase, from, command))
+    else {
+        return;
+    };
+    let mut cancel_store = false;
+    let phase = &mut state.orders[o].drivers[d].phase;
+    match phase {
+        Phase::Reserving(answers) => *side(answers, from) = Some(reservation(outcome)),
+        Phase::Assigning { answers, .. } => {
+            *side(answers, from) = Some(match outcome {
+                Outcome::AssignRefused(refusal) => AssignAnswer::Refused(*refusal),
+                _ => AssignAnswer::Assigned,
+            });
+        }
+        Phase::Compensating(released) => {
+            *side(released, from) = matches!(outcome, Outcome::Released(_));
+        }
+        Phase::Cancelling { delivery, store } => match from {
+            Participant::Delivery => {
+                let answer = match outcome {
+                    Outcome::CancelRefused(CancelRefusal::PickedUp) => CancelAnswer::PickedUp,
+                    _ => CancelAnswer::Cancelled,
+                };
+                *delivery = Some(answer);
+                cancel_store = answer == CancelAnswer::Cancelled;
+            }
+            Participant::Store => *store = true,
+        },
+        Phase::Start => {}
+    }
+    if cancel_store {
+        send(state, o, Participant::Store, Command::Cancel { txn });
+    }
+}
+
+/// Whether a driver in `phase` waits for `from`'s reply to `command` (of its transaction).
+fn awaits(phase: &Phase, from: Participant, command: &Command) -> bool {
+    match (phase, command) {
+        (Phase::Reserving(answers), Command::Reserve { .. }) => side_of(answers, from).is_none(),
+        (Phase::Assigning { answers, gave_up }, Command::Assign { .. }) => {
+            !gave_up && side_of(answers, from).is_none()
+        }
+        (
+            Phase::Compensating(released),
+            Command::Release {
+                reason: ReleaseReason::Compensate,
+                ..
+            },
+        ) => !side_of(released, from),
+        (Phase::Cancelling { delivery, store }, Command::Cancel { .. }) => match from {
+            Participant::Delivery => delivery.is_none(),
+            Participant::Store => *delivery == Some(CancelAnswer::Cancelled) && !store,
+        },
+        _ => false,
+    }
+}
+
+/// The commands a driver waits on an answer to and could send again (the real driver asks
+/// again after its reply timeout in phase 2, compensation and cancellation; phase 1 does not).
+pub(crate) fn unanswered(state: &State, o: usize, d: usize) -> Vec<(Participant, Command)> {
+    let driver = &state.orders[o].drivers[d];
+    let txn = driver.order.txn_id;
+    let order = driver.order.id;
+    let mut out = Vec::new();
+    match &driver.phase {
+        Phase::Assigning {
+            answers,
+            gave_up: false,
+        } => {
+            let items: Sides<Vec<ItemId>> = Sides::new(
+                driver
+                    .order
+                    .packet_ids
+                    .iter()
+                    .map(|p| ItemId(p.0))
+                    .collect(),
+                driver
+                    .order
+                    .agent_id
+                    .map(|a| ItemId(a.0))
+                    .into_iter()
+                    .collect(),
+            );
+            for (side, answer) in answers.iter() {
+                if answer.is_none() {
+                    let items = side_of(&items, side).clone();
+                    out.push((side, Command::Assign { txn, order, items }));
+                }
+            }
+        }
+        Phase::Compensating(released) => {
+            for (side, done) in released.iter() {
+                if !done {
+                    let reason = ReleaseReason::Compensate;
+                    out.push((side, Command::Release { txn, reason }));
+                }
+            }
+        }
+        Phase::Cancelling { delivery, store } => match delivery {
+            None => out.push((Participant::Delivery, Command::Cancel { txn })),
+            Some(CancelAnswer::Cancelled) if !store => {
+                out.push((Participant::Store, Command::Cancel { txn }));
+            }
+            Some(_) => {}
+        },
+        Phase::Start | Phase::Reserving(_) | Phase::Assigning { .. } => {}
+    }
+    out
+}
+
+/// A report from delivery reaches the progress consumer: applied to the order as recorded, one
+/// event at a time, each save guarded by the state it was computed from. A report for an order
+/// that cannot have one is parked (nothing recorded).
+pub(crate) fn on_report(state: &mut State, o: usize, report: order_machine::rules::Report) {
+    let Some(record) = state.orders[o].record.as_mut() else {
+        return;
+    };
+    while let Some(event) = after_report(&record.order, report) {
+        match apply(&record.order, event, AT) {
+            Ok(after) => record.order = after,
+            Err(_) => return,
+        }
+    }
+}
+
+fn reservation(outcome: &Outcome) -> Reservation {
+    match outcome {
+        Outcome::Reserved(items) => Reservation::Held {
+            items: items.clone(),
+            expires_at: AT,
+        },
+        Outcome::Busy => Reservation::Busy,
+        Outcome::Unavailable(shortage) => Reservation::Unavailable(*shortage),
+        Outcome::Aborted => Reservation::Aborted,
+        _ => Reservation::NoAnswer,
+    }
+}
+
+fn side<T>(sides: &mut Sides<T>, which: Participant) -> &mut T {
+    match which {
+        Participant::Store => &mut sides.store,
+        Participant::Delivery => &mut sides.delivery,
+    }
+}
+
+fn side_of<T>(sides: &Sides<T>, which: Participant) -> &T {
+    match which {
+        Participant::Store => &sides.store,
+        Participant::Delivery => &sides.delivery,
+    }
+}

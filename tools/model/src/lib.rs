@@ -1,0 +1,109 @@
+//! The order transaction as a model, checked with [stateright](https://docs.rs/stateright).
+//!
+//! The model runs the real pure code of both sides: the order machine of `services/order`
+//! ([`order_machine::apply`] and its rules) and the participant machine of
+//! `shared/participant` ([`participant_machine::Items`]). Around them it puts what the world
+//! may do, in every order the checker can find:
+//!
+//! - customers send orders (two or three, competing for one or two packets and agents at one
+//!   hub), and cancel placed ones; riders report pick-ups and deliveries; an operator aborts an
+//!   undecided order;
+//! - the network delivers messages in any order, loses replies (they are published without
+//!   confirms) and delivers any message twice;
+//! - a coordinator dies at any step with what it held in memory; a driver stalls past its lease
+//!   and another takes the order over while the first still runs; a write of the order commits
+//!   but its acknowledgement is lost;
+//! - phase 1's deadline passes, phase 2 gives up, reservations expire and the sweep frees them,
+//!   at any moment.
+//!
+//! The driver of `services/order` is async code; [`driver`] restates what it does at each step
+//! with the machine's rules (which commands it sends, what it records, what it tells the
+//! customer). The properties are in [`properties`]; `cargo run -p model --release -- --help`
+//! runs a deeper check than the tests do.
+
+pub mod driver;
+pub mod properties;
+pub mod replay;
+pub mod state;
+mod world;
+
+pub use state::State;
+pub use world::Action;
+
+use state::Faults;
+
+/// The size of a model: what it holds and which faults may happen how often.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How many orders are sent.
+    pub orders: usize,
+    /// The store's packets (one food, one hub).
+    pub packets: i64,
+    /// Delivery's agents.
+    pub agents: i64,
+    /// Packets per order.
+    pub packets_per_order: u32,
+    /// Phase 1's attempts per order (the deadline, in the model's terms).
+    pub max_attempts: i32,
+    /// The faults allowed.
+    pub faults: Faults,
+    /// Riders pick placed orders up and deliver them.
+    pub riders: bool,
+    /// Customers cancel placed orders.
+    pub cancels: bool,
+    /// Phase 1 may outlast the response budget (the order is then recorded `reserving`), and an
+    /// operator may abort such an order.
+    pub operator: bool,
+}
+
+impl Config {
+    /// The size the tests check: two orders for one packet and one agent, one fault of each kind.
+    pub fn small() -> Self {
+        Self {
+            orders: 2,
+            packets: 1,
+            agents: 1,
+            packets_per_order: 1,
+            max_attempts: 2,
+            faults: Faults {
+                crashes: 1,
+                lost_replies: 1,
+                duplicates: 1,
+                stalls: 1,
+                lost_acks: 1,
+            },
+            riders: true,
+            cancels: true,
+            operator: true,
+        }
+    }
+
+    /// No faults, nothing after placement: the plain protocol.
+    pub fn plain(orders: usize) -> Self {
+        Self {
+            orders,
+            packets: 1,
+            agents: 1,
+            packets_per_order: 1,
+            max_attempts: 2,
+            faults: Faults::default(),
+            riders: false,
+            cancels: false,
+            operator: false,
+        }
+    }
+}
+
+/// The model: a [`Config`] to check.
+#[derive(Clone, Debug)]
+pub struct OrderModel {
+    /// Its size.
+    pub config: Config,
+}
+
+impl OrderModel {
+    /// The model of `config`.
+    pub fn new(config: Config) -> Self {
+        Self { config }
+    }
+}

@@ -1,0 +1,362 @@
+//! What may happen next in the model's world, and what each thing does: the actions of
+//! customers, riders, operators, the network, the clock and the faults, as a stateright
+//! [`Model`].
+
+use order_machine::rules::{Driving, Report};
+use order_machine::{Event, OrderState, apply};
+use participant_machine::{ItemState, Items};
+use protocol::ids::ItemId;
+use protocol::topology::Participant;
+use stateright::{Model, Property};
+
+use crate::driver;
+use crate::state::{AT, Client, Driver, Msg, Phase, Record, Slot, State, draft};
+use crate::{OrderModel, properties};
+
+/// One thing that happens.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// The customer sends the order; a coordinator takes it (phase 1 begins). `ack_lost`: the
+    /// first record of its commit decision will commit, but the driver will not learn it.
+    Submit {
+        /// The order.
+        order: usize,
+        /// The fault of a lost acknowledgement.
+        ack_lost: bool,
+    },
+    /// A message arrives (a command's reply reaches its driver at once).
+    Receive(Msg),
+    /// A command arrives and is applied, but its reply is lost.
+    LoseReply(Msg),
+    /// A message is delivered twice.
+    Duplicate(Msg),
+    /// The coordinator driving the order dies.
+    Crash(usize),
+    /// Another coordinator takes the order over (its driver died, or stalled past its lease).
+    TakeOver(usize),
+    /// Phase 1's deadline passes for a driver.
+    Deadline {
+        /// The order.
+        order: usize,
+        /// Its driver's lease token.
+        token: u8,
+    },
+    /// Phase 2 stops asking (the reservations' expiry and the grace passed).
+    GiveUp {
+        /// The order.
+        order: usize,
+        /// Its driver's lease token.
+        token: u8,
+    },
+    /// A driver asks again what went unanswered (its reply timeout).
+    Resend {
+        /// The order.
+        order: usize,
+        /// Its driver's lease token.
+        token: u8,
+    },
+    /// Phase 1 outlasts the response budget: the new order is recorded `reserving`.
+    RecordReserving(usize),
+    /// An operator aborts an undecided order.
+    OperatorAbort(usize),
+    /// The customer cancels the placed order.
+    Cancel(usize),
+    /// The order's rider reports the pick-up.
+    PickUp(usize),
+    /// The order's rider reports the delivery.
+    Deliver(usize),
+    /// A reservation's expiry passes, and its timer (or the sweep) frees the item.
+    Expire(Participant, ItemId),
+}
+
+const SIDES: [Participant; 2] = [Participant::Store, Participant::Delivery];
+
+impl Model for OrderModel {
+    type State = State;
+    type Action = Action;
+
+    fn init_states(&self) -> Vec<State> {
+        let c = &self.config;
+        vec![State {
+            store: Items::new(c.packets),
+            delivery: Items::new(c.agents),
+            orders: (0..c.orders)
+                .map(|_| Slot {
+                    client: Client::Idle,
+                    record: None,
+                    drivers: Vec::new(),
+                    tokens: 0,
+                    txns: 0,
+                })
+                .collect(),
+            net: Vec::new(),
+            faults: c.faults,
+        }]
+    }
+
+    fn actions(&self, state: &State, actions: &mut Vec<Action>) {
+        let c = &self.config;
+        let faults = state.faults;
+        for (o, slot) in state.orders.iter().enumerate() {
+            if slot.client == Client::Idle {
+                actions.push(Action::Submit {
+                    order: o,
+                    ack_lost: false,
+                });
+                if faults.lost_acks > 0 {
+                    actions.push(Action::Submit {
+                        order: o,
+                        ack_lost: true,
+                    });
+                }
+            }
+            for (d, drv) in slot.drivers.iter().enumerate() {
+                let (order, token) = (o, drv.token);
+                match &drv.phase {
+                    Phase::Reserving(_) if !drv.deadline_passed => {
+                        actions.push(Action::Deadline { order, token });
+                    }
+                    Phase::Assigning {
+                        answers,
+                        gave_up: false,
+                    } if answers.store.is_none() || answers.delivery.is_none() => {
+                        actions.push(Action::GiveUp { order, token });
+                    }
+                    _ => {}
+                }
+                let lost = driver::unanswered(state, o, d)
+                    .into_iter()
+                    .any(|(to, cmd)| {
+                        !state.net.iter().any(|m| match m {
+                            Msg::Command { to: t, command, .. } => *t == to && *command == cmd,
+                            Msg::Placed { .. } | Msg::Report { .. } => false,
+                        })
+                    });
+                if lost {
+                    actions.push(Action::Resend { order, token });
+                }
+                if c.operator && drv.unrecorded && matches!(drv.phase, Phase::Reserving(_)) {
+                    actions.push(Action::RecordReserving(o));
+                }
+            }
+            if !slot.drivers.is_empty() && faults.crashes > 0 {
+                actions.push(Action::Crash(o));
+            }
+            if let Some(record) = &slot.record {
+                let driven = !record.order.state.is_final();
+                if driven && (slot.drivers.is_empty() || faults.stalls > 0) {
+                    actions.push(Action::TakeOver(o));
+                }
+                let aborting = slot
+                    .drivers
+                    .iter()
+                    .any(|d| d.driving == Driving::OperatorAbort);
+                if c.operator && record.order.state == OrderState::Reserving && !aborting {
+                    actions.push(Action::OperatorAbort(o));
+                }
+                if c.cancels && record.order.state == OrderState::Placed {
+                    actions.push(Action::Cancel(o));
+                }
+            }
+            if c.riders {
+                let id = crate::state::order_id(o);
+                for (_, item) in state.delivery.items() {
+                    match item {
+                        ItemState::Assigned { order, .. } if order == id => {
+                            actions.push(Action::PickUp(o));
+                        }
+                        ItemState::Delivering { order, .. } if order == id => {
+                            actions.push(Action::Deliver(o));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        for (i, msg) in state.net.iter().enumerate() {
+            if i > 0 && state.net[i - 1] == *msg {
+                continue;
+            }
+            actions.push(Action::Receive(msg.clone()));
+            if faults.lost_replies > 0 && matches!(msg, Msg::Command { .. }) {
+                actions.push(Action::LoseReply(msg.clone()));
+            }
+            if faults.duplicates > 0 {
+                actions.push(Action::Duplicate(msg.clone()));
+            }
+        }
+        for side in SIDES {
+            for (item, s) in state.side(side).items() {
+                if let ItemState::Reserved { expired: false, .. } = s {
+                    actions.push(Action::Expire(side, item));
+                }
+            }
+        }
+    }
+
+    fn next_state(&self, last: &State, action: Action) -> Option<State> {
+        let mut state = last.clone();
+        let c = &self.config;
+        match action {
+            Action::Submit { order, ack_lost } => {
+                if ack_lost {
+                    state.faults.lost_acks = state.faults.lost_acks.checked_sub(1)?;
+                }
+                let slot = &mut state.orders[order];
+                slot.client = Client::Waiting;
+                slot.tokens += 1;
+                slot.drivers.push(Driver {
+                    token: slot.tokens,
+                    driving: Driving::Fresh,
+                    order: draft(order, c.packets_per_order),
+                    unrecorded: true,
+                    deadline_passed: false,
+                    phase: Phase::Start,
+                    request: true,
+                    ack_lost,
+                });
+            }
+            Action::Receive(msg) => {
+                let at = state.net.iter().position(|m| *m == msg)?;
+                state.net.remove(at);
+                receive(&mut state, msg);
+            }
+            Action::LoseReply(msg) => {
+                let at = state.net.iter().position(|m| *m == msg)?;
+                state.net.remove(at);
+                state.faults.lost_replies = state.faults.lost_replies.checked_sub(1)?;
+                if let Msg::Command { to, command, .. } = msg {
+                    state.side_mut(to).apply(&command);
+                }
+            }
+            Action::Duplicate(msg) => {
+                state.faults.duplicates = state.faults.duplicates.checked_sub(1)?;
+                state.send(msg);
+            }
+            Action::Crash(o) => {
+                state.faults.crashes = state.faults.crashes.checked_sub(1)?;
+                state.orders[o].drivers.clear();
+                driver::tell_nothing(&mut state, o);
+            }
+            Action::TakeOver(o) => {
+                if !state.orders[o].drivers.is_empty() {
+                    state.faults.stalls = state.faults.stalls.checked_sub(1)?;
+                }
+                take(&mut state, o, Driving::TakenOver)?;
+            }
+            Action::Deadline { order, token } => {
+                let d = driver::find(&state, order, token)?;
+                state.orders[order].drivers[d].deadline_passed = true;
+            }
+            Action::GiveUp { order, token } => {
+                let d = driver::find(&state, order, token)?;
+                if let Phase::Assigning { gave_up, .. } = &mut state.orders[order].drivers[d].phase
+                {
+                    *gave_up = true;
+                }
+            }
+            Action::Resend { order, token } => {
+                let d = driver::find(&state, order, token)?;
+                for (to, command) in driver::unanswered(&state, order, d) {
+                    driver::send(&mut state, order, to, command);
+                }
+            }
+            Action::RecordReserving(o) => {
+                let slot = &mut state.orders[o];
+                let d = slot.drivers.iter().position(|d| d.unrecorded)?;
+                if slot.record.is_some() {
+                    return None;
+                }
+                let driver = &mut slot.drivers[d];
+                driver.unrecorded = false;
+                slot.record = Some(Record {
+                    order: driver.order.clone(),
+                    lease: driver.token,
+                });
+            }
+            Action::OperatorAbort(o) => take(&mut state, o, Driving::OperatorAbort)?,
+            Action::Cancel(o) => {
+                let record = state.orders[o].record.as_ref()?;
+                let cancelling = apply(&record.order, Event::CancelAsked, AT).ok()?;
+                let slot = &mut state.orders[o];
+                slot.tokens += 1;
+                slot.record = Some(Record {
+                    order: cancelling.clone(),
+                    lease: slot.tokens,
+                });
+                slot.drivers.push(Driver {
+                    token: slot.tokens,
+                    driving: Driving::Fresh,
+                    order: cancelling,
+                    unrecorded: false,
+                    deadline_passed: false,
+                    phase: Phase::Start,
+                    request: false,
+                    ack_lost: false,
+                });
+            }
+            Action::PickUp(o) => {
+                state.delivery.pick_up(crate::state::order_id(o))?;
+                state.send(Msg::Report {
+                    order: o,
+                    report: Report::PickedUp,
+                });
+            }
+            Action::Deliver(o) => {
+                state.delivery.deliver(crate::state::order_id(o))?;
+                state.send(Msg::Report {
+                    order: o,
+                    report: Report::Delivered,
+                });
+            }
+            Action::Expire(side, item) => {
+                // An expired reservation that is not swept yet behaves as a free item would (any
+                // reserve may take it, its assign is refused, its release frees nothing more),
+                // so the sweep follows at once: fewer states, the same behaviours.
+                let items = state.side_mut(side);
+                if !(items.expire(item) && items.sweep(item)) {
+                    return None;
+                }
+            }
+        }
+        driver::settle(&mut state, c);
+        Some(state)
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        properties::all()
+    }
+}
+
+/// A coordinator takes the lease of a recorded order and drives it as `driving` says.
+fn take(state: &mut State, o: usize, driving: Driving) -> Option<()> {
+    let slot = &mut state.orders[o];
+    slot.tokens += 1;
+    let token = slot.tokens;
+    let record = slot.record.as_mut()?;
+    record.lease = token;
+    let order = record.order.clone();
+    slot.drivers.push(Driver {
+        token,
+        driving,
+        order,
+        unrecorded: false,
+        deadline_passed: false,
+        phase: Phase::Start,
+        request: false,
+        ack_lost: false,
+    });
+    Some(())
+}
+
+/// A message arrives where it is going.
+fn receive(state: &mut State, msg: Msg) {
+    match msg {
+        Msg::Command { to, order, command } => {
+            let outcome = state.side_mut(to).apply(&command);
+            driver::on_reply(state, order, to, &command, &outcome);
+        }
+        Msg::Placed { order } => state.delivery.placed(crate::state::order_id(order)),
+        Msg::Report { order, report } => driver::on_report(state, order, report),
+    }
+}

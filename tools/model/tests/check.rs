@@ -1,0 +1,58 @@
+//! The model checked exhaustively at the sizes that fit in CI (each in well under a minute on
+//! two cores). Deeper runs, with their state counts and times, are in
+//! `docs/failure-handling.md` ("The model").
+
+use model::state::Faults;
+use model::{Config, OrderModel};
+use stateright::{Checker, Model};
+
+/// Explores every state of `config` depth first (breadth first would hold a whole level of
+/// states in memory) and fails on a counterexample to any property, or on a `sometimes` that
+/// never happened.
+fn check(config: Config) {
+    let checker = OrderModel::new(config)
+        .checker()
+        .threads(2)
+        .spawn_dfs()
+        .join();
+    println!(
+        "{} states ({} unique), depth {}",
+        checker.state_count(),
+        checker.unique_state_count(),
+        checker.max_depth()
+    );
+    checker.assert_properties();
+}
+
+/// One order through every fault the model has, each once: a coordinator crash, a lost reply,
+/// a duplicated message, a driver that stalls past its lease (two drivers at once), and a first
+/// record whose acknowledgement is lost; with riders, a customer's cancel and an operator's
+/// abort.
+#[test]
+fn one_order_keeps_the_promise_through_every_fault() {
+    check(Config {
+        orders: 1,
+        faults: Faults {
+            crashes: 1,
+            lost_replies: 1,
+            duplicates: 1,
+            stalls: 1,
+            lost_acks: 1,
+        },
+        riders: true,
+        cancels: true,
+        operator: true,
+        ..Config::plain(1)
+    });
+}
+
+/// Two orders for the last packet and the last agent, with riders, cancels and an operator.
+#[test]
+fn two_orders_for_the_last_packet_and_agent_keep_the_promise() {
+    check(Config {
+        riders: true,
+        cancels: true,
+        operator: true,
+        ..Config::plain(2)
+    });
+}

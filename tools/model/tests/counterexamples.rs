@@ -1,0 +1,141 @@
+//! The counterexamples the checker found, each kept as the path it printed and replayed through
+//! today's machines: the interleaving either can no longer happen, or no longer breaks the
+//! promise.
+
+use model::replay::{Replayed, replay};
+use model::state::{Faults, Msg, order_id, txn_id};
+use model::{Action, Config, OrderModel};
+use participant_machine::{Command, ItemState};
+use protocol::command::ReleaseReason;
+use protocol::ids::ItemId;
+use protocol::topology::Participant;
+
+fn one_order(faults: Faults) -> OrderModel {
+    OrderModel::new(Config {
+        orders: 1,
+        faults,
+        riders: true,
+        ..Config::plain(1)
+    })
+}
+
+fn command(to: Participant, command: Command) -> Action {
+    Action::Receive(Msg::Command {
+        to,
+        order: 0,
+        command,
+    })
+}
+
+fn reserve(to: Participant) -> Action {
+    command(
+        to,
+        Command::Reserve {
+            txn: txn_id(0, 0),
+            order: order_id(0),
+            wanted: 1,
+        },
+    )
+}
+
+fn assign(to: Participant) -> Action {
+    command(
+        to,
+        Command::Assign {
+            txn: txn_id(0, 0),
+            order: order_id(0),
+            items: vec![ItemId(1)],
+        },
+    )
+}
+
+fn release(to: Participant, reason: ReleaseReason) -> Action {
+    command(
+        to,
+        Command::Release {
+            txn: txn_id(0, 0),
+            reason,
+        },
+    )
+}
+
+/// Hole 3: the first record of the commit decision commits but its acknowledgement is lost, so
+/// the driver releases both sides (abort); recovery takes the recorded `assigning` order over
+/// and assigns; the abort release, applied after the assign, freed the packet of an order that
+/// ends `placed`. An abort now frees only what is reserved.
+#[test]
+fn an_abort_release_applied_after_a_recovered_assign_frees_nothing() {
+    let model = one_order(Faults {
+        lost_acks: 1,
+        ..Faults::default()
+    });
+    let path = [
+        Action::Submit {
+            order: 0,
+            ack_lost: true,
+        },
+        reserve(Participant::Delivery),
+        reserve(Participant::Store),
+        Action::TakeOver(0),
+        assign(Participant::Delivery),
+        assign(Participant::Store),
+        release(Participant::Store, ReleaseReason::Abort),
+    ];
+    let Replayed::Done { state, broken } = replay(&model, &path) else {
+        panic!("the interleaving can still happen, and should replay to its end");
+    };
+    assert_eq!(broken, Vec::<&str>::new());
+    assert!(matches!(
+        state.store.state(ItemId(1)),
+        Some(ItemState::Assigned { order, .. }) if order == order_id(0)
+    ));
+    let record = state.orders[0].record.as_ref().map(|r| r.order.state);
+    assert_eq!(record, Some(order_machine::OrderState::Placed));
+}
+
+/// Hole 2: delivery assigns the agent, the rider picks the order up, the store's assign is
+/// refused (its reservation expired; here, phase 2 gave up first), and compensation cannot take
+/// the agent back from the rider: the order ends `not_placed` while the rider is out with it.
+/// A pick-up now needs the order's `placed` event first.
+#[test]
+fn a_rider_cannot_pick_up_an_order_before_it_is_placed() {
+    let model = one_order(Faults::default());
+    let path = [
+        Action::Submit {
+            order: 0,
+            ack_lost: false,
+        },
+        reserve(Participant::Delivery),
+        reserve(Participant::Store),
+        assign(Participant::Delivery),
+        Action::PickUp(0),
+        Action::GiveUp { order: 0, token: 1 },
+        release(Participant::Delivery, ReleaseReason::Compensate),
+        assign(Participant::Store),
+        release(Participant::Store, ReleaseReason::Compensate),
+    ];
+    assert_eq!(
+        replay(&model, &path),
+        Replayed::Refused {
+            at: 4,
+            action: Action::PickUp(0),
+            broken: Vec::new(),
+        }
+    );
+    // Without the pick-up, the same interleaving ends `not_placed` with nothing held.
+    let without_pick_up: Vec<Action> = path
+        .iter()
+        .filter(|a| **a != Action::PickUp(0))
+        .cloned()
+        .collect();
+    let Replayed::Done { state, broken } = replay(&model, &without_pick_up) else {
+        panic!("the rest of the interleaving should replay");
+    };
+    assert_eq!(broken, Vec::<&str>::new());
+    assert!(
+        state
+            .delivery
+            .items()
+            .all(|(_, s)| s == ItemState::Available)
+    );
+}
