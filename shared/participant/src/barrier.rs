@@ -13,13 +13,14 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use protocol::command::{
-    AssignRefusal, AssignReply, CancelRefusal, CancelReply, Operation, ReleaseReply, Reply,
-    ReserveReply, Shortage,
+    AssignRefusal, AssignReply, CancelRefusal, CancelReply, Operation, ReleaseReason, ReleaseReply,
+    Reply, ReserveReply, Shortage,
 };
 use protocol::ids::{FoodId, ItemId, OrderId, TxnId};
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use crate::inventory::Inventory;
+use crate::machine;
 
 /// A recorded reply, as stored.
 #[derive(Debug, sqlx::FromRow)]
@@ -143,12 +144,18 @@ pub struct Statements {
     /// transaction either finishes first or finds them gone (locking in the same order as the
     /// assign, items then barrier row, so that the two never deadlock). `$1` txn.
     pub release_lock: Arc<str>,
-    /// Release, step 1: claim the release and refuse the later reserve and assign of the
-    /// transaction; returns whether the release is new. `$1` txn, `$2` order.
+    /// Release, step 1: claim the release's barrier row (`$3`: `release`, or `compensate`) and
+    /// refuse the later reserve and assign of the transaction; returns whether the release is
+    /// new. `$1` txn, `$2` order.
     pub release_claim: Arc<str>,
-    /// Release, step 2 (a new statement, so that it sees what a reserve or assign that it waited
-    /// for committed): free the items and record them. `$1` txn.
+    /// Release for a retry or an abort, step 2 (a new statement, so that it sees what a reserve
+    /// or assign that it waited for committed): free what is *reserved* and record it. An abort
+    /// never undoes an assignment: a driver that recovered the order may have assigned it after
+    /// the abort was sent. `$1` txn.
     pub release_free: Arc<str>,
+    /// Compensation, step 2: free what is reserved or assigned (phase 2 failed on the other
+    /// side) and record it. `$1` txn.
+    pub compensate_free: Arc<str>,
     /// Cancel: `$1` txn, `$2` order.
     pub cancel: Arc<str>,
     /// The index on the items' `txn_id` (`<table>_txn`); unique where a transaction holds one
@@ -220,7 +227,7 @@ impl Statements {
         );
         let release_claim = "WITH claim AS (
                  INSERT INTO txn_barrier (txn_id, operation, order_id, outcome)
-                 VALUES ($1, 'release', $2, 'released')
+                 VALUES ($1, $3, $2, 'released')
                  ON CONFLICT DO NOTHING
                  RETURNING 1
              ),
@@ -231,14 +238,17 @@ impl Statements {
                  ON CONFLICT DO NOTHING
              )
              SELECT EXISTS (SELECT 1 FROM claim)";
-        let release_free = format!(
-            "{ctes}
-             UPDATE txn_barrier
-             SET items = coalesce((SELECT array_agg(id ORDER BY id) FROM freed), '{{}}')
-             WHERE txn_id = $1 AND operation = 'release'
-             RETURNING {REPLY_COLUMNS}",
-            ctes = items.free_ctes(),
-        );
+        let free = |operation: BarrierOperation| {
+            format!(
+                "{ctes}
+                 UPDATE txn_barrier
+                 SET items = coalesce((SELECT array_agg(id ORDER BY id) FROM freed), '{{}}')
+                 WHERE txn_id = $1 AND operation = '{operation}'
+                 RETURNING {REPLY_COLUMNS}",
+                ctes = items.free_ctes(operation.frees()),
+                operation = operation.as_str(),
+            )
+        };
         Self {
             reserve: reserve.into(),
             reserve_set: reserve_set.into(),
@@ -246,7 +256,8 @@ impl Statements {
             assign_set: assign_set.into(),
             release_lock: items.lock_held().into(),
             release_claim: release_claim.into(),
-            release_free: release_free.into(),
+            release_free: free(BarrierOperation::Release).into(),
+            compensate_free: free(BarrierOperation::Compensate).into(),
             cancel: cancel.into(),
             txn_index: items.txn_index().into(),
         }
@@ -279,10 +290,44 @@ pub async fn recorded(
     row.into_reply(operation)
 }
 
+/// The barrier row a release claims: a release for a retry or an abort has one row, and
+/// compensation another, so that an abort applied first does not stand in the way of the
+/// compensation that must still undo the assignment. The rules are those of
+/// [`machine::Items`](crate::machine::Items).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BarrierOperation {
+    Release,
+    Compensate,
+}
+
+impl BarrierOperation {
+    fn of(reason: ReleaseReason) -> Self {
+        match machine::Operation::of_release(reason) {
+            machine::Operation::Compensate => BarrierOperation::Compensate,
+            _ => BarrierOperation::Release,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            BarrierOperation::Release => machine::Operation::Release.as_str(),
+            BarrierOperation::Compensate => machine::Operation::Compensate.as_str(),
+        }
+    }
+
+    /// The states of the items it frees.
+    fn frees(self) -> &'static str {
+        match self {
+            BarrierOperation::Release => "'reserved'",
+            BarrierOperation::Compensate => "'reserved', 'assigned'",
+        }
+    }
+}
+
 /// Applies a release in the caller's transaction: locks what the transaction holds, claims the
 /// release (and refuses the later reserve and assign of its transaction), then frees what the
-/// transaction holds, reserved or assigned. A release seen before gets its recorded reply and
-/// changes nothing.
+/// transaction holds: what is reserved, and for compensation what is assigned too. A release
+/// seen before gets its recorded reply and changes nothing.
 ///
 /// Separate statements, not one: the claim waits for a reserve or assign of the same transaction
 /// that is committing right now, and only a statement that starts after that wait sees its
@@ -292,7 +337,9 @@ pub async fn release(
     statements: &Statements,
     txn_id: TxnId,
     order_id: OrderId,
+    reason: ReleaseReason,
 ) -> Result<Reply, sqlx::Error> {
+    let operation = BarrierOperation::of(reason);
     sqlx::query(AssertSqlSafe(statements.release_lock.clone()))
         .bind(txn_id)
         .execute(&mut *tx)
@@ -300,12 +347,24 @@ pub async fn release(
     let claimed: bool = sqlx::query_scalar(AssertSqlSafe(statements.release_claim.clone()))
         .bind(txn_id)
         .bind(order_id)
+        .bind(operation.as_str())
         .fetch_one(&mut *tx)
         .await?;
     if !claimed {
-        return recorded(tx, txn_id, Operation::Release).await;
+        let row: Recorded = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {REPLY_COLUMNS} FROM txn_barrier WHERE txn_id = $1 AND operation = $2"
+        )))
+        .bind(txn_id)
+        .bind(operation.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        return row.into_reply(Operation::Release);
     }
-    let row: Recorded = sqlx::query_as(AssertSqlSafe(statements.release_free.clone()))
+    let free = match operation {
+        BarrierOperation::Release => &statements.release_free,
+        BarrierOperation::Compensate => &statements.compensate_free,
+    };
+    let row: Recorded = sqlx::query_as(AssertSqlSafe(free.clone()))
         .bind(txn_id)
         .fetch_one(&mut *tx)
         .await?;

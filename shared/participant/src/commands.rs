@@ -340,10 +340,12 @@ impl<I: Inventory> CommandHandler<I> {
                 item_ids(&assign.items),
             ),
             Command::Cancel(_) => CommandWrite::cancel(statements.clone(), txn_id, order_id),
-            Command::Release(_) => {
+            Command::Release(release) => {
+                let reason = release.reason;
                 return async {
                     let mut tx = shared.pool.begin().await?;
-                    let reply = barrier::release(&mut tx, statements, txn_id, order_id).await?;
+                    let reply =
+                        barrier::release(&mut tx, statements, txn_id, order_id, reason).await?;
                     tx.commit().await?;
                     Ok(reply)
                 }

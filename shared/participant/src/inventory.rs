@@ -299,16 +299,16 @@ impl ItemTable {
         format!("SELECT id FROM {table} WHERE txn_id = $1 FOR UPDATE")
     }
 
-    /// The `WITH` clause of a release (`$1` txn): frees what the transaction holds, reserved or
-    /// assigned. Defines `freed (id)`.
-    pub(crate) fn free_ctes(&self) -> String {
+    /// The `WITH` clause of a release (`$1` txn): frees what the transaction holds in one of
+    /// `states` (a list of quoted states). Defines `freed (id)`.
+    pub(crate) fn free_ctes(&self, states: &str) -> String {
         let table = self.name;
         format!(
             "WITH freed AS (
                  UPDATE {table}
                  SET state = 'available', txn_id = NULL, order_id = NULL, reserved_until = NULL,
                      updated_at = now()
-                 WHERE txn_id = $1 AND state IN ('reserved', 'assigned')
+                 WHERE txn_id = $1 AND state IN ({states})
                  RETURNING id
              )"
         )
