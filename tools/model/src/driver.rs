@@ -269,9 +269,6 @@ fn record(state: &mut State, o: usize, d: usize, event: Event) -> bool {
             return false;
         }
     }
-    if after.state == OrderState::Placed {
-        state.send(Msg::Placed { order: o });
-    }
     let slot = &mut state.orders[o];
     slot.drivers[d].order = after.clone();
     slot.drivers[d].unrecorded = in_memory;

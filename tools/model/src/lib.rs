@@ -49,6 +49,9 @@ pub struct Config {
     pub faults: Faults,
     /// Riders pick placed orders up and deliver them.
     pub riders: bool,
+    /// Riders report a pick-up as soon as delivery has assigned the agent, before the order is
+    /// placed (delivery's API takes it today: an open counterexample).
+    pub early_pick_ups: bool,
     /// Customers cancel placed orders.
     pub cancels: bool,
     /// Phase 1 may outlast the response budget (the order is then recorded `reserving`), and an
@@ -73,6 +76,7 @@ impl Config {
                 lost_acks: 1,
             },
             riders: true,
+            early_pick_ups: false,
             cancels: true,
             operator: true,
         }
@@ -88,6 +92,7 @@ impl Config {
             max_attempts: 2,
             faults: Faults::default(),
             riders: false,
+            early_pick_ups: false,
             cancels: false,
             operator: false,
         }

@@ -51,6 +51,9 @@ struct Args {
     /// No riders (no pick-ups or deliveries).
     #[arg(long)]
     no_riders: bool,
+    /// Riders report pick-ups as soon as the agent is assigned, before placement.
+    #[arg(long)]
+    early_pick_ups: bool,
     /// No cancels.
     #[arg(long)]
     no_cancels: bool,
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
             lost_acks: args.lost_acks,
         },
         riders: !args.no_riders,
+        early_pick_ups: args.early_pick_ups,
         cancels: !args.no_cancels,
         operator: !args.no_operator,
     };

@@ -185,12 +185,6 @@ pub enum Msg {
         /// What.
         command: Command,
     },
-    /// The order's `placed` event (written with the record, published from the outbox), as
-    /// delivery consumes it.
-    Placed {
-        /// Which order.
-        order: usize,
-    },
     /// Delivery's report of a pick-up or a delivery (durable: written to its outbox first).
     Report {
         /// Which order.

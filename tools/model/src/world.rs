@@ -129,7 +129,7 @@ impl Model for OrderModel {
                     .any(|(to, cmd)| {
                         !state.net.iter().any(|m| match m {
                             Msg::Command { to: t, command, .. } => *t == to && *command == cmd,
-                            Msg::Placed { .. } | Msg::Report { .. } => false,
+                            Msg::Report { .. } => false,
                         })
                     });
                 if lost {
@@ -158,7 +158,15 @@ impl Model for OrderModel {
                     actions.push(Action::Cancel(o));
                 }
             }
-            if c.riders {
+            // A rider sees an order once it is placed; with `early_pick_ups` the rider reports
+            // a pick-up as soon as delivery has assigned the agent, which delivery's API takes.
+            let placed = slot.record.as_ref().is_some_and(|r| {
+                matches!(
+                    r.order.state,
+                    OrderState::Placed | OrderState::PickedUp | OrderState::Cancelling
+                )
+            });
+            if c.riders && (placed || c.early_pick_ups) {
                 let id = crate::state::order_id(o);
                 for (_, item) in state.delivery.items() {
                     match item {
@@ -356,7 +364,6 @@ fn receive(state: &mut State, msg: Msg) {
             let outcome = state.side_mut(to).apply(&command);
             driver::on_reply(state, order, to, &command, &outcome);
         }
-        Msg::Placed { order } => state.delivery.placed(crate::state::order_id(order)),
         Msg::Report { order, report } => driver::on_report(state, order, report),
     }
 }

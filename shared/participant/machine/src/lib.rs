@@ -28,8 +28,6 @@
 //!   be assigned; the sweep (or its timer) frees it.
 //! - **Cancel** frees what the transaction was assigned, all or nothing, and is refused once any
 //!   of it is out with a rider.
-//! - **Pick-up** only of an order known to be placed: an agent assigned in phase 2 may still be
-//!   released by compensation until the order is placed, and a rider out with it could not be.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -211,8 +209,6 @@ impl Command {
 pub struct Items {
     items: BTreeMap<ItemId, ItemState>,
     barrier: BTreeMap<(TxnId, Operation), Outcome>,
-    /// The orders known to be placed (delivery learns it from the `order.placed` event).
-    placed: BTreeSet<OrderId>,
     /// The orders delivered (delivery's `deliveries`).
     delivered: BTreeSet<OrderId>,
 }
@@ -225,7 +221,6 @@ impl Items {
                 .map(|id| (ItemId(id), ItemState::Available))
                 .collect(),
             barrier: BTreeMap::new(),
-            placed: BTreeSet::new(),
             delivered: BTreeSet::new(),
         }
     }
@@ -386,19 +381,11 @@ impl Items {
         }
     }
 
-    /// `order` is placed (delivery learns it from the order's `placed` event, which may come
-    /// more than once).
-    pub fn placed(&mut self, order: OrderId) {
-        self.placed.insert(order);
-    }
-
     /// The rider of `order` picked it up: the item assigned to it goes out. Returns it, or
-    /// `None` if no item is assigned to `order`, or if `order` is not known to be placed: until
-    /// then its phase 2 may still fail, and a rider out with it could not be taken back.
+    /// `None` if no item is assigned to `order`. Delivery does not know whether the order is
+    /// placed: a pick-up while the other side's assign is still under way is taken (the model
+    /// checker's open counterexample, `early_pick_ups`).
     pub fn pick_up(&mut self, order: OrderId) -> Option<ItemId> {
-        if !self.placed.contains(&order) {
-            return None;
-        }
         let (id, state) = self
             .items
             .iter_mut()

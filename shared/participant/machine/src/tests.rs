@@ -128,7 +128,6 @@ fn a_cancel_frees_the_assignment_unless_the_rider_has_it() {
     items.apply(&assign(1, &[1]));
     items.apply(&reserve(2, 1));
     items.apply(&assign(2, &[2]));
-    items.placed(order(2));
     assert_eq!(items.pick_up(order(2)), Some(ItemId(2)));
     assert_eq!(
         items.apply(&Command::Cancel { txn: txn(2) }),
@@ -155,15 +154,4 @@ fn only_an_expired_reservation_is_swept() {
     assert!(items.expire(ItemId(1)));
     assert!(items.sweep(ItemId(1)));
     assert_eq!(items.state(ItemId(1)), Some(ItemState::Available));
-}
-
-#[test]
-fn an_order_not_known_to_be_placed_cannot_be_picked_up() {
-    let mut items = Items::new(1);
-    items.apply(&reserve(1, 1));
-    items.apply(&assign(1, &[1]));
-    assert_eq!(items.pick_up(order(1)), None);
-    items.placed(order(1));
-    items.placed(order(1));
-    assert_eq!(items.pick_up(order(1)), Some(ItemId(1)));
 }
