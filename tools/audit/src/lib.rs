@@ -16,7 +16,9 @@
 //! 6. The outboxes: every order has exactly one event for each step it went through (within the
 //!    outbox's retention), and nothing stays unsent past the grace, in the coordinator's outbox
 //!    and in delivery's.
-//! 7. The barriers: no item is held by a transaction that was released.
+//! 7. The barriers: no item is reserved by a transaction that was released (an abort applied after
+//!    the assign leaves the assignment, as it must), and nothing is held by one that was
+//!    compensated.
 //!
 //! The audit reads each database once, without locks, so on a busy system it can see one
 //! database a moment after another; run it on a quiet system, or expect transient reports that
@@ -160,7 +162,8 @@ pub enum Violation {
         /// How many.
         count: i64,
     },
-    /// An item held by a transaction whose release was applied.
+    /// An item reserved by a transaction whose release was applied, or held by one whose
+    /// compensation was.
     HeldAfterRelease {
         /// `packet` or `agent`.
         item: String,
@@ -474,8 +477,10 @@ pub async fn audit(db: &Databases, grace: Duration) -> Result<Report, sqlx::Erro
         (&db.delivery, "agents", "agent"),
     ] {
         let held: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT i.id FROM txn_barrier b JOIN {table} i ON i.txn_id = b.txn_id
-             WHERE b.operation = 'release' ORDER BY i.id"
+            "SELECT DISTINCT i.id FROM txn_barrier b JOIN {table} i ON i.txn_id = b.txn_id
+             WHERE (b.operation = 'release' AND i.state = 'reserved')
+                OR b.operation = 'compensate'
+             ORDER BY i.id"
         )))
         .fetch_all(pool)
         .await?;
