@@ -256,11 +256,24 @@ async fn a_repeated_idempotency_key_gets_the_first_order_and_creates_no_other() 
     assert_eq!(status, StatusCode::CREATED, "{first}");
     assert!(!replayed, "a first request is not a replay");
 
-    // The same request again: the same order, nothing new reserved or assigned.
+    // The same request again: the same order, nothing new reserved or assigned; not even for a
+    // moment (a replay runs no phase 1, which could hold the last packets of other customers).
+    let reserves = async || -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM txn_barrier WHERE operation = 'reserve'")
+            .fetch_one(system.infra.store_db().await)
+            .await
+            .expect("count the store's reserves")
+    };
+    let reserved_before = reserves().await;
     let (status, replayed, again) = place_with_key(&system, food, "c-42", "k-1").await;
     assert_eq!(status, StatusCode::CREATED, "{again}");
     assert!(replayed, "a repeated key is answered as a replay");
     assert_eq!(again, first);
+    assert_eq!(
+        reserves().await,
+        reserved_before,
+        "a replay reserves nothing"
+    );
 
     // Keys belong to a customer: another customer's "k-1" is another order.
     let (status, replayed, other) = place_with_key(&system, food, "c-7", "k-1").await;

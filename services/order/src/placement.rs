@@ -1,6 +1,7 @@
 //! Taking in a new order (`POST /orders`): run its phase 1, then record it with the outcome
-//! (presumed abort), or find the customer's order with the same idempotency key; drive it to its
-//! end; answer with the order as recorded when it became final, or when the response budget ran
+//! (presumed abort), or find the customer's order with the same idempotency key (before phase 1,
+//! so that a replay holds nothing; and at the record, for two first requests that race); drive it
+//! to its end; answer with the order as recorded when it became final, or when the response budget ran
 //! out.
 //!
 //! Nothing is written before phase 1 ends: the order is recorded once, at its commit decision
@@ -28,7 +29,7 @@ use crate::driver::Phase1;
 use crate::machine::rules::Driving;
 use crate::machine::{self, Event, Order, OrderState};
 use crate::outbox;
-use crate::repo::{Inserted, LeaseToken, NewOrder, RepoError};
+use crate::repo::{self, Inserted, LeaseToken, NewOrder, RepoError};
 
 /// At most how long before the response budget ends an order still in phase 1 is recorded.
 const RECORD_MARGIN: Duration = Duration::from_millis(500);
@@ -111,6 +112,18 @@ impl Coordinator {
             idempotency_key,
         };
         let answer_by = Instant::now() + self.settings.response_budget;
+        // A replay is answered with the recorded order before any phase 1 runs: it holds nothing
+        // (the insert still settles two first requests with one key that race each other).
+        if let Some(key) = new.idempotency_key.as_deref() {
+            let found = repo::load_by_key(self.orders.pool(), &new.customer_id, key);
+            let found = tokio::time::timeout_at(answer_by, found)
+                .await
+                .map_err(|_| PlaceError::NotRecordedInTime)??;
+            if let Some(existing) = found {
+                info!(existing = %existing.id, state = %existing.state, "idempotency key seen before: answering with its order");
+                return Ok(Placement::Replayed(existing));
+            }
+        }
         // A phase 1 that outlasts most of the budget is recorded (`reserving`) before the
         // budget ends, leaving the record time to commit.
         let margin = (self.settings.response_budget / 2).min(RECORD_MARGIN);
