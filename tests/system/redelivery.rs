@@ -1,4 +1,5 @@
-//! A command delivered twice changes state once and gets the same reply.
+//! A command delivered twice changes state once and gets the same reply; a reply lost on its way
+//! is asked for again.
 
 use protocol::command::{
     AgentRequest, Assign, AssignReply, Command, PacketLine, PacketRequest, Release, ReleaseReason,
@@ -10,8 +11,8 @@ use protocol::topology::Participant;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::helpers::TestSystem;
 use crate::helpers::client::CommandClient;
+use crate::helpers::{Options, TestSystem};
 
 /// Rows of `table` in `state` held by `txn`.
 async fn held(pool: &PgPool, table: &str, txn: TxnId, state: &str) -> i64 {
@@ -182,3 +183,32 @@ async fn a_batch_of_commands_is_applied_and_answered_command_by_command() {
 async fn held_by(pool: &PgPool, table: &str, txn: TxnId) -> i64 {
     held(pool, table, txn, "reserved").await
 }
+
+/// The model's counterexample of a lost reply: replies are published without confirms, and a
+/// reserve whose reply was lost used to be waited for until the order's deadline, which refused
+/// (`timeout`) an order whose items were free. The coordinator now asks again after its reply
+/// timeout, and the store answers the repeat from its barrier.
+#[tokio::test]
+async fn a_lost_reserve_reply_is_asked_again_and_the_order_placed() {
+    let system = TestSystem::start_with(
+        Options::patient().store("FAULT_POINTS", "participant.drop_reply=drop"),
+    )
+    .await;
+    let food = system.create_food("Kesari", 1).await;
+    system.create_agents(1).await;
+
+    let (_, body) = system.place_order(food).await;
+    let id = body["order_id"].as_str().expect("an order id");
+    let order = system.order_when_final(&system.order, id).await;
+    assert_eq!(order["status"], "placed", "{order}");
+    assert!(
+        system.store.logged("dropping the message"),
+        "the store lost a reply: {}",
+        system.store.tail(20)
+    );
+    assert_eq!(system.food(food).await["assigned"], 1);
+    system.assert_nothing_reserved(FINISH).await;
+    system.assert_audit_clean(FINISH).await;
+}
+
+const FINISH: std::time::Duration = std::time::Duration::from_secs(30);

@@ -51,10 +51,15 @@ impl Participants {
     }
 
     /// Phase 1: asks both sides to reserve for the order's transaction, waiting up to `wait` for
-    /// each answer (a reserve that goes unanswered is released, not asked again).
+    /// each answer and asking again after each reply timeout (a lost reply is answered again from
+    /// the participant's barrier). A reserve still unanswered at the end is released.
     pub async fn reserve(&self, order: &Order, wait: Duration) -> Sides<Reservation> {
+        let until = Instant::now() + wait;
         let ask = |side| async move {
-            match self.call(side, order, Op::Reserve, Wait::Once(wait)).await {
+            match self
+                .call(side, order, Op::Reserve, self.resending(until))
+                .await
+            {
                 Some(ReserveReply::Reserved { items, expires_at }) => {
                     Reservation::Held { items, expires_at }
                 }

@@ -110,6 +110,9 @@ impl<I: Inventory> CommandHandler<I> {
             Ok(reply) => reply,
             Err(disposition) => return disposition,
         };
+        if reply_lost(&envelope) {
+            return Disposition::Ack;
+        }
         let trace = reply_trace(&span, message.trace());
         let Some(reply_to) = message.reply_to() else {
             warn!("command without reply_to: applied, but nobody to tell");
@@ -171,6 +174,7 @@ impl<I: Inventory> CommandHandler<I> {
         let mut replies = Vec::with_capacity(commands.len());
         for ((envelope, result), span) in commands.iter().zip(results).zip(&spans) {
             match result {
+                Ok(_) if reply_lost(envelope) => {}
                 Ok(reply) => {
                     let mut reply = TxnEnvelope::txn(envelope.order_id(), envelope.txn_id(), reply);
                     if let Some(trace) = reply_trace(span, envelope.trace()) {
@@ -381,6 +385,12 @@ impl<I: Inventory> CommandHandler<I> {
 
 /// The trace context a reply is sent with: that of the span that handled its command, or (spans
 /// not exported) a new span of the command's trace, for the logs.
+/// A reply lost on its way (tests only: `participant.drop_reply@<order id>=drop` loses the first
+/// reply to a command of that order; the command is applied and acked).
+fn reply_lost<R>(envelope: &TxnEnvelope<Command<R>>) -> bool {
+    service_kit::fault::drop_once("participant.drop_reply", &envelope.order_id().to_string())
+}
+
 fn reply_trace(span: &Span, command: Option<TraceContext>) -> Option<TraceContext> {
     messaging::trace::context_of(span).or_else(|| command.map(|trace| trace.child()))
 }

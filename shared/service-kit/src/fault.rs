@@ -4,13 +4,15 @@
 //! makes the process abort, like `kill -9` (no destructors, no graceful shutdown), when it
 //! reaches [`point`] with that name. `name=3s` makes [`pause`] with that name wait that long,
 //! like a worker that stalls, and `name=panic` makes the task that reaches it panic, like a bug.
+//! `name=drop` makes [`drop_once`] say "drop it" the first time it is asked, like a network that
+//! loses one message.
 //! `name@key` arms a point for one key only (e.g. one order id, at [`point_for`]).
 //! `clock.ahead=30s` makes the process's wall clock ([`now`]) read
 //! that much ahead of the real one, like a machine whose clock has drifted. Unarmed points cost
 //! one lookup in a map that is empty in production.
 
-use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 #[derive(Clone, Copy, Debug)]
@@ -18,6 +20,7 @@ enum Fault {
     Abort,
     Pause(Duration),
     Panic,
+    DropOnce,
 }
 
 static ARMED: OnceLock<HashMap<String, Fault>> = OnceLock::new();
@@ -37,6 +40,7 @@ pub fn arm(spec: &str) -> Result<(), FaultSpecError> {
         let (name, fault) = match entry.split_once('=') {
             None => (entry, Fault::Abort),
             Some((name, "panic")) => (name, Fault::Panic),
+            Some((name, "drop")) => (name, Fault::DropOnce),
             Some((name, delay)) => {
                 let delay = humantime::parse_duration(delay).map_err(|e| FaultSpecError {
                     entry: entry.to_owned(),
@@ -66,8 +70,36 @@ pub fn point(name: &str) {
             std::process::abort();
         }
         Some(Fault::Panic) => panic_at(name),
-        Some(Fault::Pause(_)) | None => {}
+        Some(Fault::Pause(_) | Fault::DropOnce) | None => {}
     }
+}
+
+/// The points armed to drop that have dropped their message already.
+static DROPPED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+/// Whether to drop the message at `name` (or at `name@key`, a point armed for one key): true
+/// the first time a point armed with `=drop` is reached, false ever after and for any other.
+pub fn drop_once(name: &str, key: &str) -> bool {
+    if ARMED.get().is_none_or(HashMap::is_empty) {
+        return false;
+    }
+    let keyed = format!("{name}@{key}");
+    let Some(point) = [name, keyed.as_str()]
+        .into_iter()
+        .find(|point| matches!(armed(point), Some(Fault::DropOnce)))
+    else {
+        return false;
+    };
+    let Ok(mut dropped) = DROPPED.lock() else {
+        return false;
+    };
+    let first = dropped
+        .get_or_insert_with(HashSet::new)
+        .insert(point.to_owned());
+    if first {
+        tracing::warn!(point, "fault point reached: dropping the message");
+    }
+    first
 }
 
 /// [`point`] for `name`, and for `name@key` (a point armed for this key only).
@@ -93,7 +125,7 @@ pub fn now() -> chrono::DateTime<chrono::Utc> {
             .ok()
             .and_then(|ahead| now.checked_add_signed(ahead))
             .unwrap_or(now),
-        Some(Fault::Abort | Fault::Panic) | None => now,
+        Some(Fault::Abort | Fault::Panic | Fault::DropOnce) | None => now,
     }
 }
 
@@ -105,6 +137,6 @@ pub async fn pause(name: &str) {
             tokio::time::sleep(delay).await;
         }
         Some(Fault::Panic) => panic_at(name),
-        Some(Fault::Abort) | None => {}
+        Some(Fault::Abort | Fault::DropOnce) | None => {}
     }
 }

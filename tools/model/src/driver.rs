@@ -372,14 +372,30 @@ fn awaits(phase: &Phase, from: Participant, command: &Command) -> bool {
     }
 }
 
-/// The commands a driver waits on an answer to and could send again (the real driver asks
-/// again after its reply timeout in phase 2, compensation and cancellation; phase 1 does not).
-pub(crate) fn unanswered(state: &State, o: usize, d: usize) -> Vec<(Participant, Command)> {
+/// The commands a driver waits on an answer to, which it sends again after its reply timeout
+/// (the participant answers a repeat from its barrier).
+pub(crate) fn unanswered(
+    state: &State,
+    config: &Config,
+    o: usize,
+    d: usize,
+) -> Vec<(Participant, Command)> {
     let driver = &state.orders[o].drivers[d];
     let txn = driver.order.txn_id;
     let order = driver.order.id;
     let mut out = Vec::new();
     match &driver.phase {
+        Phase::Reserving(answers) if !driver.deadline_passed => {
+            for (side, answer) in answers.iter() {
+                if answer.is_none() {
+                    let wanted = match side {
+                        Participant::Store => config.packets_per_order as usize,
+                        Participant::Delivery => 1,
+                    };
+                    out.push((side, Command::Reserve { txn, order, wanted }));
+                }
+            }
+        }
         Phase::Assigning {
             answers,
             gave_up: false,

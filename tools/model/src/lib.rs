@@ -54,6 +54,10 @@ pub struct Config {
     pub early_pick_ups: bool,
     /// Customers cancel placed orders.
     pub cancels: bool,
+    /// Phase 1's deadline passes, and phase 2 gives up, whenever the checker chooses. Without
+    /// them (participants always answer in time), every order must end through lost replies
+    /// too: nothing may wait for an answer that will never come.
+    pub deadlines: bool,
     /// Phase 1 may outlast the response budget (the order is then recorded `reserving`), and an
     /// operator may abort such an order.
     pub operator: bool,
@@ -79,6 +83,7 @@ impl Config {
             early_pick_ups: false,
             cancels: true,
             operator: true,
+            deadlines: true,
         }
     }
 
@@ -95,6 +100,7 @@ impl Config {
             early_pick_ups: false,
             cancels: false,
             operator: false,
+            deadlines: true,
         }
     }
 }

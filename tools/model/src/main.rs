@@ -63,6 +63,9 @@ struct Args {
     /// Stop exploring at this depth (0: no bound).
     #[arg(long, default_value_t = 0)]
     depth: usize,
+    /// Deadlines never pass (participants always answer in time).
+    #[arg(long)]
+    no_deadlines: bool,
     /// Checker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         early_pick_ups: args.early_pick_ups,
         cancels: !args.no_cancels,
         operator: !args.no_operator,
+        deadlines: !args.no_deadlines,
     };
     println!("checking {config:?}");
     let started = Instant::now();

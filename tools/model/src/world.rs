@@ -113,6 +113,7 @@ impl Model for OrderModel {
             for (d, drv) in slot.drivers.iter().enumerate() {
                 let (order, token) = (o, drv.token);
                 match &drv.phase {
+                    _ if !c.deadlines => {}
                     Phase::Reserving(_) if !drv.deadline_passed => {
                         actions.push(Action::Deadline { order, token });
                     }
@@ -124,7 +125,7 @@ impl Model for OrderModel {
                     }
                     _ => {}
                 }
-                let lost = driver::unanswered(state, o, d)
+                let lost = driver::unanswered(state, c, o, d)
                     .into_iter()
                     .any(|(to, cmd)| {
                         !state.net.iter().any(|m| match m {
@@ -265,7 +266,7 @@ impl Model for OrderModel {
             }
             Action::Resend { order, token } => {
                 let d = driver::find(&state, order, token)?;
-                for (to, command) in driver::unanswered(&state, order, d) {
+                for (to, command) in driver::unanswered(&state, c, order, d) {
                     driver::send(&mut state, order, to, command);
                 }
             }

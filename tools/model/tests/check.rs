@@ -56,3 +56,22 @@ fn two_orders_for_the_last_packet_and_agent_keep_the_promise() {
         ..Config::plain(2)
     });
 }
+
+/// Without deadlines (participants always answer in time), every order still ends through a
+/// lost reply, a crash, a duplicate, a stall and a lost acknowledgement: nothing waits for an
+/// answer that will never come.
+#[test]
+fn without_deadlines_every_order_ends_through_every_fault() {
+    check(Config {
+        orders: 1,
+        faults: Faults {
+            crashes: 1,
+            lost_replies: 1,
+            duplicates: 1,
+            stalls: 1,
+            lost_acks: 1,
+        },
+        deadlines: false,
+        ..Config::plain(1)
+    });
+}

@@ -139,3 +139,46 @@ fn a_pick_up_before_placement_still_leaves_a_rider_with_an_unplaced_order() {
         }
     ));
 }
+
+/// Hole 4: a reserve's reply is lost (replies go without confirms); the coordinator never asked
+/// again, so the order waited for its deadline and was refused `timeout` with its items free.
+/// Without deadlines it waited for ever. The driver now asks again after its reply timeout, and
+/// the participant answers the repeat from its barrier.
+#[test]
+fn a_lost_reserve_reply_is_asked_again() {
+    let model = OrderModel::new(Config {
+        faults: Faults {
+            lost_replies: 1,
+            ..Faults::default()
+        },
+        deadlines: false,
+        ..Config::plain(1)
+    });
+    let lost = Msg::Command {
+        to: Participant::Store,
+        order: 0,
+        command: Command::Reserve {
+            txn: txn_id(0, 0),
+            order: order_id(0),
+            wanted: 1,
+        },
+    };
+    let path = [
+        Action::Submit {
+            order: 0,
+            ack_lost: false,
+        },
+        reserve(Participant::Delivery),
+        Action::LoseReply(lost),
+        Action::Resend { order: 0, token: 1 },
+        reserve(Participant::Store),
+        assign(Participant::Delivery),
+        assign(Participant::Store),
+    ];
+    let Replayed::Done { state, broken } = replay(&model, &path) else {
+        panic!("the driver should ask again, and the order go on");
+    };
+    assert_eq!(broken, Vec::<&str>::new());
+    let record = state.orders[0].record.as_ref().map(|r| r.order.state);
+    assert_eq!(record, Some(order_machine::OrderState::Placed));
+}
