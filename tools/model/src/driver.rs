@@ -116,35 +116,20 @@ fn step(state: &mut State, config: &Config, o: usize, d: usize) {
                     tell_nothing(state, o);
                     stop(state, o, d);
                 }
-                AfterReserve::Commit(decided) => {
-                    if record(state, o, d, decided) {
-                        let after = &state.orders[o].drivers[d].order;
-                        let items = Sides::new(
-                            after.packet_ids.iter().map(|p| ItemId(p.0)).collect(),
-                            after.agent_id.map(|a| ItemId(a.0)).into_iter().collect(),
-                        );
-                        assign(state, o, d, items);
-                    }
-                }
+                AfterReserve::Commit(decided) => record(state, o, d, decided),
                 AfterReserve::Abort { reason, release } => abort(state, o, d, release, reason),
                 AfterReserve::Retry { release: which } => {
                     release(state, o, order.txn_id, which, ReleaseReason::Retry);
                     let slot = &mut state.orders[o];
                     slot.txns += 1;
                     let txn = txn_id(o, slot.txns);
-                    if record(state, o, d, Event::Retried { txn }) {
-                        reserve(state, config, o, d, txn);
-                    }
+                    record(state, o, d, Event::Retried { txn });
                 }
             }
         }
         Phase::Assigning { answers, .. } => {
             let answers = answers.map(|_, a| a.unwrap_or(AssignAnswer::NoAnswer));
-            let event = after_assign(&answers);
-            let failed = event != Event::Assigned;
-            if record(state, o, d, event) && failed {
-                compensate(state, o, d);
-            }
+            record(state, o, d, after_assign(&answers));
         }
         Phase::Compensating(released) => {
             if let Some(compensated) = after_release(&released) {
@@ -234,13 +219,14 @@ pub(crate) fn send(state: &mut State, o: usize, to: Participant, command: Comman
 }
 
 /// Records `event` for driver `d`: the first record of a new order (an insert), or a save that
-/// presents the driver's lease token and the state it computed from. A save that finds either
-/// changed, or an event the machine refuses, stops the driver. Returns whether it was recorded.
-fn record(state: &mut State, o: usize, d: usize, event: Event) -> bool {
+/// presents the driver's lease token and the state it computed from; then the driver asks the
+/// machine for its next step (as the driver's loop does). A save that finds either changed, or
+/// an event the machine refuses, stops the driver.
+fn record(state: &mut State, o: usize, d: usize, event: Event) {
     let driver = state.orders[o].drivers[d].clone();
     let Ok(after) = apply(&driver.order, event, AT) else {
         stop(state, o, d);
-        return false;
+        return;
     };
     let slot = &mut state.orders[o];
     // Phase 1 goes on in memory: a new order is recorded only at its end.
@@ -266,12 +252,13 @@ fn record(state: &mut State, o: usize, d: usize, event: Event) -> bool {
         };
         if !written {
             stop(state, o, d);
-            return false;
+            return;
         }
     }
     let slot = &mut state.orders[o];
     slot.drivers[d].order = after.clone();
     slot.drivers[d].unrecorded = in_memory;
+    slot.drivers[d].phase = Phase::Start;
     if driver.request && slot.client == Client::Waiting {
         match after.state {
             OrderState::Placed => slot.client = Client::Answered(Answer::Placed),
@@ -286,7 +273,6 @@ fn record(state: &mut State, o: usize, d: usize, event: Event) -> bool {
     if after.state.is_final() {
         stop(state, o, d);
     }
-    true
 }
 
 /// The driver stops (its order is final, or another driver has it).
