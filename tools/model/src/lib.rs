@@ -64,29 +64,6 @@ pub struct Config {
 }
 
 impl Config {
-    /// The size the tests check: two orders for one packet and one agent, one fault of each kind.
-    pub fn small() -> Self {
-        Self {
-            orders: 2,
-            packets: 1,
-            agents: 1,
-            packets_per_order: 1,
-            max_attempts: 2,
-            faults: Faults {
-                crashes: 1,
-                lost_replies: 1,
-                duplicates: 1,
-                stalls: 1,
-                lost_acks: 1,
-            },
-            riders: true,
-            early_pick_ups: false,
-            cancels: true,
-            operator: true,
-            deadlines: true,
-        }
-    }
-
     /// No faults, nothing after placement: the plain protocol.
     pub fn plain(orders: usize) -> Self {
         Self {

@@ -80,6 +80,19 @@ pub struct Faults {
     pub lost_acks: u8,
 }
 
+impl Faults {
+    /// One fault of each kind.
+    pub fn each_once() -> Self {
+        Self {
+            crashes: 1,
+            lost_replies: 1,
+            duplicates: 1,
+            stalls: 1,
+            lost_acks: 1,
+        }
+    }
+}
+
 /// One order: its client, its record and its drivers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Slot {

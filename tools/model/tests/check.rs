@@ -32,13 +32,7 @@ fn check(config: Config) {
 fn one_order_keeps_the_promise_through_every_fault() {
     check(Config {
         orders: 1,
-        faults: Faults {
-            crashes: 1,
-            lost_replies: 1,
-            duplicates: 1,
-            stalls: 1,
-            lost_acks: 1,
-        },
+        faults: Faults::each_once(),
         riders: true,
         cancels: true,
         operator: true,
@@ -64,13 +58,7 @@ fn two_orders_for_the_last_packet_and_agent_keep_the_promise() {
 fn without_deadlines_every_order_ends_through_every_fault() {
     check(Config {
         orders: 1,
-        faults: Faults {
-            crashes: 1,
-            lost_replies: 1,
-            duplicates: 1,
-            stalls: 1,
-            lost_acks: 1,
-        },
+        faults: Faults::each_once(),
         deadlines: false,
         ..Config::plain(1)
     });
