@@ -21,6 +21,7 @@
 //! customer). The properties are in [`properties`]; `cargo run -p model --release -- --help`
 //! runs a deeper check than the tests do.
 
+pub mod answers;
 pub mod driver;
 pub mod properties;
 pub mod replay;

@@ -9,9 +9,9 @@ use protocol::ids::ItemId;
 use protocol::topology::Participant;
 use stateright::{Model, Property};
 
-use crate::driver;
 use crate::state::{AT, Client, Driver, Msg, Phase, Record, Slot, State, draft};
 use crate::{OrderModel, properties};
+use crate::{answers, driver};
 
 /// One thing that happens.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -125,7 +125,7 @@ impl Model for OrderModel {
                     }
                     _ => {}
                 }
-                let lost = driver::unanswered(state, c, o, d)
+                let lost = answers::unanswered(state, c, o, d)
                     .into_iter()
                     .any(|(to, cmd)| {
                         !state.net.iter().any(|m| match m {
@@ -266,7 +266,7 @@ impl Model for OrderModel {
             }
             Action::Resend { order, token } => {
                 let d = driver::find(&state, order, token)?;
-                for (to, command) in driver::unanswered(&state, c, order, d) {
+                for (to, command) in answers::unanswered(&state, c, order, d) {
                     driver::send(&mut state, order, to, command);
                 }
             }
@@ -363,8 +363,8 @@ fn receive(state: &mut State, msg: Msg) {
     match msg {
         Msg::Command { to, order, command } => {
             let outcome = state.side_mut(to).apply(&command);
-            driver::on_reply(state, order, to, &command, &outcome);
+            answers::on_reply(state, order, to, &command, &outcome);
         }
-        Msg::Report { order, report } => driver::on_report(state, order, report),
+        Msg::Report { order, report } => answers::on_report(state, order, report),
     }
 }
