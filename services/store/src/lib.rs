@@ -15,6 +15,8 @@
 pub mod config;
 pub mod http;
 pub mod inventory;
+#[cfg(test)]
+mod machine_agrees;
 pub mod repo;
 pub mod startup;
 

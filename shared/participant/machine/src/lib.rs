@@ -257,15 +257,12 @@ impl Items {
     }
 
     fn reserve(&mut self, txn: TxnId, order: OrderId, wanted: usize) -> Outcome {
-        let takeable: Vec<ItemId> = self
-            .items
-            .iter()
-            .filter(|(_, state)| {
-                matches!(
-                    state,
-                    ItemState::Available | ItemState::Reserved { expired: true, .. }
-                )
-            })
+        // Free items first, then reservations past their expiry (as the participants' picks).
+        let free = |state: &ItemState| matches!(state, ItemState::Available);
+        let expired =
+            |state: &ItemState| matches!(state, ItemState::Reserved { expired: true, .. });
+        let takeable: Vec<ItemId> = (self.items.iter().filter(|(_, s)| free(s)))
+            .chain(self.items.iter().filter(|(_, s)| expired(s)))
             .map(|(id, _)| *id)
             .take(wanted)
             .collect();
