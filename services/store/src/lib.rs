@@ -15,8 +15,6 @@
 pub mod config;
 pub mod http;
 pub mod inventory;
-#[cfg(test)]
-mod machine_agrees;
 pub mod repo;
 pub mod startup;
 

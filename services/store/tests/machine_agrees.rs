@@ -22,7 +22,8 @@ use protocol::ids::{ItemId, OrderId, TxnId};
 use service_kit::testing::ScratchDatabase;
 use sqlx::{AssertSqlSafe, PgConnection};
 
-use crate::inventory::Packets;
+use store_service::MIGRATOR;
+use store_service::inventory::Packets;
 
 const PACKETS: i64 = 3;
 const TXNS: u128 = 3;
@@ -313,7 +314,7 @@ fn the_participant_machine_and_the_stores_statements_agree() {
         .unwrap();
     let store = runtime.block_on(async {
         let database = ScratchDatabase::create("store_machine_test").await.unwrap();
-        crate::MIGRATOR.run(database.pool()).await.unwrap();
+        MIGRATOR.run(database.pool()).await.unwrap();
         sqlx::query("INSERT INTO foods (name) VALUES ('rice')")
             .execute(database.pool())
             .await
