@@ -6,6 +6,9 @@
 //! so items are compared by how many each transaction holds in each state, and replies by their
 //! kind and the number of items they name.
 
+// A test fails by panicking: unwrap and expect are how it says what went wrong.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
