@@ -1,8 +1,8 @@
 //! Taking in a new order (`POST /orders`): run its phase 1, then record it with the outcome
 //! (presumed abort), or find the customer's order with the same idempotency key (before phase 1,
-//! so that a replay holds nothing; and at the record, for two first requests that race); drive it
-//! to its end; answer with the order as recorded when it became final, or when the response budget ran
-//! out.
+//! so that a replay holds nothing; and at the record, for two first requests that race); drive
+//! it to its end; answer with the order as recorded when it became final, or when the response
+//! budget ran out.
 //!
 //! Nothing is written before phase 1 ends: the order is recorded once, at its commit decision
 //! (`assigning`) or as `not_placed` (a phase 1 that outlasts most of the response budget is
