@@ -63,3 +63,16 @@ fn without_deadlines_every_order_ends_through_every_fault() {
         ..Config::plain(1)
     });
 }
+
+/// Two orders for the last packet and agent while the coordinator of either dies at any step and
+/// another takes the order over.
+#[test]
+fn two_orders_keep_the_promise_through_a_coordinator_crash() {
+    check(Config {
+        faults: Faults {
+            crashes: 1,
+            ..Faults::default()
+        },
+        ..Config::plain(2)
+    });
+}
