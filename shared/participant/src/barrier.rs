@@ -280,14 +280,24 @@ pub async fn recorded(
     txn_id: TxnId,
     operation: Operation,
 ) -> Result<Reply, sqlx::Error> {
-    let row: Recorded = sqlx::query_as(AssertSqlSafe(format!(
+    recorded_row(conn, txn_id, operation.as_str())
+        .await?
+        .into_reply(operation)
+}
+
+/// The row of (`txn_id`, the barrier operation named `row`).
+async fn recorded_row(
+    conn: &mut PgConnection,
+    txn_id: TxnId,
+    row: &str,
+) -> Result<Recorded, sqlx::Error> {
+    sqlx::query_as(AssertSqlSafe(format!(
         "SELECT {REPLY_COLUMNS} FROM txn_barrier WHERE txn_id = $1 AND operation = $2"
     )))
     .bind(txn_id)
-    .bind(operation.as_str())
+    .bind(row)
     .fetch_one(&mut *conn)
-    .await?;
-    row.into_reply(operation)
+    .await
 }
 
 /// The barrier row a release claims: a release for a retry or an abort has one row, and
@@ -351,14 +361,10 @@ pub async fn release(
         .fetch_one(&mut *tx)
         .await?;
     if !claimed {
-        let row: Recorded = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT {REPLY_COLUMNS} FROM txn_barrier WHERE txn_id = $1 AND operation = $2"
-        )))
-        .bind(txn_id)
-        .bind(operation.as_str())
-        .fetch_one(&mut *tx)
-        .await?;
-        return row.into_reply(Operation::Release);
+        // Compensation's row answers as a release does.
+        return recorded_row(tx, txn_id, operation.as_str())
+            .await?
+            .into_reply(Operation::Release);
     }
     let free = match operation {
         BarrierOperation::Release => &statements.release_free,
