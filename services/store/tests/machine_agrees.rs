@@ -155,6 +155,24 @@ impl Store {
         conn
     }
 
+    /// The reply a command's statement came to: its row, or, where the barrier says the
+    /// command was applied (or refused) before, the recorded one, as the participant answers.
+    async fn reply(
+        &self,
+        conn: &mut PgConnection,
+        row: Result<Recorded, sqlx::Error>,
+        t: u128,
+        operation: Operation,
+    ) -> Reply {
+        match row {
+            Ok(row) => row.into_reply(operation).unwrap(),
+            Err(err) if barrier::is_recorded_already(&err, &self.statements) => {
+                barrier::recorded(conn, txn(t), operation).await.unwrap()
+            }
+            Err(err) => panic!("{operation}: {err}"),
+        }
+    }
+
     async fn run(&self, ops: &[Op]) -> Result<(), TestCaseError> {
         let mut conn = self.reset().await;
         let mut machine = Items::new(PACKETS);
@@ -173,14 +191,9 @@ impl Store {
                             quantities: vec![i32::try_from(*n).unwrap()],
                         },
                     };
-                    let real = match reserve_one(&mut conn, &self.statements, &reserve).await {
-                        Ok(row) => row.into_reply(Operation::Reserve).unwrap(),
-                        Err(err) if barrier::is_recorded_already(&err, &self.statements) => {
-                            barrier::recorded(&mut conn, txn(*t), Operation::Reserve)
-                                .await
-                                .unwrap()
-                        }
-                        Err(err) => panic!("reserve: {err}"),
+                    let real = {
+                        let row = reserve_one(&mut conn, &self.statements, &reserve).await;
+                        self.reply(&mut conn, row, *t, Operation::Reserve).await
                     };
                     let model = machine.apply(&Command::Reserve {
                         txn: txn(*t),
@@ -209,15 +222,7 @@ impl Store {
                             .bind(ids)
                             .fetch_one(&mut conn)
                             .await;
-                    let real = match row {
-                        Ok(row) => row.into_reply(Operation::Assign).unwrap(),
-                        Err(err) if barrier::is_recorded_already(&err, &self.statements) => {
-                            barrier::recorded(&mut conn, txn(*t), Operation::Assign)
-                                .await
-                                .unwrap()
-                        }
-                        Err(err) => panic!("assign: {err}"),
-                    };
+                    let real = self.reply(&mut conn, row, *t, Operation::Assign).await;
                     let model = machine.apply(&Command::Assign {
                         txn: txn(*t),
                         order: order(*t),
@@ -243,15 +248,7 @@ impl Store {
                             .bind(order(*t))
                             .fetch_one(&mut conn)
                             .await;
-                    let real = match row {
-                        Ok(row) => row.into_reply(Operation::Cancel).unwrap(),
-                        Err(err) if barrier::is_recorded_already(&err, &self.statements) => {
-                            barrier::recorded(&mut conn, txn(*t), Operation::Cancel)
-                                .await
-                                .unwrap()
-                        }
-                        Err(err) => panic!("cancel: {err}"),
-                    };
+                    let real = self.reply(&mut conn, row, *t, Operation::Cancel).await;
                     let model = machine.apply(&Command::Cancel { txn: txn(*t) });
                     (shape_of_reply(&real), shape_of_outcome(&model))
                 }
