@@ -32,7 +32,7 @@ pub(crate) struct Checked {
     /// The services' histogram means over the run, by service, if asked for.
     pub(crate) breakdown: Option<Vec<(String, Vec<Mean>)>>,
     /// What a delivery day came to (`day` only).
-    pub(crate) day: Option<crate::day::Stats>,
+    pub(crate) day: Option<crate::day_stats::Stats>,
 }
 
 /// The services' HTTP APIs.

@@ -17,7 +17,8 @@
 //! - [`scenario`]: what is seeded and ordered.
 //! - [`load`]: closed- and open-loop drivers and their latency histograms.
 //! - [`distributed`]: runs a scenario against the services, then checks it.
-//! - [`day`]: the `day` scenario: hubs, baskets, riders and cancellations, then its checks.
+//! - [`day`]: the `day` scenario: hubs, baskets, riders and cancellations, then its checks;
+//!   [`day_stats`]: what a day came to.
 //! - [`baseline`]: the same orders as one PostgreSQL transaction each, in one database.
 //! - [`breakdown`]: the services' own histograms over a run: time per phase and per command.
 //! - [`cpu`]: CPU time per process over a run, when the system runs on this machine.
@@ -28,6 +29,7 @@ mod baseline;
 mod breakdown;
 mod cpu;
 mod day;
+mod day_stats;
 mod distributed;
 mod load;
 mod report;

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::RunArgs;
 use crate::breakdown::{self, Mean};
 use crate::cpu::Usage;
-use crate::day::Stats;
+use crate::day_stats::Stats;
 use crate::distributed::Checked;
 use crate::scenario::Scenario;
 

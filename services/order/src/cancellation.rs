@@ -21,10 +21,10 @@ use tokio::time::Instant;
 use tracing::{Instrument, info};
 
 use crate::coordinator::Coordinator;
-use crate::driver::Phase1;
 use crate::machine::rules::Driving;
 use crate::machine::{self, Event, Order, OrderState};
 use crate::participants::order_span;
+use crate::phase1::Phase1;
 use crate::repo::{self, LeaseToken, RepoError};
 
 /// Why a cancel got no answer.

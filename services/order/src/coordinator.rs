@@ -17,13 +17,11 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, info_span, warn};
 
-use crate::driver::Phase1;
-use crate::machine::rules::Driving;
 use crate::machine::{self, Event, Order, OrderState};
 use crate::outbox;
-use crate::participants::{Participants, order_span};
+use crate::participants::Participants;
 use crate::repo::{self, LeaseToken, Orders, SaveError};
 
 /// Tunables of the coordinator.
@@ -96,38 +94,6 @@ impl Coordinator {
             .try_acquire_many_owned(permits)
             .ok()?;
         Some((permit, room))
-    }
-
-    /// Drives an order taken over from another driver (by a fired timer or the sweep), in the
-    /// background, holding one slot of recovery room until it stops.
-    pub fn resume(self: &Arc<Self>, order: Order, token: LeaseToken, slot: OwnedSemaphorePermit) {
-        // Runs to its end on its own; nobody waits for it.
-        drop(self.drive_taken(order, token, Driving::TakenOver, slot));
-    }
-
-    /// Drives an order whose lease was just taken (`token`), as `driving` says, on a recovery
-    /// slot; the handle gives the order as it ends up.
-    pub(crate) fn drive_taken(
-        self: &Arc<Self>,
-        order: Order,
-        token: LeaseToken,
-        driving: Driving,
-        slot: OwnedSemaphorePermit,
-    ) -> tokio::task::JoinHandle<Order> {
-        let span = order_span(&order);
-        let this = Arc::clone(self);
-        self.tracker.spawn(
-            async move {
-                info!(state = %order.state, attempt = order.attempt, ?driving, "taking the order over");
-                // A taken-over order runs no phase 1, so it has no phase-1 deadline of its own.
-                let order = this
-                    .drive(order, token, driving, Phase1::until(Instant::now()), None)
-                    .await;
-                drop(slot);
-                order
-            }
-            .instrument(span),
-        )
     }
 
     /// Records `event`: the order that the machine computes from it is saved (with its outbox

@@ -20,6 +20,7 @@
 //!   picked the order up (`picked_up`), else the agent is free and the store is asked to return
 //!   the packets, then `cancelled`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -29,46 +30,50 @@ use protocol::ids::{AgentId, PacketId, TxnId};
 use protocol::sides::Sides;
 use protocol::topology::Participant;
 use service_kit::fault;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::coordinator::{Coordinator, Stop};
 use crate::machine::rules::{self, AfterReserve, CancelAnswer, Driving, Reservation, Step};
 use crate::machine::{self, Event, NotPlacedReason, Order};
-use crate::placement::Unrecorded;
+use crate::participants::order_span;
+use crate::phase1::Phase1;
 use crate::repo::LeaseToken;
 
-/// How phase 1 of an order runs, if it does.
-#[derive(Debug)]
-pub(crate) struct Phase1 {
-    /// When it ends (the order is then not placed, `timeout`).
-    pub(crate) ends: Instant,
-    /// A new order, not recorded yet: its request waits for its first record, at the end of
-    /// phase 1 (or sooner, if phase 1 outlasts the request's budget).
-    pub(crate) unrecorded: Option<Unrecorded>,
-    /// Recorded in phase 1 after its request gave up, and nobody can ask for it again: it is
-    /// not placed.
-    pub(crate) unwanted: bool,
-}
-
-impl Phase1 {
-    /// Phase 1 of a recorded order, ending at `ends`.
-    pub(crate) fn until(ends: Instant) -> Self {
-        Self {
-            ends,
-            unrecorded: None,
-            unwanted: false,
-        }
-    }
-
-    /// Whether nobody wants the order any more (see [`Unrecorded::unwanted`]).
-    fn unwanted(&self) -> bool {
-        self.unwanted || self.unrecorded.as_ref().is_some_and(Unrecorded::unwanted)
-    }
-}
-
 impl Coordinator {
+    /// Drives an order taken over from another driver (by a fired timer or the sweep), in the
+    /// background, holding one slot of recovery room until it stops.
+    pub fn resume(self: &Arc<Self>, order: Order, token: LeaseToken, slot: OwnedSemaphorePermit) {
+        // Runs to its end on its own; nobody waits for it.
+        drop(self.drive_taken(order, token, Driving::TakenOver, slot));
+    }
+
+    /// Drives an order whose lease was just taken (`token`), as `driving` says, on a recovery
+    /// slot; the handle gives the order as it ends up.
+    pub(crate) fn drive_taken(
+        self: &Arc<Self>,
+        order: Order,
+        token: LeaseToken,
+        driving: Driving,
+        slot: OwnedSemaphorePermit,
+    ) -> tokio::task::JoinHandle<Order> {
+        let span = order_span(&order);
+        let this = Arc::clone(self);
+        self.tracker.spawn(
+            async move {
+                info!(state = %order.state, attempt = order.attempt, ?driving, "taking the order over");
+                // A taken-over order runs no phase 1, so it has no phase-1 deadline of its own.
+                let order = this
+                    .drive(order, token, driving, Phase1::until(Instant::now()), None)
+                    .await;
+                drop(slot);
+                order
+            }
+            .instrument(span),
+        )
+    }
+
     /// Moves `order` on until it is final, another driver takes it, or a wait is cut short by
     /// shutdown (an order being driven when the signal comes is finished if its replies come;
     /// only waits stop). Phase 1, if it runs, ends at `phase1.ends`, and starts from the

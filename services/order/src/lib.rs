@@ -10,6 +10,7 @@
 //!   [`machine::rules`] decide each next step. Pure: no I/O, no clock.
 //! - [`driver`]: carries out the machine's steps until the order is final.
 //! - [`participants`]: the typed client of the store and delivery.
+//! - [`phase1`]: phase 1 as a driver runs it, and the request that waits for a new order.
 //! - [`coordinator`]: what drivers share; recording an event, keeping a lease.
 //! - [`placement`]: `POST /orders`: record (or find by idempotency key), drive, answer in time.
 //! - [`cancellation`]: `POST /orders/{id}/cancel`: record the intent, drive, answer in time.
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod operator;
 pub mod outbox;
 pub mod participants;
+pub mod phase1;
 pub mod placement;
 pub mod progress;
 pub mod recovery;

@@ -25,10 +25,10 @@ use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::coordinator::{Coordinator, Stop};
-use crate::driver::Phase1;
 use crate::machine::rules::Driving;
 use crate::machine::{self, Event, Order, OrderState};
 use crate::outbox;
+use crate::phase1::{Phase1, Started, Unrecorded};
 use crate::repo::{self, Inserted, LeaseToken, NewOrder, RepoError};
 
 /// At most how long before the response budget ends an order still in phase 1 is recorded.
@@ -56,36 +56,6 @@ pub enum PlaceError {
     /// The coordinator stopped before the order was recorded.
     #[error("the coordinator is stopping")]
     Stopping,
-}
-
-/// What the task that records a new order reports to the request that asked for it.
-#[derive(Debug)]
-pub(crate) enum Started {
-    /// Recorded; the driver sends each recorded state here.
-    New(watch::Receiver<Order>),
-    /// The customer's order with the same idempotency key.
-    Existing(Box<Order>),
-}
-
-/// A new order whose phase 1 runs: it is not recorded yet, and its request waits for the first
-/// record.
-#[derive(Debug)]
-pub(crate) struct Unrecorded {
-    /// The client's key for it, if it sent one.
-    pub(crate) idempotency_key: Option<String>,
-    /// Where the request waits.
-    pub(crate) started: oneshot::Sender<Result<Started, RepoError>>,
-    /// When to record it even if phase 1 goes on, so that the request can answer `202 pending`
-    /// within its budget.
-    pub(crate) record_by: Instant,
-}
-
-impl Unrecorded {
-    /// Whether nobody wants the order any more: its request gave up (it answered `503`), and
-    /// nobody can ask for it again (no idempotency key). Such an order is not placed.
-    pub(crate) fn unwanted(&self) -> bool {
-        self.started.is_closed() && self.idempotency_key.is_none()
-    }
 }
 
 impl Coordinator {

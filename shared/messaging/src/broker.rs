@@ -1,7 +1,7 @@
-//! Broker configuration, connection pools and topology declaration.
+//! Connection pools and topology declaration (the configuration and errors are in `config` and
+//! `error`, re-exported here).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use deadpool::managed::{self, PoolConfig, Timeouts};
 use deadpool_lapin::lapin::{
@@ -11,80 +11,10 @@ use deadpool_lapin::lapin::{
 };
 use protocol::topology::{Declarations, ExchangeKind, QueueKind, QueueSpec};
 
+pub use crate::config::BrokerConfig;
+pub use crate::error::BrokerError;
 use crate::failover::Failover;
 use crate::health::Health;
-
-/// How to reach the broker.
-#[derive(Clone, Debug)]
-pub struct BrokerConfig {
-    /// `amqp://user:password@host:port/vhost`; the vhost is honoured. Add `?heartbeat=10` to notice
-    /// a silently dead connection sooner.
-    pub url: String,
-    /// The nodes of a cluster, as `host:port`, each used with the credentials, vhost and options
-    /// of `url` in place of its own host and port. Empty: `url`'s node alone.
-    pub addresses: Vec<String>,
-    /// The connection name shown in the management UI, e.g. `store-service`.
-    pub connection_name: String,
-    /// Publisher channels kept open. RabbitMQ runs each channel in one Erlang process, so a few
-    /// channels publish faster than one under load.
-    pub publisher_channels: usize,
-    /// How long to wait for a publisher confirm before treating the publish as failed.
-    pub confirm_timeout: Duration,
-    /// How long to wait for a connection to open.
-    pub connect_timeout: Duration,
-}
-
-/// Errors of the messaging layer.
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    /// No connection could be had from the pool (every node down, wrong credentials, …).
-    #[error("cannot get a broker connection: {0}")]
-    Pool(#[from] managed::PoolError<lapin::Error>),
-    /// The pool could not be built from the configuration.
-    #[error("invalid broker configuration: {0}")]
-    Config(String),
-    /// A protocol or connection error.
-    #[error("AMQP error: {0}")]
-    Amqp(#[from] lapin::Error),
-    /// A publish was not sent and confirmed in time; the broker may or may not have the message.
-    #[error("the broker did not confirm the message within {0:?}")]
-    ConfirmTimeout(Duration),
-    /// The broker has blocked the connection (memory or disk alarm) and takes no publishes.
-    #[error("the broker has blocked the connection (resource alarm)")]
-    Blocked,
-    /// The broker did not answer a request in time.
-    #[error("the broker did not answer {what} within {after:?}")]
-    Timeout {
-        /// The request.
-        what: &'static str,
-        /// How long it waited.
-        after: Duration,
-    },
-    /// The broker refused to take responsibility for a message.
-    #[error("the broker refused the message (nack)")]
-    Nacked,
-    /// A mandatory message matched no queue.
-    #[error(
-        "unroutable: no queue is bound to exchange {exchange:?} with routing key {routing_key:?}"
-    )]
-    Unroutable {
-        /// The exchange published to.
-        exchange: String,
-        /// The routing key used.
-        routing_key: String,
-    },
-    /// A message could not be serialized.
-    #[error("cannot encode message: {0}")]
-    Encode(#[from] serde_json::Error),
-}
-
-impl BrokerError {
-    /// Whether the broker took the message but no queue was bound for it: the connection and
-    /// channel are fine.
-    pub fn is_unroutable(&self) -> bool {
-        matches!(self, Self::Unroutable { .. })
-    }
-}
 
 /// Which pool a channel comes from. Publishing and consuming use separate connections: when the
 /// broker applies flow control to a publishing connection, consumers on other connections keep

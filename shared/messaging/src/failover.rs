@@ -10,7 +10,8 @@ use deadpool_lapin::lapin::{self, types::LongString};
 use rand::Rng;
 use tracing::{info, warn};
 
-use crate::broker::{BrokerConfig, BrokerError};
+use crate::config::BrokerConfig;
+use crate::error::BrokerError;
 
 /// Connects to the nodes of a cluster: to the one it was last connected to, or, when that one is
 /// lost, to the next that answers. Each process starts at a random node, so that the copies of a

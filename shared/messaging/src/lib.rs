@@ -15,8 +15,9 @@
 //!   any failure (lost connection, closed channel, consumer cancelled by the server), with backoff.
 //!
 //! # Layout
-//! - [`broker`]: configuration, the two connection pools (publishing and consuming are kept on
-//!   separate connections, as RabbitMQ advises), topology declaration.
+//! - [`broker`]: the two connection pools (publishing and consuming are kept on separate
+//!   connections, as RabbitMQ advises), topology declaration; with `config` ([`BrokerConfig`])
+//!   and `error` ([`BrokerError`]), re-exported there.
 //! - `failover`: the connection manager that reconnects to the next node of a cluster.
 //! - [`publisher`]: [`Outgoing`] and the confirming [`Publisher`].
 //! - [`consumer`]: [`Incoming`], [`Handler`], [`Disposition`] and the consumer supervisor.
@@ -32,8 +33,10 @@
 
 pub mod backoff;
 pub mod broker;
+mod config;
 pub mod consumer;
 pub mod dlq;
+mod error;
 mod failover;
 pub mod gather;
 pub mod health;
