@@ -316,13 +316,22 @@ async fn a_day_at_a_new_hub_basket_cancel_pick_up_and_delivery() {
     let (status, second) = target.post(&target.order, "/orders", basket).await;
     assert_eq!(status, StatusCode::CREATED, "{second}");
     let second = second["order_id"].as_str().unwrap().to_owned();
-    let (status, body) = target
-        .post(
-            &target.delivery,
-            &format!("/deliveries/{second}/picked-up"),
-            json!({}),
-        )
-        .await;
+    // Delivery takes the pick-up once it has seen the order placed (`409` until then).
+    let deadline = tokio::time::Instant::now() + helpers::PLACED_SEEN;
+    let picked_up = loop {
+        let answer = target
+            .post(
+                &target.delivery,
+                &format!("/deliveries/{second}/picked-up"),
+                json!({}),
+            )
+            .await;
+        if answer.0 != StatusCode::CONFLICT || tokio::time::Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (status, body) = picked_up;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = target
         .post(&target.order, &format!("/orders/{second}/cancel"), cancel)

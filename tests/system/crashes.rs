@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::helpers::load::Load;
-use crate::helpers::{Options, TestSystem, eventually};
+use crate::helpers::{self, Options, TestSystem, eventually};
 
 const FINISH: Duration = Duration::from_secs(30);
 
@@ -150,6 +150,52 @@ async fn a_coordinator_killed_before_recording_leaves_reservations_that_lapse_wi
     system.assert_audit_clean(FINISH).await;
 }
 
+/// The same crash with reservations that last a minute: the next order for the last packet and
+/// agent does not wait for their expiry. Told `busy`, with the orphan named and older than a
+/// whole phase 1, its driver finds the orphan's order unrecorded, releases it, and places the
+/// order. Before, every order for those items was refused `timeout` until the expiry.
+#[tokio::test]
+async fn an_order_after_a_coordinator_killed_in_phase_1_is_placed_without_waiting_for_the_expiry() {
+    let options = Options::fast()
+        .all("RESERVATION_TTL", "60s")
+        .order("FAULT_POINTS", "coordinator.reserved_before_record");
+    let mut system = TestSystem::start_with(options).await;
+    let food = system.create_food("Poha", 1).await;
+    system.create_agents(1).await;
+
+    let first = serde_json::json!({ "food_id": food, "customer_id": "c-1" });
+    let placing = system
+        .http()
+        .post(system.order.url("/orders"))
+        .json(&first)
+        .send()
+        .await;
+    assert!(placing.is_err(), "the coordinator died before answering");
+    system.order.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(system.infra.reserved_counts().await, (1, 1));
+    system.order.remove_env("FAULT_POINTS");
+    system.order.start().await;
+
+    // Once the orphan is older than a whole phase 1 (ORDER_DEADLINE 2s, plus a margin of 2s),
+    // by the participants' clocks:
+    eventually(
+        "the orphaned reservations older than a phase 1",
+        FINISH,
+        || async { system.infra.youngest_reservation_held_for(60).await > Duration::from_secs(5) },
+    )
+    .await;
+    let second = serde_json::json!({ "food_id": food, "customer_id": "c-2" });
+    let (status, body) = system.post(&system.order, "/orders", second).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["status"], "placed", "{body}");
+    assert!(
+        system
+            .order
+            .logged("releasing a reservation whose order can never be placed")
+    );
+    system.assert_audit_clean(FINISH).await;
+}
+
 #[tokio::test]
 async fn with_two_coordinators_one_killed_mid_load_every_order_finishes_once() {
     let system = TestSystem::start_with(Options::fast()).await;
@@ -244,12 +290,20 @@ async fn delivery_killed_after_recording_a_pick_up_publishes_it_after_restart() 
     assert_eq!(status, reqwest::StatusCode::CREATED, "{placed}");
     let id = placed["order_id"].as_str().expect("order id").to_owned();
 
-    let reporting = system
-        .http()
-        .post(system.delivery.url(&format!("/deliveries/{id}/picked-up")))
-        .send()
-        .await;
-    assert!(reporting.is_err(), "delivery died before answering");
+    // Asked again while delivery has not seen the order placed (409), until the fault point
+    // kills delivery after it recorded the pick-up.
+    let url = system.delivery.url(&format!("/deliveries/{id}/picked-up"));
+    let deadline = tokio::time::Instant::now() + helpers::PLACED_SEEN;
+    loop {
+        match system.http().post(url.clone()).send().await {
+            Err(_) => break,
+            Ok(answer) if answer.status() == reqwest::StatusCode::CONFLICT => {
+                assert!(tokio::time::Instant::now() < deadline, "never seen placed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(answer) => panic!("delivery answered {} instead of dying", answer.status()),
+        }
+    }
     system.delivery.wait_exit(Duration::from_secs(10)).await;
     system.delivery.remove_env("FAULT_POINTS");
     system.delivery.start().await;

@@ -81,6 +81,56 @@ async fn a_reservation_expiring_during_its_assign_ends_not_placed_with_both_side
     system.assert_audit_clean(FINISH).await;
 }
 
+/// Delivery assigns its agent while the store's assign stalls past the reservation's expiry: a
+/// rider reporting the pick-up then is refused (the order is not placed yet), the store refuses
+/// its assign, and the agent is taken back. Before delivery waited for the `order.placed` event,
+/// the pick-up was taken and the rider left with an order that ended `not_placed`.
+#[tokio::test]
+async fn a_pick_up_before_placement_is_refused_and_the_agent_taken_back() {
+    let options = Options::fast()
+        .all("RESERVATION_TTL", "1s")
+        .store("FAULT_POINTS", "participant.before_assign=3s");
+    let system = TestSystem::start_with(options).await;
+    let food = system.create_food("Kulfi", 1).await;
+    let agent = system.create_agents(1).await[0];
+
+    let rider = async {
+        eventually("the agent assigned", FINISH, || async {
+            system.agents_summary().await["assigned"] == 1
+        })
+        .await;
+        let (_, view) = system
+            .get(&system.delivery, &format!("/agents/{agent}"))
+            .await;
+        let order = view["order_id"]
+            .as_str()
+            .expect("the agent's order")
+            .to_owned();
+        let answer = system.rider_once(&order, "picked-up").await;
+        (order, answer)
+    };
+    let (_, (order, (status, body))) = tokio::join!(system.place_order(food), rider);
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not placed yet")),
+        "{body}"
+    );
+
+    let order_now = system.order_when_final(&system.order, &order).await;
+    assert_eq!(order_now["status"], "not_placed", "{order_now}");
+    assert_eq!(order_now["reason"], "assign_failed", "{order_now}");
+    // The agent was taken back: nothing is left for a rider to leave with.
+    eventually("the agent free again", FINISH, || async {
+        system.agents_summary().await["available"] == 1
+    })
+    .await;
+    let (status, body) = system.rider_once(&order, "picked-up").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    system.assert_audit_clean(FINISH).await;
+}
+
 #[tokio::test]
 async fn an_assign_that_beats_the_expiry_places_the_order_with_both_items() {
     let (system, order, food) = assign_stalled("1s", "6s").await;

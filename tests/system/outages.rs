@@ -299,7 +299,12 @@ async fn unroutable_publishes_lose_nothing_a_command_is_unanswered_and_a_report_
     let id = placed["order_id"].as_str().expect("order id").to_owned();
 
     // No queue takes delivery's reports (and no coordinator declares it again): the report
-    // stays in delivery's outbox until the coordinator is back.
+    // stays in delivery's outbox until the coordinator is back. (The coordinator is stopped once
+    // delivery has its `order.placed` event, without which no pick-up is taken.)
+    eventually("delivery has seen the order placed", FINISH, || {
+        system.infra.placement_seen(&id)
+    })
+    .await;
     system.order.kill().await;
     management
         .delete_queue(&vhost, &topology.progress_queue())

@@ -317,7 +317,8 @@ async fn get_delivery(
         .ok_or_else(|| ApiError::NotFound(format!("order {order} was not picked up")))
 }
 
-/// The rider has picked the order up: it can no longer be cancelled.
+/// The rider has picked the order up: it can no longer be cancelled. Taken only once delivery
+/// has seen the order placed (`409` before: ask again).
 #[utoipa::path(
     post,
     path = "/deliveries/{order_id}/picked-up",
@@ -330,6 +331,7 @@ async fn get_delivery(
         (status = 401, description = "The admin token is required and missing or wrong", body = ErrorBody,
             headers(("www-authenticate" = String, description = "`Bearer`"))),
         (status = 404, description = "No agent is assigned to the order (not placed here, cancelled, or not assigned yet)", body = ErrorBody),
+        (status = 409, description = "The order is not placed yet (its agent is assigned, but the store's packets may still fail): try again in a moment", body = ErrorBody),
         (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
     )
 )]
@@ -377,6 +379,9 @@ fn answer(api: &Api, order: Uuid, reported: Reported) -> Result<Json<Delivery>, 
         Reported::Before(delivery) => Ok(Json(delivery)),
         Reported::NotAssigned => Err(ApiError::NotFound(format!(
             "no agent is assigned to order {order}"
+        ))),
+        Reported::NotPlacedYet => Err(ApiError::Conflict(format!(
+            "order {order} is not placed yet; try again in a moment"
         ))),
         Reported::NotPickedUp => Err(ApiError::Conflict(format!(
             "order {order} was not picked up"

@@ -50,6 +50,12 @@ impl Inventory for Agents {
                 THEN 'busy'
             ELSE 'agent_unavailable' END AS v, NULL::bigint[] AS short";
 
+    /// The oldest reservations of the hub's agents (the index on `(hub_id, reserved_until)` of
+    /// reserved agents). `$2` (kinds) is unused: agents are of one kind.
+    const HOLDERS: &'static str = "SELECT txn_id, order_id, reserved_until FROM agents
+        WHERE hub_id = $1 AND state = 'reserved'
+        ORDER BY reserved_until LIMIT $3";
+
     fn key(&self, request: &AgentRequest) -> Result<Key, ReserveError> {
         Ok(Key {
             hub: request.hub_id.0,
@@ -64,7 +70,7 @@ mod tests {
 
     use participant::barrier::Recorded;
     use participant::context::{Reserve, reserve_one, reserve_set};
-    use participant::{Key, Statements};
+    use participant::{Inventory, Key, Statements};
     use protocol::command::{Operation, Reply, ReserveReply};
     use protocol::ids::{OrderId, TxnId};
     use service_kit::testing::ScratchDatabase;
@@ -138,6 +144,39 @@ mod tests {
                 other => outcomes.push(format!("{other:?}")),
             }
         }
+        // A busy reserve's holders: the two transactions that hold hub 1's agents, each with
+        // its order, held for less than their lifetime.
+        let holders = Agents::TABLE
+            .holders(
+                &mut conn,
+                Agents::HOLDERS,
+                &Key {
+                    hub: 1,
+                    ..Key::default()
+                },
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        let holding: std::collections::BTreeSet<uuid::Uuid> =
+            sqlx::query_scalar("SELECT txn_id FROM agents WHERE hub_id = 1 AND state = 'reserved'")
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+        assert_eq!(holding.len(), 2);
+        assert_eq!(
+            holders
+                .iter()
+                .map(|h| h.txn_id.0)
+                .collect::<std::collections::BTreeSet<_>>(),
+            holding
+        );
+        for holder in &holders {
+            assert_eq!(holder.order_id.0.as_u128(), holder.txn_id.0.as_u128() << 8);
+            assert!(holder.held_ms < 60_000, "{holder:?}");
+        }
         let reserved: i64 =
             sqlx::query_scalar("SELECT count(*) FROM agents WHERE state = 'reserved'")
                 .fetch_one(&mut *conn)
@@ -158,7 +197,7 @@ mod tests {
         assert_eq!(
             one_by_one,
             [
-                "ReserveReply(Busy)",
+                "ReserveReply(Busy { holders: [] })",
                 "reserved [\"hub 1\"]",
                 "reserved [\"hub 1\"]",
                 "reserved [\"hub 2\"]",

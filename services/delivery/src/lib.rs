@@ -8,12 +8,15 @@
 //! - [`config`]: settings (flags and environment variables).
 //! - [`startup`]: [`Application`], which a test can start on port 0.
 //! - [`inventory`]: how a reservation picks an agent.
-//! - [`http`]: the HTTP API (`/agents`).
+//! - [`http`]: the HTTP API (`/agents`, `/deliveries`).
+//! - [`placed`]: the consumer of `order.placed` events, without which no agent leaves with an
+//!   order.
 //! - [`repo`]: the SQL of the HTTP API.
 
 pub mod config;
 pub mod http;
 pub mod inventory;
+pub mod placed;
 pub mod repo;
 pub mod startup;
 

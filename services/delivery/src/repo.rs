@@ -175,6 +175,9 @@ pub enum Reported {
     /// No agent is assigned to the order (it was never placed here, was cancelled, or its
     /// agent is only reserved).
     NotAssigned,
+    /// An agent is assigned to the order, but delivery has not seen its `order.placed` event
+    /// yet: the order may still fail to be placed. A rider asks again.
+    NotPlacedYet,
     /// `delivered` for an order that was not picked up.
     NotPickedUp,
 }
@@ -200,14 +203,16 @@ async fn delivery(
 }
 
 /// The agent assigned to `order` picked it up: from now on a cancel of the order is refused.
-/// One statement: the agent goes from `assigned` to `delivering` (its row lock orders it against
-/// a cancel: whichever comes first wins), the delivery is recorded, and so is its report.
+/// Only an order whose placement delivery has seen ([`mark_placed`]) can be picked up. One
+/// statement: the agent goes from `assigned` to `delivering` (its row lock orders it against a
+/// cancel or a compensation: whichever comes first wins), the delivery is recorded, and so is its
+/// report.
 pub async fn pick_up(pool: &PgPool, order: OrderId) -> Result<Reported, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let picked: Option<Delivery> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH agent AS (
              UPDATE agents SET state = 'delivering', updated_at = now()
-             WHERE order_id = $1 AND state = 'assigned'
+             WHERE order_id = $1 AND state = 'assigned' AND placed_order_id = $1
              RETURNING id, hub_id, txn_id
          )
          INSERT INTO deliveries (order_id, agent_id, hub_id, txn_id, picked_up_at)
@@ -220,9 +225,19 @@ pub async fn pick_up(pool: &PgPool, order: OrderId) -> Result<Reported, sqlx::Er
     let Some(picked) = picked else {
         tx.rollback().await?;
         let mut conn = pool.acquire().await?;
-        return Ok(match delivery(&mut conn, order).await? {
-            Some(before) => Reported::Before(before),
-            None => Reported::NotAssigned,
+        if let Some(before) = delivery(&mut conn, order).await? {
+            return Ok(Reported::Before(before));
+        }
+        let assigned: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM agents WHERE order_id = $1 AND state = 'assigned')",
+        )
+        .bind(order)
+        .fetch_one(&mut *conn)
+        .await?;
+        return Ok(if assigned {
+            Reported::NotPlacedYet
+        } else {
+            Reported::NotAssigned
         });
     };
     let report = DeliveryProgress::PickedUp {
@@ -232,6 +247,21 @@ pub async fn pick_up(pool: &PgPool, order: OrderId) -> Result<Reported, sqlx::Er
     write_report(&mut tx, &picked, report).await?;
     tx.commit().await?;
     Ok(Reported::Now(picked))
+}
+
+/// The coordinator's `order.placed` event for `order` arrived: its agent may now leave with it.
+/// Marks the agent that holds the order, if one still does (an event that arrives after a cancel
+/// freed the agent marks nothing). Safe to repeat. Returns whether an agent was marked.
+pub async fn mark_placed(pool: &PgPool, order: OrderId) -> Result<bool, sqlx::Error> {
+    let marked = sqlx::query(
+        "UPDATE agents SET placed_order_id = $1
+         WHERE order_id = $1 AND state IN ('assigned', 'delivering')",
+    )
+    .bind(order)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(marked > 0)
 }
 
 /// The order is delivered: the agent is free for other orders in the same transaction, and the

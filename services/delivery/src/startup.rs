@@ -13,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, DEFAULT_DATABASE};
 use crate::http;
 use crate::inventory::Agents;
+use crate::placed::Placed;
 
-/// The running delivery service: database, consumers, the relay of its progress reports, HTTP
-/// API.
+/// The running delivery service: database, consumers (commands, expiry timers, placed orders),
+/// the relay of its progress reports, HTTP API.
 pub struct Application {
     app: ParticipantApp,
     reports: Arc<Notify>,
@@ -46,6 +47,8 @@ impl Application {
             // has not declared its queue yet) stays in the outbox and is sent again.
             mandatory: true,
         });
+        let placed = Placed::new(app.pool().clone(), app.stop_background());
+        app.consume(app.topology().placed_queue(), placed);
         Ok(Self { app, reports })
     }
 

@@ -220,9 +220,11 @@ impl Coordinator {
                     let released =
                         self.participants
                             .release_now(&order, release, ReleaseReason::Retry);
+                    // Reservations in the way whose orders can never be placed are released too.
+                    let orphans = self.release_orphans(&answers);
                     let pause = backoff.next_delay().min(time_until_end());
                     let released_and_paused = async {
-                        released.await;
+                        tokio::join!(released, orphans);
                         self.pause(pause).await
                     };
                     let (paused, recorded) = self

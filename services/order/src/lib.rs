@@ -15,6 +15,7 @@
 //! - [`placement`]: `POST /orders`: record (or find by idempotency key), drive, answer in time.
 //! - [`cancellation`]: `POST /orders/{id}/cancel`: record the intent, drive, answer in time.
 //! - [`progress`]: the consumer of delivery's reports (picked up, delivered).
+//! - [`orphans`]: releasing reservations in an order's way whose orders can never be placed.
 //! - [`recovery`]: the deadline-timer consumer and the sweep that take over orders whose
 //!   driver stopped.
 //! - [`outbox`]: the events written with final orders, and the relay that publishes them.
@@ -34,6 +35,7 @@ pub mod http;
 pub use order_machine as machine;
 pub mod metrics;
 pub mod operator;
+pub mod orphans;
 pub mod outbox;
 pub mod participants;
 pub mod phase1;

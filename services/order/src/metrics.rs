@@ -31,6 +31,10 @@ pub const DEADLINE_TIMERS: &str = "deadline_timers_total";
 /// Counter, by `via` (`timer`, `sweep`): orders whose driver stopped, taken over by recovery.
 pub const ORDERS_RECOVERED: &str = "orders_recovered_total";
 
+/// Counter, by `participant`: reservations released because their order can never be placed
+/// (its coordinator died in phase 1), found in another order's way.
+pub const ORPHANS_RELEASED: &str = "orphan_reservations_released_total";
+
 /// The states of an unfinished order (those a driver moves on), in declaration order.
 fn unfinished_states() -> impl Iterator<Item = OrderState> {
     OrderState::ALL.iter().copied().filter(|s| !s.is_final())
@@ -84,7 +88,15 @@ pub fn describe() {
         Unit::Count,
         "Unfinished orders whose lease ran out, taken over by this coordinator, by via (timer: a deadline timer; sweep: the recovery sweep)."
     );
+    describe_counter!(
+        ORPHANS_RELEASED,
+        Unit::Count,
+        "Reservations released because their order can never be placed (never recorded: its coordinator died in phase 1; or not placed, its release lost), found in another order's way, by participant."
+    );
     ::metrics::gauge!(ORDERS_IN_FLIGHT).increment(0.0);
+    for participant in ["store", "delivery"] {
+        ::metrics::counter!(ORPHANS_RELEASED, "participant" => participant).increment(0);
+    }
     ::metrics::counter!(ORDER_RETRIES, "phase" => "reserve").increment(0);
     ::metrics::counter!(ORDERS_HANDED_OVER).increment(0);
     ::metrics::counter!(DEADLINE_TIMERS).increment(0);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use messaging::{Backoff, BrokerError, Outgoing, RpcClient, RpcError, Wait};
 use protocol::command::{
-    AgentRequest, Answer, Assign, AssignReply, Cancel, CancelReply, Command, Operation,
+    AgentRequest, Answer, Assign, AssignReply, Cancel, CancelReply, Command, Holder, Operation,
     PacketRequest, Release, ReleaseReason, ReleaseReply, ReserveReply,
 };
 use protocol::envelope::TxnEnvelope;
@@ -63,7 +63,7 @@ impl Participants {
                 Some(ReserveReply::Reserved { items, expires_at }) => {
                     Reservation::Held { items, expires_at }
                 }
-                Some(ReserveReply::Busy) => Reservation::Busy,
+                Some(ReserveReply::Busy { holders }) => Reservation::Busy { holders },
                 Some(ReserveReply::Unavailable { reason, food_ids }) => {
                     if !food_ids.is_empty() {
                         debug!(participant = %side, ?food_ids, "short");
@@ -154,6 +154,31 @@ impl Participants {
             send(Participant::Store, which.store),
             send(Participant::Delivery, which.delivery),
         );
+    }
+
+    /// Sends `side` a `release(abort)` for the reservation of `holder`, an order that can never
+    /// assign it ([`crate::orphans`]), without waiting for the reply. Whether it was sent.
+    pub async fn release_orphan(&self, side: Participant, holder: &Holder) -> bool {
+        let command: Command<()> = Command::Release(Release {
+            reason: ReleaseReason::Abort,
+        });
+        let span = info_span!("command", participant = %side, operation = %Operation::Release);
+        let trace = messaging::trace::outgoing(&span, TraceContext::root());
+        let envelope = TxnEnvelope::txn(holder.order_id, holder.txn_id, &command).with_trace(trace);
+        let message = Outgoing::txn(
+            &envelope,
+            self.topology.commands_exchange(side),
+            Topology::command_routing_key(Operation::Release),
+        )
+        .map(|message| message.header(headers::TRACEPARENT, trace.to_string()));
+        let sent = match message {
+            Ok(message) => self.rpc.send(message).instrument(span).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = &sent {
+            warn!(participant = %side, error = %err, "release of an orphan not sent; it will expire");
+        }
+        sent.is_ok()
     }
 
     /// Sent again (the same message) after the reply timeout, then with growing pauses.

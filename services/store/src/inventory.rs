@@ -94,6 +94,12 @@ impl Inventory for Packets {
                    WHEN (SELECT ids FROM unknown) IS NOT NULL THEN (SELECT ids FROM unknown)
                    ELSE (SELECT ids FROM short) END AS short";
 
+    /// The oldest reservations of the hub's packets of the foods asked for (the index on
+    /// `(hub_id, food_id, reserved_until)` of reserved packets).
+    const HOLDERS: &'static str = "SELECT txn_id, order_id, reserved_until FROM packets
+        WHERE hub_id = $1 AND food_id = ANY($2) AND state = 'reserved'
+        ORDER BY reserved_until LIMIT $3";
+
     fn key(&self, request: &PacketRequest) -> Result<Key, ReserveError> {
         let invalid = |why: String| Err(ReserveError::Invalid(why));
         if request.lines.is_empty() || request.lines.len() > MAX_LINES {
@@ -453,11 +459,11 @@ mod tests {
         assert_eq!(
             one_by_one,
             [
-                "ReserveReply(Busy)",
+                "ReserveReply(Busy { holders: [] })",
                 "reserved [\"1 x1\"]",
                 "reserved [\"1 x1\"]",
                 "reserved [\"1 x1\"]",
-                "ReserveReply(Busy)",
+                "ReserveReply(Busy { holders: [] })",
                 "reserved [\"2 x5\"]",
                 "reserved [\"3 x2\", \"5 x1\"]",
                 "ReserveReply(Unavailable { reason: FoodUnavailable, food_ids: [FoodId(4)] })",

@@ -76,7 +76,7 @@ fn shape_of_reply(reply: &Reply) -> String {
         Reply::ReserveReply(ReserveReply::Reserved { items, .. }) => {
             format!("reserved {}", items.len())
         }
-        Reply::ReserveReply(ReserveReply::Busy) => "busy".into(),
+        Reply::ReserveReply(ReserveReply::Busy { .. }) => "busy".into(),
         Reply::ReserveReply(ReserveReply::Unavailable { reason, .. }) => {
             format!("unavailable {reason:?}")
         }

@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use protocol::command::{AssignRefusal, Shortage};
-use protocol::ids::{AgentId, ItemId, PacketId};
+use protocol::command::{AssignRefusal, Holder, Shortage};
+use protocol::ids::{AgentId, ItemId, PacketId, TxnId};
 use protocol::sides::Sides;
+use protocol::topology::Participant;
 
 use super::{AssignFailure, Event, NotPlacedReason, Order, OrderState};
 
@@ -104,8 +105,12 @@ pub enum Reservation {
         /// When the reservation lapses.
         expires_at: DateTime<Utc>,
     },
-    /// Every item is held by other unfinished transactions for now.
-    Busy,
+    /// Every item is held by other unfinished transactions for now; `holders` names the oldest
+    /// reservations in the way.
+    Busy {
+        /// The reservations in the way, as the participant named them.
+        holders: Vec<Holder>,
+    },
     /// Nothing can be had.
     Unavailable(Shortage),
     /// The transaction was released before the reserve arrived (by another driver).
@@ -118,6 +123,43 @@ impl Reservation {
     /// Whether the side may hold items for the transaction, so must be released on abort.
     pub fn may_hold(&self) -> bool {
         matches!(self, Reservation::Held { .. } | Reservation::NoAnswer)
+    }
+}
+
+/// The reservations named by busy answers that have held their items for longer than
+/// `orphaned_after`, each with the side that named it. An order's phase 1 lasts at most its
+/// deadline, so such a reservation's order is recorded by now, or its coordinator died before
+/// recording it: [`is_orphan`] tells, from the order's record.
+pub fn stale_holders(
+    answers: &Sides<Reservation>,
+    orphaned_after: Duration,
+) -> Vec<(Participant, &Holder)> {
+    let older = |held_ms: u64| Duration::from_millis(held_ms) > orphaned_after;
+    answers
+        .iter()
+        .flat_map(|(side, answer)| {
+            match answer {
+                Reservation::Busy { holders } => holders.as_slice(),
+                _ => &[],
+            }
+            .iter()
+            .filter(move |holder| older(holder.held_ms))
+            .map(move |holder| (side, holder))
+        })
+        .collect()
+}
+
+/// Whether a reservation by transaction `txn`, of an order recorded as `record` (`None`: never
+/// recorded), will never be assigned, so that another order's driver may release it (a
+/// `release(abort)`, which frees only what is reserved). So it is when the order was never
+/// recorded (its coordinator died in phase 1: presumed abort, as recovery presumes it), when it
+/// moved on to another transaction (a retry whose release was lost), or when it ended not placed
+/// (its release was lost). Safe even for a coordinator that is only slow: a release refuses the
+/// transaction's later assign, so that order ends not placed, never half assigned.
+pub fn is_orphan(txn: TxnId, record: Option<&Order>) -> bool {
+    match record {
+        None => true,
+        Some(order) => order.txn_id != txn || order.state == OrderState::NotPlaced,
     }
 }
 

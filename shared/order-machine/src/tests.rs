@@ -3,14 +3,14 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use protocol::command::{AssignRefusal, PacketLine, Shortage};
+use protocol::command::{AssignRefusal, Holder, PacketLine, Shortage};
 use protocol::ids::{AgentId, FoodId, HubId, ItemId, OrderId, PacketId, TxnId};
 use protocol::sides::Sides;
 use protocol::topology::Participant;
 
 use super::rules::{
     AfterReserve, AssignAnswer, CancelAnswer, Driving, Report, Reservation, Step, after_assign,
-    after_cancel, after_release, after_report, after_reserve, next_step,
+    after_cancel, after_release, after_report, after_reserve, is_orphan, next_step, stale_holders,
 };
 use super::*;
 
@@ -216,11 +216,67 @@ fn phase_1_commits_both_held_until_the_earlier_expiry() {
 }
 
 #[test]
+fn only_holders_older_than_a_phase_1_are_stale() {
+    let (old, young) = (
+        (TxnId::new(), OrderId::new()),
+        (TxnId::new(), OrderId::new()),
+    );
+    let holder = |n: u8, held_ms| {
+        let (txn_id, order_id) = if n == 1 { old } else { young };
+        Holder {
+            txn_id,
+            order_id,
+            held_ms,
+        }
+    };
+    let answers = Sides::new(
+        Reservation::Busy {
+            holders: vec![holder(1, 7_001), holder(2, 6_999)],
+        },
+        Reservation::Busy {
+            holders: vec![holder(1, 8_000)],
+        },
+    );
+    let stale = stale_holders(&answers, Duration::from_secs(7));
+    assert_eq!(
+        stale,
+        [
+            (Participant::Store, &holder(1, 7_001)),
+            (Participant::Delivery, &holder(1, 8_000))
+        ]
+    );
+    let held = Sides::new(held(1, 30), held(2, 30));
+    assert!(stale_holders(&held, Duration::ZERO).is_empty());
+}
+
+#[test]
+fn a_holder_is_an_orphan_unless_its_order_may_still_assign_it() {
+    let placing = order_in(OrderState::Assigning);
+    let txn = placing.txn_id;
+    assert!(is_orphan(txn, None), "never recorded: presumed abort");
+    assert!(!is_orphan(txn, Some(&placing)));
+    let reserving = order_in(OrderState::Reserving);
+    assert!(
+        !is_orphan(reserving.txn_id, Some(&reserving)),
+        "recovery drives it"
+    );
+    assert!(
+        is_orphan(TxnId::new(), Some(&placing)),
+        "an earlier attempt"
+    );
+    let refused = order_in(OrderState::NotPlaced);
+    assert!(
+        is_orphan(refused.txn_id, Some(&refused)),
+        "its release was lost"
+    );
+}
+
+#[test]
 fn phase_1_aborts_on_a_final_shortage_even_if_the_other_side_is_busy() {
     let none = Reservation::Unavailable(Shortage::AgentUnavailable);
     assert_eq!(
         after_reserve(
-            &Sides::new(Reservation::Busy, none),
+            &Sides::new(Reservation::Busy { holders: vec![] }, none),
             1,
             true,
             Duration::ZERO
@@ -244,7 +300,7 @@ fn phase_1_aborts_on_a_final_shortage_even_if_the_other_side_is_busy() {
 fn phase_1_retries_while_time_is_left_and_releases_what_may_be_held() {
     assert_eq!(
         after_reserve(
-            &Sides::new(Reservation::Busy, held(2, 9)),
+            &Sides::new(Reservation::Busy { holders: vec![] }, held(2, 9)),
             1,
             true,
             Duration::ZERO
@@ -266,7 +322,7 @@ fn phase_1_retries_while_time_is_left_and_releases_what_may_be_held() {
     );
     assert_eq!(
         after_reserve(
-            &Sides::new(Reservation::Busy, held(2, 9)),
+            &Sides::new(Reservation::Busy { holders: vec![] }, held(2, 9)),
             1,
             false,
             Duration::ZERO

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use messaging::Handler;
 use protocol::topology::Topology;
 use service_kit::app::{Foundation, StartupError};
 use service_kit::config::ServiceArgs;
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa::openapi::OpenApi;
 
 use crate::inventory::Inventory;
-use crate::runtime::{self, ParticipantArgs};
+use crate::runtime::{self, Consumers, ParticipantArgs};
 
 /// The settings of a participant service, besides its own database URL and HTTP address.
 #[derive(clap::Args, Clone, Debug)]
@@ -49,6 +50,7 @@ pub struct Identity {
 pub struct ParticipantApp {
     foundation: Foundation,
     topology: Topology,
+    consumers: Consumers,
     admin_token: Option<String>,
 }
 
@@ -78,7 +80,7 @@ impl ParticipantApp {
         .await?;
         crate::metrics::describe(I::PARTICIPANT);
         let topology = Topology::new(common.broker.amqp_prefix.clone());
-        runtime::start(
+        let consumers = runtime::start(
             inventory,
             &foundation,
             topology.clone(),
@@ -88,6 +90,7 @@ impl ParticipantApp {
         Ok(Self {
             foundation,
             topology,
+            consumers,
             admin_token: args.admin_token,
         })
     }
@@ -109,6 +112,28 @@ impl ParticipantApp {
             self.foundation.stop_background.clone(),
         ));
         wake
+    }
+
+    /// Consumes `queue` (one the participant declares with its commands, such as delivery's
+    /// queue of placed orders) with `handler`, until shutdown.
+    pub fn consume<H: Handler>(&self, queue: String, handler: H) {
+        self.foundation.tracker.spawn(messaging::consumer::run(
+            self.foundation.broker.clone(),
+            self.foundation.publisher.clone(),
+            self.consumers.spec(queue),
+            Arc::new(handler),
+            self.foundation.stop_background.clone(),
+        ));
+    }
+
+    /// The database pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.foundation.pool
+    }
+
+    /// Cancelled when background work (consumers, relays) must stop: after the HTTP drain.
+    pub fn stop_background(&self) -> CancellationToken {
+        self.foundation.stop_background.clone()
     }
 
     /// The HTTP address actually bound.

@@ -55,7 +55,10 @@ impl Recorded {
                     .expires_at
                     .ok_or_else(|| corrupt("a reservation without its expiry".into()))?,
             }),
-            (Operation::Reserve, "busy") => Reply::ReserveReply(ReserveReply::Busy),
+            // The holders are read when the reserve is applied, not recorded.
+            (Operation::Reserve, "busy") => {
+                Reply::ReserveReply(ReserveReply::Busy { holders: vec![] })
+            }
             (Operation::Reserve, "aborted") => Reply::ReserveReply(ReserveReply::Aborted),
             (Operation::Reserve, "unavailable") => {
                 let reason = reason

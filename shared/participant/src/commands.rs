@@ -5,7 +5,9 @@ use std::sync::Arc;
 use futures::future::join_all;
 use messaging::{BrokerError, Disposition, Handler, Incoming, Outgoing};
 use protocol::batch::{self, Batch, BatchedReply};
-use protocol::command::{AssignReply, CancelReply, Command, ReleaseReply, Reply, ReserveReply};
+use protocol::command::{
+    AssignReply, CancelReply, Command, Holder, ReleaseReply, Reply, ReserveReply,
+};
 use protocol::envelope::TxnEnvelope;
 use protocol::headers;
 use protocol::trace::TraceContext;
@@ -234,7 +236,7 @@ impl<I: Inventory> CommandHandler<I> {
         service_kit::fault::point_for("participant.before_apply", &fault_key);
         let started = std::time::Instant::now();
         let operation = envelope.message().operation();
-        let reply = match self.apply_with_retry(envelope).await {
+        let mut reply = match self.apply_with_retry(envelope).await {
             Ok(reply) => reply,
             Err(ApplyError::Invalid(reason)) => return Err(Disposition::DeadLetter(reason)),
             Err(ApplyError::Db(err)) => {
@@ -244,8 +246,14 @@ impl<I: Inventory> CommandHandler<I> {
         };
         // A process that dies after its commit, before it replies and acks (tests only).
         service_kit::fault::point_for("participant.after_commit", &fault_key);
-        if let Reply::ReserveReply(ReserveReply::Reserved { .. }) = &reply {
-            self.shared.expiries.push(envelope.txn_id());
+        match (&mut reply, envelope.message()) {
+            (Reply::ReserveReply(ReserveReply::Reserved { .. }), _) => {
+                self.shared.expiries.push(envelope.txn_id());
+            }
+            (Reply::ReserveReply(ReserveReply::Busy { holders }), Command::Reserve(request)) => {
+                *holders = self.holders(request).await;
+            }
+            _ => {}
         }
         log_outcome(&reply);
         let participant = I::PARTICIPANT.as_str();
@@ -263,6 +271,30 @@ impl<I: Inventory> CommandHandler<I> {
         )
         .record(started.elapsed().as_secs_f64());
         Ok(reply)
+    }
+
+    /// Who holds what a busy `request` needs, for the coordinator to release the reservations
+    /// of orders that can no longer be placed. Best effort: a busy reply without holders only
+    /// leaves them to their expiry.
+    async fn holders(&self, request: &I::Request) -> Vec<Holder> {
+        let shared = &self.shared;
+        let found = async {
+            let key = shared.inventory.key(request).map_err(|err| match err {
+                ReserveError::Db(err) => err,
+                ReserveError::Invalid(why) => sqlx::Error::Protocol(why),
+            })?;
+            let mut conn = shared.pool.acquire().await?;
+            I::TABLE
+                .holders(&mut conn, I::HOLDERS, &key, shared.settings.reservation_ttl)
+                .await
+        };
+        match found.await {
+            Ok(holders) => holders,
+            Err(err) => {
+                debug!(error = %err, "holders of a busy reserve not read");
+                Vec::new()
+            }
+        }
     }
 
     /// Sends a reply (or a reply batch) and says what to do with the command message.
@@ -399,7 +431,7 @@ fn reply_trace(span: &Span, command: Option<TraceContext>) -> Option<TraceContex
 fn outcome(reply: &Reply) -> &'static str {
     match reply {
         Reply::ReserveReply(ReserveReply::Reserved { .. }) => "reserved",
-        Reply::ReserveReply(ReserveReply::Busy) => "busy",
+        Reply::ReserveReply(ReserveReply::Busy { .. }) => "busy",
         Reply::ReserveReply(ReserveReply::Unavailable { .. }) => "unavailable",
         Reply::ReserveReply(ReserveReply::Aborted) => "aborted",
         Reply::AssignReply(AssignReply::Assigned { .. }) => "assigned",
@@ -415,7 +447,9 @@ fn log_outcome(reply: &Reply) {
         Reply::ReserveReply(ReserveReply::Reserved { items, expires_at }) => {
             info!(?items, %expires_at, "reserved");
         }
-        Reply::ReserveReply(ReserveReply::Busy) => info!("all held by others for now"),
+        Reply::ReserveReply(ReserveReply::Busy { holders }) => {
+            info!(holders = holders.len(), "all held by others for now");
+        }
         Reply::ReserveReply(ReserveReply::Unavailable { reason, food_ids }) => {
             info!(reason = reason.as_str(), ?food_ids, "unavailable");
         }

@@ -2,7 +2,8 @@
 //! the SQL on their items table that does not. The barrier's side of the command statements is
 //! in [`crate::barrier`], which assembles them.
 
-use protocol::ids::{ItemId, TxnId};
+use protocol::command::{Holder, MAX_HOLDERS};
+use protocol::ids::{ItemId, OrderId, TxnId};
 use protocol::topology::Participant;
 use serde::{Serialize, de::DeserializeOwned};
 use sqlx::{AssertSqlSafe, PgConnection};
@@ -63,6 +64,12 @@ pub trait Inventory: Send + Sync + 'static {
     /// `'unknown_food'`, `'agent_unavailable'`, `'unknown_hub'`); `short` names the kinds that
     /// are short (or NULL). Only run when nothing was picked.
     const SHORTAGE: &'static str;
+
+    /// A query of the reservations that hold items a busy request needs, oldest first: rows
+    /// `(txn_id uuid, order_id uuid, reserved_until timestamptz)`, at most `$3` of them. `$1` is
+    /// the hub and `$2` the kinds. Run only after a reserve answered `busy`, so that the
+    /// coordinator can release a reservation whose coordinator died in phase 1.
+    const HOLDERS: &'static str;
 
     /// The values bound for `request`, or why the request cannot be served.
     fn key(&self, request: &Self::Request) -> Result<Key, ReserveError>;
@@ -127,6 +134,38 @@ impl ItemTable {
         .execute(&mut *conn)
         .await?
         .rows_affected())
+    }
+
+    /// The holders of what a busy request for `key` needs ([`Inventory::HOLDERS`], with the
+    /// participant's query `holders`), each with how long it has held it by this database's
+    /// clock: its expiry less `ttl`, the reservation's lifetime.
+    pub async fn holders(
+        &self,
+        conn: &mut PgConnection,
+        holders: &str,
+        key: &Key,
+        ttl: std::time::Duration,
+    ) -> Result<Vec<Holder>, sqlx::Error> {
+        let rows: Vec<(uuid::Uuid, uuid::Uuid, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT txn_id, order_id,
+                    greatest(0, (extract(epoch FROM statement_timestamp()
+                                 - (reserved_until - $4::interval)) * 1000))::bigint
+             FROM ({holders}) h"
+        )))
+        .bind(key.hub)
+        .bind(&key.kinds)
+        .bind(i64::try_from(MAX_HOLDERS).unwrap_or(i64::MAX))
+        .bind(ttl)
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(txn, order, held_ms)| Holder {
+                txn_id: TxnId(txn),
+                order_id: OrderId(order),
+                held_ms: u64::try_from(held_ms).unwrap_or(0),
+            })
+            .collect())
     }
 
     /// The `WITH` clause of a reserve (`$1` txn, `$2` order, `$3` ttl, `$4`-`$6` key): takes the

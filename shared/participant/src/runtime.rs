@@ -9,7 +9,7 @@ use protocol::command::Operation;
 use protocol::envelope::Envelope;
 use protocol::ids::TxnId;
 use protocol::timer::ParticipantTimer;
-use protocol::topology::Topology;
+use protocol::topology::{Declarations, Topology};
 use service_kit::app::Foundation;
 use service_kit::config::SettingsError;
 use service_kit::group_commit::GroupCommit;
@@ -27,14 +27,14 @@ const WRITERS: usize = 4;
 
 /// Starts the command and expiry consumers, the sweep of participant `I`, and the sampling of
 /// its dead-letter queues (every `sample_interval`) on the service's task tracker. They run until
-/// the service shuts down.
+/// the service shuts down. Returns how to consume any other queue the participant declares.
 pub fn start<I: Inventory>(
     inventory: I,
     foundation: &Foundation,
     topology: Topology,
     settings: ParticipantSettings,
     sample_interval: Duration,
-) {
+) -> Consumers {
     let Foundation {
         pool,
         broker,
@@ -62,14 +62,10 @@ pub fn start<I: Inventory>(
         shutdown.clone(),
         tracker,
     );
-    let dead_letters = topology.dead_letter_exchange(participant.as_str());
-    let prefetch = settings.prefetch;
-    let spec = |queue: String| ConsumerSpec {
-        queue,
-        prefetch,
-        ack_mode: AckMode::Manual,
-        dead_letter_exchange: Some(dead_letters.clone()),
-        declarations: Arc::clone(&declarations),
+    let consumers = Consumers {
+        declarations,
+        dead_letters: topology.dead_letter_exchange(participant.as_str()),
+        prefetch: settings.prefetch,
     };
     let command_queues: Vec<String> = Operation::ALL
         .iter()
@@ -95,7 +91,7 @@ pub fn start<I: Inventory>(
         tracker.spawn(consumer::run(
             broker.clone(),
             publisher.clone(),
-            spec(queue),
+            consumers.spec(queue),
             Arc::clone(&commands),
             shutdown.clone(),
         ));
@@ -103,11 +99,34 @@ pub fn start<I: Inventory>(
     tracker.spawn(consumer::run(
         broker,
         publisher,
-        spec(expiry_queue),
+        consumers.spec(expiry_queue),
         Arc::new(ExpiryHandler::new(Arc::clone(&shared))),
         shutdown.clone(),
     ));
     tracker.spawn(sweep_loop(shared, sweep_interval, shutdown.clone()));
+    consumers
+}
+
+/// How a participant consumes its queues: with the declarations of all of them (each consumer
+/// declares them all before consuming) and its dead-letter exchange.
+#[derive(Clone, Debug)]
+pub struct Consumers {
+    declarations: Arc<Declarations>,
+    dead_letters: String,
+    prefetch: u16,
+}
+
+impl Consumers {
+    /// A consumer of `queue`, which must be one of the participant's declared queues.
+    pub fn spec(&self, queue: String) -> ConsumerSpec {
+        ConsumerSpec {
+            queue,
+            prefetch: self.prefetch,
+            ack_mode: AckMode::Manual,
+            dead_letter_exchange: Some(self.dead_letters.clone()),
+            declarations: Arc::clone(&self.declarations),
+        }
+    }
 }
 
 /// The command-line/environment settings of a participant service.

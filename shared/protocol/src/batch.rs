@@ -142,7 +142,7 @@ mod tests {
         let reply = TxnEnvelope::txn(
             OrderId::new(),
             TxnId::new(),
-            Reply::ReserveReply(ReserveReply::Busy),
+            Reply::ReserveReply(ReserveReply::Busy { holders: vec![] }),
         );
         let batch = Batch::new(
             REPLY_BATCH,

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Kind;
-use crate::ids::{FoodId, HubId, ItemId};
+use crate::ids::{FoodId, HubId, ItemId, OrderId, TxnId};
 
 /// The four operations of a participant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -275,7 +275,13 @@ pub enum ReserveReply {
     },
     /// Every matching item is held by other transactions that have not finished: they may yet be
     /// released. Nothing was reserved; try again with a new transaction.
-    Busy,
+    Busy {
+        /// The oldest reservations that hold what the request needs (at most
+        /// [`MAX_HOLDERS`]): a coordinator releases those whose order can no longer be placed
+        /// (its coordinator died in phase 1). Empty in a reply repeated from the barrier.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        holders: Vec<Holder>,
+    },
     /// Final: nothing can be had. Nothing was reserved.
     Unavailable {
         /// Why.
@@ -287,6 +293,20 @@ pub enum ReserveReply {
     /// The transaction was released before this reserve arrived (an empty rollback). Nothing was
     /// reserved, and nothing ever will be for this transaction.
     Aborted,
+}
+
+/// How many holders a busy reply names at most.
+pub const MAX_HOLDERS: usize = 8;
+
+/// A reservation that holds an item another transaction asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Holder {
+    /// The transaction that holds it.
+    pub txn_id: TxnId,
+    /// Its order.
+    pub order_id: OrderId,
+    /// How long it has held it, by the participant's clock.
+    pub held_ms: u64,
 }
 
 /// Why a reservation can never succeed.

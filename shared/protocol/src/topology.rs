@@ -13,7 +13,9 @@
 //! | `store.expiry.wait.<ttl>ms` | quorum queue, TTL, no consumer | expiry timers wait here |
 //! | `store.expiry` | quorum queue | expired timers, consumed by the store |
 //!
-//! delivery has the same set under `delivery.`; the coordinator has `order.replies` (exchange) with
+//! delivery has the same set under `delivery.`, and `delivery.placed` (quorum queue, + `.dlq`)
+//! bound to `order.events` for `order.placed`: a rider may pick an order up only once delivery has
+//! seen it placed. The coordinator has `order.replies` (exchange) with
 //! one exclusive `order.replies.<instance>` queue per running coordinator, `order.timers`,
 //! `order.timeouts.wait.<ttl>`, `order.timeouts` (+ `.dlq`) and the topic exchange `order.events`.
 //!
@@ -24,6 +26,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::command::Operation;
+use crate::event::OrderEventKind;
 use crate::ids::InstanceId;
 
 /// A participant of the transaction.
@@ -265,6 +268,12 @@ impl Topology {
         self.name(format_args!("order.events"))
     }
 
+    /// Delivery's queue of `order.placed` events: an agent may leave with an order only once
+    /// delivery has seen it placed.
+    pub fn placed_queue(&self) -> String {
+        self.name(format_args!("delivery.placed"))
+    }
+
     /// A consumed durable queue with its dead-letter queue, both added to `decl`.
     fn consumed_queue(
         &self,
@@ -349,6 +358,18 @@ impl Topology {
             expiry_ttl,
             self.expiry_queue(participant),
         );
+        if participant == Participant::Delivery {
+            // Declared with the command queues, so that it exists (and takes every placed
+            // event) before the first assign is consumed.
+            let events = self.events_exchange();
+            decl.exchange(events.clone(), ExchangeKind::Topic);
+            self.consumed_queue(
+                &mut decl,
+                owner,
+                self.placed_queue(),
+                vec![(events, OrderEventKind::Placed.routing_key().to_owned())],
+            );
+        }
         decl
     }
 
@@ -430,7 +451,12 @@ impl Topology {
     /// The permissions of `service` (`order`, `store` or `delivery`).
     pub fn permissions(&self, service: &str) -> Permissions {
         let p = regex_escape(&self.prefix);
-        let own = format!("^{p}{service}\\.");
+        // Delivery also declares the events exchange (as the coordinator does) and binds its
+        // queue of placed orders to it.
+        let own = match service {
+            "delivery" => format!("^{p}(delivery\\.|order\\.events$)"),
+            service => format!("^{p}{service}\\."),
+        };
         let write = match service {
             "order" => format!("^{p}(order\\.|store\\.commands$|delivery\\.commands$)"),
             "delivery" => format!("^{p}(delivery\\.|order\\.replies$|order\\.progress$)"),
@@ -518,6 +544,30 @@ mod tests {
         assert_eq!(store.write, "^(store\\.|order\\.replies$)");
         let order = Topology::new("a.b").permissions("order");
         assert_eq!(order.read, "^a\\.border\\.");
+        let delivery = t.permissions("delivery");
+        assert_eq!(delivery.read, "^(delivery\\.|order\\.events$)");
+    }
+
+    #[test]
+    fn delivery_takes_placed_events_in_a_queue_declared_with_its_commands() {
+        let t = Topology::new("p.");
+        let delivery = t.participant(Participant::Delivery, Duration::from_secs(30));
+        let placed = delivery
+            .queues
+            .iter()
+            .find(|q| q.name == "p.delivery.placed")
+            .expect("delivery declares its queue of placed orders");
+        assert_eq!(
+            placed.bindings,
+            [("p.order.events".to_owned(), "order.placed".to_owned())]
+        );
+        assert!(
+            delivery
+                .dead_letter_queues()
+                .contains(&"p.delivery.placed.dlq".to_owned())
+        );
+        let store = t.participant(Participant::Store, Duration::from_secs(30));
+        assert!(!store.queues.iter().any(|q| q.name.ends_with(".placed")));
     }
 
     #[test]

@@ -455,6 +455,37 @@ impl Infra {
         )
     }
 
+    /// How long the youngest reservation (of packets and agents) has held its item, given the
+    /// reservations' lifetime `ttl_seconds`, by the databases' clocks (zero if none).
+    pub async fn youngest_reservation_held_for(&self, ttl_seconds: i64) -> Duration {
+        let held = |pool: PgPool, table: &'static str| async move {
+            sqlx::query_scalar::<_, f64>(sqlx::AssertSqlSafe(format!(
+                "SELECT coalesce(extract(epoch FROM now()
+                            - (max(reserved_until) - make_interval(secs => $1::double precision))),
+                        0)::float8
+                 FROM {table} WHERE state = 'reserved'"
+            )))
+            .bind(ttl_seconds as f64)
+            .fetch_one(&pool)
+            .await
+            .expect("reservation age")
+        };
+        let store = held(self.store_db().await.clone(), "packets").await;
+        let delivery = held(self.delivery_db().await.clone(), "agents").await;
+        Duration::from_secs_f64(store.min(delivery).max(0.0))
+    }
+
+    /// Whether delivery has seen order `id` placed (its agent carries the mark that a pick-up
+    /// needs).
+    pub async fn placement_seen(&self, id: &str) -> bool {
+        let id: uuid::Uuid = id.parse().expect("an order id");
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM agents WHERE placed_order_id = $1)")
+            .bind(id)
+            .fetch_one(self.delivery_db().await)
+            .await
+            .expect("placement mark")
+    }
+
     /// Terminates every PostgreSQL backend connected to this test's databases (as an operator's
     /// `pg_terminate_backend` would). Returns how many.
     pub async fn terminate_backends(&self) -> i64 {

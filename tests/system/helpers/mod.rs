@@ -35,6 +35,11 @@ use tokio::time::Instant;
 pub use infra::Infra;
 pub use service::Service;
 
+/// How long a rider's app asks again for a pick-up that delivery refuses because it has not seen
+/// the order placed yet: the `order.placed` event is published by the coordinator's outbox
+/// relay and consumed by delivery, a few milliseconds after the customer's answer.
+pub const PLACED_SEEN: Duration = Duration::from_secs(10);
+
 /// A whole system under test: its own vhost, its own databases, three running services.
 pub struct TestSystem {
     /// Broker and databases of this test.
@@ -389,8 +394,22 @@ impl TestSystem {
         .await
     }
 
-    /// The rider reports `step` (`picked-up` or `delivered`) of `order`.
+    /// The rider reports `step` (`picked-up` or `delivered`) of `order`, as a rider's app does:
+    /// a pick-up refused with `409` (delivery has not seen the order placed yet) is asked again
+    /// until it is answered otherwise, or for [`PLACED_SEEN`].
     pub async fn rider(&self, order: &str, step: &str) -> (StatusCode, Value) {
+        let deadline = Instant::now() + PLACED_SEEN;
+        loop {
+            let (status, body) = self.rider_once(order, step).await;
+            if step != "picked-up" || status != StatusCode::CONFLICT || Instant::now() > deadline {
+                return (status, body);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The rider reports `step` of `order` once, and gets delivery's answer.
+    pub async fn rider_once(&self, order: &str, step: &str) -> (StatusCode, Value) {
         self.request(
             &self.delivery,
             reqwest::Method::POST,

@@ -175,7 +175,8 @@ fn reservation(outcome: &Outcome) -> Reservation {
             items: items.clone(),
             expires_at: AT,
         },
-        Outcome::Busy => Reservation::Busy,
+        // The holders are not named: the model releases orphans by an action of its own.
+        Outcome::Busy => Reservation::Busy { holders: vec![] },
         Outcome::Unavailable(shortage) => Reservation::Unavailable(*shortage),
         Outcome::Aborted => Reservation::Aborted,
         _ => Reservation::NoAnswer,

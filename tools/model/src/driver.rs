@@ -255,6 +255,10 @@ fn record(state: &mut State, o: usize, d: usize, event: Event) {
             return;
         }
     }
+    if after.state == OrderState::Placed && driver.order.state != OrderState::Placed {
+        // The record's transaction writes the `order.placed` event to the outbox.
+        state.send(Msg::Placed { order: o });
+    }
     let slot = &mut state.orders[o];
     slot.drivers[d].order = after.clone();
     slot.drivers[d].unrecorded = in_memory;

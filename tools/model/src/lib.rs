@@ -48,11 +48,10 @@ pub struct Config {
     pub max_attempts: i32,
     /// The faults allowed.
     pub faults: Faults,
-    /// Riders pick placed orders up and deliver them.
+    /// Riders report pick-ups and deliveries. A rider may report a pick-up as soon as delivery
+    /// has assigned the agent, before the order is placed: delivery must refuse it until it has
+    /// seen the order's `order.placed` event.
     pub riders: bool,
-    /// Riders report a pick-up as soon as delivery has assigned the agent, before the order is
-    /// placed (delivery's API takes it today: an open counterexample).
-    pub early_pick_ups: bool,
     /// Customers cancel placed orders.
     pub cancels: bool,
     /// Phase 1's deadline passes, and phase 2 gives up, whenever the checker chooses. Without
@@ -62,6 +61,11 @@ pub struct Config {
     /// Phase 1 may outlast the response budget (the order is then recorded `reserving`), and an
     /// operator may abort such an order.
     pub operator: bool,
+    /// A driver in phase 1 releases a reservation in its way whose order the machine's
+    /// `is_orphan` says can never assign it. At any moment: the service waits until the holder
+    /// is older than a whole phase 1, which the model does not require, so that every stall and
+    /// clock is covered.
+    pub orphans: bool,
 }
 
 impl Config {
@@ -75,10 +79,10 @@ impl Config {
             max_attempts: 2,
             faults: Faults::default(),
             riders: false,
-            early_pick_ups: false,
             cancels: false,
             operator: false,
             deadlines: true,
+            orphans: true,
         }
     }
 }

@@ -51,9 +51,6 @@ struct Args {
     /// No riders (no pick-ups or deliveries).
     #[arg(long)]
     no_riders: bool,
-    /// Riders report pick-ups as soon as the agent is assigned, before placement.
-    #[arg(long)]
-    early_pick_ups: bool,
     /// No cancels.
     #[arg(long)]
     no_cancels: bool,
@@ -66,6 +63,9 @@ struct Args {
     /// Deadlines never pass (participants always answer in time).
     #[arg(long)]
     no_deadlines: bool,
+    /// Drivers never release orphaned reservations in their way.
+    #[arg(long)]
+    no_orphans: bool,
     /// Checker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -87,10 +87,10 @@ fn main() -> ExitCode {
             lost_acks: args.lost_acks,
         },
         riders: !args.no_riders,
-        early_pick_ups: args.early_pick_ups,
         cancels: !args.no_cancels,
         operator: !args.no_operator,
         deadlines: !args.no_deadlines,
+        orphans: !args.no_orphans,
     };
     println!("checking {config:?}");
     let started = Instant::now();

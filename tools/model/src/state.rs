@@ -205,6 +205,12 @@ pub enum Msg {
         /// What happened.
         report: Report,
     },
+    /// The `order.placed` event, on its way to delivery (durable: written to the coordinator's
+    /// outbox with the record, and published at least once).
+    Placed {
+        /// Which order.
+        order: usize,
+    },
 }
 
 /// The id of the order at place `slot`.

@@ -2,14 +2,15 @@
 //! customers, riders, operators, the network, the clock and the faults, as a stateright
 //! [`Model`].
 
-use order_machine::rules::{Driving, Report};
+use order_machine::rules::{self, Driving, Report};
 use order_machine::{Event, OrderState, apply};
-use participant_machine::{ItemState, Items};
-use protocol::ids::ItemId;
+use participant_machine::{Command, ItemState, Items, Operation, Outcome};
+use protocol::command::ReleaseReason;
+use protocol::ids::{ItemId, TxnId};
 use protocol::topology::Participant;
 use stateright::{Model, Property};
 
-use crate::state::{AT, Client, Driver, Msg, Phase, Record, Slot, State, draft};
+use crate::state::{AT, Client, Driver, Msg, Phase, Record, Slot, State, draft, txn_id};
 use crate::{OrderModel, properties};
 use crate::{answers, driver};
 
@@ -67,6 +68,16 @@ pub enum Action {
     Deliver(usize),
     /// A reservation's expiry passes, and its timer (or the sweep) frees the item.
     Expire(Participant, ItemId),
+    /// A driver in phase 1, told `busy`, sends `release(abort)` for a reservation in its way
+    /// whose order can never assign it (`rules::is_orphan` on the holder's record).
+    ReleaseOrphan {
+        /// The side that named the holder.
+        side: Participant,
+        /// The holder's order.
+        order: usize,
+        /// The holder's transaction.
+        txn: TxnId,
+    },
 }
 
 const SIDES: [Participant; 2] = [Participant::Store, Participant::Delivery];
@@ -130,7 +141,7 @@ impl Model for OrderModel {
                     .any(|(to, cmd)| {
                         !state.net.iter().any(|m| match m {
                             Msg::Command { to: t, command, .. } => *t == to && *command == cmd,
-                            Msg::Report { .. } => false,
+                            Msg::Report { .. } | Msg::Placed { .. } => false,
                         })
                     });
                 if lost {
@@ -159,15 +170,9 @@ impl Model for OrderModel {
                     actions.push(Action::Cancel(o));
                 }
             }
-            // A rider sees an order once it is placed; with `early_pick_ups` the rider reports
-            // a pick-up as soon as delivery has assigned the agent, which delivery's API takes.
-            let placed = slot.record.as_ref().is_some_and(|r| {
-                matches!(
-                    r.order.state,
-                    OrderState::Placed | OrderState::PickedUp | OrderState::Cancelling
-                )
-            });
-            if c.riders && (placed || c.early_pick_ups) {
+            // A rider reports a pick-up whenever delivery has assigned the agent, placed or not
+            // (an app that is early, or a rider who is wrong); delivery decides.
+            if c.riders {
                 let id = crate::state::order_id(o);
                 for (_, item) in state.delivery.items() {
                     match item {
@@ -200,6 +205,9 @@ impl Model for OrderModel {
                     actions.push(Action::Expire(side, item));
                 }
             }
+        }
+        if c.orphans {
+            orphans(state, actions);
         }
     }
 
@@ -305,7 +313,7 @@ impl Model for OrderModel {
                 });
             }
             Action::PickUp(o) => {
-                state.delivery.pick_up(crate::state::order_id(o))?;
+                state.delivery.pick_up(crate::state::order_id(o)).ok()?;
                 state.send(Msg::Report {
                     order: o,
                     report: Report::PickedUp,
@@ -316,6 +324,17 @@ impl Model for OrderModel {
                 state.send(Msg::Report {
                     order: o,
                     report: Report::Delivered,
+                });
+            }
+            Action::ReleaseOrphan { side, order, txn } => {
+                let release = Command::Release {
+                    txn,
+                    reason: ReleaseReason::Abort,
+                };
+                state.send(Msg::Command {
+                    to: side,
+                    order,
+                    command: release,
                 });
             }
             Action::Expire(side, item) => {
@@ -335,6 +354,63 @@ impl Model for OrderModel {
     fn properties(&self) -> Vec<Property<Self>> {
         properties::all()
     }
+}
+
+/// The releases of orphans that a driver may send while it pauses before its next attempt of
+/// phase 1, because a side answered its last attempt `busy`: for each reservation on that side
+/// of another order that the machine says can never be assigned, and whose phase 1 is over (the
+/// service waits until the holder is older than a whole phase 1: its driver died, or its deadline
+/// passed though the driver may still be running), once per transaction and side, unless one is
+/// on its way already.
+fn orphans(state: &State, actions: &mut Vec<Action>) {
+    // Whether order `o` has a driver in phase 1 whose previous attempt `side` answered `busy`.
+    let told_busy = |o: usize, side: Participant| {
+        let slot = &state.orders[o];
+        slot.drivers.iter().any(|d| {
+            matches!(d.phase, Phase::Reserving(_))
+                && (0..slot.txns).any(|n| {
+                    txn_id(o, n + 1) == d.order.txn_id
+                        && state.side(side).recorded(txn_id(o, n), Operation::Reserve)
+                            == Some(&Outcome::Busy)
+                })
+        })
+    };
+    let phase_1_over = |o: usize| {
+        state.orders[o]
+            .drivers
+            .iter()
+            .all(|d| !matches!(d.phase, Phase::Reserving(_)) || d.deadline_passed)
+    };
+    let mut named: Vec<(Participant, usize, TxnId)> = Vec::new();
+    for side in SIDES {
+        for (_, item) in state.side(side).items() {
+            let ItemState::Reserved { txn, order, .. } = item else {
+                continue;
+            };
+            let Some(holder) = state.slot_of(order) else {
+                continue;
+            };
+            let record = state.orders[holder].record.as_ref().map(|r| &r.order);
+            // One release of a holder on its way at a time (one more would change nothing).
+            let sent = state.net.iter().any(|m| {
+                matches!(m, Msg::Command { to, command: Command::Release { txn: t, .. }, .. }
+                    if *to == side && *t == txn)
+            });
+            if (0..state.orders.len()).any(|o| o != holder && told_busy(o, side))
+                && phase_1_over(holder)
+                && !sent
+                && rules::is_orphan(txn, record)
+                && !named.contains(&(side, holder, txn))
+            {
+                named.push((side, holder, txn));
+            }
+        }
+    }
+    actions.extend(
+        named
+            .into_iter()
+            .map(|(side, order, txn)| Action::ReleaseOrphan { side, order, txn }),
+    );
 }
 
 /// A coordinator takes the lease of a recorded order and drives it as `driving` says.
@@ -366,5 +442,8 @@ fn receive(state: &mut State, msg: Msg) {
             answers::on_reply(state, order, to, &command, &outcome);
         }
         Msg::Report { order, report } => answers::on_report(state, order, report),
+        Msg::Placed { order } => {
+            state.delivery.mark_placed(crate::state::order_id(order));
+        }
     }
 }

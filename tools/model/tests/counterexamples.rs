@@ -2,7 +2,6 @@
 //! today's machines: the interleaving either can no longer happen, or no longer breaks the
 //! promise.
 
-use model::properties::names;
 use model::replay::{Replayed, replay};
 use model::state::{Faults, Msg, order_id, txn_id};
 use model::{Action, Config, OrderModel};
@@ -94,18 +93,14 @@ fn an_abort_release_applied_after_a_recovered_assign_frees_nothing() {
     assert_eq!(record, Some(order_machine::OrderState::Placed));
 }
 
-/// Hole 2, still open: delivery assigns the agent, the rider reports the pick-up (delivery's
-/// API takes it while the order is not placed yet), the store's assign is refused (its
-/// reservation expired; here, phase 2 gave up first), and compensation cannot take the agent
-/// back from the rider: the order ends `not_placed` while the rider is out with it. The checks
-/// that pass let riders report only placed orders; this test keeps the counterexample in view
-/// until delivery refuses a pick-up before the order's placed event.
+/// Hole 2: delivery assigns the agent, the rider reports the pick-up while the order is not
+/// placed yet, the store's assign is refused (its reservation expired; here, phase 2 gave up
+/// first), and compensation cannot take the agent back from the rider: the order ended
+/// `not_placed` while the rider was out with it. Delivery now takes a pick-up only once it has
+/// consumed the order's `order.placed` event, so the path stops at the pick-up.
 #[test]
-fn a_pick_up_before_placement_still_leaves_a_rider_with_an_unplaced_order() {
-    let model = OrderModel::new(Config {
-        early_pick_ups: true,
-        ..one_order(Faults::default()).config
-    });
+fn a_pick_up_before_placement_is_refused() {
+    let model = one_order(Faults::default());
     let path = [
         Action::Submit {
             order: 0,
@@ -120,24 +115,31 @@ fn a_pick_up_before_placement_still_leaves_a_rider_with_an_unplaced_order() {
         assign(Participant::Store),
         release(Participant::Store, ReleaseReason::Compensate),
     ];
-    let Replayed::Done { state, broken } = replay(&model, &path) else {
-        panic!("the interleaving should still replay");
+    let Replayed::Refused { at, action, broken } = replay(&model, &path) else {
+        panic!("the pick-up before placement should be refused");
     };
-    assert!(broken.contains(&names::RIDER_HAS_PLACED), "{broken:?}");
-    assert!(broken.contains(&names::NOTHING_FOR_UNPLACED), "{broken:?}");
-    let record = state.orders[0].record.as_ref().map(|r| r.order.state);
-    assert_eq!(record, Some(order_machine::OrderState::NotPlaced));
+    assert_eq!((at, action), (4, Action::PickUp(0)));
+    assert!(broken.is_empty(), "{broken:?}");
 
-    // Riders who report only placed orders never get there: the pick-up cannot happen.
-    let honest = one_order(Faults::default());
-    assert!(matches!(
-        replay(&honest, &path),
-        Replayed::Refused {
-            at: 4,
-            action: Action::PickUp(0),
-            ..
-        }
-    ));
+    // The same order, placed: the rider may pick it up once delivery has seen the event.
+    let placed = [
+        Action::Submit {
+            order: 0,
+            ack_lost: false,
+        },
+        reserve(Participant::Delivery),
+        reserve(Participant::Store),
+        assign(Participant::Delivery),
+        assign(Participant::Store),
+        Action::Receive(Msg::Placed { order: 0 }),
+        Action::PickUp(0),
+        Action::Deliver(0),
+    ];
+    let Replayed::Done { state, broken } = replay(&model, &placed) else {
+        panic!("a placed order should be picked up and delivered");
+    };
+    assert!(broken.is_empty(), "{broken:?}");
+    assert!(state.delivery.was_delivered(order_id(0)));
 }
 
 /// Hole 4: a reserve's reply is lost (replies go without confirms); the coordinator never asked
@@ -181,4 +183,111 @@ fn a_lost_reserve_reply_is_asked_again() {
     assert_eq!(broken, Vec::<&str>::new());
     let record = state.orders[0].record.as_ref().map(|r| r.order.state);
     assert_eq!(record, Some(order_machine::OrderState::Placed));
+}
+
+/// Hole 1: the coordinator of order 0 dies in phase 1, with both items reserved and the order
+/// not recorded; order 1 is told `busy` on both sides until the reservations expire, and was
+/// refused `timeout` at its deadline. Its driver now releases (abort) the reservations in its
+/// way whose order can never be placed, and places order 1 without any expiry.
+#[test]
+fn an_orphaned_reservation_is_released_by_the_next_order() {
+    let model = OrderModel::new(Config {
+        faults: Faults {
+            crashes: 1,
+            ..Faults::default()
+        },
+        ..Config::plain(2)
+    });
+    let to = |side, order, command| {
+        Action::Receive(Msg::Command {
+            to: side,
+            order,
+            command,
+        })
+    };
+    let reserve = |side, order, n| {
+        to(
+            side,
+            order,
+            Command::Reserve {
+                txn: txn_id(order, n),
+                order: order_id(order),
+                wanted: 1,
+            },
+        )
+    };
+    let orphan = txn_id(0, 0);
+    let release = |side| {
+        to(
+            side,
+            0,
+            Command::Release {
+                txn: orphan,
+                reason: ReleaseReason::Abort,
+            },
+        )
+    };
+    let assign = |side| {
+        to(
+            side,
+            1,
+            Command::Assign {
+                txn: txn_id(1, 1),
+                order: order_id(1),
+                items: vec![ItemId(1)],
+            },
+        )
+    };
+    use Participant::{Delivery, Store};
+    let path = [
+        Action::Submit {
+            order: 0,
+            ack_lost: false,
+        },
+        reserve(Store, 0, 0),
+        Action::Crash(0),
+        reserve(Delivery, 0, 0),
+        Action::Submit {
+            order: 1,
+            ack_lost: false,
+        },
+        reserve(Store, 1, 0),
+        reserve(Delivery, 1, 0),
+        Action::ReleaseOrphan {
+            side: Store,
+            order: 0,
+            txn: orphan,
+        },
+        Action::ReleaseOrphan {
+            side: Delivery,
+            order: 0,
+            txn: orphan,
+        },
+        release(Store),
+        release(Delivery),
+        reserve(Store, 1, 1),
+        reserve(Delivery, 1, 1),
+        assign(Store),
+        assign(Delivery),
+    ];
+    let Replayed::Done { state, broken } = replay(&model, &path) else {
+        panic!("the next order should release the orphan and be placed");
+    };
+    assert!(broken.is_empty(), "{broken:?}");
+    let record = state.orders[1].record.as_ref().map(|r| r.order.state);
+    assert_eq!(record, Some(order_machine::OrderState::Placed));
+    assert!(
+        state.orders[0].record.is_none(),
+        "the orphan was never recorded"
+    );
+
+    // Without the release, order 1 is told `busy` again and refused at its last attempt.
+    let without = OrderModel::new(Config {
+        orphans: false,
+        ..model.config.clone()
+    });
+    assert!(matches!(
+        replay(&without, &path),
+        Replayed::Refused { at: 7, .. }
+    ));
 }

@@ -5,7 +5,7 @@
 //! statements and compares the two.
 //!
 //! ```text
-//!             reserve                 assign                  pick-up (delivery)
+//!             reserve                 assign          pick-up, once placed (delivery)
 //! available ───────────> reserved ──────────> assigned ─────────────────────> delivering
 //!    ^  ^                  │  │                 │  │                              │
 //!    │  └──release, expiry─┘  │                 │  └─cancel (not once picked up)  │
@@ -28,6 +28,9 @@
 //!   be assigned; the sweep (or its timer) frees it.
 //! - **Cancel** frees what the transaction was assigned, all or nothing, and is refused once any
 //!   of it is out with a rider.
+//! - **Pick-up only once placed.** Delivery takes a rider's pick-up only for an order whose
+//!   `order.placed` event it has consumed, and only while the agent is still assigned to it: an
+//!   agent assigned while the store's assign is under way (or failing) cannot leave with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -204,6 +207,15 @@ impl Command {
     }
 }
 
+/// Why a pick-up was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotPickedUp {
+    /// No item is assigned to the order (never, or no longer).
+    NotAssigned,
+    /// An item is assigned to it, but the order is not known to be placed yet.
+    NotPlacedYet,
+}
+
 /// A participant's items and its barrier.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Items {
@@ -211,6 +223,9 @@ pub struct Items {
     barrier: BTreeMap<(TxnId, Operation), Outcome>,
     /// The orders delivered (delivery's `deliveries`).
     delivered: BTreeSet<OrderId>,
+    /// The orders whose placement was seen while an item was theirs (delivery's
+    /// `agents.placed_order_id`, which only counts while it equals the agent's `order_id`).
+    placed: BTreeSet<OrderId>,
 }
 
 impl Items {
@@ -222,6 +237,7 @@ impl Items {
                 .collect(),
             barrier: BTreeMap::new(),
             delivered: BTreeSet::new(),
+            placed: BTreeSet::new(),
         }
     }
 
@@ -378,19 +394,34 @@ impl Items {
         }
     }
 
-    /// The rider of `order` picked it up: the item assigned to it goes out. Returns it, or
-    /// `None` if no item is assigned to `order`. Delivery does not know whether the order is
-    /// placed: a pick-up while the other side's assign is still under way is taken (the model
-    /// checker's open counterexample, `early_pick_ups`).
-    pub fn pick_up(&mut self, order: OrderId) -> Option<ItemId> {
+    /// The `order.placed` event of `order` arrived: marks the item held for it, if any is (an
+    /// event for an order whose agent is free again, after a cancel, marks nothing). Returns
+    /// whether one was marked; a repeated event marks it again, which changes nothing.
+    pub fn mark_placed(&mut self, order: OrderId) -> bool {
+        let held = self.items.values().any(|s| s.order() == Some(order));
+        if held {
+            self.placed.insert(order);
+        }
+        held
+    }
+
+    /// The rider of `order` picked it up: the item assigned to it goes out. Returns it, or why
+    /// not: no item is assigned to `order`, or its placement has not been seen yet (delivery
+    /// assigns its agent before the coordinator knows that the store's packets are assigned too,
+    /// and the store's assign may still fail).
+    pub fn pick_up(&mut self, order: OrderId) -> Result<ItemId, NotPickedUp> {
         let (id, state) = self
             .items
             .iter_mut()
-            .find(|(_, s)| matches!(s, ItemState::Assigned { order: o, .. } if *o == order))?;
+            .find(|(_, s)| matches!(s, ItemState::Assigned { order: o, .. } if *o == order))
+            .ok_or(NotPickedUp::NotAssigned)?;
+        if !self.placed.contains(&order) {
+            return Err(NotPickedUp::NotPlacedYet);
+        }
         if let ItemState::Assigned { txn, order } = *state {
             *state = ItemState::Delivering { txn, order };
         }
-        Some(*id)
+        Ok(*id)
     }
 
     /// `order` is delivered: its rider is free again. Returns the item, or `None` if no item is

@@ -2,7 +2,7 @@ use protocol::command::{AssignRefusal, CancelRefusal, ReleaseReason, Shortage};
 use protocol::ids::{ItemId, OrderId, TxnId};
 use uuid::Uuid;
 
-use super::{Command, ItemState, Items, Operation, Outcome};
+use super::{Command, ItemState, Items, NotPickedUp, Operation, Outcome};
 
 fn txn(n: u128) -> TxnId {
     TxnId(Uuid::from_u128(n))
@@ -128,7 +128,8 @@ fn a_cancel_frees_the_assignment_unless_the_rider_has_it() {
     items.apply(&assign(1, &[1]));
     items.apply(&reserve(2, 1));
     items.apply(&assign(2, &[2]));
-    assert_eq!(items.pick_up(order(2)), Some(ItemId(2)));
+    assert!(items.mark_placed(order(2)));
+    assert_eq!(items.pick_up(order(2)), Ok(ItemId(2)));
     assert_eq!(
         items.apply(&Command::Cancel { txn: txn(2) }),
         Outcome::CancelRefused(CancelRefusal::PickedUp)
@@ -144,6 +145,29 @@ fn a_cancel_frees_the_assignment_unless_the_rider_has_it() {
     );
     assert_eq!(items.deliver(order(2)), Some(ItemId(2)));
     assert_eq!(items.state(ItemId(2)), Some(ItemState::Available));
+}
+
+#[test]
+fn a_pick_up_waits_for_the_placement_and_an_assigned_agent() {
+    let mut items = Items::new(1);
+    assert_eq!(items.pick_up(order(1)), Err(NotPickedUp::NotAssigned));
+    items.apply(&reserve(1, 1));
+    items.apply(&assign(1, &[1]));
+    assert_eq!(items.pick_up(order(1)), Err(NotPickedUp::NotPlacedYet));
+    assert!(items.mark_placed(order(1)));
+    assert_eq!(items.pick_up(order(1)), Ok(ItemId(1)));
+    // Reported twice: the agent is already out.
+    assert_eq!(items.pick_up(order(1)), Err(NotPickedUp::NotAssigned));
+}
+
+#[test]
+fn a_placement_seen_after_a_cancel_marks_nothing() {
+    let mut items = Items::new(1);
+    items.apply(&reserve(1, 1));
+    items.apply(&assign(1, &[1]));
+    items.apply(&Command::Cancel { txn: txn(1) });
+    assert!(!items.mark_placed(order(1)));
+    assert_eq!(items.pick_up(order(1)), Err(NotPickedUp::NotAssigned));
 }
 
 #[test]
