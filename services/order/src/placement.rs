@@ -22,7 +22,7 @@ use protocol::sides::Sides;
 use protocol::trace::TraceContext;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::coordinator::{Coordinator, Stop};
 use crate::machine::rules::Driving;
@@ -83,15 +83,19 @@ impl Coordinator {
         };
         let answer_by = Instant::now() + self.settings.response_budget;
         // A replay is answered with the recorded order before any phase 1 runs: it holds nothing
-        // (the insert still settles two first requests with one key that race each other).
+        // (the insert still settles two first requests with one key that race each other). A
+        // lookup that outlasts the budget settles nothing: the order goes on as if the key were
+        // new, its first record settles the key, and the client is answered `503` below.
         if let Some(key) = new.idempotency_key.as_deref() {
             let found = repo::load_by_key(self.orders.pool(), &new.customer_id, key);
-            let found = tokio::time::timeout_at(answer_by, found)
-                .await
-                .map_err(|_| PlaceError::NotRecordedInTime)??;
-            if let Some(existing) = found {
-                info!(existing = %existing.id, state = %existing.state, "idempotency key seen before: answering with its order");
-                return Ok(Placement::Replayed(existing));
+            match tokio::time::timeout_at(answer_by, found).await {
+                Ok(found) => {
+                    if let Some(existing) = found? {
+                        info!(existing = %existing.id, state = %existing.state, "idempotency key seen before: answering with its order");
+                        return Ok(Placement::Replayed(existing));
+                    }
+                }
+                Err(_) => debug!("the key's lookup outlasted the response budget"),
             }
         }
         // A phase 1 that outlasts most of the budget is recorded (`reserving`) before the
