@@ -45,7 +45,7 @@ pub struct Coordinator {
     /// The order database.
     pub(crate) orders: Orders,
     /// The store and delivery.
-    pub(crate) participants: Participants,
+    pub(crate) participants: Arc<dyn Participants>,
     /// Tunables.
     pub(crate) settings: CoordinatorSettings,
     /// Deadline timers.

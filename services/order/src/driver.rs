@@ -418,3 +418,6 @@ impl Coordinator {
 fn deadline_at(instant: DateTime<Utc>) -> Instant {
     Instant::now() + (instant - fault::now()).to_std().unwrap_or(Duration::ZERO)
 }
+
+#[cfg(test)]
+mod tests;

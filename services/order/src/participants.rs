@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use messaging::{Backoff, BrokerError, Outgoing, RpcClient, RpcError, Wait};
 use protocol::command::{
     AgentRequest, Answer, Assign, AssignReply, Cancel, CancelReply, Command, Holder, Operation,
@@ -24,7 +25,7 @@ use crate::machine::rules::{AssignAnswer, Reservation};
 
 /// Sends commands to the participants and reads their answers.
 #[derive(Debug)]
-pub struct Participants {
+pub struct RpcParticipants {
     rpc: Arc<RpcClient>,
     topology: Topology,
     /// How long a phase-2 or compensation request waits for its reply before it is sent again.
@@ -40,7 +41,54 @@ enum Op {
     Cancel,
 }
 
-impl Participants {
+/// What a driver asks of the store and delivery. [`RpcParticipants`] asks them over RabbitMQ;
+/// the driver's tests answer in process, from the participant machine.
+pub trait Participants: Send + Sync + 'static {
+    /// Phase 1: asks both sides to reserve for the order's transaction, waiting up to `wait` for
+    /// each answer and asking again after each reply timeout (a lost reply is answered again from
+    /// the participant's barrier). A reserve still unanswered at the end is released.
+    fn reserve<'a>(&'a self, order: &'a Order, wait: Duration)
+    -> BoxFuture<'a, Sides<Reservation>>;
+
+    /// Phase 2: asks the store to assign `packets` and delivery `agent`, asking again until
+    /// `until` while a side does not answer.
+    fn assign<'a>(
+        &'a self,
+        order: &'a Order,
+        packets: &'a [PacketId],
+        agent: AgentId,
+        until: Instant,
+    ) -> BoxFuture<'a, Sides<AssignAnswer>>;
+
+    /// Compensation: asks both sides to release (which undoes an assignment) until `until`;
+    /// true for each side that confirmed.
+    fn release<'a>(&'a self, order: &'a Order, until: Instant) -> BoxFuture<'a, Sides<bool>>;
+
+    /// Cancellation: asks `side` to cancel the order's assignment, asking again until `until`
+    /// while it does not answer.
+    fn cancel<'a>(
+        &'a self,
+        side: Participant,
+        order: &'a Order,
+        until: Instant,
+    ) -> BoxFuture<'a, Option<CancelReply>>;
+
+    /// Sends releases to the sides in `which`, without waiting for replies: once the broker
+    /// confirms, the release will be applied. A release that cannot be published is left to the
+    /// reservation's expiry.
+    fn release_now<'a>(
+        &'a self,
+        order: &'a Order,
+        which: Sides<bool>,
+        reason: ReleaseReason,
+    ) -> BoxFuture<'a, ()>;
+
+    /// Sends `side` a `release(abort)` for the reservation of `holder`, an order that can never
+    /// assign it ([`crate::orphans`]), without waiting for the reply. Whether it was sent.
+    fn release_orphan<'a>(&'a self, side: Participant, holder: &'a Holder) -> BoxFuture<'a, bool>;
+}
+
+impl RpcParticipants {
     /// A client over `rpc`.
     pub fn new(rpc: Arc<RpcClient>, topology: Topology, reply_timeout: Duration) -> Self {
         Self {
@@ -48,137 +96,6 @@ impl Participants {
             topology,
             reply_timeout,
         }
-    }
-
-    /// Phase 1: asks both sides to reserve for the order's transaction, waiting up to `wait` for
-    /// each answer and asking again after each reply timeout (a lost reply is answered again from
-    /// the participant's barrier). A reserve still unanswered at the end is released.
-    pub async fn reserve(&self, order: &Order, wait: Duration) -> Sides<Reservation> {
-        let until = Instant::now() + wait;
-        let ask = |side| async move {
-            match self
-                .call(side, order, Op::Reserve, self.resending(until))
-                .await
-            {
-                Some(ReserveReply::Reserved { items, expires_at }) => {
-                    Reservation::Held { items, expires_at }
-                }
-                Some(ReserveReply::Busy { holders }) => Reservation::Busy { holders },
-                Some(ReserveReply::Unavailable { reason, food_ids }) => {
-                    if !food_ids.is_empty() {
-                        debug!(participant = %side, ?food_ids, "short");
-                    }
-                    Reservation::Unavailable(reason)
-                }
-                Some(ReserveReply::Aborted) => Reservation::Aborted,
-                None => Reservation::NoAnswer,
-            }
-        };
-        let (store, delivery) = tokio::join!(ask(Participant::Store), ask(Participant::Delivery));
-        Sides::new(store, delivery)
-    }
-
-    /// Phase 2: asks the store to assign `packets` and delivery `agent`, asking again until
-    /// `until` while a side does not answer.
-    pub async fn assign(
-        &self,
-        order: &Order,
-        packets: &[PacketId],
-        agent: AgentId,
-        until: Instant,
-    ) -> Sides<AssignAnswer> {
-        let ask = |side, items| async move {
-            let op = Op::Assign(items);
-            match self.call(side, order, op, self.resending(until)).await {
-                Some(AssignReply::Assigned { .. }) => AssignAnswer::Assigned,
-                Some(AssignReply::Refused { reason }) => {
-                    warn!(participant = %side, ?reason, "assign refused");
-                    AssignAnswer::Refused(reason)
-                }
-                None => AssignAnswer::NoAnswer,
-            }
-        };
-        let (store, delivery) = tokio::join!(
-            ask(
-                Participant::Store,
-                packets.iter().map(|p| ItemId(p.0)).collect()
-            ),
-            ask(Participant::Delivery, vec![ItemId(agent.0)]),
-        );
-        Sides::new(store, delivery)
-    }
-
-    /// Compensation: asks both sides to release (which undoes an assignment) until `until`;
-    /// true for each side that confirmed.
-    pub async fn release(&self, order: &Order, until: Instant) -> Sides<bool> {
-        let ask = |side| async move {
-            let op = Op::Release(ReleaseReason::Compensate);
-            let answer: Option<ReleaseReply> =
-                self.call(side, order, op, self.resending(until)).await;
-            matches!(answer, Some(ReleaseReply::Released { .. }))
-        };
-        let (store, delivery) = tokio::join!(ask(Participant::Store), ask(Participant::Delivery));
-        Sides::new(store, delivery)
-    }
-
-    /// Cancellation: asks `side` to cancel the order's assignment, asking again until `until`
-    /// while it does not answer.
-    pub async fn cancel(
-        &self,
-        side: Participant,
-        order: &Order,
-        until: Instant,
-    ) -> Option<CancelReply> {
-        self.call(side, order, Op::Cancel, self.resending(until))
-            .await
-    }
-
-    /// Sends releases to the sides in `which`, without waiting for replies: once the broker
-    /// confirms, the release will be applied. A release that cannot be published is left to the
-    /// reservation's expiry.
-    pub async fn release_now(&self, order: &Order, which: Sides<bool>, reason: ReleaseReason) {
-        let send = |side: Participant, wanted: bool| async move {
-            if !wanted {
-                return;
-            }
-            let span = info_span!("command", participant = %side, operation = %Operation::Release);
-            let sent = match self.message(side, order, Op::Release(reason), &span) {
-                Ok(message) => self.rpc.send(message).instrument(span).await,
-                Err(err) => Err(err),
-            };
-            if let Err(err) = sent {
-                warn!(participant = %side, error = %err, "release not sent; the reservation will expire");
-            }
-        };
-        tokio::join!(
-            send(Participant::Store, which.store),
-            send(Participant::Delivery, which.delivery),
-        );
-    }
-
-    /// Sends `side` a `release(abort)` for the reservation of `holder`, an order that can never
-    /// assign it ([`crate::orphans`]), without waiting for the reply. Whether it was sent.
-    pub async fn release_orphan(&self, side: Participant, holder: &Holder) -> bool {
-        let command: Command<()> = Command::Release(Release {
-            reason: ReleaseReason::Abort,
-        });
-        let span = info_span!("command", participant = %side, operation = %Operation::Release);
-        let trace = messaging::trace::outgoing(&span, TraceContext::root());
-        let envelope = TxnEnvelope::txn(holder.order_id, holder.txn_id, &command).with_trace(trace);
-        let message = Outgoing::txn(
-            &envelope,
-            self.topology.commands_exchange(side),
-            Topology::command_routing_key(Operation::Release),
-        )
-        .map(|message| message.header(headers::TRACEPARENT, trace.to_string()));
-        let sent = match message {
-            Ok(message) => self.rpc.send(message).instrument(span).await,
-            Err(err) => Err(err),
-        };
-        if let Err(err) = &sent {
-            warn!(participant = %side, error = %err, "release of an orphan not sent; it will expire");
-        }
-        sent.is_ok()
     }
 
     /// Sent again (the same message) after the reply timeout, then with growing pauses.
@@ -270,6 +187,150 @@ impl Participants {
             Topology::command_routing_key(command.operation()),
         )?
         .header(headers::TRACEPARENT, trace.to_string()))
+    }
+}
+
+impl Participants for RpcParticipants {
+    fn reserve<'a>(
+        &'a self,
+        order: &'a Order,
+        wait: Duration,
+    ) -> BoxFuture<'a, Sides<Reservation>> {
+        Box::pin(async move {
+            let until = Instant::now() + wait;
+            let ask = |side| async move {
+                match self
+                    .call(side, order, Op::Reserve, self.resending(until))
+                    .await
+                {
+                    Some(ReserveReply::Reserved { items, expires_at }) => {
+                        Reservation::Held { items, expires_at }
+                    }
+                    Some(ReserveReply::Busy { holders }) => Reservation::Busy { holders },
+                    Some(ReserveReply::Unavailable { reason, food_ids }) => {
+                        if !food_ids.is_empty() {
+                            debug!(participant = %side, ?food_ids, "short");
+                        }
+                        Reservation::Unavailable(reason)
+                    }
+                    Some(ReserveReply::Aborted) => Reservation::Aborted,
+                    None => Reservation::NoAnswer,
+                }
+            };
+            let (store, delivery) =
+                tokio::join!(ask(Participant::Store), ask(Participant::Delivery));
+            Sides::new(store, delivery)
+        })
+    }
+
+    fn assign<'a>(
+        &'a self,
+        order: &'a Order,
+        packets: &'a [PacketId],
+        agent: AgentId,
+        until: Instant,
+    ) -> BoxFuture<'a, Sides<AssignAnswer>> {
+        Box::pin(async move {
+            let ask = |side, items| async move {
+                let op = Op::Assign(items);
+                match self.call(side, order, op, self.resending(until)).await {
+                    Some(AssignReply::Assigned { .. }) => AssignAnswer::Assigned,
+                    Some(AssignReply::Refused { reason }) => {
+                        warn!(participant = %side, ?reason, "assign refused");
+                        AssignAnswer::Refused(reason)
+                    }
+                    None => AssignAnswer::NoAnswer,
+                }
+            };
+            let (store, delivery) = tokio::join!(
+                ask(
+                    Participant::Store,
+                    packets.iter().map(|p| ItemId(p.0)).collect()
+                ),
+                ask(Participant::Delivery, vec![ItemId(agent.0)]),
+            );
+            Sides::new(store, delivery)
+        })
+    }
+
+    fn release<'a>(&'a self, order: &'a Order, until: Instant) -> BoxFuture<'a, Sides<bool>> {
+        Box::pin(async move {
+            let ask = |side| async move {
+                let op = Op::Release(ReleaseReason::Compensate);
+                let answer: Option<ReleaseReply> =
+                    self.call(side, order, op, self.resending(until)).await;
+                matches!(answer, Some(ReleaseReply::Released { .. }))
+            };
+            let (store, delivery) =
+                tokio::join!(ask(Participant::Store), ask(Participant::Delivery));
+            Sides::new(store, delivery)
+        })
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        side: Participant,
+        order: &'a Order,
+        until: Instant,
+    ) -> BoxFuture<'a, Option<CancelReply>> {
+        Box::pin(async move {
+            self.call(side, order, Op::Cancel, self.resending(until))
+                .await
+        })
+    }
+
+    fn release_now<'a>(
+        &'a self,
+        order: &'a Order,
+        which: Sides<bool>,
+        reason: ReleaseReason,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let send = |side: Participant, wanted: bool| async move {
+                if !wanted {
+                    return;
+                }
+                let span =
+                    info_span!("command", participant = %side, operation = %Operation::Release);
+                let sent = match self.message(side, order, Op::Release(reason), &span) {
+                    Ok(message) => self.rpc.send(message).instrument(span).await,
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = sent {
+                    warn!(participant = %side, error = %err, "release not sent; the reservation will expire");
+                }
+            };
+            tokio::join!(
+                send(Participant::Store, which.store),
+                send(Participant::Delivery, which.delivery),
+            );
+        })
+    }
+
+    fn release_orphan<'a>(&'a self, side: Participant, holder: &'a Holder) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let command: Command<()> = Command::Release(Release {
+                reason: ReleaseReason::Abort,
+            });
+            let span = info_span!("command", participant = %side, operation = %Operation::Release);
+            let trace = messaging::trace::outgoing(&span, TraceContext::root());
+            let envelope =
+                TxnEnvelope::txn(holder.order_id, holder.txn_id, &command).with_trace(trace);
+            let message = Outgoing::txn(
+                &envelope,
+                self.topology.commands_exchange(side),
+                Topology::command_routing_key(Operation::Release),
+            )
+            .map(|message| message.header(headers::TRACEPARENT, trace.to_string()));
+            let sent = match message {
+                Ok(message) => self.rpc.send(message).instrument(span).await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = &sent {
+                warn!(participant = %side, error = %err, "release of an orphan not sent; it will expire");
+            }
+            sent.is_ok()
+        })
     }
 }
 

@@ -19,7 +19,7 @@ use crate::coordinator::Coordinator;
 use crate::http;
 use crate::operator;
 use crate::outbox;
-use crate::participants::Participants;
+use crate::participants::RpcParticipants;
 use crate::progress::Progress;
 use crate::recovery::{self, Timeouts};
 use crate::repo::Orders;
@@ -120,7 +120,11 @@ impl Application {
                 foundation.db_call_bound,
                 &foundation.tracker,
             ),
-            participants: Participants::new(rpc, topology.clone(), settings.reply_timeout),
+            participants: Arc::new(RpcParticipants::new(
+                rpc,
+                topology.clone(),
+                settings.reply_timeout,
+            )),
             settings,
             deadlines,
             events: Arc::clone(&events),
