@@ -387,7 +387,10 @@ async fn a_reserve_left_unanswered_is_released_and_tried_again() {
 
     let order = place(&coordinator, "c-1", 1).await;
     assert_eq!(order.state, OrderState::Placed, "{order:?}");
-    assert_eq!(order.attempt, 1, "placed at its second attempt");
+    assert_eq!(
+        order.attempt, 2,
+        "placed at its second attempt (counted from 1)"
+    );
     // Both sides may have held for the unanswered attempt: both are released (retry) before
     // the second attempt, which takes the same items.
     assert_eq!(
@@ -427,7 +430,7 @@ async fn an_assign_refused_compensates_both_sides_before_not_placed() {
     let sent = fake.sent();
     assert_eq!(
         sent[sent.len() - 2..],
-        ["store Release", "delivery Release"],
+        ["store Compensate", "delivery Compensate"],
         "{sent:?}"
     );
     database.drop_database().await.unwrap();
