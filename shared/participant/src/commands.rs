@@ -18,16 +18,21 @@ use tracing::{Instrument, Span, debug, info, info_span, warn};
 use crate::attempts;
 use crate::barrier;
 use crate::context::{CommandWrite, Reserve, Shared};
+use crate::holders::Holders;
 use crate::inventory::{Inventory, ReserveError, item_ids};
 
 /// Handles the reserve, assign and release queues of a participant.
 pub struct CommandHandler<I: Inventory> {
     shared: Arc<Shared<I>>,
+    holders: Holders,
 }
 
 impl<I: Inventory> CommandHandler<I> {
     pub(crate) fn new(shared: Arc<Shared<I>>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            holders: Holders::default(),
+        }
     }
 }
 
@@ -274,26 +279,12 @@ impl<I: Inventory> CommandHandler<I> {
     }
 
     /// Who holds what a busy `request` needs, for the coordinator to release the reservations
-    /// of orders that can no longer be placed. Best effort: a busy reply without holders only
-    /// leaves them to their expiry.
+    /// of orders that can no longer be placed ([`crate::holders`]). Best effort: a busy reply
+    /// without holders only leaves them to their expiry.
     async fn holders(&self, request: &I::Request) -> Vec<Holder> {
-        let shared = &self.shared;
-        let found = async {
-            let key = shared.inventory.key(request).map_err(|err| match err {
-                ReserveError::Db(err) => err,
-                ReserveError::Invalid(why) => sqlx::Error::Protocol(why),
-            })?;
-            let mut conn = shared.pool.acquire().await?;
-            I::TABLE
-                .holders(&mut conn, I::HOLDERS, &key, shared.settings.reservation_ttl)
-                .await
-        };
-        match found.await {
-            Ok(holders) => holders,
-            Err(err) => {
-                debug!(error = %err, "holders of a busy reserve not read");
-                Vec::new()
-            }
+        match self.shared.inventory.key(request) {
+            Ok(key) => self.holders.of(&self.shared, key).await,
+            Err(_) => Vec::new(),
         }
     }
 

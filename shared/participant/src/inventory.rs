@@ -22,7 +22,7 @@ pub enum ReserveError {
 
 /// What a reserve statement is bound to: `$4` the hub, `$5` the foods and `$6` their quantities
 /// (empty for a participant whose items are not of a kind, like agents).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Key {
     /// The hub the items must come from.
     pub hub: i64,

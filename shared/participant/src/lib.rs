@@ -23,6 +23,8 @@
 //! - [`app`]: the start-up and run loop of a participant service.
 //! - [`runtime`]: wires the consumers and the sweep for a service; the command-line settings.
 //! - [`commands`], [`expiry`]: as above.
+//! - [`holders`]: the reservations a busy reply names, read at most once per half second for
+//!   each kind of request.
 //! - [`context`]: what the consumers and the sweep share (settings, pool, statements, the
 //!   group-commit writer and its write).
 //! - `attempts`: attempts at messages that may have crashed the process (handled alone,
@@ -41,6 +43,7 @@ pub mod barrier;
 pub mod commands;
 pub mod context;
 pub mod expiry;
+pub mod holders;
 pub mod inventory;
 pub mod metrics;
 
