@@ -111,17 +111,14 @@ async fn a_coordinator_killed_before_the_commit_decision_releases_everything_aft
     assert_eq!(order["reason"], "timeout", "{order}");
 }
 
-/// A new order is recorded only once its phase 1 ends (presumed abort). A coordinator that dies
-/// with both reserves answered and the order not yet recorded leaves nothing recorded and tells
-/// its client nothing; the reservations lapse with their expiry, and the items go to the next
-/// order.
-#[tokio::test]
-async fn a_coordinator_killed_before_recording_leaves_reservations_that_lapse_with_their_expiry() {
-    let options = Options::fast().order("FAULT_POINTS", "coordinator.reserved_before_record");
+/// A system with one packet and one agent whose coordinator dies in phase 1 of the first order,
+/// with both items reserved for it and nothing recorded (the client is told nothing). Returns
+/// the system, its coordinator stopped, and the food.
+async fn killed_in_phase_1(options: Options) -> (TestSystem, i64) {
+    let options = options.order("FAULT_POINTS", "coordinator.reserved_before_record");
     let mut system = TestSystem::start_with(options).await;
     let food = system.create_food("Upma", 1).await;
     system.create_agents(1).await;
-
     let order = serde_json::json!({ "food_id": food, "customer_id": "c-1" });
     let placing = system
         .http()
@@ -131,9 +128,19 @@ async fn a_coordinator_killed_before_recording_leaves_reservations_that_lapse_wi
         .await;
     assert!(placing.is_err(), "the coordinator died before answering");
     system.order.wait_exit(Duration::from_secs(10)).await;
-
     // Both items are held for a transaction that nobody recorded.
     assert_eq!(system.infra.reserved_counts().await, (1, 1));
+    (system, food)
+}
+
+/// A new order is recorded only once its phase 1 ends (presumed abort). A coordinator that dies
+/// with both reserves answered and the order not yet recorded leaves nothing recorded and tells
+/// its client nothing; the reservations lapse with their expiry, and the items go to the next
+/// order.
+#[tokio::test]
+async fn a_coordinator_killed_before_recording_leaves_reservations_that_lapse_with_their_expiry() {
+    let (mut system, food) = killed_in_phase_1(Options::fast()).await;
+    let order = serde_json::json!({ "food_id": food, "customer_id": "c-1" });
     let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
         .fetch_one(system.infra.order_db().await)
         .await
@@ -156,23 +163,7 @@ async fn a_coordinator_killed_before_recording_leaves_reservations_that_lapse_wi
 /// order. Before, every order for those items was refused `timeout` until the expiry.
 #[tokio::test]
 async fn an_order_after_a_coordinator_killed_in_phase_1_is_placed_without_waiting_for_the_expiry() {
-    let options = Options::fast()
-        .all("RESERVATION_TTL", "60s")
-        .order("FAULT_POINTS", "coordinator.reserved_before_record");
-    let mut system = TestSystem::start_with(options).await;
-    let food = system.create_food("Poha", 1).await;
-    system.create_agents(1).await;
-
-    let first = serde_json::json!({ "food_id": food, "customer_id": "c-1" });
-    let placing = system
-        .http()
-        .post(system.order.url("/orders"))
-        .json(&first)
-        .send()
-        .await;
-    assert!(placing.is_err(), "the coordinator died before answering");
-    system.order.wait_exit(Duration::from_secs(10)).await;
-    assert_eq!(system.infra.reserved_counts().await, (1, 1));
+    let (mut system, food) = killed_in_phase_1(Options::fast().all("RESERVATION_TTL", "60s")).await;
     system.order.remove_env("FAULT_POINTS");
     system.order.start().await;
 
