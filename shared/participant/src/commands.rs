@@ -266,7 +266,7 @@ impl<I: Inventory> CommandHandler<I> {
             crate::metrics::COMMANDS,
             "participant" => participant,
             "operation" => operation.as_str(),
-            "outcome" => outcome(&reply),
+            "outcome" => crate::metrics::outcome(&reply),
         )
         .increment(1);
         metrics::histogram!(
@@ -416,21 +416,6 @@ fn reply_lost<R>(envelope: &TxnEnvelope<Command<R>>) -> bool {
 
 fn reply_trace(span: &Span, command: Option<TraceContext>) -> Option<TraceContext> {
     messaging::trace::context_of(span).or_else(|| command.map(|trace| trace.child()))
-}
-
-/// A short label of a reply, for metrics.
-fn outcome(reply: &Reply) -> &'static str {
-    match reply {
-        Reply::ReserveReply(ReserveReply::Reserved { .. }) => "reserved",
-        Reply::ReserveReply(ReserveReply::Busy { .. }) => "busy",
-        Reply::ReserveReply(ReserveReply::Unavailable { .. }) => "unavailable",
-        Reply::ReserveReply(ReserveReply::Aborted) => "aborted",
-        Reply::AssignReply(AssignReply::Assigned { .. }) => "assigned",
-        Reply::AssignReply(AssignReply::Refused { .. }) => "refused",
-        Reply::ReleaseReply(ReleaseReply::Released { .. }) => "released",
-        Reply::CancelReply(CancelReply::Cancelled { .. }) => "cancelled",
-        Reply::CancelReply(CancelReply::Refused { .. }) => "cancel_refused",
-    }
 }
 
 fn log_outcome(reply: &Reply) {

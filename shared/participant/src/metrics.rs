@@ -1,6 +1,7 @@
 //! The metrics a participant records, each name spelled once, and their descriptions.
 
 use ::metrics::{Unit, describe_counter, describe_histogram};
+use protocol::command::{AssignReply, CancelReply, ReleaseReply, Reply, ReserveReply};
 use protocol::topology::Participant;
 
 /// Counter, by `participant`, `operation` and `outcome`: commands handled (a redelivered command
@@ -47,5 +48,20 @@ pub fn describe(participant: Participant) {
             "via" => via,
         )
         .increment(0);
+    }
+}
+
+/// The `outcome` label of a reply.
+pub(crate) fn outcome(reply: &Reply) -> &'static str {
+    match reply {
+        Reply::ReserveReply(ReserveReply::Reserved { .. }) => "reserved",
+        Reply::ReserveReply(ReserveReply::Busy { .. }) => "busy",
+        Reply::ReserveReply(ReserveReply::Unavailable { .. }) => "unavailable",
+        Reply::ReserveReply(ReserveReply::Aborted) => "aborted",
+        Reply::AssignReply(AssignReply::Assigned { .. }) => "assigned",
+        Reply::AssignReply(AssignReply::Refused { .. }) => "refused",
+        Reply::ReleaseReply(ReleaseReply::Released { .. }) => "released",
+        Reply::CancelReply(CancelReply::Cancelled { .. }) => "cancelled",
+        Reply::CancelReply(CancelReply::Refused { .. }) => "cancel_refused",
     }
 }
