@@ -12,7 +12,7 @@ use protocol::command::{
 };
 use protocol::envelope::TxnEnvelope;
 use protocol::headers;
-use protocol::ids::{AgentId, ItemId, PacketId};
+use protocol::ids::{AgentId, ItemId, OrderId, PacketId, TxnId};
 use protocol::sides::Sides;
 use protocol::topology::{Participant, Topology};
 use protocol::trace::TraceContext;
@@ -161,26 +161,27 @@ impl RpcParticipants {
                     hub_id: order.hub_id,
                     lines: order.lines.clone(),
                 };
-                self.addressed(side, order, &op.command(request), trace)
+                self.addressed(side, (order.id, order.txn_id), &op.command(request), trace)
             }
             Participant::Delivery => {
                 let request = || AgentRequest {
                     hub_id: order.hub_id,
                 };
-                self.addressed(side, order, &op.command(request), trace)
+                self.addressed(side, (order.id, order.txn_id), &op.command(request), trace)
             }
         }
     }
 
+    /// `command` of transaction `txn` of order `order`, addressed to `side`, sent from `trace`.
     fn addressed<R: Serialize>(
         &self,
         side: Participant,
-        order: &Order,
+        (order, txn): (OrderId, TxnId),
         command: &Command<R>,
         trace: TraceContext,
     ) -> Result<Outgoing, BrokerError> {
         // In the envelope too, for a command that travels in a batch (one header for all).
-        let envelope = TxnEnvelope::txn(order.id, order.txn_id, command).with_trace(trace);
+        let envelope = TxnEnvelope::txn(order, txn, command).with_trace(trace);
         Ok(Outgoing::txn(
             &envelope,
             self.topology.commands_exchange(side),
@@ -314,15 +315,8 @@ impl Participants for RpcParticipants {
             });
             let span = info_span!("command", participant = %side, operation = %Operation::Release);
             let trace = messaging::trace::outgoing(&span, TraceContext::root());
-            let envelope =
-                TxnEnvelope::txn(holder.order_id, holder.txn_id, &command).with_trace(trace);
-            let message = Outgoing::txn(
-                &envelope,
-                self.topology.commands_exchange(side),
-                Topology::command_routing_key(Operation::Release),
-            )
-            .map(|message| message.header(headers::TRACEPARENT, trace.to_string()));
-            let sent = match message {
+            let holding = (holder.order_id, holder.txn_id);
+            let sent = match self.addressed(side, holding, &command, trace) {
                 Ok(message) => self.rpc.send(message).instrument(span).await,
                 Err(err) => Err(err),
             };
