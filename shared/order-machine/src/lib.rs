@@ -1,6 +1,7 @@
 //! The order machine: the order as a value, the events that move it, and one exhaustive
 //! function, [`apply`], that computes the order after an event. The rules that decide which
-//! event comes next are in [`rules`]. Nothing here does I/O or reads a clock: the driver
+//! event comes next are in [`rules`]; what recording an event comes with (the event published,
+//! the lease, the timer) is one [`Transition`], computed by [`transition`]. Nothing here does I/O or reads a clock: the driver
 //! (`services/order`'s `driver`) sends commands and waits, its repository (`repo`) stores the order
 //! that `apply` computed, and both feed what they learn back through these functions.
 //!
@@ -18,6 +19,7 @@
 //! (A delivery reported before its pick-up is recorded as the pick-up, then the delivery:
 //! `rules::after_report`.)
 
+pub mod effects;
 pub(crate) mod names;
 #[cfg(test)]
 mod properties;
@@ -31,6 +33,7 @@ use protocol::command::{AssignRefusal, Shortage};
 use protocol::ids::{AgentId, FoodId, HubId, OrderId, PacketId, TxnId};
 use protocol::topology::Participant;
 
+pub use effects::{Lease, Transition, Writer, transition};
 pub use names::UnknownName;
 use names::named;
 

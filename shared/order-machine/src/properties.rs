@@ -131,6 +131,34 @@ proptest! {
     }
 
     #[test]
+    fn the_events_recorded_with_any_sequence_of_transitions_agree_with_the_state(
+        events in prop::collection::vec((any_event(), 0..4u8), 0..24),
+    ) {
+        // Each event recorded by a writer drawn at random (the first record once, at the
+        // start); the outbox gets what each transition publishes.
+        let mut order = new_order();
+        let mut outbox = Vec::new();
+        let mut first = true;
+        for (i, (event, writer)) in events.into_iter().enumerate() {
+            let writer = match (first, writer) {
+                (true, _) => effects::Writer::First,
+                (false, 0 | 1) => effects::Writer::Driver,
+                (false, 2) => effects::Writer::Report,
+                (false, _) => effects::Writer::Customer,
+            };
+            let Ok(recorded) = transition(&order, Some(event), writer, t(i as i64)) else {
+                continue;
+            };
+            first = false;
+            prop_assert_eq!(recorded.timer.is_some(), writer == effects::Writer::First && !recorded.after.state.is_final());
+            prop_assert_eq!(recorded.lease == effects::Lease::End, recorded.after.state.is_final() || writer == effects::Writer::Report);
+            outbox.extend(recorded.publish);
+            order = recorded.after;
+        }
+        prop_assert_eq!(outbox.as_slice(), effects::events_until(order.state));
+    }
+
+    #[test]
     fn a_driver_that_takes_over_any_recorded_order_finishes_it_by_the_same_rules(
         order in any_recorded_order(),
         answers in prop::collection::vec((0..3u8, 0..3u8), 8),

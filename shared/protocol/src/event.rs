@@ -13,7 +13,7 @@ use crate::ids::{AgentId, EventId, FoodId, HubId, OrderId, PacketId};
 pub const EVENT_SCHEMA_VERSION: u16 = 1;
 
 /// What happened to an order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderEventKind {
     /// The order is placed: the packets of its lines and an agent are assigned to it.
