@@ -22,10 +22,10 @@ use tracing::{Instrument, info};
 
 use crate::coordinator::Coordinator;
 use crate::machine::rules::Driving;
-use crate::machine::{self, Event, Order, OrderState};
+use crate::machine::{self, Event, Order, OrderState, Writer};
 use crate::participants::order_span;
 use crate::phase1::Phase1;
-use crate::repo::{self, LeaseToken, RepoError};
+use crate::repo::{self, LeaseToken, Recorded, RepoError};
 
 /// Why a cancel got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -55,15 +55,19 @@ impl Coordinator {
                 _ => return Ok(current),
             }
             let token = LeaseToken::new();
-            let asked = machine::apply(&current, Event::CancelAsked, service_kit::fault::now())
-                .map_err(|_| RepoError::Gone(id))?;
-            let lease = Some((token, self.settings.lease));
-            match repo::advance(self.pool(), &current, &asked, lease, None).await? {
-                Some(cancelling) => {
+            let now = service_kit::fault::now();
+            let asked =
+                machine::transition(&current, Some(Event::CancelAsked), Writer::Customer, now)
+                    .map_err(|_| RepoError::Gone(id))?;
+            let lease = self.settings.lease;
+            match self.orders.record(&asked, token, lease, None).await? {
+                Recorded::Written(cancelling) => {
                     return Ok(self.drive_cancel(cancelling, token, answer_by).await);
                 }
                 // Picked up, or cancelled by a concurrent request, meanwhile: answer from there.
-                None => current = self.load_customers(id, customer_id).await?,
+                Recorded::KeyTaken(_) | Recorded::Changed(_) => {
+                    current = self.load_customers(id, customer_id).await?;
+                }
             }
         }
     }

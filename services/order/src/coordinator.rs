@@ -19,10 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
-use crate::machine::{self, Event, Order, OrderState};
-use crate::outbox;
+use crate::machine::{self, Event, Order, OrderState, Writer};
 use crate::participants::Participants;
-use crate::repo::{self, LeaseToken, Orders, SaveError};
+use crate::repo::{self, LeaseToken, Orders, Recorded};
 
 /// Tunables of the coordinator.
 #[derive(Clone, Debug)]
@@ -96,40 +95,39 @@ impl Coordinator {
         Some((permit, room))
     }
 
-    /// Records `event`: the order that the machine computes from it is saved (with its outbox
-    /// event if final), retrying database failures for a while. A lost lease stops the driver.
+    /// Records `event` as this driver: the transition that the machine computes from it is
+    /// written (with its outbox event, and the lease it says), retrying database failures for a
+    /// while. A lost lease stops the driver.
     pub(crate) async fn record(
         &self,
         order: &Order,
         event: Event,
         token: LeaseToken,
     ) -> Result<Order, Stop> {
-        let at = fault::now();
-        let after = match machine::apply(order, event, at) {
-            Ok(after) => after,
+        let recorded = machine::transition(order, Some(event), Writer::Driver, fault::now());
+        let t = match recorded {
+            Ok(t) => t,
             Err(err) => {
                 warn!(error = %err, "illegal transition; leaving the order to recovery");
                 return Err(Stop::Interrupted);
             }
         };
-        let outbox = outbox::event_for(&after, at);
         let lease = self.settings.lease;
-        let saved = self
-            .writing(after.state, || {
-                self.orders
-                    .save(order, &after, token, lease, outbox.as_ref())
-            })
+        let written = self
+            .writing(t.after.state, || self.orders.record(&t, token, lease, None))
             .await?;
-        let saved = match saved {
-            Ok(saved) => saved,
-            Err(SaveError::Lost(current)) => return Err(Stop::Lost(current)),
-            Err(SaveError::Repo(err)) => {
-                warn!(error = %err, "database error; leaving the order to recovery");
-                return Err(Stop::Interrupted);
+        match written {
+            Ok(Recorded::Written(saved)) => {
+                self.finished(order, &saved);
+                Ok(saved)
             }
-        };
-        self.finished(order, &saved);
-        Ok(saved)
+            Ok(Recorded::Changed(Some(current))) => Err(Stop::Lost(current)),
+            Ok(Recorded::Changed(None) | Recorded::KeyTaken(_)) => Err(Stop::Interrupted),
+            Err(err) => {
+                warn!(error = %err, "database error; leaving the order to recovery");
+                Err(Stop::Interrupted)
+            }
+        }
     }
 
     /// Runs `write`, a record of the order as `to`, trying it again while the database is

@@ -1,10 +1,9 @@
 //! Order events: the event that each transition of an order's life publishes, written to the
-//! `outbox` table with the transition (`repo::Orders::save`), so there is no such order without
+//! `outbox` table with the transition (`repo::Orders::record`), so there is no such order without
 //! its event; [`service_kit::outbox`] publishes them to the `order.events` topic exchange.
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use messaging::Publisher;
 use protocol::event::{EVENT_SCHEMA_VERSION, OrderEvent, OrderEventKind};
 use protocol::ids::EventId;
@@ -14,7 +13,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::machine::{Order, OrderState};
+use crate::machine::Transition;
 
 /// An order event to write to the outbox with the transition that it reports.
 #[derive(Clone, Debug)]
@@ -27,20 +26,11 @@ pub struct OutboxEvent {
     pub payload: serde_json::Value,
 }
 
-/// The event that an order publishes on reaching its state, `at`; `None` for a state that
-/// publishes none (the driven ones).
-pub fn event_for(order: &Order, at: DateTime<Utc>) -> Option<OutboxEvent> {
-    let kind = match order.state {
-        OrderState::Placed => OrderEventKind::Placed,
-        OrderState::NotPlaced => OrderEventKind::NotPlaced,
-        OrderState::PickedUp => OrderEventKind::PickedUp,
-        OrderState::Delivered => OrderEventKind::Delivered,
-        OrderState::Cancelled => OrderEventKind::Cancelled,
-        OrderState::Reserving
-        | OrderState::Assigning
-        | OrderState::Compensating
-        | OrderState::Cancelling => return None,
-    };
+/// The order event that transition `t` publishes (the machine says which:
+/// [`Transition::publish`]), as written to the outbox with its record.
+pub fn event_of(t: &Transition) -> Option<OutboxEvent> {
+    let kind = t.publish?;
+    let (order, at) = (&t.after, t.at);
     let placed = kind != OrderEventKind::NotPlaced;
     let packet_ids = if placed {
         order.packet_ids.clone()

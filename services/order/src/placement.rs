@@ -26,10 +26,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::coordinator::{Coordinator, Stop};
 use crate::machine::rules::Driving;
-use crate::machine::{self, Event, Order, OrderState};
-use crate::outbox;
+use crate::machine::{self, Event, Order, OrderState, Writer};
 use crate::phase1::{Phase1, Started, Unrecorded};
-use crate::repo::{self, Inserted, LeaseToken, NewOrder, RepoError};
+use crate::repo::{self, LeaseToken, NewOrder, Recorded, RepoError};
 
 /// At most how long before the response budget ends an order still in phase 1 is recorded.
 const RECORD_MARGIN: Duration = Duration::from_millis(500);
@@ -171,22 +170,19 @@ impl Coordinator {
         progress: Option<&watch::Sender<Order>>,
     ) -> Result<Order, Stop> {
         let at = service_kit::fault::now();
-        let after = match event.map(|event| machine::apply(order, event, at)) {
-            None => order.clone(),
-            Some(Ok(after)) => after,
-            Some(Err(err)) => {
+        let t = match machine::transition(order, event, Writer::First, at) {
+            Ok(t) => t,
+            Err(err) => {
                 warn!(error = %err, "illegal transition; releasing the order");
                 return Err(self.not_recorded(order, phase1, None).await);
             }
         };
-        let outbox = outbox::event_for(&after, at);
         let key = phase1
             .unrecorded
             .as_ref()
             .and_then(|u| u.idempotency_key.clone());
-        let age = (at - order.created_at).to_std().unwrap_or_default();
         // Still in phase 1: leased until its end, like any driven order.
-        let lease = match after.state {
+        let lease = match t.after.state {
             OrderState::Reserving => {
                 phase1.ends.saturating_duration_since(Instant::now()) + self.settings.lease
             }
@@ -194,21 +190,24 @@ impl Coordinator {
         };
         // A process that dies with phase 1 done and the order not recorded (tests only).
         service_kit::fault::point("coordinator.reserved_before_record");
-        let inserted = self
-            .writing(after.state, || {
-                let outbox = outbox.as_ref();
-                self.orders
-                    .insert(&after, key.as_deref(), age, token, lease, outbox)
+        let written = self
+            .writing(t.after.state, || {
+                self.orders.record(&t, token, lease, key.as_deref())
             })
             .await;
-        let Ok(inserted) = inserted else {
+        let Ok(written) = written else {
             return Err(self.not_recorded(order, phase1, None).await);
         };
-        let recorded = match inserted {
-            Ok(Inserted::New(recorded)) => recorded,
-            Ok(Inserted::Existing(existing)) => {
+        let recorded = match written {
+            Ok(Recorded::Written(recorded)) => recorded,
+            Ok(Recorded::KeyTaken(existing)) => {
                 info!(existing = %existing.id, state = %existing.state, "idempotency key seen before: answering with its order");
                 let answer = Ok(Started::Existing(Box::new(existing)));
+                return Err(self.not_recorded(order, phase1, Some(answer)).await);
+            }
+            Ok(Recorded::Changed(_)) => {
+                warn!("order not recorded: another order has its id");
+                let answer = Err(RepoError::NotRecorded(order.id));
                 return Err(self.not_recorded(order, phase1, Some(answer)).await);
             }
             Err(err) => {
@@ -216,7 +215,7 @@ impl Coordinator {
                 return Err(self.not_recorded(order, phase1, Some(Err(err))).await);
             }
         };
-        if !recorded.state.is_final() {
+        if t.timer.is_some() {
             self.deadlines.push(recorded.id);
         }
         self.finished(order, &recorded);

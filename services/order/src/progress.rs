@@ -18,9 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::coordinator::Coordinator;
-use crate::machine::{self, rules};
-use crate::outbox;
-use crate::repo::{self, RepoError};
+use crate::machine::{self, Writer, rules};
+use crate::repo::{self, LeaseToken, Recorded, RepoError};
 
 /// How many saves a report may take (an order that changed under it, or a delivery recorded as
 /// pick-up then delivery) before it goes back to the queue.
@@ -117,18 +116,24 @@ impl Progress {
         let at = match envelope.message() {
             DeliveryProgress::PickedUp { at, .. } | DeliveryProgress::Delivered { at, .. } => *at,
         };
-        let after = match machine::apply(&order, event, at) {
-            Ok(after) => after,
+        let t = match machine::transition(&order, Some(event), Writer::Report, at) {
+            Ok(t) => t,
             Err(err) => return Ok(Applied::Refused(err.to_string())),
         };
-        let event = outbox::event_for(&after, at);
-        match repo::advance(pool, &order, &after, None, event.as_ref()).await? {
-            Some(_) => {
-                metrics::counter!(crate::metrics::ORDERS, "outcome" => after.state.as_str(), "reason" => "")
+        // A report holds no lease (and ends any): the token is not used.
+        let (token, lease) = (LeaseToken::new(), std::time::Duration::ZERO);
+        match self
+            .coordinator
+            .orders
+            .record(&t, token, lease, None)
+            .await?
+        {
+            Recorded::Written(_) => {
+                metrics::counter!(crate::metrics::ORDERS, "outcome" => t.after.state.as_str(), "reason" => "")
                     .increment(1);
                 Ok(Applied::Recorded)
             }
-            None => Ok(Applied::Raced),
+            Recorded::KeyTaken(_) | Recorded::Changed(_) => Ok(Applied::Raced),
         }
     }
 }

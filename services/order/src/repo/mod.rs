@@ -1,7 +1,6 @@
-//! The order table: recording new orders, storing the order that the machine computed, leases
-//! and claims. The statements carry no rules of the order's life: a save writes the row as
-//! `machine::apply` made it, if the caller still holds the order (its lease token, and the state
-//! and transaction it saw).
+//! The order table: writing the transitions that the machine computed, leases and claims. The
+//! statements carry no rules of the order's life: [`Orders::record`] writes the row, its event
+//! and its lease as `machine::transition` made them, if the order is still as its writer saw it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +12,7 @@ use service_kit::group_commit::GroupCommit;
 use sqlx::PgPool;
 use tokio_util::task::TaskTracker;
 
-use crate::machine::{Order, OrderState, UnknownName};
+use crate::machine::{Lease, Order, OrderState, Transition, UnknownName, Writer};
 use crate::outbox::OutboxEvent;
 
 mod leases;
@@ -49,30 +48,6 @@ pub enum RepoError {
 impl service_kit::db::Transient for RepoError {
     fn is_transient(&self) -> bool {
         matches!(self, RepoError::Db(err) if service_kit::db::is_transient(err))
-    }
-}
-
-/// Why a save did not happen.
-#[derive(Debug, thiserror::Error)]
-pub enum SaveError {
-    /// The order changed under us: another driver holds the lease, or it moved on. Carries the
-    /// order as it is now.
-    #[error("order changed by another driver")]
-    Lost(Box<Order>),
-    /// The database failed, or the row could not be read.
-    #[error(transparent)]
-    Repo(#[from] RepoError),
-}
-
-impl service_kit::db::Transient for SaveError {
-    fn is_transient(&self) -> bool {
-        matches!(self, SaveError::Repo(err) if err.is_transient())
-    }
-}
-
-impl From<sqlx::Error> for SaveError {
-    fn from(err: sqlx::Error) -> Self {
-        SaveError::Repo(RepoError::Db(err))
     }
 }
 
@@ -190,13 +165,17 @@ impl NewOrder {
     }
 }
 
-/// What recording a new order came to.
+/// What writing a transition came to.
 #[derive(Clone, Debug)]
-pub enum Inserted {
-    /// Recorded now, leased to the caller.
-    New(Order),
-    /// The customer already has an order with this idempotency key: that order, as recorded.
-    Existing(Order),
+pub enum Recorded {
+    /// Written: the order as recorded now.
+    Written(Order),
+    /// Not written, a first record only: the customer already has an order with this
+    /// idempotency key; that order, as recorded.
+    KeyTaken(Order),
+    /// Not written: the order is no longer as the writer saw it, or another driver holds its
+    /// lease; the order as it is now, when it was read.
+    Changed(Option<Box<Order>>),
 }
 
 /// The order database, with group commit for the writes of the drivers.
@@ -224,78 +203,101 @@ impl Orders {
         &self.pool
     }
 
-    /// Records a new order for the first time, as the machine computed it at the end of phase
-    /// 1 (presumed abort: nothing is recorded before): its commit decision, leased to `token`
-    /// for `lease`, or a final `not_placed` with `outbox`, its event. `created_at` is `age`
-    /// before the database's `now()`. Or finds the customer's order with the same idempotency
-    /// key.
-    pub async fn insert(
+    /// Writes transition `t`, the one way an order's record changes: the order the machine
+    /// computed, with the event it publishes (to the outbox, in the same statement) and the lease
+    /// it says, held or taken for `token` for at least `lease` from now. The statement is the
+    /// writer's ([`Writer`]):
+    /// - a first record inserts the order, unless the customer's `idempotency_key` is taken;
+    /// - a driver's save presents its lease token and the state and transaction it saw;
+    /// - a report or a customer's cancel presents the state and transaction it saw (a cancel
+    ///   also that no driver holds the order).
+    ///
+    /// Writing twice is harmless: a write whose acknowledgement was lost is found written.
+    pub async fn record(
+        &self,
+        t: &Transition,
+        token: LeaseToken,
+        lease: Duration,
+        idempotency_key: Option<&str>,
+    ) -> Result<Recorded, RepoError> {
+        let outbox = crate::outbox::event_of(t);
+        debug_assert!(
+            !t.after.state.is_final() || outbox.is_some() || t.writer == Writer::Report,
+            "final orders carry their event"
+        );
+        let leased = match t.lease {
+            Lease::Hold | Lease::Take => Some(whole_micros(lease)),
+            Lease::End => None,
+        };
+        match t.writer {
+            Writer::First => {
+                let age = (t.at - t.before.created_at).to_std().unwrap_or_default();
+                let write = OrderWrite::Insert(Insert {
+                    order: t.after.clone(),
+                    idempotency_key: idempotency_key.map(str::to_owned),
+                    age: whole_micros(age),
+                    lease: leased,
+                    token,
+                    outbox,
+                });
+                self.insert(&t.after, idempotency_key, write).await
+            }
+            Writer::Driver => {
+                let write = OrderWrite::Save(Save {
+                    before_state: t.before.state.as_str(),
+                    before_txn: t.before.txn_id,
+                    after: t.after.clone(),
+                    lease: leased,
+                    token,
+                    outbox,
+                });
+                self.save(&t.before, &t.after, token, write).await
+            }
+            Writer::Report | Writer::Customer => {
+                let lease = leased.map(|lease| (token, lease));
+                let written = advance(&self.pool, t, lease, outbox.as_ref()).await?;
+                Ok(written.map_or(Recorded::Changed(None), Recorded::Written))
+            }
+        }
+    }
+
+    /// A first record: recorded now, or found recorded already (by id: an earlier attempt
+    /// committed although its connection failed), or the key is taken.
+    async fn insert(
         &self,
         order: &Order,
         idempotency_key: Option<&str>,
-        age: Duration,
-        token: LeaseToken,
-        lease: Duration,
-        outbox: Option<&OutboxEvent>,
-    ) -> Result<Inserted, RepoError> {
-        let last = order.state.is_final();
-        debug_assert!(!last || outbox.is_some(), "final orders carry their event");
-        let write = OrderWrite::Insert(Insert {
-            order: order.clone(),
-            idempotency_key: idempotency_key.map(str::to_owned),
-            age: whole_micros(age),
-            lease: (!last).then_some(whole_micros(lease)),
-            token,
-            outbox: outbox.cloned(),
-        });
+        write: OrderWrite,
+    ) -> Result<Recorded, RepoError> {
         if let Some(order) = order_of(self.writes.run(write).await?)? {
-            return Ok(Inserted::New(order));
+            return Ok(Recorded::Written(order));
         }
         // A conflict. Either on the id: a group whose commit looked failed had in fact committed,
         // and the insert ran again alone (ids are drawn by the coordinator that takes the
         // request, so a row with this id is ours). Or on the idempotency key: another request
         // of the customer's recorded its order first.
         if let Some(found) = load(&self.pool, order.id).await? {
-            return Ok(Inserted::New(found));
+            return Ok(Recorded::Written(found));
         }
         if let Some(key) = idempotency_key
             && let Some(found) = load_by_key(&self.pool, &order.customer_id, key).await?
         {
-            return Ok(Inserted::Existing(found));
+            return Ok(Recorded::KeyTaken(found));
         }
         Err(RepoError::NotRecorded(order.id))
     }
 
-    /// Stores `after`, the order that the machine computed from `before`, if the order is still
-    /// as the caller saw it (state and transaction) and the caller still holds the lease `token`.
-    /// A non-final order keeps its lease for at least `lease` from now (never shortened); a final
-    /// one ends it and must carry its outbox event, written in the same statement (so in the
-    /// same transaction).
-    ///
-    /// Saving twice is harmless: if the order is already `after` under our lease (an earlier
-    /// save committed although its connection failed), that is the answer.
-    pub async fn save(
+    /// A driver's save: written, or found written already (under our lease, or final), or the
+    /// order changed under us.
+    async fn save(
         &self,
         before: &Order,
         after: &Order,
         token: LeaseToken,
-        lease: Duration,
-        outbox: Option<&OutboxEvent>,
-    ) -> Result<Order, SaveError> {
-        debug_assert!(
-            !after.state.is_final() || outbox.is_some(),
-            "final orders carry their event"
-        );
-        let write = OrderWrite::Save(Save {
-            before_state: before.state.as_str(),
-            before_txn: before.txn_id,
-            after: after.clone(),
-            lease: (!after.state.is_final()).then_some(lease),
-            token,
-            outbox: outbox.cloned(),
-        });
+        write: OrderWrite,
+    ) -> Result<Recorded, RepoError> {
         if let Some(saved) = order_of(self.writes.run(write).await?)? {
-            return Ok(saved);
+            return Ok(Recorded::Written(saved));
         }
         let (current, holder) = load_leased(&self.pool, before.id)
             .await?
@@ -304,9 +306,9 @@ impl Orders {
             && current.txn_id == after.txn_id
             && (holder == Some(token) || after.state.is_final());
         if saved_already {
-            Ok(current)
+            Ok(Recorded::Written(current))
         } else {
-            Err(SaveError::Lost(Box::new(current)))
+            Ok(Recorded::Changed(Some(Box::new(current))))
         }
     }
 }
@@ -318,13 +320,13 @@ fn whole_micros(d: Duration) -> Duration {
 
 /// Moves an order on without a driver's lease: a report from delivery, or the start of a cancel
 /// (which takes the lease `token` for `lease`, for the driver of the cancel). Only the state
-/// changes, if the order is still in the state `before` was and holds no lease, or it is ended
-/// (a report on a cancelling order: delivery's answer to the cancel is known from it). The
-/// event, if any, is written in the same statement. `None` if the order was not as expected.
-pub async fn advance(
+/// changes, if the order is still in the state and transaction the writer saw and holds no
+/// lease, or it is ended (a report on a cancelling order: delivery's answer to the cancel is
+/// known from it). The event, if any, is written in the same statement. `None` if the order was
+/// not as expected.
+async fn advance(
     pool: &PgPool,
-    before: &Order,
-    after: &Order,
+    t: &Transition,
     lease: Option<(LeaseToken, Duration)>,
     outbox: Option<&OutboxEvent>,
 ) -> Result<Option<Order>, RepoError> {
@@ -345,15 +347,15 @@ pub async fn advance(
          SELECT {columns} FROM saved"
         .replace("{holder}", leases::HOLDER);
     let row: Option<OrderRow> = sqlx::query_as(sql(&statement))
-        .bind(before.id)
-        .bind(before.state.as_str())
-        .bind(after.state.as_str())
+        .bind(t.before.id)
+        .bind(t.before.state.as_str())
+        .bind(t.after.state.as_str())
         .bind(lease.map(|(token, _)| token))
         .bind(lease.map(|(_, lease)| lease))
         .bind(outbox.map(|e| e.event_id))
         .bind(outbox.map(|e| e.routing_key))
         .bind(outbox.map(|e| sqlx::types::Json(e.payload.clone())))
-        .bind(before.txn_id)
+        .bind(t.before.txn_id)
         .fetch_optional(pool)
         .await?;
     order_of(row)
