@@ -3,9 +3,9 @@
 //! consumer to the order as recorded), and the commands a driver sends again after its reply
 //! timeout.
 
-use order_machine::apply;
 use order_machine::rules::{AssignAnswer, CancelAnswer, Reservation, after_report};
-use participant_machine::{Command, Outcome};
+use order_machine::{Writer, transition};
+use participant_machine::{Command, ItemState, Items, Outcome};
 use protocol::command::{CancelRefusal, ReleaseReason};
 use protocol::ids::ItemId;
 use protocol::sides::Sides;
@@ -14,6 +14,22 @@ use protocol::topology::Participant;
 use crate::Config;
 use crate::driver::send;
 use crate::state::{AT, Phase, State};
+use crate::table;
+
+/// Whether `outcome`, the reply `items` decided just now for `command`, is not a refusal for a
+/// shortage, or is one while the items are truly short: too few are free or only reserved (the
+/// rest are assigned to orders, or out with their riders). Said here from the items alone, not
+/// by the participant machine's rule.
+pub(crate) fn truly_short(items: &Items, command: &Command, outcome: &Outcome) -> bool {
+    let (Command::Reserve { wanted, .. }, Outcome::Unavailable(_)) = (command, outcome) else {
+        return true;
+    };
+    let could_be_had = items
+        .items()
+        .filter(|(_, item)| matches!(item, ItemState::Available | ItemState::Reserved { .. }))
+        .count();
+    could_be_had < *wanted
+}
 
 /// A reply reaches the driver waiting for it, if one is (a reply nobody waits for is dropped,
 /// as an unknown correlation id is).
@@ -158,13 +174,16 @@ pub(crate) fn unanswered(
 /// event at a time, each save guarded by the state it was computed from. A report for an order
 /// that cannot have one is parked (nothing recorded).
 pub(crate) fn on_report(state: &mut State, o: usize, report: order_machine::rules::Report) {
-    let Some(record) = state.orders[o].record.as_mut() else {
-        return;
-    };
-    while let Some(event) = after_report(&record.order, report) {
-        match apply(&record.order, event, AT) {
-            Ok(after) => record.order = after,
-            Err(_) => return,
+    while let Some(record) = &state.orders[o].record {
+        let Some(event) = after_report(&record.order, report) else {
+            return;
+        };
+        let Ok(t) = transition(&record.order, Some(event), Writer::Report, AT) else {
+            return;
+        };
+        // A report holds no lease: its token is never presented.
+        if !table::write(state, o, &t, 0) {
+            return;
         }
     }
 }

@@ -1,9 +1,9 @@
 //! The coordinator in the model: what a driver does at each step, as `services/order`'s driver
 //! does it, with the order machine's own rules ([`next_step`], [`after_reserve`],
-//! [`after_assign`], [`after_release`], [`after_cancel`], [`after_report`]) and transition
-//! function ([`apply`]). A driver writes through the same guards as the order table: an insert
-//! for a new order's first record, then saves that present the lease token and the state they
-//! were computed from.
+//! [`after_assign`], [`after_release`], [`after_cancel`], [`after_report`]) and transitions
+//! ([`transition`]), written by [`table::write`] under the same guards as the order table: an
+//! insert for a new order's first record, then saves that present the lease token and the state
+//! they were computed from.
 
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use order_machine::rules::{
     AfterReserve, AssignAnswer, CancelAnswer, Reservation, Step, after_assign, after_cancel,
     after_release, after_reserve, next_step,
 };
-use order_machine::{Event, OrderState, apply};
+use order_machine::{Event, Order, OrderState, Writer, transition};
 use participant_machine::Command;
 use protocol::command::ReleaseReason;
 use protocol::ids::{ItemId, TxnId};
@@ -19,7 +19,8 @@ use protocol::sides::Sides;
 use protocol::topology::Participant;
 
 use crate::Config;
-use crate::state::{AT, Answer, Client, Msg, Phase, Record, State, order_id, txn_id};
+use crate::state::{AT, Answer, Client, Msg, Phase, State, order_id, txn_id};
+use crate::table;
 
 /// Phase 2's grace (the model has no clock; any value serves).
 const GRACE: Duration = Duration::from_secs(1);
@@ -100,11 +101,8 @@ fn step(state: &mut State, config: &Config, o: usize, d: usize) {
                 AfterReserve::Commit(decided) if driver.unrecorded && driver.ack_lost => {
                     // The insert commits; the driver sees an error, releases both sides (abort)
                     // and stops, telling its request nothing: the record stays, for recovery.
-                    if let Ok(after) = apply(order, decided, AT) {
-                        state.orders[o].record = Some(Record {
-                            order: after,
-                            lease: driver.token,
-                        });
+                    if let Ok(t) = transition(order, Some(decided), Writer::First, AT) {
+                        table::write(state, o, &t, driver.token);
                     }
                     release(
                         state,
@@ -146,6 +144,9 @@ fn step(state: &mut State, config: &Config, o: usize, d: usize) {
 
 /// Sends reserves for `txn` to both sides.
 fn reserve(state: &mut State, config: &Config, o: usize, d: usize, txn: TxnId) {
+    if state.orders[o].drivers[d].replays_recorded {
+        state.orders[o].replay_reserved = true;
+    }
     let order = order_id(o);
     send(
         state,
@@ -218,64 +219,75 @@ pub(crate) fn send(state: &mut State, o: usize, to: Participant, command: Comman
     });
 }
 
-/// Records `event` for driver `d`: the first record of a new order (an insert), or a save that
-/// presents the driver's lease token and the state it computed from; then the driver asks the
-/// machine for its next step (as the driver's loop does). A save that finds either changed, or
-/// an event the machine refuses, stops the driver.
+/// Records `event` for driver `d`: the transition that the machine computes, written as the
+/// first record of a new order or as a save of the driver ([`table::write`]); then the driver
+/// asks the machine for its next step (as the driver's loop does). A write that finds the order
+/// changed, or an event the machine refuses, stops the driver.
 fn record(state: &mut State, o: usize, d: usize, event: Event) {
     let driver = state.orders[o].drivers[d].clone();
-    let Ok(after) = apply(&driver.order, event, AT) else {
+    let writer = if driver.unrecorded {
+        Writer::First
+    } else {
+        Writer::Driver
+    };
+    let Ok(t) = transition(&driver.order, Some(event), writer, AT) else {
         stop(state, o, d);
         return;
     };
-    let slot = &mut state.orders[o];
     // Phase 1 goes on in memory: a new order is recorded only at its end.
-    let in_memory = driver.unrecorded && after.state == OrderState::Reserving;
-    if !in_memory {
-        let written = match (&mut slot.record, driver.unrecorded) {
-            (None, true) => {
-                slot.record = Some(Record {
-                    order: after.clone(),
-                    lease: driver.token,
-                });
-                true
-            }
-            (Some(record), false)
-                if record.lease == driver.token
-                    && record.order.state == driver.order.state
-                    && record.order.txn_id == driver.order.txn_id =>
-            {
-                record.order = after.clone();
-                true
-            }
-            _ => false,
-        };
-        if !written {
+    let in_memory = driver.unrecorded && t.after.state == OrderState::Reserving;
+    if !in_memory && !table::write(state, o, &t, driver.token) {
+        if writer == Writer::First {
+            key_taken(state, o, d);
+        } else {
             stop(state, o, d);
-            return;
         }
+        return;
     }
-    if after.state == OrderState::Placed && driver.order.state != OrderState::Placed {
-        // The record's transaction writes the `order.placed` event to the outbox.
-        state.send(Msg::Placed { order: o });
-    }
+    let after = t.after;
     let slot = &mut state.orders[o];
     slot.drivers[d].order = after.clone();
     slot.drivers[d].unrecorded = in_memory;
     slot.drivers[d].phase = Phase::Start;
-    if driver.request && slot.client == Client::Waiting {
-        match after.state {
-            OrderState::Placed => slot.client = Client::Answered(Answer::Placed),
-            OrderState::NotPlaced => {
-                if let Some(reason) = after.reason {
-                    slot.client = Client::Answered(Answer::NotPlaced(reason));
-                }
-            }
-            _ => {}
-        }
+    if driver.request
+        && slot.client == Client::Waiting
+        && let Some(answer) = answer_of(&after)
+    {
+        slot.client = Client::Answered(answer);
     }
     if after.state.is_final() {
         stop(state, o, d);
+    }
+}
+
+/// A first record that finds the order's idempotency key taken (the customer's other request
+/// recorded it first): both sides are released, since phase 1 may hold items, and the request
+/// is answered with the order recorded under the key.
+fn key_taken(state: &mut State, o: usize, d: usize) {
+    let driver = state.orders[o].drivers[d].clone();
+    let txn = driver.order.txn_id;
+    release(state, o, txn, Sides::both(true), ReleaseReason::Abort);
+    let slot = &mut state.orders[o];
+    if driver.request
+        && slot.client == Client::Waiting
+        && let Some(answer) = slot.record.as_ref().and_then(|r| answer_of(&r.order))
+    {
+        slot.client = Client::Answered(answer);
+    }
+    stop(state, o, d);
+}
+
+/// The final answer a request gives for `order` as recorded: `placed` or `not placed`, or
+/// none yet (`202 pending`). (A placed order stays `placed` to its customer whatever follows.)
+pub(crate) fn answer_of(order: &Order) -> Option<Answer> {
+    match order.state {
+        OrderState::Placed
+        | OrderState::PickedUp
+        | OrderState::Delivered
+        | OrderState::Cancelling
+        | OrderState::Cancelled => Some(Answer::Placed),
+        OrderState::NotPlaced => order.reason.map(Answer::NotPlaced),
+        OrderState::Reserving | OrderState::Assigning | OrderState::Compensating => None,
     }
 }
 

@@ -7,7 +7,7 @@
 //!
 //! - customers send orders (two or three, competing for one or two packets and agents at one
 //!   hub), and cancel placed ones; riders report pick-ups and deliveries; an operator aborts an
-//!   undecided order;
+//!   undecided order; a customer told nothing sends the order again with its idempotency key;
 //! - the network delivers messages in any order, loses replies (they are published without
 //!   confirms) and delivers any message twice;
 //! - a coordinator dies at any step with what it held in memory; a driver stalls past its lease
@@ -26,6 +26,7 @@ pub mod driver;
 pub mod properties;
 pub mod replay;
 pub mod state;
+mod table;
 mod world;
 
 pub use state::State;
@@ -66,6 +67,12 @@ pub struct Config {
     /// is older than a whole phase 1, which the model does not require, so that every stall and
     /// clock is covered.
     pub orphans: bool,
+    /// A customer told nothing final (its coordinator died, or the first record's
+    /// acknowledgement was lost) sends the order again with its idempotency key, once.
+    pub replays: bool,
+    /// A replayed request looks its key up before phase 1, and answers with the order recorded
+    /// under it. Without it, the replay runs a phase 1 of its own first.
+    pub key_lookup: bool,
 }
 
 impl Config {
@@ -83,6 +90,8 @@ impl Config {
             operator: false,
             deadlines: true,
             orphans: true,
+            replays: false,
+            key_lookup: true,
         }
     }
 }

@@ -66,6 +66,12 @@ struct Args {
     /// Drivers never release orphaned reservations in their way.
     #[arg(long)]
     no_orphans: bool,
+    /// Customers told nothing send their order again with its idempotency key.
+    #[arg(long)]
+    replays: bool,
+    /// A replayed request runs its phase 1 before it finds its key taken (hole 5).
+    #[arg(long)]
+    no_key_lookup: bool,
     /// Checker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -91,6 +97,8 @@ fn main() -> ExitCode {
         operator: !args.no_operator,
         deadlines: !args.no_deadlines,
         orphans: !args.no_orphans,
+        replays: args.replays,
+        key_lookup: !args.no_key_lookup,
     };
     println!("checking {config:?}");
     let started = Instant::now();

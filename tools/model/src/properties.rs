@@ -4,7 +4,11 @@
 //! - a placed order holds every packet of its lines and its agent (until the agent delivers it);
 //! - nothing is assigned to an order that is not placed (not recorded, refused or cancelled);
 //! - no order is refused, cancelled or undecided while its rider has it;
-//! - every final answer a customer was given is the order's recorded end.
+//! - every final answer a customer was given is the order's recorded end;
+//! - every order's events (its outbox) are the steps of its recorded life, each once, in order;
+//! - an order is refused for a shortage only when its items are truly short. (A `timeout`
+//!   refusal is bounded by phase 1's deadline, which the model lets pass at any moment.);
+//! - a replayed idempotency key whose order is recorded holds nothing.
 //!
 //! Liveness, once the faults (which are bounded) are spent (`eventually`, checked on every path
 //! to a state where nothing more can happen): every order ends, and nothing stays reserved.
@@ -13,6 +17,7 @@
 //! not pass for want of trying.
 
 use order_machine::OrderState;
+use order_machine::effects::events_until;
 use participant_machine::ItemState;
 use protocol::ids::{AgentId, ItemId, OrderId};
 use stateright::Property;
@@ -30,6 +35,12 @@ pub mod names {
     pub const RIDER_HAS_PLACED: &str = "a rider only ever has a placed order";
     /// Every final answer is the order's recorded end.
     pub const ANSWERS_AGREE: &str = "every answer is the order's recorded end";
+    /// Every order's events are the steps of its recorded life.
+    pub const EVENTS_AGREE: &str = "every order's events are the steps of its recorded life";
+    /// An order is refused for a shortage only when its items are truly short.
+    pub const SHORT_WHEN_REFUSED: &str = "an order is refused for a shortage only when truly short";
+    /// A replay of a recorded order sends no reserve.
+    pub const REPLAY_HOLDS_NOTHING: &str = "a replayed idempotency key holds nothing";
     /// Every order ends and nothing stays reserved.
     pub const EVERY_ORDER_ENDS: &str = "every order ends and nothing stays reserved";
 }
@@ -45,6 +56,9 @@ pub fn all() -> Vec<Property<OrderModel>> {
         }),
         Property::always(names::RIDER_HAS_PLACED, |_, s| riders_have_placed_orders(s)),
         Property::always(names::ANSWERS_AGREE, |_, s| answers_agree(s)),
+        Property::always(names::EVENTS_AGREE, |_, s| events_agree(s)),
+        Property::always(names::SHORT_WHEN_REFUSED, |_, s| refused_only_when_short(s)),
+        Property::always(names::REPLAY_HOLDS_NOTHING, |_, s| replays_hold_nothing(s)),
         Property::eventually(names::EVERY_ORDER_ENDS, |_, s| every_order_ended(s)),
         Property::sometimes("an order is placed", |_, s| {
             any_recorded(s, OrderState::Placed)
@@ -155,6 +169,27 @@ pub fn answers_agree(s: &State) -> bool {
             Client::Idle | Client::Waiting | Client::Unanswered => true,
         }
     })
+}
+
+/// The events written with an order's transitions are those of the states it went through:
+/// `placed`, `picked_up`, `delivered` for a delivered order, `not_placed` alone for a refused
+/// one, nothing yet for one being placed; none twice, none missing, none out of order.
+pub fn events_agree(s: &State) -> bool {
+    s.orders.iter().all(|slot| {
+        slot.record
+            .as_ref()
+            .is_none_or(|r| r.events.as_slice() == events_until(r.order.state))
+    })
+}
+
+/// No participant refused a reserve for a shortage while enough of its items could be had.
+pub fn refused_only_when_short(s: &State) -> bool {
+    s.orders.iter().all(|slot| !slot.refused_while_free)
+}
+
+/// No replay of an order already recorded has sent a reserve.
+pub fn replays_hold_nothing(s: &State) -> bool {
+    s.orders.iter().all(|slot| !slot.replay_reserved)
 }
 
 /// Every order was sent and has ended (final, or never recorded), no driver is left, and

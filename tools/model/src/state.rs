@@ -7,6 +7,7 @@ use order_machine::rules::{AssignAnswer, CancelAnswer, Driving, Report, Reservat
 use order_machine::{NotPlacedReason, Order, OrderState};
 use participant_machine::{Command, Items};
 use protocol::command::PacketLine;
+use protocol::event::OrderEventKind;
 use protocol::ids::{FoodId, HubId, OrderId, TxnId};
 use protocol::sides::Sides;
 use protocol::topology::Participant;
@@ -106,6 +107,14 @@ pub struct Slot {
     pub tokens: u8,
     /// Transactions made so far.
     pub txns: u8,
+    /// Ghost (what the properties look at, not what any process knows): a participant refused a
+    /// reserve of this order for a shortage while enough items were free or only reserved.
+    pub refused_while_free: bool,
+    /// The customer sent the order again with its idempotency key.
+    pub replayed: bool,
+    /// Ghost: a replay of an order already recorded sent a reserve (it holds items it can never
+    /// use, since its key is taken).
+    pub replay_reserved: bool,
 }
 
 /// A recorded order.
@@ -113,8 +122,10 @@ pub struct Slot {
 pub struct Record {
     /// As recorded.
     pub order: Order,
-    /// The lease token its driver presents.
-    pub lease: u8,
+    /// The lease token its driver presents; none once nobody drives it.
+    pub lease: Option<u8>,
+    /// The order events written with its transitions (the outbox), in order.
+    pub events: Vec<OrderEventKind>,
 }
 
 /// The customer of an order.
@@ -159,6 +170,8 @@ pub struct Driver {
     /// The fault of a lost acknowledgement: its first record of a commit decision commits, but
     /// the driver sees an error.
     pub ack_lost: bool,
+    /// Ghost: the driver of a replayed request whose order was recorded before it began.
+    pub replays_recorded: bool,
 }
 
 /// What a driver waits for.

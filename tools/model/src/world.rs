@@ -3,16 +3,16 @@
 //! [`Model`].
 
 use order_machine::rules::{self, Driving, Report};
-use order_machine::{Event, OrderState, apply};
+use order_machine::{Event, OrderState, Writer, transition};
 use participant_machine::{Command, ItemState, Items, Operation, Outcome};
 use protocol::command::ReleaseReason;
 use protocol::ids::{ItemId, TxnId};
 use protocol::topology::Participant;
 use stateright::{Model, Property};
 
-use crate::state::{AT, Client, Driver, Msg, Phase, Record, Slot, State, draft, txn_id};
+use crate::state::{AT, Client, Driver, Msg, Phase, Slot, State, draft, txn_id};
 use crate::{OrderModel, properties};
-use crate::{answers, driver};
+use crate::{answers, driver, table};
 
 /// One thing that happens.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -60,6 +60,9 @@ pub enum Action {
     RecordReserving(usize),
     /// An operator aborts an undecided order.
     OperatorAbort(usize),
+    /// The customer, told nothing final (its coordinator died, or its request was answered
+    /// `503`), sends the order again with its idempotency key.
+    Replay(usize),
     /// The customer cancels the placed order.
     Cancel(usize),
     /// The order's rider reports the pick-up.
@@ -98,6 +101,9 @@ impl Model for OrderModel {
                     drivers: Vec::new(),
                     tokens: 0,
                     txns: 0,
+                    refused_while_free: false,
+                    replayed: false,
+                    replay_reserved: false,
                 })
                 .collect(),
             net: Vec::new(),
@@ -150,6 +156,9 @@ impl Model for OrderModel {
                 if c.operator && drv.unrecorded && matches!(drv.phase, Phase::Reserving(_)) {
                     actions.push(Action::RecordReserving(o));
                 }
+            }
+            if c.replays && !slot.replayed && slot.client == Client::Unanswered {
+                actions.push(Action::Replay(o));
             }
             if !slot.drivers.is_empty() && faults.crashes > 0 {
                 actions.push(Action::Crash(o));
@@ -231,6 +240,7 @@ impl Model for OrderModel {
                     phase: Phase::Start,
                     request: true,
                     ack_lost,
+                    replays_recorded: false,
                 });
             }
             Action::Receive(msg) => {
@@ -284,32 +294,68 @@ impl Model for OrderModel {
                 if slot.record.is_some() {
                     return None;
                 }
-                let driver = &mut slot.drivers[d];
-                driver.unrecorded = false;
-                slot.record = Some(Record {
-                    order: driver.order.clone(),
-                    lease: driver.token,
-                });
+                let driver = slot.drivers[d].clone();
+                let t = transition(&driver.order, None, Writer::First, AT).ok()?;
+                if !table::write(&mut state, o, &t, driver.token) {
+                    return None;
+                }
+                state.orders[o].drivers[d].unrecorded = false;
+            }
+            Action::Replay(o) => {
+                let slot = &mut state.orders[o];
+                slot.replayed = true;
+                let recorded = slot.record.as_ref().map(|r| r.order.clone());
+                match recorded {
+                    // The key's order, as recorded: a final answer if it has one.
+                    Some(order) if c.key_lookup => {
+                        if let Some(answer) = driver::answer_of(&order) {
+                            slot.client = Client::Answered(answer);
+                        }
+                    }
+                    // Not recorded yet: a phase 1 of its own (a new order id and transaction),
+                    // whose first record finds the key taken if the first request recorded its
+                    // order meanwhile.
+                    recorded => {
+                        slot.tokens += 1;
+                        slot.txns += 1;
+                        let mut order = draft(o, c.packets_per_order);
+                        order.txn_id = txn_id(o, slot.txns);
+                        slot.client = Client::Waiting;
+                        slot.drivers.push(Driver {
+                            token: slot.tokens,
+                            driving: Driving::Fresh,
+                            order,
+                            unrecorded: true,
+                            deadline_passed: false,
+                            phase: Phase::Start,
+                            request: true,
+                            ack_lost: false,
+                            replays_recorded: recorded.is_some(),
+                        });
+                    }
+                }
             }
             Action::OperatorAbort(o) => take(&mut state, o, Driving::OperatorAbort)?,
             Action::Cancel(o) => {
                 let record = state.orders[o].record.as_ref()?;
-                let cancelling = apply(&record.order, Event::CancelAsked, AT).ok()?;
+                let asked = Some(Event::CancelAsked);
+                let t = transition(&record.order, asked, Writer::Customer, AT).ok()?;
+                let token = state.orders[o].tokens + 1;
+                if !table::write(&mut state, o, &t, token) {
+                    return None;
+                }
                 let slot = &mut state.orders[o];
-                slot.tokens += 1;
-                slot.record = Some(Record {
-                    order: cancelling.clone(),
-                    lease: slot.tokens,
-                });
+                slot.tokens = token;
                 slot.drivers.push(Driver {
-                    token: slot.tokens,
+                    token,
                     driving: Driving::Fresh,
-                    order: cancelling,
+                    order: t.after,
                     unrecorded: false,
                     deadline_passed: false,
                     phase: Phase::Start,
                     request: false,
                     ack_lost: false,
+                    replays_recorded: false,
                 });
             }
             Action::PickUp(o) => {
@@ -419,7 +465,7 @@ fn take(state: &mut State, o: usize, driving: Driving) -> Option<()> {
     slot.tokens += 1;
     let token = slot.tokens;
     let record = slot.record.as_mut()?;
-    record.lease = token;
+    record.lease = Some(token);
     let order = record.order.clone();
     slot.drivers.push(Driver {
         token,
@@ -430,6 +476,7 @@ fn take(state: &mut State, o: usize, driving: Driving) -> Option<()> {
         phase: Phase::Start,
         request: false,
         ack_lost: false,
+        replays_recorded: false,
     });
     Some(())
 }
@@ -438,7 +485,14 @@ fn take(state: &mut State, o: usize, driving: Driving) -> Option<()> {
 fn receive(state: &mut State, msg: Msg) {
     match msg {
         Msg::Command { to, order, command } => {
+            let decided_now = state
+                .side(to)
+                .recorded(command.txn(), command.operation())
+                .is_none();
             let outcome = state.side_mut(to).apply(&command);
+            if decided_now && !answers::truly_short(state.side(to), &command, &outcome) {
+                state.orders[order].refused_while_free = true;
+            }
             answers::on_reply(state, order, to, &command, &outcome);
         }
         Msg::Report { order, report } => answers::on_report(state, order, report),

@@ -76,3 +76,24 @@ fn two_orders_keep_the_promise_through_a_coordinator_crash() {
         ..Config::plain(2)
     });
 }
+
+/// One order whose customer, told nothing final (its coordinator died, or its first record's
+/// acknowledgement was lost), sends it again with its idempotency key, through a crash, a lost
+/// reply and a lost acknowledgement, with riders, cancels and an operator.
+#[test]
+fn a_replayed_key_keeps_the_promise_and_holds_nothing() {
+    check(Config {
+        orders: 1,
+        faults: Faults {
+            crashes: 1,
+            lost_replies: 1,
+            lost_acks: 1,
+            ..Faults::default()
+        },
+        riders: true,
+        cancels: true,
+        operator: true,
+        replays: true,
+        ..Config::plain(1)
+    });
+}

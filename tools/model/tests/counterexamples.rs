@@ -2,6 +2,7 @@
 //! today's machines: the interleaving either can no longer happen, or no longer breaks the
 //! promise.
 
+use model::properties::names;
 use model::replay::{Replayed, replay};
 use model::state::{Faults, Msg, order_id, txn_id};
 use model::{Action, Config, OrderModel};
@@ -290,4 +291,55 @@ fn an_orphaned_reservation_is_released_by_the_next_order() {
         replay(&without, &path),
         Replayed::Refused { at: 7, .. }
     ));
+}
+
+/// Hole 5: the first record of the commit decision commits but its acknowledgement is lost, so
+/// the customer is told nothing and sends the order again with its idempotency key. The replay
+/// ran a whole phase 1 of its own, holding the last packet and agent, before its first record
+/// found the key taken. It now looks the key up first: it is answered with the recorded order,
+/// and sends nothing.
+#[test]
+fn a_replayed_key_whose_order_is_recorded_holds_nothing() {
+    let model = |key_lookup| {
+        OrderModel::new(Config {
+            faults: Faults {
+                lost_acks: 1,
+                ..Faults::default()
+            },
+            replays: true,
+            key_lookup,
+            ..Config::plain(1)
+        })
+    };
+    let path = [
+        Action::Submit {
+            order: 0,
+            ack_lost: true,
+        },
+        reserve(Participant::Store),
+        reserve(Participant::Delivery),
+        Action::Replay(0),
+    ];
+    // As it was: the replay reserves again.
+    match replay(&model(false), &path) {
+        Replayed::Done { broken, .. } => {
+            assert_eq!(broken, vec![names::REPLAY_HOLDS_NOTHING]);
+        }
+        refused => panic!("the old interleaving no longer happens: {refused:?}"),
+    }
+    // Now: no driver for the replay, and no reserve of another transaction on its way.
+    match replay(&model(true), &path) {
+        Replayed::Done { state, broken } => {
+            assert_eq!(broken, Vec::<&str>::new());
+            assert!(state.orders[0].drivers.is_empty());
+            assert!(state.net.iter().all(|msg| !matches!(
+                msg,
+                Msg::Command {
+                    command: Command::Reserve { .. },
+                    ..
+                }
+            )));
+        }
+        refused => panic!("the replay was refused: {refused:?}"),
+    }
 }
