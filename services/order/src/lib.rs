@@ -3,11 +3,12 @@
 //!
 //! # Layout
 //! Follow one order: [`http`] → [`placement`] → [`driver`] (asking [`machine::rules`] what to
-//! do, [`participants`] to do it, [`machine::apply`] what it comes to) → [`coordinator`]'s
-//! `record` → [`repo`] and [`outbox`].
+//! do, [`participants`] to do it, [`machine::transition`] what it comes to) → [`coordinator`]'s
+//! `record` → [`repo`]'s `Orders::record` (the one write of a transition) and [`outbox`].
 //!
-//! - [`machine`]: the order as a value, its events and the one transition function; its
-//!   [`machine::rules`] decide each next step. Pure: no I/O, no clock.
+//! - [`machine`]: the order as a value, its events and the one transition function, and the
+//!   effects of each transition (event, lease, timer); its [`machine::rules`] decide each next
+//!   step. Pure: no I/O, no clock.
 //! - [`driver`]: carries out the machine's steps until the order is final.
 //! - [`participants`]: the typed client of the store and delivery.
 //! - [`phase1`]: phase 1 as a driver runs it, and the request that waits for a new order.
