@@ -394,11 +394,16 @@ impl Items {
         }
     }
 
-    /// The `order.placed` event of `order` arrived: marks the item held for it, if any is (an
-    /// event for an order whose agent is free again, after a cancel, marks nothing). Returns
-    /// whether one was marked; a repeated event marks it again, which changes nothing.
+    /// The `order.placed` event of `order` arrived: marks the item assigned to it (or out with
+    /// it), if any is. An event for an order whose agent is free again, after a cancel, marks
+    /// nothing; nor does one for an agent only reserved (the event follows the assign, so that
+    /// takes a broken coordinator), as delivery's statement does. Returns whether one was
+    /// marked; a repeated event marks it again, which changes nothing.
     pub fn mark_placed(&mut self, order: OrderId) -> bool {
-        let held = self.items.values().any(|s| s.order() == Some(order));
+        let held = self.items.values().any(|s| {
+            matches!(s, ItemState::Assigned { order: o, .. } | ItemState::Delivering { order: o, .. }
+                if *o == order)
+        });
         if held {
             self.placed.insert(order);
         }

@@ -171,6 +171,15 @@ fn a_placement_seen_after_a_cancel_marks_nothing() {
 }
 
 #[test]
+fn a_placement_seen_while_the_agent_is_only_reserved_marks_nothing() {
+    let mut items = Items::new(1);
+    items.apply(&reserve(1, 1));
+    assert!(!items.mark_placed(order(1)));
+    items.apply(&assign(1, &[1]));
+    assert_eq!(items.pick_up(order(1)), Err(NotPickedUp::NotPlacedYet));
+}
+
+#[test]
 fn only_an_expired_reservation_is_swept() {
     let mut items = Items::new(1);
     items.apply(&reserve(1, 1));
