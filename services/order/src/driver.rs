@@ -2,8 +2,10 @@
 //!
 //! Each turn asks `machine::rules::next_step` what to do with the order as it stands, does it
 //! (sends commands, waits for answers), asks the rule of that phase what the answers come to,
-//! and records the resulting event. New orders, take-overs after a crash and fired timers all go
-//! through this loop; only [`Driving`] differs.
+//! and records the resulting event (the machine's transition, written by
+//! `repo::Orders::record`). New orders, take-overs after a crash and fired timers all go through
+//! this loop, run by a [`Driver`]: what one order's driver holds besides the order (its lease
+//! token, how it came to drive, its phase 1); only [`Driving`] differs.
 //!
 //! - **Phase 1** asks the store and delivery to reserve at once. Both held: the commit decision
 //!   is recorded (`assigning`) before any assign is sent. A final refusal: whatever may be held
@@ -76,9 +78,8 @@ impl Coordinator {
 
     /// Moves `order` on until it is final, another driver takes it, or a wait is cut short by
     /// shutdown (an order being driven when the signal comes is finished if its replies come;
-    /// only waits stop). Phase 1, if it runs, ends at `phase1.ends`, and starts from the
-    /// answers of reserves already sent, if there are any. Each recorded state is sent to
-    /// `progress`.
+    /// only waits stop). Phase 1, if it runs, ends at `phase1.ends`. Each recorded state is sent
+    /// to `progress`.
     pub(crate) async fn drive(
         &self,
         order: Order,
@@ -88,50 +89,58 @@ impl Coordinator {
         progress: Option<watch::Sender<Order>>,
     ) -> Order {
         metrics::gauge!(crate::metrics::ORDERS_IN_FLIGHT).increment(1.0);
-        let order = self
-            .drive_steps(order, token, driving, phase1, progress)
-            .await;
+        let driver = Driver {
+            coordinator: self,
+            token,
+            driving,
+            phase1,
+            progress,
+        };
+        let order = driver.run(order).await;
         metrics::gauge!(crate::metrics::ORDERS_IN_FLIGHT).decrement(1.0);
         order
     }
+}
 
-    async fn drive_steps(
-        &self,
-        mut order: Order,
-        token: LeaseToken,
-        driving: Driving,
-        mut phase1: Phase1,
-        progress: Option<watch::Sender<Order>>,
-    ) -> Order {
-        if driving == Driving::TakenOver && self.shutdown.is_cancelled() {
+/// One order's driver: the coordinator it works for, and what it holds besides the order
+/// itself: its lease token (presented with every record), how it came to drive the order, the
+/// order's phase 1 (its end, and for a new order the request that waits), and where each
+/// recorded state goes.
+pub(crate) struct Driver<'c> {
+    coordinator: &'c Coordinator,
+    token: LeaseToken,
+    driving: Driving,
+    phase1: Phase1,
+    progress: Option<watch::Sender<Order>>,
+}
+
+impl Driver<'_> {
+    /// The loop: what the machine says to do next, done, until the order is final or the driver
+    /// must stop.
+    async fn run(mut self, mut order: Order) -> Order {
+        let c = self.coordinator;
+        if self.driving == Driving::TakenOver && c.shutdown.is_cancelled() {
             // Stopping: leave it to the next coordinator rather than start now.
             return order;
         }
         loop {
             let phase_started = Instant::now();
             let phase = order.state;
-            let step = match rules::next_step(&order, driving) {
+            let step = match rules::next_step(&order, self.driving) {
                 Step::Done => return order,
                 Step::Inconsistent => {
                     warn!(state = %order.state, "decided order without its items; leaving it to the audit");
                     return order;
                 }
-                Step::Reserve => {
-                    self.reserve(&order, token, &mut phase1, progress.as_ref())
-                        .await
-                }
-                Step::Abort { reason, release } => {
-                    let progress = progress.as_ref();
-                    self.abort(&order, token, (release, reason), &mut phase1, progress)
-                        .await
-                }
+                Step::Reserve => self.reserve(&order).await,
+                Step::Abort { reason, release } => self.abort(&order, release, reason).await,
                 Step::Assign {
                     packets,
                     agent,
                     until,
-                } => self.assign(&order, token, &packets, agent, until).await,
-                Step::Compensate => self.compensate(&order, token).await,
-                Step::Cancel => self.cancel(&order, token).await,
+                } => self.assign(&order, &packets, agent, until).await,
+                Step::Compensate => self.compensate(&order).await,
+                Step::Cancel => self.cancel(&order).await,
             };
             metrics::histogram!(crate::metrics::ORDER_PHASE_SECONDS, "phase" => phase.as_str())
                 .record(phase_started.elapsed().as_secs_f64());
@@ -145,7 +154,7 @@ impl Coordinator {
                         );
                     }
                     order = next;
-                    if let Some(progress) = &progress {
+                    if let Some(progress) = &self.progress {
                         progress.send_replace(order.clone());
                     }
                 }
@@ -158,48 +167,45 @@ impl Coordinator {
         }
     }
 
+    /// Records `event` as this driver (a save under its lease).
+    async fn record(&self, order: &Order, event: Event) -> Result<Order, Stop> {
+        self.coordinator.record(order, event, self.token).await
+    }
+
     /// Phase 1, with its retries, until the commit decision or an abort is recorded. It ends at
     /// `phase1.ends`, on the monotonic clock: the wall clocks of this process and of the
     /// database may differ. A new order is recorded at its end (presumed abort), or when its
     /// request's budget is about to run out.
-    async fn reserve(
-        &self,
-        order: &Order,
-        token: LeaseToken,
-        phase1: &mut Phase1,
-        progress: Option<&watch::Sender<Order>>,
-    ) -> Result<Order, Stop> {
+    async fn reserve(&mut self, order: &Order) -> Result<Order, Stop> {
+        let c = self.coordinator;
         let mut order = order.clone();
         let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(250));
-        let ends = phase1.ends;
+        let ends = self.phase1.ends;
         let time_until_end = || ends.saturating_duration_since(Instant::now());
         loop {
             let left = time_until_end();
             let answers = if left.is_zero() {
                 Sides::both(Reservation::NoAnswer)
             } else {
-                let reserve = self.participants.reserve(&order, left);
-                let (answers, recorded) = self
-                    .in_phase1(&order, token, phase1, progress, reserve)
-                    .await?;
+                let reserve = c.participants.reserve(&order, left);
+                let (answers, recorded) = self.in_phase1(&order, reserve).await?;
                 order = recorded.unwrap_or(order);
                 answers
             };
             let time_left = !time_until_end().is_zero();
             let wanted = order.packets_wanted();
             let outcome =
-                rules::after_reserve(&answers, wanted, time_left, self.settings.phase2_grace);
+                rules::after_reserve(&answers, wanted, time_left, c.settings.phase2_grace);
             match outcome {
-                AfterReserve::Commit(_) if phase1.unwanted() => {
+                AfterReserve::Commit(_) if self.phase1.unwanted() => {
                     info!("its request gave up, and nobody can ask for it again: not placed");
-                    let abort = (Sides::both(true), NotPlacedReason::Timeout);
-                    return self.abort(&order, token, abort, phase1, progress).await;
+                    return self
+                        .abort(&order, Sides::both(true), NotPlacedReason::Timeout)
+                        .await;
                 }
                 AfterReserve::Commit(decided) => {
                     fault::point("coordinator.before_commit_decision");
-                    let order = self
-                        .record_phase1(&order, decided, token, phase1, progress)
-                        .await?;
+                    let order = self.record_phase1(&order, decided).await?;
                     info!(
                         packet_ids = ?order.packet_ids,
                         agent_id = ?order.agent_id,
@@ -210,34 +216,31 @@ impl Coordinator {
                     return Ok(order);
                 }
                 AfterReserve::Abort { reason, release } => {
-                    let abort = (release, reason);
-                    return self.abort(&order, token, abort, phase1, progress).await;
+                    return self.abort(&order, release, reason).await;
                 }
                 AfterReserve::Retry { release } => {
                     metrics::counter!(crate::metrics::ORDER_RETRIES, "phase" => "reserve")
                         .increment(1);
                     debug!(attempt = order.attempt, store = ?answers.store, delivery = ?answers.delivery, "held by others for now; retrying");
                     let released =
-                        self.participants
+                        c.participants
                             .release_now(&order, release, ReleaseReason::Retry);
                     // Reservations in the way whose orders can never be placed are released too.
-                    let orphans = self.release_orphans(&answers);
+                    let orphans = c.release_orphans(&answers);
                     let pause = backoff.next_delay().min(time_until_end());
                     let released_and_paused = async {
                         tokio::join!(released, orphans);
-                        self.pause(pause).await
+                        c.pause(pause).await
                     };
-                    let (paused, recorded) = self
-                        .in_phase1(&order, token, phase1, progress, released_and_paused)
-                        .await?;
+                    let (paused, recorded) = self.in_phase1(&order, released_and_paused).await?;
                     paused?;
                     order = recorded.unwrap_or(order);
                     let retried = Event::Retried { txn: TxnId::new() };
-                    order = match phase1.unrecorded {
+                    order = match self.phase1.unrecorded {
                         // Not recorded yet: the first record says which attempt it ended with.
                         Some(_) => machine::apply(&order, retried, fault::now())
                             .map_err(|_| Stop::Interrupted)?,
-                        None => self.record(&order, retried, token).await?,
+                        None => self.record(&order, retried).await?,
                     };
                 }
             }
@@ -249,14 +252,11 @@ impl Coordinator {
     /// can answer `202 pending`; then `work` goes on. Returns what `work` did, and the order as
     /// recorded if it was recorded meanwhile.
     async fn in_phase1<T>(
-        &self,
+        &mut self,
         order: &Order,
-        token: LeaseToken,
-        phase1: &mut Phase1,
-        progress: Option<&watch::Sender<Order>>,
         work: impl std::future::Future<Output = T>,
     ) -> Result<(T, Option<Order>), Stop> {
-        let Some(record_by) = phase1.unrecorded.as_ref().map(|u| u.record_by) else {
+        let Some(record_by) = self.phase1.unrecorded.as_ref().map(|u| u.record_by) else {
             return Ok((work.await, None));
         };
         tokio::pin!(work);
@@ -265,27 +265,23 @@ impl Coordinator {
             () = tokio::time::sleep_until(record_by) => {}
         }
         debug!("phase 1 outlasts the response budget: recording the order now");
-        let recorded = self
-            .record_first(order, None, token, phase1, progress)
-            .await?;
+        let recorded = self.record_first(order, None).await?;
         Ok((work.await, Some(recorded)))
     }
 
+    /// The first record of a new order: the end of its phase 1 (`event`), or the order as it is.
+    async fn record_first(&mut self, order: &Order, event: Option<Event>) -> Result<Order, Stop> {
+        let progress = self.progress.as_ref();
+        self.coordinator
+            .record_first(order, event, self.token, &mut self.phase1, progress)
+            .await
+    }
+
     /// Records the outcome of phase 1: the first record of a new order, or a save.
-    async fn record_phase1(
-        &self,
-        order: &Order,
-        event: Event,
-        token: LeaseToken,
-        phase1: &mut Phase1,
-        progress: Option<&watch::Sender<Order>>,
-    ) -> Result<Order, Stop> {
-        match phase1.unrecorded {
-            Some(_) => {
-                self.record_first(order, Some(event), token, phase1, progress)
-                    .await
-            }
-            None => self.record(order, event, token).await,
+    async fn record_phase1(&mut self, order: &Order, event: Event) -> Result<Order, Stop> {
+        match self.phase1.unrecorded {
+            Some(_) => self.record_first(order, Some(event)).await,
+            None => self.record(order, event).await,
         }
     }
 
@@ -294,30 +290,27 @@ impl Coordinator {
     /// first means a crash in between leaves an order that recovery aborts again. A release that
     /// cannot be published (broker down) is left to the reservation's expiry.
     async fn abort(
-        &self,
+        &mut self,
         order: &Order,
-        token: LeaseToken,
-        (release, reason): (Sides<bool>, NotPlacedReason),
-        phase1: &mut Phase1,
-        progress: Option<&watch::Sender<Order>>,
+        release: Sides<bool>,
+        reason: NotPlacedReason,
     ) -> Result<Order, Stop> {
+        let c = self.coordinator;
         let aborted = Event::Aborted { reason };
-        if phase1.unrecorded.is_some() {
+        if self.phase1.unrecorded.is_some() {
             // Nobody else can have it: no lease to keep.
-            self.participants
+            c.participants
                 .release_now(order, release, ReleaseReason::Abort)
                 .await;
-            return self
-                .record_phase1(order, aborted, token, phase1, progress)
-                .await;
+            return self.record_phase1(order, aborted).await;
         }
         // Keeps its lease meanwhile: under a herd of take-overs the releases and the save can
         // take longer than a lease.
-        self.keeping_lease(order, token, async {
-            self.participants
+        c.keeping_lease(order, self.token, async {
+            c.participants
                 .release_now(order, release, ReleaseReason::Abort)
                 .await;
-            self.record(order, aborted, token).await
+            self.record(order, aborted).await
         })
         .await?
     }
@@ -326,11 +319,11 @@ impl Coordinator {
     async fn assign(
         &self,
         order: &Order,
-        token: LeaseToken,
         packets: &[PacketId],
         agent: AgentId,
         until: DateTime<Utc>,
     ) -> Result<Order, Stop> {
+        let c = self.coordinator;
         // After the reservations expire an assign can only be refused, so stop asking a little
         // after that: a side that never answered is then compensated like a refusal. `until`
         // comes from the participants' clocks; the floor below keeps a coordinator whose own
@@ -338,44 +331,38 @@ impl Coordinator {
         // A driver that takes the order over late (all coordinators were down) still asks for a
         // few reply timeouts: the assigns may have been applied, and their recorded replies say
         // so.
-        let give_up_at = deadline_at(until).max(Instant::now() + self.settings.reply_timeout * 3);
-        let answers = self
-            .keeping_lease(
-                order,
-                token,
-                self.participants.assign(order, packets, agent, give_up_at),
-            )
-            .await?;
+        let give_up_at = deadline_at(until).max(Instant::now() + c.settings.reply_timeout * 3);
+        let assigned = c.participants.assign(order, packets, agent, give_up_at);
+        let answers = c.keeping_lease(order, self.token, assigned).await?;
         let event = rules::after_assign(&answers);
         if let Event::AssignFailed { side, failure } = &event {
             warn!(%side, ?failure, store = ?answers.store, delivery = ?answers.delivery, "assign failed: compensating");
         }
-        self.record(order, event, token).await
+        self.record(order, event).await
     }
 
     /// Releases both sides (undoing any assignment) until both confirm, then `not_placed`.
-    async fn compensate(&self, order: &Order, token: LeaseToken) -> Result<Order, Stop> {
+    async fn compensate(&self, order: &Order) -> Result<Order, Stop> {
+        let c = self.coordinator;
         // No deadline: "not placed" may only be said once nothing is assigned to the order.
         let forever = Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        let released = self
-            .keeping_lease(order, token, self.participants.release(order, forever))
-            .await?;
+        let released = c.participants.release(order, forever);
+        let released = c.keeping_lease(order, self.token, released).await?;
         match rules::after_release(&released) {
-            Some(compensated) => self.record(order, compensated, token).await,
+            Some(compensated) => self.record(order, compensated).await,
             None => Err(Stop::Interrupted),
         }
     }
-}
 
-impl Coordinator {
     /// Cancellation: delivery first, since only it knows whether the agent has picked the order
     /// up (its answer decides); if it freed the agent, the store returns the packets. Each is
     /// asked until it answers: the same command every time, applied once.
-    async fn cancel(&self, order: &Order, token: LeaseToken) -> Result<Order, Stop> {
+    async fn cancel(&self, order: &Order) -> Result<Order, Stop> {
+        let c = self.coordinator;
         let forever = Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        let event = self
-            .keeping_lease(order, token, async {
-                let delivery = match self
+        let event = c
+            .keeping_lease(order, self.token, async {
+                let delivery = match c
                     .participants
                     .cancel(Participant::Delivery, order, forever)
                     .await
@@ -391,7 +378,7 @@ impl Coordinator {
                     return Some(refused);
                 }
                 fault::point("coordinator.cancel_after_delivery");
-                match self
+                match c
                     .participants
                     .cancel(Participant::Store, order, forever)
                     .await
@@ -408,7 +395,7 @@ impl Coordinator {
             })
             .await?;
         match event {
-            Some(event) => self.record(order, event, token).await,
+            Some(event) => self.record(order, event).await,
             None => Err(Stop::Interrupted),
         }
     }
