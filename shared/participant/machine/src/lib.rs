@@ -395,10 +395,8 @@ impl Items {
     }
 
     /// The `order.placed` event of `order` arrived: marks the item assigned to it (or out with
-    /// it), if any is. An event for an order whose agent is free again, after a cancel, marks
-    /// nothing; nor does one for an agent only reserved (the event follows the assign, so that
-    /// takes a broken coordinator), as delivery's statement does. Returns whether one was
-    /// marked; a repeated event marks it again, which changes nothing.
+    /// it), as delivery's statement does; none after a cancel freed it, nor one only reserved.
+    /// Returns whether one was marked; a repeated event changes nothing.
     pub fn mark_placed(&mut self, order: OrderId) -> bool {
         let held = self.items.values().any(|s| {
             matches!(s, ItemState::Assigned { order: o, .. } | ItemState::Delivering { order: o, .. }
