@@ -205,10 +205,10 @@ impl Coordinator {
                 let answer = Ok(Started::Existing(Box::new(existing)));
                 return Err(self.not_recorded(order, phase1, Some(answer)).await);
             }
+            // A first record is never `Changed` (a row with its id is its own, found written).
             Ok(Recorded::Changed(_)) => {
-                warn!("order not recorded: another order has its id");
-                let answer = Err(RepoError::NotRecorded(order.id));
-                return Err(self.not_recorded(order, phase1, Some(answer)).await);
+                let err = RepoError::NotRecorded(order.id);
+                return Err(self.not_recorded(order, phase1, Some(Err(err))).await);
             }
             Err(err) => {
                 warn!(error = %err, "order not recorded");
