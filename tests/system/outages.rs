@@ -319,3 +319,66 @@ async fn unroutable_publishes_lose_nothing_a_command_is_unanswered_and_a_report_
     system.order_reaches(&id, "picked_up", FINISH).await;
     system.assert_audit_clean(FINISH).await;
 }
+
+/// A participant killed, the broker's connections closed, then the broker node restarted, all
+/// under load, with reservations that last ten minutes. Nothing but a release frees a
+/// reservation within the test, so a release or a reply lost on the way would leave an item
+/// reserved or an order unfinished long after the load stops (with the usual short TTL, the
+/// expiry would hide both). Every order finishes, nothing stays reserved, and the checker and the
+/// audit find nothing wrong.
+#[tokio::test]
+async fn with_reservations_of_ten_minutes_a_participant_kill_and_a_broker_restart_lose_no_release_or_reply()
+ {
+    let options = Options::fast()
+        .all("RESERVATION_TTL", "600s")
+        .exclusive_broker();
+    let mut system = TestSystem::start_with(options).await;
+    let food = system.create_food("Misal", 20_000).await;
+    system.create_agents(20_000).await;
+    let load = Load::start(vec![system.order.url("")], food, 8);
+    load.wait_placed(20, FINISH).await;
+
+    system.delivery.kill().await;
+    load.wait_answered(5, FINISH).await;
+    system.delivery.start().await;
+    load.wait_placed(20, FINISH).await;
+
+    rabbitmqctl(&[
+        "close_all_connections",
+        "--vhost",
+        &system.infra.vhost,
+        "--limit",
+        "1000",
+        "system test: connections closed",
+    ])
+    .await;
+    load.wait_placed(20, FINISH).await;
+
+    let stopped = StoppedBroker::stop().await;
+    load.wait_answered(5, FINISH).await;
+    stopped.start().await;
+    eventually_explained("all services ready", FINISH, || system.all_ready()).await;
+    load.wait_placed(20, FINISH).await;
+    // Nothing reserved within a minute of the load's end: ten times less than the TTL.
+    finish_and_audit(&system, load).await;
+}
+
+/// The broker blocks every publisher (a memory alarm) under load: clients are told `409`,
+/// `202` or `503` in bounded time, never a false `201`; once the alarm clears, orders are placed
+/// again, and the checker and the audit find nothing lost or falsely placed.
+#[tokio::test]
+async fn a_broker_blocking_publishers_under_load_places_nothing_falsely_and_resumes() {
+    let system = TestSystem::start_with(Options::fast().exclusive_broker()).await;
+    let food = system.create_food("Sabudana", 20_000).await;
+    system.create_agents(20_000).await;
+    let load = Load::start(vec![system.order.url("")], food, 8);
+    load.wait_placed(20, FINISH).await;
+
+    let alarm = MemoryAlarm::raise().await;
+    // The clients go on being answered while publishing is blocked.
+    load.wait_answered(16, FINISH).await;
+    alarm.clear().await;
+    eventually_explained("all services ready", FINISH, || system.all_ready()).await;
+    load.wait_placed(20, FINISH).await;
+    finish_and_audit(&system, load).await;
+}

@@ -288,7 +288,7 @@ impl Driver<'_> {
     /// Releases the sides that may hold something (the release is durable in the participant's
     /// queue once confirmed; its reply is not awaited), then records `not_placed`. Releasing
     /// first means a crash in between leaves an order that recovery aborts again. A release that
-    /// cannot be published (broker down) is left to the reservation's expiry.
+    /// the broker does not take (it is down) is sent again in the background until it does.
     async fn abort(
         &mut self,
         order: &Order,

@@ -74,8 +74,9 @@ pub trait Participants: Send + Sync + 'static {
     ) -> BoxFuture<'a, Option<CancelReply>>;
 
     /// Sends releases to the sides in `which`, without waiting for replies: once the broker
-    /// confirms, the release will be applied. A release that cannot be published is left to the
-    /// reservation's expiry.
+    /// confirms, the release will be applied. A release that the broker does not take (it is
+    /// down, or blocking) is sent again in the background until it does: the order's answer does
+    /// not wait for it, and its items are not held until their expiry.
     fn release_now<'a>(
         &'a self,
         order: &'a Order,
@@ -88,7 +89,41 @@ pub trait Participants: Send + Sync + 'static {
     fn release_orphan<'a>(&'a self, side: Participant, holder: &'a Holder) -> BoxFuture<'a, bool>;
 }
 
+/// How long a release that the broker would not take is sent again in the background: far past
+/// any reservation's expiry, after which nothing is left to release.
+const RESEND_RELEASE_FOR: Duration = Duration::from_secs(3600);
+
 impl RpcParticipants {
+    /// Publishes `release` again, after growing pauses, until the broker confirms it (or for
+    /// [`RESEND_RELEASE_FOR`]). Applied once however often it arrives (the barrier), and safe
+    /// however late: a release frees only what is still reserved and refuses a later reserve or
+    /// assign of its transaction. A coordinator that dies meanwhile leaves the reservation to
+    /// the next order in its way ([`crate::orphans`]) or to its expiry.
+    fn resend_in_background(&self, release: Outgoing, span: Span) {
+        let rpc = Arc::clone(&self.rpc);
+        let mut backoff = Backoff::new(self.reply_timeout, self.reply_timeout * 10);
+        let give_up_at = Instant::now() + RESEND_RELEASE_FOR;
+        tokio::spawn(
+            async move {
+                loop {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    match rpc.send(release.clone()).await {
+                        Ok(()) => {
+                            debug!("release sent after all");
+                            return;
+                        }
+                        Err(err) if Instant::now() >= give_up_at => {
+                            warn!(error = %err, "release never sent; the reservation will expire");
+                            return;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+
     /// A client over `rpc`.
     pub fn new(rpc: Arc<RpcClient>, topology: Topology, reply_timeout: Duration) -> Self {
         Self {
@@ -293,12 +328,21 @@ impl Participants for RpcParticipants {
                 }
                 let span =
                     info_span!("command", participant = %side, operation = %Operation::Release);
-                let sent = match self.message(side, order, Op::Release(reason), &span) {
-                    Ok(message) => self.rpc.send(message).instrument(span).await,
-                    Err(err) => Err(err),
+                let message = match self.message(side, order, Op::Release(reason), &span) {
+                    Ok(message) => message,
+                    Err(err) => {
+                        warn!(participant = %side, error = %err, "release not built; the reservation will expire");
+                        return;
+                    }
                 };
-                if let Err(err) = sent {
-                    warn!(participant = %side, error = %err, "release not sent; the reservation will expire");
+                if let Err(err) = self
+                    .rpc
+                    .send(message.clone())
+                    .instrument(span.clone())
+                    .await
+                {
+                    warn!(participant = %side, error = %err, "release not sent yet; sending it again until the broker takes it");
+                    self.resend_in_background(message, span);
                 }
             };
             tokio::join!(

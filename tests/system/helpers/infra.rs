@@ -455,6 +455,39 @@ impl Infra {
         )
     }
 
+    /// Every reservation held now, a line each: the item, its transaction and order, its
+    /// expiry, the participant's barrier rows of the transaction, and the order as recorded.
+    pub async fn reservations(&self) -> Vec<String> {
+        let held = |pool: PgPool, table: &'static str| async move {
+            sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(format!(
+                "SELECT r.order_id::text,
+                        format('{table} %s for txn %s, until %s; barrier: %s', r.id, r.txn_id,
+                               r.reserved_until,
+                               (SELECT string_agg(b.operation || '=' || coalesce(b.outcome, '?') || ' at ' || b.created_at, ', ')
+                                FROM txn_barrier b WHERE b.txn_id = r.txn_id))
+                 FROM {table} r WHERE r.state = 'reserved' ORDER BY r.id LIMIT 20"
+            )))
+            .fetch_all(&pool)
+            .await
+            .expect("reservations")
+        };
+        let mut lines = Vec::new();
+        let rows = [
+            held(self.store_db().await.clone(), "packets").await,
+            held(self.delivery_db().await.clone(), "agents").await,
+        ];
+        for (order, what) in rows.into_iter().flatten() {
+            let recorded: Option<(String, Option<String>)> =
+                sqlx::query_as("SELECT state, reason FROM orders WHERE id::text = $1")
+                    .bind(&order)
+                    .fetch_optional(self.order_db().await)
+                    .await
+                    .expect("order");
+            lines.push(format!("{what}; order {order}: {recorded:?}"));
+        }
+        lines
+    }
+
     /// How long the youngest reservation (of packets and agents) has held its item, given the
     /// reservations' lifetime `ttl_seconds`, by the databases' clocks (zero if none).
     pub async fn youngest_reservation_held_for(&self, ttl_seconds: i64) -> Duration {

@@ -496,8 +496,13 @@ impl TestSystem {
 
     /// Waits until no packet and no agent is reserved.
     pub async fn assert_nothing_reserved(&self, timeout: Duration) {
-        eventually("nothing reserved", timeout, || async {
-            self.infra.reserved_counts().await == (0, 0)
+        eventually_explained("nothing reserved", timeout, || async {
+            let held = self.infra.reservations().await;
+            if held.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("still reserved:\n{}", held.join("\n")))
+            }
         })
         .await;
     }
