@@ -284,5 +284,6 @@ pub(crate) async fn run(url: &str, args: &RunArgs) -> anyhow::Result<Checked> {
         cpu,
         breakdown: None,
         day: None,
+        soak: None,
     })
 }

@@ -25,8 +25,12 @@
 //!   assigned packets of each food at each hub is that of the delivered orders;
 //! - no `POST /orders` was answered with an error;
 //! - and the audit of the three databases (which knows hubs, baskets, deliveries and cancels).
+//!
+//! [`Rules`] say how patient the customers and riders are and what else they do: the plain day's,
+//! or the soak's (keyed retries, odd reports; [`crate::soak`]). An order's life after its answer
+//! is in [`life`], the checks and the figures in [`check`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,11 +42,15 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::day_stats::Stats;
 use crate::distributed::{self, Api, Checked};
 use crate::load::{self, Measured, Record};
 use crate::scenario::FOODS;
 use crate::{RunArgs, Target};
+
+mod check;
+mod life;
+
+use life::Life;
 
 /// How long orders may take after the run to become final (pending ones decided, cancels ended,
 /// deliveries recorded by the coordinator, reservations released).
@@ -52,19 +60,16 @@ const POLL: Duration = Duration::from_millis(100);
 /// How long a rider asks again for a pick-up refused because delivery has not seen the order
 /// placed yet.
 const PLACED_SEEN: Duration = Duration::from_secs(10);
-/// Tries of a request that may be repeated (a pick-up, a delivery, a cancel, a read) when the
-/// connection fails or the service answers `503`.
-const ATTEMPTS: u32 = 5;
+/// How long the day tries again a request that may be repeated (a pick-up, a delivery, a cancel,
+/// a read) when the connection fails or a service answers `5xx`: a few tries. The soak, whose
+/// services are down for seconds at a time, is more patient ([`Rules::patience`]).
+const PATIENCE: Duration = Duration::from_millis(1_500);
 /// Customers the orders are spread over.
 const CUSTOMERS: u32 = 1_000;
 /// Most packets one seeding request adds (the store's limit).
 const PACKET_CHUNK: i64 = 100_000;
 /// Orders answered at once at most, in open loop.
 const MAX_IN_FLIGHT: usize = 4_096;
-
-/// A span an order is known to have held an item for: from, until (`None`: still, or for
-/// good), and the order.
-type Span<'a> = (Instant, Option<Instant>, &'a str);
 
 /// A seeded hub.
 #[derive(Debug)]
@@ -75,97 +80,67 @@ struct Hub {
     agents: Vec<i64>,
 }
 
-/// What a placed order holds, as its answer said.
-#[derive(Debug)]
-struct Placed {
-    /// When the answer came.
-    at: Instant,
-    /// Its packets.
-    packets: Vec<i64>,
-    /// Its agent.
-    agent: i64,
+/// How the day's customers and riders behave, and how patient they are: the plain day, or the
+/// soak's (`crate::soak`).
+#[derive(Clone, Debug)]
+pub(crate) struct Rules {
+    /// How long a request that may be repeated is tried again (on any copy of its service) when
+    /// the connection fails or the service answers `5xx`.
+    pub(crate) patience: Duration,
+    /// Each order carries an `Idempotency-Key` and is sent again with it until it is answered
+    /// (or `patience` runs out), as a customer's app does when the connection drops.
+    pub(crate) keyed: bool,
+    /// The fraction of rides whose rider also reports out of order and twice: the delivery
+    /// before the pick-up (refused `409`), then each report again (the same answer).
+    pub(crate) odd_reports: f64,
+    /// Foods, each with packets at every hub.
+    pub(crate) foods: i64,
 }
 
-/// How a customer's cancel ended.
-#[derive(Debug, PartialEq, Eq)]
-enum CancelOutcome {
-    /// Cancelled.
-    Won,
-    /// Refused: the rider had picked the order up.
-    Lost,
-    /// Anything else (an answer the API does not give for a placed order, or none).
-    Other(String),
-}
-
-/// A customer's cancel.
-#[derive(Debug)]
-struct Cancel {
-    /// When it was first sent.
-    sent: Instant,
-    /// How it ended.
-    outcome: CancelOutcome,
-}
-
-/// What a rider's two reports came to.
-#[derive(Debug, Default)]
-struct Ride {
-    /// The pick-up's answer: `Some(true)` for `200`, `Some(false)` for `404`; `None` if it got
-    /// neither (a problem says what).
-    picked_up: Option<bool>,
-    /// When the delivery was sent, and when it was answered `200`.
-    delivered: Option<(Instant, Instant)>,
-    /// What went wrong.
-    problems: Vec<String>,
-}
-
-/// One order from its answer to the end of its life.
-#[derive(Debug, Default)]
-struct Life {
-    /// Its id.
-    order_id: String,
-    /// Its customer.
-    customer: String,
-    /// Its hub.
-    hub: i64,
-    /// Its lines, as (food, quantity).
-    lines: Vec<(i64, u32)>,
-    /// What it holds, once placed.
-    placed: Option<Placed>,
-    /// The reason, for an order answered `pending` and not placed later.
-    not_placed: Option<String>,
-    /// Whether it was answered `pending` first and decided later.
-    finished_later: bool,
-    /// The rider's reports.
-    ride: Ride,
-    /// The customer's cancel, if any.
-    cancel: Option<Cancel>,
-    /// When its life ended here (the rider's and the customer's last answer).
-    ended: Option<Instant>,
-    /// What went wrong.
-    problems: Vec<String>,
-}
-
-impl Life {
-    /// The state the order must end in, from what the rider and the customer were told.
-    fn expected_end(&self) -> Option<&'static str> {
-        match (&self.cancel, self.ride.picked_up) {
-            (Some(cancel), Some(false)) if cancel.outcome == CancelOutcome::Won => {
-                Some("cancelled")
-            }
-            (_, Some(true)) if self.ride.delivered.is_some() => Some("delivered"),
-            _ => None,
+impl Rules {
+    /// The plain day: every request answered, many foods.
+    pub(crate) fn day() -> Self {
+        Self {
+            patience: PATIENCE,
+            keyed: false,
+            odd_reports: 0.0,
+            foods: FOODS,
         }
     }
 }
 
+/// What a customer was told when placing an order: the checker holds it against the order's
+/// record.
+#[derive(Clone, Debug)]
+pub(crate) struct Answer {
+    /// The order's `Idempotency-Key`, if it had one.
+    pub(crate) key: Option<String>,
+    /// The order's customer.
+    pub(crate) customer: String,
+    /// The order id in the answer (none if no answer came).
+    pub(crate) order_id: Option<String>,
+    /// The outcome, as in the run's outcomes (`placed`, `not_placed:<reason>`, `pending`,
+    /// `error:<what>`).
+    pub(crate) label: String,
+    /// When the first request was sent, and when the last was answered (wall clock, to compare
+    /// with the nemesis's fault log).
+    pub(crate) span: (std::time::SystemTime, std::time::SystemTime),
+    /// Requests sent for it, retries included.
+    pub(crate) requests: u32,
+}
+
 /// The day's shared state.
-struct Day {
+pub(crate) struct Day {
     /// The services.
     api: Api,
     /// The hubs.
     hubs: Vec<Hub>,
     /// The foods (each with packets at every hub).
     foods: Vec<i64>,
+    /// Packets of each food seeded at each hub.
+    per_hub: i64,
+    /// Packets added since, by (hub, food): surely, and perhaps (requests that got no answer).
+    restocked: std::sync::Mutex<HashMap<(i64, i64), (i64, i64)>>,
     /// This run's tag, in names.
     tag: String,
     /// From placement to pick-up.
@@ -174,6 +149,10 @@ struct Day {
     deliver_delay: Duration,
     /// The fraction of placed orders cancelled.
     cancel_rate: f64,
+    /// How the customers and riders behave.
+    rules: Rules,
+    /// What every customer was told.
+    pub(crate) answers: Mutex<Vec<Answer>>,
     /// Every order's life under way (orders answered `placed` or `pending`).
     lives: Mutex<Vec<JoinHandle<Life>>>,
     /// Latency of the `201` answers, microseconds.
@@ -182,95 +161,184 @@ struct Day {
 
 /// Seeds, runs the day, and checks it.
 pub(crate) async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<Checked> {
-    if args.hubs == 0 || args.agents_per_hub < 1 {
-        bail!("a day needs at least one hub and one agent per hub");
-    }
-    if !(0.0..=1.0).contains(&args.cancel_rate) {
-        bail!("--cancel-rate must be between 0 and 1");
-    }
-    let api = Api::new(target)?;
-    if !args.no_vacuum {
-        distributed::vacuum(target).await?;
-    }
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    let (hubs, foods, per_hub) = seed(&api, args, &tag).await?;
-    let day = Arc::new(Day {
-        api,
-        hubs,
-        foods,
-        tag,
-        pickup_delay: args.pickup_delay,
-        deliver_delay: args.deliver_delay,
-        cancel_rate: args.cancel_rate,
-        lives: Mutex::new(Vec::new()),
-        placed_latency: Mutex::new(load::histogram()?),
-    });
+    let day = Day::start(target, args, Rules::day()).await?;
+    let ran = Arc::clone(&day).orders(args).await?;
+    day.end(target, ran).await
+}
 
-    let order = {
-        let day = Arc::clone(&day);
-        move || {
-            let day = Arc::clone(&day);
-            async move { day.order().await }
-        }
-    };
-    let amount = args.amount();
-    let scraped = if args.breakdown {
-        day.api.scrape_or_warn().await
-    } else {
-        None
-    };
-    let started = Instant::now();
-    let cpu = crate::cpu::start(args.cpu);
-    let measured = match args.rate {
-        Some(rate) => load::open(rate, amount, MAX_IN_FLIGHT, "day", order).await?,
-        None => load::closed(args.clients, amount, "day", order).await?,
-    };
-    // The riders finish what is under way: the day ends with the last order's life.
-    let mut violations = Vec::new();
-    let mut lives = Vec::new();
-    let handles = std::mem::take(&mut *day.lives.lock().await);
-    for handle in handles {
-        match handle.await {
-            Ok(life) => lives.push(life),
-            Err(err) => violations.push(format!("an order's life ended abnormally: {err}")),
-        }
-    }
-    let ended = lives
-        .iter()
-        .filter_map(|life| life.ended)
-        .max()
-        .unwrap_or(started)
-        .max(started + measured.elapsed);
-    let cpu = crate::cpu::finish(cpu, measured.orders());
-    let breakdown = day.api.breakdown_since(scraped).await;
+/// The orders of a day, sent: what the checks need of them.
+pub(crate) struct Ran {
+    /// The measurements.
+    measured: Measured,
+    /// When the first order was sent.
+    started: Instant,
+    /// CPU use, if asked for.
+    cpu: Option<crate::cpu::Usage>,
+    /// The services' histograms before the run, if a breakdown was asked for.
+    scraped: Option<Vec<(&'static str, crate::breakdown::Scrape)>>,
+}
 
-    let finals = day
-        .check(&measured, &lives, per_hub, &mut violations)
-        .await?;
-    let stats = day.stats(&measured, &lives, &finals, ended - started).await;
-    let db = audit::Databases::connect(
-        &target.order_database_url,
-        &target.store_database_url,
-        &target.delivery_database_url,
-    )
-    .await
-    .context("the audit needs the three databases (ORDER_DATABASE_URL, …)")?;
-    let report = audit::audit(&db, Duration::from_secs(10)).await?;
-    violations.extend(report.violations.iter().map(|v| format!("audit: {v}")));
-    Ok(Checked {
-        finished_later: lives.iter().filter(|life| life.finished_later).count() as u64,
-        measured,
-        violations,
-        cpu,
-        breakdown,
-        day: Some(stats),
-    })
+impl Day {
+    /// Seeds a day (hubs, agents, foods and packets) with `rules`.
+    pub(crate) async fn start(
+        target: &Target,
+        args: &RunArgs,
+        rules: Rules,
+    ) -> anyhow::Result<Arc<Self>> {
+        if args.hubs == 0 || args.agents_per_hub < 1 || rules.foods < 1 {
+            bail!("a day needs at least one hub, one agent per hub and one food");
+        }
+        if !(0.0..=1.0).contains(&args.cancel_rate) || !(0.0..=1.0).contains(&rules.odd_reports) {
+            bail!("rates must be between 0 and 1");
+        }
+        let api = Api::new(target)?;
+        if !args.no_vacuum {
+            distributed::vacuum(target).await?;
+        }
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let (hubs, foods, per_hub) = seed(&api, args, rules.foods, &tag).await?;
+        Ok(Arc::new(Self {
+            api,
+            hubs,
+            foods,
+            per_hub,
+            restocked: std::sync::Mutex::new(HashMap::new()),
+            tag,
+            pickup_delay: args.pickup_delay,
+            deliver_delay: args.deliver_delay,
+            cancel_rate: args.cancel_rate,
+            rules,
+            answers: Mutex::new(Vec::new()),
+            lives: Mutex::new(Vec::new()),
+            placed_latency: Mutex::new(load::histogram()?),
+        }))
+    }
+
+    /// The services' APIs.
+    pub(crate) fn api(&self) -> &Api {
+        &self.api
+    }
+
+    /// The hubs' ids.
+    pub(crate) fn hub_ids(&self) -> impl Iterator<Item = i64> + '_ {
+        self.hubs.iter().map(|hub| hub.id)
+    }
+
+    /// Adds `count` packets of `food` at `hub`, as a dark store's delivery from its warehouse.
+    /// Sent once: adding packets is not idempotent, so a request that got no answer (or a
+    /// `5xx`) may have added them or not, and the checks allow for both.
+    pub(crate) async fn restock(&self, hub: i64, food: i64, count: i64) -> bool {
+        let url = format!("{}/foods/{food}/packets", self.api.store());
+        let body = json!({ "count": count, "hub_id": hub });
+        let sent = self
+            .api
+            .request(self.api.http.post(url).json(&body))
+            .send()
+            .await;
+        let (sure, unsure) = match &sent {
+            Ok(response) if response.status().is_success() => (count, 0),
+            Ok(response) if response.status().is_client_error() => (0, 0),
+            _ => (0, count),
+        };
+        if let Ok(mut restocked) = self.restocked.lock() {
+            let entry = restocked.entry((hub, food)).or_default();
+            entry.0 += sure;
+            entry.1 += unsure;
+        }
+        sure > 0
+    }
+
+    /// Sends the day's orders (closed or open loop, as `args` says); placed ones live on in
+    /// tasks of their own.
+    pub(crate) async fn orders(self: Arc<Self>, args: &RunArgs) -> anyhow::Result<Ran> {
+        let order = {
+            let day = Arc::clone(&self);
+            move || {
+                let day = Arc::clone(&day);
+                async move { day.order().await }
+            }
+        };
+        let amount = args.amount();
+        let scraped = if args.breakdown {
+            self.api.scrape_or_warn().await
+        } else {
+            None
+        };
+        let started = Instant::now();
+        let cpu = crate::cpu::start(args.cpu);
+        let measured = match args.rate {
+            Some(rate) => load::open(rate, amount, MAX_IN_FLIGHT, "day", order).await?,
+            None => load::closed(args.clients, amount, "day", order).await?,
+        };
+        let cpu = crate::cpu::finish(cpu, measured.orders());
+        Ok(Ran {
+            measured,
+            started,
+            cpu,
+            scraped,
+        })
+    }
+
+    /// Lets the riders finish what is under way (the day ends with the last order's life),
+    /// then checks the day and audits the databases.
+    pub(crate) async fn end(&self, target: &Target, ran: Ran) -> anyhow::Result<Checked> {
+        let Ran {
+            measured,
+            started,
+            cpu,
+            scraped,
+        } = ran;
+        let mut violations = Vec::new();
+        let mut lives = Vec::new();
+        let handles = std::mem::take(&mut *self.lives.lock().await);
+        for handle in handles {
+            match handle.await {
+                Ok(life) => lives.push(life),
+                Err(err) => violations.push(format!("an order's life ended abnormally: {err}")),
+            }
+        }
+        let ended = lives
+            .iter()
+            .filter_map(|life| life.ended)
+            .max()
+            .unwrap_or(started)
+            .max(started + measured.elapsed);
+        let breakdown = self.api.breakdown_since(scraped).await;
+
+        let finals = self.check(&measured, &lives, &mut violations).await?;
+        let stats = self
+            .stats(&measured, &lives, &finals, ended - started)
+            .await;
+        let db = audit::Databases::connect(
+            &target.order_database_url,
+            &target.store_database_url,
+            &target.delivery_database_url,
+        )
+        .await
+        .context("the audit needs the three databases (ORDER_DATABASE_URL, …)")?;
+        let report = audit::audit(&db, Duration::from_secs(10)).await?;
+        violations.extend(report.violations.iter().map(|v| format!("audit: {v}")));
+        Ok(Checked {
+            finished_later: lives.iter().filter(|life| life.finished_later).count() as u64,
+            measured,
+            violations,
+            cpu,
+            breakdown,
+            day: Some(stats),
+            soak: None,
+        })
+    }
 }
 
 /// Creates the hubs with their agents, and the foods with packets at every hub. Returns the
 /// hubs, the foods, and the packets of each food at each hub.
-async fn seed(api: &Api, args: &RunArgs, tag: &str) -> anyhow::Result<(Vec<Hub>, Vec<i64>, i64)> {
-    let (store, delivery) = (&api.target.store_url, &api.target.delivery_url);
+async fn seed(
+    api: &Api,
+    args: &RunArgs,
+    food_count: i64,
+    tag: &str,
+) -> anyhow::Result<(Vec<Hub>, Vec<i64>, i64)> {
+    let (store, delivery) = (api.store(), api.delivery());
     let mut hubs = Vec::new();
     for i in 0..args.hubs {
         let hub = api
@@ -302,9 +370,9 @@ async fn seed(api: &Api, args: &RunArgs, tag: &str) -> anyhow::Result<(Vec<Hub>,
         }
         hubs.push(Hub { id, agents });
     }
-    let per_hub = (args.stock / FOODS / i64::try_from(hubs.len()).unwrap_or(i64::MAX)).max(1);
+    let per_hub = (args.stock / food_count / i64::try_from(hubs.len()).unwrap_or(i64::MAX)).max(1);
     let mut foods = Vec::new();
-    for i in 0..FOODS {
+    for i in 0..food_count {
         let first = hubs.first().map_or(1, |hub| hub.id);
         let food = api
             .post(
@@ -360,21 +428,51 @@ impl Day {
                 .map(|(food, quantity)| json!({ "food_id": food, "quantity": quantity }))
                 .collect::<Vec<_>>(),
         });
-        let url = format!("{}/orders", self.api.target.order_url);
+        let key = self.rules.keyed.then(|| uuid::Uuid::new_v4().to_string());
         let sent = Instant::now();
-        let (status, body) = match self.api.http.post(&url).json(&body).send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                (status, response.json().await.unwrap_or(Value::Null))
+        let sent_wall = std::time::SystemTime::now();
+        let mut requests = 0;
+        // Without a key an order is sent once: a retry could place it twice. With one, the
+        // customer's app sends it again until it is answered.
+        let answered = loop {
+            requests += 1;
+            let mut request = self
+                .api
+                .http
+                .post(format!("{}/orders", self.api.order()))
+                .json(&body);
+            if let Some(key) = &key {
+                request = request.header("Idempotency-Key", key);
             }
-            Err(err) => {
-                let what = if err.is_timeout() {
-                    "timeout"
-                } else {
-                    "connection"
-                };
+            let failed = match request.send().await {
+                Ok(response) if !response.status().is_server_error() => {
+                    let status = response.status().as_u16();
+                    break Ok((status, response.json().await.unwrap_or(Value::Null)));
+                }
+                Ok(response) => format!("error:{}", response.status().as_u16()),
+                Err(err) if err.is_timeout() => "error:timeout".to_owned(),
+                Err(_) => "error:connection".to_owned(),
+            };
+            if key.is_none() || sent.elapsed() >= self.rules.patience {
+                break Err(failed);
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        let mut answer = Answer {
+            key,
+            customer: customer.clone(),
+            order_id: None,
+            label: String::new(),
+            span: (sent_wall, std::time::SystemTime::now()),
+            requests,
+        };
+        let (status, body) = match answered {
+            Ok(answered) => answered,
+            Err(label) => {
+                answer.label.clone_from(&label);
+                self.answers.lock().await.push(answer);
                 return Record {
-                    label: format!("error:{what}"),
+                    label,
                     ..Record::default()
                 };
             }
@@ -408,6 +506,9 @@ impl Day {
             label,
             packet: None,
         };
+        answer.order_id.clone_from(&record.order_id);
+        answer.label.clone_from(&record.label);
+        self.answers.lock().await.push(answer);
         if matches!(record.label.as_str(), "placed" | "pending") {
             if life.order_id.is_empty() {
                 life.problems
@@ -419,535 +520,45 @@ impl Day {
         record
     }
 
-    /// Reads what a placed order holds from its answer, and checks it against its basket.
-    fn take_placed(&self, life: &mut Life, body: &Value) {
-        let packets: Vec<i64> = body["packet_ids"]
-            .as_array()
-            .map(|ids| ids.iter().filter_map(Value::as_i64).collect())
-            .unwrap_or_default();
-        let Some(agent) = body["agent_id"].as_i64() else {
-            life.problems
-                .push(format!("placed order without an agent: {body}"));
-            return;
-        };
-        let units: u32 = life.lines.iter().map(|(_, quantity)| quantity).sum();
-        if packets.len() != units as usize {
-            life.problems.push(format!(
-                "placed with {} packets for {units} units: {body}",
-                packets.len()
-            ));
-        }
-        if body["hub_id"].as_i64() != Some(life.hub) {
-            life.problems
-                .push(format!("placed at another hub than {}: {body}", life.hub));
-        }
-        let hub = self.hubs.iter().find(|hub| hub.id == life.hub);
-        if !hub.is_some_and(|hub| hub.agents.contains(&agent)) {
-            life.problems.push(format!(
-                "agent {agent} is not one of hub {}'s agents",
-                life.hub
-            ));
-        }
-        life.placed = Some(Placed {
-            at: Instant::now(),
-            packets,
-            agent,
-        });
-    }
-
-    /// One order's life after its answer: decided if pending, then ridden, and perhaps
-    /// cancelled on the way.
-    async fn live(self: Arc<Self>, mut life: Life) -> Life {
-        if life.placed.is_none() && !life.order_id.is_empty() {
-            self.await_placement(&mut life).await;
-        }
-        let Some(placed_at) = life.placed.as_ref().map(|placed| placed.at) else {
-            return life;
-        };
-        let cancel_after = {
-            let mut rng = rand::rng();
-            rng.random_bool(self.cancel_rate)
-                .then(|| self.pickup_delay.mul_f64(rng.random_range(0.0..=1.5)))
-        };
-        let (ride, cancel) = tokio::join!(self.ride(&life.order_id, placed_at), async {
-            match cancel_after {
-                Some(after) => Some(
-                    self.cancel(&life.order_id, &life.customer, placed_at + after)
-                        .await,
-                ),
-                None => None,
-            }
-        });
-        life.ride = ride;
-        life.cancel = cancel;
-        life.ended = Some(Instant::now());
-        life
-    }
-
-    /// Polls an order answered `pending` until it is decided.
-    async fn await_placement(&self, life: &mut Life) {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            let body = match self.order_now(&life.order_id).await {
-                Ok(body) => body,
-                Err(err) => {
-                    life.problems.push(format!("{err:#}"));
-                    return;
-                }
-            };
-            match body["status"].as_str() {
-                Some("pending") => {}
-                Some("placed") => {
-                    life.finished_later = true;
-                    self.take_placed(life, &body);
-                    return;
-                }
-                Some("not_placed") => {
-                    life.finished_later = true;
-                    life.not_placed = Some(body["reason"].as_str().unwrap_or("?").to_owned());
-                    return;
-                }
-                _ => {
-                    life.problems.push(format!("a pending order became {body}"));
-                    return;
-                }
-            }
-            if Instant::now() > deadline {
-                life.problems
-                    .push(format!("still pending {SETTLE:?} after its answer"));
-                return;
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// The rider: picks the order up `pickup_delay` after its placement, delivers it
-    /// `deliver_delay` later.
-    async fn ride(&self, order_id: &str, placed_at: Instant) -> Ride {
-        let mut ride = Ride::default();
-        let base = format!("{}/deliveries/{order_id}", self.api.target.delivery_url);
-        tokio::time::sleep_until(placed_at + self.pickup_delay).await;
-        let url = format!("{base}/picked-up");
-        // Delivery takes a pick-up once it has seen the order placed: `409` until then.
-        let seen_by = Instant::now() + PLACED_SEEN;
-        let picked_up = loop {
-            let answer = self
-                .send(|| self.api.request(self.api.http.post(&url)))
-                .await;
-            match answer {
-                Ok((409, _)) if Instant::now() < seen_by => tokio::time::sleep(POLL).await,
-                answer => break answer,
-            }
-        };
-        match picked_up {
-            Ok((200, _)) => ride.picked_up = Some(true),
-            Ok((404, _)) => {
-                ride.picked_up = Some(false);
-                return ride;
-            }
-            Ok((status, body)) => {
-                ride.problems
-                    .push(format!("pick-up answered {status} {body}"));
-                return ride;
-            }
-            Err(err) => {
-                ride.problems.push(format!("pick-up: {err:#}"));
-                return ride;
-            }
-        }
-        tokio::time::sleep(self.deliver_delay).await;
-        let url = format!("{base}/delivered");
-        let sent = Instant::now();
-        match self
-            .send(|| self.api.request(self.api.http.post(&url)))
-            .await
-        {
-            Ok((200, _)) => ride.delivered = Some((sent, Instant::now())),
-            Ok((status, body)) => ride
-                .problems
-                .push(format!("delivery answered {status} {body}")),
-            Err(err) => ride.problems.push(format!("delivery: {err:#}")),
-        }
-        ride
-    }
-
-    /// The customer cancels the order at `at`, and waits for the cancel to end.
-    async fn cancel(&self, order_id: &str, customer: &str, at: Instant) -> Cancel {
-        tokio::time::sleep_until(at).await;
-        let url = format!("{}/orders/{order_id}/cancel", self.api.target.order_url);
-        let body = json!({ "customer_id": customer });
-        let sent = Instant::now();
-        let outcome = match self.send(|| self.api.http.post(&url).json(&body)).await {
-            Ok((200, body)) if body["status"] == "cancelled" => CancelOutcome::Won,
-            Ok((409, body)) if body["reason"] == "already_picked_up" => CancelOutcome::Lost,
-            Ok((202, _)) => self.await_cancel(order_id).await,
-            Ok((status, body)) => CancelOutcome::Other(format!("{status} {body}")),
-            Err(err) => CancelOutcome::Other(format!("{err:#}")),
-        };
-        Cancel { sent, outcome }
-    }
-
-    /// Polls an order whose cancel was answered `202` until the cancel has ended.
-    async fn await_cancel(&self, order_id: &str) -> CancelOutcome {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            let body = match self.order_now(order_id).await {
-                Ok(body) => body,
-                Err(err) => return CancelOutcome::Other(format!("{err:#}")),
-            };
-            match body["status"].as_str() {
-                Some("cancelled") => return CancelOutcome::Won,
-                Some("picked_up" | "delivered") => return CancelOutcome::Lost,
-                Some("cancelling" | "placed") => {}
-                _ => return CancelOutcome::Other(format!("a cancelling order became {body}")),
-            }
-            if Instant::now() > deadline {
-                return CancelOutcome::Other(format!("still {body} {SETTLE:?} after the cancel"));
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
     /// The order as the coordinator has it now.
     async fn order_now(&self, order_id: &str) -> anyhow::Result<Value> {
-        let url = format!("{}/orders/{order_id}", self.api.target.order_url);
-        match self.send(|| self.api.http.get(&url)).await? {
+        let read = || {
+            self.api
+                .http
+                .get(format!("{}/orders/{order_id}", self.api.order()))
+        };
+        match self.send(read).await? {
             (200, body) => Ok(body),
-            (status, body) => bail!("GET {url}: {status} {body}"),
+            (status, body) => bail!("GET /orders/{order_id}: {status} {body}"),
         }
     }
 
-    /// Sends a request that may be repeated (built by `request`), again when the connection
-    /// fails or the service answers `503`, and returns the status and the JSON answer.
+    /// Sends a request that may be repeated (built by `request`, with the URL of any copy of
+    /// its service), again when the connection fails or the service answers `5xx`, for as long
+    /// as the rules' patience, and returns the status and the JSON answer.
     async fn send(
         &self,
         request: impl Fn() -> reqwest::RequestBuilder,
     ) -> anyhow::Result<(u16, Value)> {
-        let mut last = anyhow!("not sent");
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(POLL * attempt).await;
-            }
-            match request().send().await {
-                Ok(response) if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
-                    last = anyhow!("503 {}", response.text().await.unwrap_or_default());
+        let giving_up = Instant::now() + self.rules.patience;
+        let mut attempt = 0;
+        loop {
+            let last = match request().send().await {
+                Ok(response) if response.status().is_server_error() => {
+                    let status = response.status();
+                    anyhow!("{status} {}", response.text().await.unwrap_or_default())
                 }
                 Ok(response) => {
                     let status = response.status().as_u16();
                     return Ok((status, response.json().await.unwrap_or(Value::Null)));
                 }
-                Err(err) => last = err.into(),
-            }
-        }
-        Err(last)
-    }
-
-    /// Waits until every order is final, then checks the day; returns the final state of every
-    /// order that lived on after its answer.
-    async fn check(
-        &self,
-        measured: &Measured,
-        lives: &[Life],
-        per_hub: i64,
-        violations: &mut Vec<String>,
-    ) -> anyhow::Result<HashMap<String, String>> {
-        for (label, n) in &measured.outcomes {
-            if label.starts_with("error:") {
-                violations.push(format!("{n} orders answered {label}"));
-            }
-        }
-        for life in lives {
-            let id = &life.order_id;
-            violations.extend(
-                life.problems
-                    .iter()
-                    .chain(&life.ride.problems)
-                    .map(|problem| format!("order {id}: {problem}")),
-            );
-            if life.placed.is_none() {
-                continue;
-            }
-            let cancel = life.cancel.as_ref().map(|cancel| &cancel.outcome);
-            match (cancel, life.ride.picked_up) {
-                (None, Some(false)) => violations.push(format!(
-                    "order {id}: never cancelled, but its pick-up was refused (404)"
-                )),
-                (Some(CancelOutcome::Won), Some(true)) => violations.push(format!(
-                    "order {id}: the cancel won (200) and the pick-up succeeded (200)"
-                )),
-                (Some(CancelOutcome::Lost), Some(false)) => violations.push(format!(
-                    "order {id}: the cancel lost (409 already_picked_up) and the pick-up was \
-                     refused (404)"
-                )),
-                (Some(CancelOutcome::Other(what)), _) => {
-                    violations.push(format!("order {id}: the cancel ended with {what}"));
-                }
-                _ => {}
-            }
-        }
-
-        let finals = self.await_final(lives, violations).await?;
-        self.check_holdings(lives, &finals, violations);
-        self.check_hubs(lives, &finals, per_hub, violations).await?;
-        Ok(finals)
-    }
-
-    /// Polls every placed order until the coordinator has it final, and checks that it ended
-    /// as its rider and customer were told.
-    async fn await_final(
-        &self,
-        lives: &[Life],
-        violations: &mut Vec<String>,
-    ) -> anyhow::Result<HashMap<String, String>> {
-        let deadline = Instant::now() + SETTLE;
-        let mut finals = HashMap::new();
-        let mut waiting: Vec<&Life> = lives
-            .iter()
-            .filter(|life| life.placed.is_some() && !life.order_id.is_empty())
-            .collect();
-        loop {
-            let mut still = Vec::new();
-            for life in waiting {
-                let body = self.order_now(&life.order_id).await?;
-                let status = body["status"].as_str().unwrap_or("?").to_owned();
-                if !is_final(&status) {
-                    if Instant::now() > deadline {
-                        violations.push(format!(
-                            "order {} still {status} {SETTLE:?} after the run",
-                            life.order_id
-                        ));
-                    } else {
-                        still.push(life);
-                    }
-                    continue;
-                }
-                if let Some(expected) = life.expected_end()
-                    && expected != status
-                {
-                    violations.push(format!(
-                        "order {} ended {status}, but its rider and customer were told it would \
-                         be {expected}",
-                        life.order_id
-                    ));
-                }
-                finals.insert(life.order_id.clone(), status);
-            }
-            if still.is_empty() {
-                return Ok(finals);
-            }
-            waiting = still;
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// No agent and no packet held by two orders at once. What each order is known to have held
-    /// its items for: from its placement's answer to the request that freed them (the delivery
-    /// frees the agent, the cancel frees both; a delivered order keeps its packets), a part of
-    /// the time it truly held them, so two of these spans of one item may not overlap.
-    fn check_holdings(
-        &self,
-        lives: &[Life],
-        finals: &HashMap<String, String>,
-        violations: &mut Vec<String>,
-    ) {
-        let mut agents: HashMap<i64, Vec<Span<'_>>> = HashMap::new();
-        let mut packets: HashMap<i64, Vec<Span<'_>>> = HashMap::new();
-        for life in lives {
-            let Some(placed) = &life.placed else { continue };
-            let id = life.order_id.as_str();
-            let (agent_end, packets_end) = match finals.get(id).map(String::as_str) {
-                Some("delivered") => match life.ride.delivered {
-                    Some((sent, _)) => (Some(sent), None),
-                    // Delivered, but not by this rider's report: it held its agent until now.
-                    None => (None, None),
-                },
-                Some("cancelled") => {
-                    let sent = life.cancel.as_ref().map(|cancel| cancel.sent);
-                    (sent, sent)
-                }
-                _ => (None, None),
+                Err(err) => err.into(),
             };
-            agents
-                .entry(placed.agent)
-                .or_default()
-                .push((placed.at, agent_end, id));
-            for packet in &placed.packets {
-                packets
-                    .entry(*packet)
-                    .or_default()
-                    .push((placed.at, packets_end, id));
+            attempt += 1;
+            if Instant::now() >= giving_up {
+                return Err(last.context(format!("{attempt} tries")));
             }
-        }
-        for (what, spans) in [("agent", &mut agents), ("packet", &mut packets)] {
-            for (item, held) in spans.iter_mut() {
-                held.sort_by_key(|(start, _, _)| *start);
-                for pair in held.windows(2) {
-                    let ((_, end, first), (start, _, second)) = (pair[0], pair[1]);
-                    if end.is_none_or(|end| end > start) {
-                        violations.push(format!(
-                            "{what} {item} held by orders {first} and {second} at once"
-                        ));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Every hub ends with all its agents free and nothing reserved, and with as many packets
-    /// of each food assigned as its delivered orders hold.
-    async fn check_hubs(
-        &self,
-        lives: &[Life],
-        finals: &HashMap<String, String>,
-        per_hub: i64,
-        violations: &mut Vec<String>,
-    ) -> anyhow::Result<()> {
-        let mut assigned: HashMap<(i64, i64), i64> = HashMap::new();
-        for life in lives {
-            if finals.get(&life.order_id).map(String::as_str) == Some("delivered") {
-                for (food, quantity) in &life.lines {
-                    *assigned.entry((life.hub, *food)).or_default() += i64::from(*quantity);
-                }
-            }
-        }
-        let deadline = Instant::now() + SETTLE;
-        for hub in &self.hubs {
-            let agents = i64::try_from(hub.agents.len()).unwrap_or(i64::MAX);
-            loop {
-                let summary = self
-                    .api
-                    .get(format!(
-                        "{}/agents/summary?hub_id={}",
-                        self.api.target.delivery_url, hub.id
-                    ))
-                    .await?;
-                let busy: i64 = ["reserved", "assigned", "delivering", "off_duty"]
-                    .iter()
-                    .map(|state| summary[state].as_i64().unwrap_or(0))
-                    .sum();
-                if summary["available"].as_i64() == Some(agents) && busy == 0 {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    violations.push(format!(
-                        "hub {}: agents {summary} after the day, expected {agents} available",
-                        hub.id
-                    ));
-                    break;
-                }
-                tokio::time::sleep(POLL).await;
-            }
-            loop {
-                let stock = self
-                    .api
-                    .get(format!("{}/hubs/{}", self.api.target.store_url, hub.id))
-                    .await?;
-                let rows = stock["foods"].as_array().cloned().unwrap_or_default();
-                let mut wrong = Vec::new();
-                for food in &self.foods {
-                    let row = rows
-                        .iter()
-                        .find(|row| row["food_id"].as_i64() == Some(*food));
-                    let count =
-                        |state: &str| row.and_then(|row| row[state].as_i64()).unwrap_or_default();
-                    let expected = assigned.get(&(hub.id, *food)).copied().unwrap_or(0);
-                    let (available, reserved, taken) =
-                        (count("available"), count("reserved"), count("assigned"));
-                    if reserved != 0 || taken != expected || available + taken != per_hub {
-                        wrong.push(format!(
-                            "food {food}: available {available}, reserved {reserved}, assigned \
-                             {taken}; expected {} available, {expected} assigned",
-                            per_hub - expected
-                        ));
-                    }
-                }
-                if wrong.is_empty() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    violations.extend(
-                        wrong
-                            .into_iter()
-                            .map(|what| format!("hub {} after the day: {what}", hub.id)),
-                    );
-                    break;
-                }
-                tokio::time::sleep(POLL).await;
-            }
-        }
-        Ok(())
-    }
-
-    /// The day's figures.
-    async fn stats(
-        &self,
-        measured: &Measured,
-        lives: &[Life],
-        finals: &HashMap<String, String>,
-        day: Duration,
-    ) -> Stats {
-        let mut not_placed = BTreeMap::new();
-        for (label, n) in &measured.outcomes {
-            if let Some(reason) = label.strip_prefix("not_placed:") {
-                *not_placed.entry(reason.to_owned()).or_insert(0) += n;
-            }
-        }
-        for reason in lives.iter().filter_map(|life| life.not_placed.as_ref()) {
-            *not_placed.entry(reason.clone()).or_insert(0) += 1;
-        }
-        let mut cycles: HashMap<i64, u64> = HashMap::new();
-        for life in lives {
-            if let Some(placed) = &life.placed
-                && finals.get(&life.order_id).map(String::as_str) == Some("delivered")
-            {
-                *cycles.entry(placed.agent).or_default() += 1;
-            }
-        }
-        let every_agent: Vec<u64> = self
-            .hubs
-            .iter()
-            .flat_map(|hub| &hub.agents)
-            .map(|agent| cycles.get(agent).copied().unwrap_or(0))
-            .collect();
-        let agents = every_agent.len();
-        let placed = lives.iter().filter(|life| life.placed.is_some()).count() as u64;
-        let delivered: u64 = every_agent.iter().sum();
-        let cancels = lives.iter().filter_map(|life| life.cancel.as_ref());
-        let count = |outcome: CancelOutcome| {
-            cancels
-                .clone()
-                .filter(|cancel| cancel.outcome == outcome)
-                .count() as u64
-        };
-        let order_seconds = measured.elapsed.as_secs_f64();
-        let day_seconds = day.as_secs_f64();
-        let per = |n: u64, seconds: f64| {
-            if seconds > 0.0 {
-                n as f64 / seconds
-            } else {
-                0.0
-            }
-        };
-        let latency = self.placed_latency.lock().await;
-        let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
-        Stats {
-            hubs: self.hubs.len(),
-            agents: i64::try_from(agents).unwrap_or(i64::MAX),
-            order_seconds,
-            day_seconds,
-            placed,
-            placed_per_second: per(placed, order_seconds),
-            delivered,
-            delivered_per_second: per(delivered, day_seconds),
-            not_placed,
-            cancels_sent: cancels.clone().count() as u64,
-            cancels_won: count(CancelOutcome::Won),
-            cancels_lost: count(CancelOutcome::Lost),
-            cycles_per_agent: per(delivered, agents as f64),
-            cycles_min: every_agent.iter().copied().min().unwrap_or(0),
-            cycles_max: every_agent.iter().copied().max().unwrap_or(0),
-            placed_p50_ms: ms(0.50),
-            placed_p99_ms: ms(0.99),
+            tokio::time::sleep((POLL * attempt).min(Duration::from_secs(1))).await;
         }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use rand::Rng;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -31,8 +32,10 @@ pub(crate) struct Checked {
     pub(crate) cpu: Option<crate::cpu::Usage>,
     /// The services' histogram means over the run, by service, if asked for.
     pub(crate) breakdown: Option<Vec<(String, Vec<Mean>)>>,
-    /// What a delivery day came to (`day` only).
+    /// What a delivery day came to (`day` and `soak`).
     pub(crate) day: Option<crate::day_stats::Stats>,
+    /// What the soak's checker found (`soak` only).
+    pub(crate) soak: Option<crate::soak::Stats>,
 }
 
 /// The services' HTTP APIs.
@@ -41,6 +44,31 @@ pub(crate) struct Api {
     pub(crate) http: reqwest::Client,
     /// Where the services are.
     pub(crate) target: Target,
+    /// The copies of the order service (`--order-url` may list several).
+    orders: Vec<String>,
+    /// The copies of the store.
+    stores: Vec<String>,
+    /// The copies of delivery.
+    deliveries: Vec<String>,
+}
+
+/// The copies of a service in a comma-separated list of base URLs.
+fn copies(list: &str) -> anyhow::Result<Vec<String>> {
+    let copies: Vec<String> = list
+        .split(',')
+        .map(|url| url.trim().trim_end_matches('/').to_owned())
+        .filter(|url| !url.is_empty())
+        .collect();
+    if copies.is_empty() {
+        bail!("no service URL in {list:?}");
+    }
+    Ok(copies)
+}
+
+/// One of `copies`, at random: requests are spread over the copies of a service, and a request
+/// tried again may reach another copy.
+fn any(copies: &[String]) -> &str {
+    &copies[rand::rng().random_range(0..copies.len())]
 }
 
 impl Api {
@@ -52,7 +80,25 @@ impl Api {
                 .pool_max_idle_per_host(1024)
                 .build()?,
             target: target.clone(),
+            orders: copies(&target.order_url)?,
+            stores: copies(&target.store_url)?,
+            deliveries: copies(&target.delivery_url)?,
         })
+    }
+
+    /// The base URL of a copy of the order service.
+    pub(crate) fn order(&self) -> &str {
+        any(&self.orders)
+    }
+
+    /// The base URL of a copy of the store.
+    pub(crate) fn store(&self) -> &str {
+        any(&self.stores)
+    }
+
+    /// The base URL of a copy of delivery.
+    pub(crate) fn delivery(&self) -> &str {
+        any(&self.deliveries)
     }
 
     /// `request` with the admin token, if there is one.
@@ -87,9 +133,9 @@ impl Api {
     async fn scrape(&self) -> anyhow::Result<Vec<(&'static str, Scrape)>> {
         let mut scrapes = Vec::new();
         for (name, base) in [
-            ("order", &self.target.order_url),
-            ("store", &self.target.store_url),
-            ("delivery", &self.target.delivery_url),
+            ("order", &self.orders[0]),
+            ("store", &self.stores[0]),
+            ("delivery", &self.deliveries[0]),
         ] {
             let url = format!("{base}/metrics");
             let response = self.request(self.http.get(&url)).send().await?;
@@ -135,7 +181,7 @@ pub(crate) async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<Check
         vacuum(target).await?;
     }
     let agents_before = api
-        .get(format!("{}/agents/summary", target.delivery_url))
+        .get(format!("{}/agents/summary", api.delivery()))
         .await
         .context("the delivery service is not reachable")?["available"]
         .as_i64()
@@ -151,7 +197,7 @@ pub(crate) async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<Check
     for (i, packets) in plan.foods.iter().enumerate() {
         let food = api
             .post(
-                format!("{}/foods", target.store_url),
+                format!("{}/foods", api.store()),
                 json!({ "name": format!("bench {tag} {i}"), "packets": 0 }),
             )
             .await?;
@@ -160,7 +206,7 @@ pub(crate) async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<Check
         while left > 0 {
             let n = left.min(SEED_CHUNK);
             api.post(
-                format!("{}/foods/{id}/packets", target.store_url),
+                format!("{}/foods/{id}/packets", api.store()),
                 json!({ "count": n }),
             )
             .await?;
@@ -171,11 +217,8 @@ pub(crate) async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<Check
     let mut left = plan.agents;
     while left > 0 {
         let n = left.min(SEED_CHUNK);
-        api.post(
-            format!("{}/agents", target.delivery_url),
-            json!({ "count": n }),
-        )
-        .await?;
+        api.post(format!("{}/agents", api.delivery()), json!({ "count": n }))
+            .await?;
         left -= n;
     }
     let foods = Arc::new(foods);
@@ -186,7 +229,7 @@ pub(crate) async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<Check
             let (api, foods, plan) = (Arc::clone(&api), Arc::clone(&foods), plan.clone());
             async move {
                 let food = foods[plan.pick_food()];
-                let url = format!("{}/orders", api.target.order_url);
+                let url = format!("{}/orders", api.order());
                 let body = json!({ "food_id": food, "customer_id": "bench" });
                 match api.http.post(&url).json(&body).send().await {
                     Ok(response) => {
@@ -281,7 +324,7 @@ async fn check(
             && let Some(id) = record.order_id.clone()
         {
             loop {
-                let body = api.get(format!("{}/orders/{id}", target.order_url)).await?;
+                let body = api.get(format!("{}/orders/{id}", api.order())).await?;
                 if body["status"] != "pending" {
                     let status = if body["status"] == "placed" { 201 } else { 409 };
                     record = self::record(status, &body);
@@ -316,7 +359,9 @@ async fn check(
     let packets: i64 = plan.foods.iter().sum();
     let expected = match args.scenario {
         // `day` runs in `crate::day`, not here; as `uniform` if it ever came here.
-        Scenario::Uniform | Scenario::Hot | Scenario::Day => sent.min(plan.capacity),
+        Scenario::Uniform | Scenario::Hot | Scenario::Day | Scenario::Soak => {
+            sent.min(plan.capacity)
+        }
         Scenario::ScarceAgents => sent.min(packets.min(agents_before + plan.agents)),
     };
     let n_placed = i64::try_from(placed.len()).unwrap_or(i64::MAX);
@@ -331,14 +376,12 @@ async fn check(
     loop {
         let mut reserved = 0;
         for food in foods {
-            reserved += api
-                .get(format!("{}/foods/{food}", target.store_url))
-                .await?["reserved"]
+            reserved += api.get(format!("{}/foods/{food}", api.store())).await?["reserved"]
                 .as_i64()
                 .unwrap_or(0);
         }
         reserved += api
-            .get(format!("{}/agents/summary", target.delivery_url))
+            .get(format!("{}/agents/summary", api.delivery()))
             .await?["reserved"]
             .as_i64()
             .unwrap_or(0);
@@ -368,5 +411,6 @@ async fn check(
         cpu: None,
         breakdown: None,
         day: None,
+        soak: None,
     })
 }

@@ -7,6 +7,7 @@
 //! bench run --scenario hot --orders 10000 --packets 1000        # exactly 1000 placed
 //! bench sweep --clients 1,4,16,32 --plot bench.svg              # throughput and p99 vs clients
 //! bench run --scenario day --hubs 3 --agents-per-hub 3 --duration 30s   # a delivery day
+//! bench run --scenario soak --duration 10m --fault-log faults.txt       # the day under faults
 //! bench targets --stock 400000                                  # the four speed targets
 //! ```
 //!
@@ -19,6 +20,8 @@
 //! - [`distributed`]: runs a scenario against the services, then checks it.
 //! - [`day`]: the `day` scenario: hubs, baskets, riders and cancellations, then its checks;
 //!   [`day_stats`]: what a day came to.
+//! - [`soak`]: the `soak` scenario: the day under faults injected from outside, and the checker
+//!   of every answer against the record.
 //! - [`baseline`]: the same orders as one PostgreSQL transaction each, in one database.
 //! - [`breakdown`]: the services' own histograms over a run: time per phase and per command.
 //! - [`cpu`]: CPU time per process over a run, when the system runs on this machine.
@@ -34,6 +37,7 @@ mod distributed;
 mod load;
 mod report;
 mod scenario;
+mod soak;
 mod targets;
 
 use std::process::ExitCode;
@@ -97,7 +101,8 @@ enum Command {
 /// Where the system under test is.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct Target {
-    /// The order service.
+    /// The order service (a comma-separated list for several copies: each request goes to one at
+    /// random).
     #[arg(
         long,
         env = "ORDER_URL",
@@ -105,7 +110,8 @@ pub(crate) struct Target {
         global = true
     )]
     pub(crate) order_url: String,
-    /// The store service.
+    /// The store service (a comma-separated list for several copies: each request goes to one at
+    /// random).
     #[arg(
         long,
         env = "STORE_URL",
@@ -113,7 +119,8 @@ pub(crate) struct Target {
         global = true
     )]
     pub(crate) store_url: String,
-    /// The delivery service.
+    /// The delivery service (a comma-separated list for several copies: each request goes to one at
+    /// random).
     #[arg(
         long,
         env = "DELIVERY_URL",
@@ -206,7 +213,22 @@ pub(crate) struct RunArgs {
     /// placement and 1.5 times the pick-up delay after it, racing the pick-up (`day`).
     #[arg(long, default_value_t = 0.2)]
     pub(crate) cancel_rate: f64,
-    /// Skip the single-database baseline (`day` has none).
+    /// Foods of the soak, each with packets at every hub (`--stock` shared out over them):
+    /// few, so that orders fight over the last packets (`soak`).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) soak_foods: i64,
+    /// How long a request that may be repeated is tried again when a service does not answer
+    /// (`soak`; the day tries for 1.5 s).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub(crate) patience: Duration,
+    /// The nemesis's log of the faults it injected, a line `<start> <end> <name>` each (Unix
+    /// milliseconds), read when the soak ends (`soak`).
+    #[arg(long)]
+    pub(crate) fault_log: Option<String>,
+    /// How long after a fault ends a `timeout` refusal is still the fault's (`soak`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+    pub(crate) fault_window: Duration,
+    /// Skip the single-database baseline (`day` and `soak` have none).
     #[arg(long)]
     pub(crate) no_baseline: bool,
     /// Do not vacuum the services' tables before the run. (The run starts with vacuumed tables by
@@ -238,6 +260,7 @@ impl RunArgs {
             (None, None) => match self.scenario {
                 Scenario::Uniform => load::Amount::Duration(Duration::from_secs(20)),
                 Scenario::Day => load::Amount::Duration(Duration::from_secs(30)),
+                Scenario::Soak => load::Amount::Duration(Duration::from_secs(60)),
                 Scenario::Hot | Scenario::ScarceAgents => load::Amount::Orders(10_000),
             },
         }
@@ -245,9 +268,11 @@ impl RunArgs {
 }
 
 async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<RunReport> {
-    if args.scenario == Scenario::Day {
-        // The baseline knows neither hubs nor baskets nor riders: the day has none.
-        return Ok(RunReport::new(args, day::run(target, args).await?, None));
+    // The baseline knows neither hubs nor baskets nor riders: the day and the soak have none.
+    match args.scenario {
+        Scenario::Day => return Ok(RunReport::new(args, day::run(target, args).await?, None)),
+        Scenario::Soak => return Ok(RunReport::new(args, soak::run(target, args).await?, None)),
+        Scenario::Uniform | Scenario::Hot | Scenario::ScarceAgents => {}
     }
     let distributed = distributed::run(target, args).await?;
     let baseline = if args.no_baseline {

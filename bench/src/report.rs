@@ -41,9 +41,12 @@ pub(crate) struct Side {
     /// The services' histogram means over the run, by service (`--breakdown`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) breakdown: Option<Vec<(String, Vec<Mean>)>>,
-    /// What the delivery day came to (`day`).
+    /// What the delivery day came to (`day`, `soak`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) day: Option<Stats>,
+    /// What the soak's checker found (`soak`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) soak: Option<crate::soak::Stats>,
 }
 
 impl From<Checked> for Side {
@@ -69,6 +72,7 @@ impl From<Checked> for Side {
             cpu: checked.cpu,
             breakdown: checked.breakdown,
             day: checked.day,
+            soak: checked.soak,
         }
     }
 }
@@ -162,6 +166,9 @@ impl RunReport {
             println!("{name} outcomes: {}", outcomes.join(" "));
             for line in side.day.iter().flat_map(Stats::summary) {
                 println!("{name} day: {line}");
+            }
+            for line in side.soak.iter().flat_map(crate::soak::Stats::summary) {
+                println!("{name} soak: {line}");
             }
             if let Some(cpu) = &side.cpu {
                 println!("{name} CPU: {}", cpu.summary());

@@ -19,6 +19,10 @@ pub(crate) enum Scenario {
     /// A delivery day: baskets at several hubs with few agents each, riders who pick the orders
     /// up and deliver them, customers who cancel.
     Day,
+    /// The delivery day under faults: scarce packets and riders, keyed retries, odd rider
+    /// reports, an operator aborting and retrying stuck orders; faults injected from outside and
+    /// logged to `--fault-log`.
+    Soak,
 }
 
 /// Foods in the `uniform`, `scarce-agents` and `day` scenarios.
@@ -63,7 +67,7 @@ impl Plan {
             },
             // Each food's packets are shared out over the hubs; agents come back after each
             // delivery, so no bound on the orders placed follows from the seed.
-            Scenario::Day => Self {
+            Scenario::Day | Scenario::Soak => Self {
                 foods: vec![args.stock / FOODS; FOODS as usize],
                 agents: args.agents_per_hub,
                 capacity: args.stock / FOODS * FOODS,
