@@ -111,6 +111,9 @@ async fn a_coordinator_killed_before_the_commit_decision_releases_everything_aft
     assert_eq!(order["reason"], "timeout", "{order}");
 }
 
+/// The idempotency key of the order whose coordinator dies in phase 1.
+const FIRST_KEY: &str = "first-try";
+
 /// A system with one packet and one agent whose coordinator dies in phase 1 of the first order,
 /// with both items reserved for it and nothing recorded (the client is told nothing). Returns
 /// the system, its coordinator stopped, and the food.
@@ -123,6 +126,7 @@ async fn killed_in_phase_1(options: Options) -> (TestSystem, i64) {
     let placing = system
         .http()
         .post(system.order.url("/orders"))
+        .header("Idempotency-Key", FIRST_KEY)
         .json(&order)
         .send()
         .await;
@@ -184,6 +188,68 @@ async fn an_order_after_a_coordinator_killed_in_phase_1_is_placed_without_waitin
             .order
             .logged("releasing a reservation whose order can never be placed")
     );
+    system.assert_audit_clean(FINISH).await;
+}
+
+/// The same crash, then the customer's app retries the order with its key while another
+/// customer orders the last packet and agent: both wait for the orphan to be released, exactly
+/// one is placed, the other is refused for want of the items (never `timeout`), the key has one
+/// order at most, and nothing stays held.
+#[tokio::test]
+async fn after_a_coordinator_killed_in_phase_1_a_keyed_retry_and_a_competing_order_get_the_last_items_once()
+ {
+    let (mut system, food) = killed_in_phase_1(Options::fast().all("RESERVATION_TTL", "60s")).await;
+    system.order.remove_env("FAULT_POINTS");
+    system.order.start().await;
+    // Once the orphan is older than a whole phase 1 (ORDER_DEADLINE 2s, plus a margin of 2s),
+    // the first driver told `busy` releases it.
+    eventually(
+        "the orphaned reservations older than a phase 1",
+        FINISH,
+        || async { system.infra.youngest_reservation_held_for(60).await > Duration::from_secs(5) },
+    )
+    .await;
+
+    let post = |customer: &str, key: Option<&str>| {
+        let mut request = system
+            .http()
+            .post(system.order.url("/orders"))
+            .json(&serde_json::json!({ "food_id": food, "customer_id": customer }));
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        async move {
+            let response = request.send().await.expect("an answer");
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    // Sent at once: both find the orphan in their way; one releases it, and they race for the
+    // items.
+    let (retry, other) = tokio::join!(post("c-1", Some(FIRST_KEY)), post("c-2", None));
+    let answers = [&retry, &other];
+    let placed = answers.iter().filter(|(status, _)| *status == 201).count();
+    assert_eq!(placed, 1, "exactly one placed: {answers:?}");
+    for (status, body) in answers {
+        if *status != 201 {
+            assert_eq!(*status, 409, "{body}");
+            assert!(
+                matches!(
+                    body["reason"].as_str(),
+                    Some("food_unavailable" | "agent_unavailable")
+                ),
+                "refused for want of the items, not {body}"
+            );
+        }
+    }
+    let keyed: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE idempotency_key = $1")
+        .bind(FIRST_KEY)
+        .fetch_one(system.infra.order_db().await)
+        .await
+        .unwrap();
+    assert_eq!(keyed, 1, "the retry recorded one order for its key");
+    system.assert_all_orders_final(FINISH).await;
+    system.assert_nothing_reserved(FINISH).await;
     system.assert_audit_clean(FINISH).await;
 }
 
@@ -304,4 +370,134 @@ async fn delivery_killed_after_recording_a_pick_up_publishes_it_after_restart() 
     let (status, again) = system.rider(&id, "picked-up").await;
     assert_eq!(status, reqwest::StatusCode::OK, "{again}");
     system.assert_audit_clean(FINISH).await;
+}
+
+/// The coordinator dies during compensation: the store's assign stalls past its reservation's
+/// expiry and is refused, delivery's agent is assigned, and the coordinator dies once both
+/// sides have answered its releases, before it records `not_placed`. The restarted coordinator
+/// takes the `compensating` order over and releases again (answered from the barriers): the order
+/// ends `not_placed` (`assign_failed`) and nothing stays held.
+#[tokio::test]
+async fn a_coordinator_killed_during_compensation_finishes_it_after_restart() {
+    let options = Options::fast()
+        .all("RESERVATION_TTL", "1s")
+        .store("FAULT_POINTS", "participant.before_assign=3s")
+        .order("FAULT_POINTS", "coordinator.compensated_before_record");
+    let mut system = TestSystem::start_with(options).await;
+    let food = system.create_food("Jalebi", 1).await;
+    system.create_agents(1).await;
+
+    let placing = system
+        .http()
+        .post(system.order.url("/orders"))
+        .json(&serde_json::json!({ "food_id": food, "customer_id": "c-1" }))
+        .send();
+    let (_, exit) = tokio::join!(placing, system.order.wait_exit(FINISH));
+    assert!(!exit.success(), "the coordinator died at its fault point");
+    let state: String = sqlx::query_scalar("SELECT state FROM orders")
+        .fetch_one(system.infra.order_db().await)
+        .await
+        .unwrap();
+    assert_eq!(state, "compensating", "it died during compensation");
+
+    system.order.remove_env("FAULT_POINTS");
+    system.order.start().await;
+    system.assert_all_orders_final(FINISH).await;
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM orders")
+        .fetch_one(system.infra.order_db().await)
+        .await
+        .unwrap();
+    let (_, order) = system.get(&system.order, &format!("/orders/{id}")).await;
+    assert_eq!(order["status"], "not_placed", "{order}");
+    assert_eq!(order["reason"], "assign_failed", "{order}");
+    system.assert_nothing_reserved(FINISH).await;
+    assert_eq!(system.food(food).await["assigned"], 0);
+    assert_eq!(system.agents_summary().await["assigned"], 0);
+    system.assert_audit_clean(FINISH).await;
+}
+
+/// `SIGTERM` of each service in turn under load (two coordinators, clients retrying with their
+/// keys): each stops taking work, finishes what it holds, exits 0 within its drain time, and
+/// serves again once started; the checker and the audit find nothing lost, duplicated or
+/// falsely placed, and every order finishes.
+#[tokio::test]
+async fn each_service_stopped_with_sigterm_under_load_drains_exits_0_and_loses_nothing() {
+    let mut system = TestSystem::start_with(Options::fast()).await;
+    let mut second = system.another_order_service();
+    second.start().await;
+    let food = system.create_food("Rasgulla", 20_000).await;
+    system.create_agents(20_000).await;
+    let load = Load::start(vec![system.order.url(""), second.url("")], food, 8);
+    load.wait_placed(20, FINISH).await;
+
+    for which in ["store", "delivery", "order"] {
+        let service = match which {
+            "store" => &mut system.store,
+            "delivery" => &mut system.delivery,
+            _ => &mut system.order,
+        };
+        let exit = service.terminate().await;
+        assert!(
+            exit.success(),
+            "{which} drains and exits 0 on SIGTERM: {exit}; {}",
+            service.tail(30)
+        );
+        service.start().await;
+        load.set_targets(vec![system.order.url(""), second.url("")]);
+        load.wait_placed(20, FINISH).await;
+    }
+    let checked = system.finish_and_check(load, FINISH).await;
+    assert!(checked.placed > 0, "{checked}");
+}
+
+/// Two coordinators ordering the last packets, with compensation under way: delivery is paused
+/// past the reservation TTL while orders are in phase 2, so that their assigns are refused when
+/// it wakes and their orders compensate, and one coordinator is armed to die during
+/// compensation (`coordinator.compensated_before_record`). The other takes its orders over; the
+/// orders then run the stock out. Every order finishes once, each packet goes to one order, and
+/// nothing stays held (the checker and the audit).
+#[tokio::test]
+async fn with_two_coordinators_one_dying_during_compensation_the_last_packets_go_once() {
+    let long = Duration::from_secs(120);
+    let system = TestSystem::start_with(Options::fast().all("RESERVATION_TTL", "2s")).await;
+    let mut second = system.another_order_service();
+    second.set_env("FAULT_POINTS", "coordinator.compensated_before_record");
+    second.start().await;
+    let food = system.create_food("Ladoo", 600).await;
+    system.create_agents(2_000).await;
+    let load = Load::start(vec![system.order.url(""), second.url("")], food, 8);
+    load.wait_placed(20, FINISH).await;
+
+    // `has_exited` says so once: the process is forgotten then.
+    let mut died = false;
+    for _ in 0..10 {
+        // The fault: delivery stalls past the TTL (2 s) with assigns waiting for it.
+        system.delivery.signal("STOP").await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        system.delivery.signal("CONT").await;
+        died = tokio::time::timeout(Duration::from_secs(5), async {
+            while !second.has_exited() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .is_ok();
+        if died {
+            break;
+        }
+    }
+    assert!(died, "no order of the armed coordinator compensated");
+    load.set_targets(vec![system.order.url("")]);
+    // The survivor finishes the dead one's orders, and the clients fight over the last packets.
+    eventually("the stock sold out", long, || async {
+        system.food(food).await["available"] == 0
+    })
+    .await;
+    load.wait_answered(20, FINISH).await;
+    let checked = system.finish_and_check(load, long).await;
+    assert!(checked.placed > 0, "{checked}");
+    assert!(
+        second.logged("fault point reached"),
+        "it died at its fault point"
+    );
 }

@@ -582,3 +582,90 @@ async fn reports_out_of_order_or_twice_are_applied_once_in_order_and_unknown_one
     })
     .await;
 }
+
+/// While an order is still being assigned (the store holds its assign for two seconds), its
+/// rider reports the delivery and the pick-up and its customer cancels: each is refused (`409`:
+/// not picked up, not placed yet, `not_placed_yet`) and changes nothing. Once it is placed, the
+/// cancel races the pick-up and exactly one wins; each report or cancel sent again gets the
+/// same answer, and the order ends as the winner says, with nothing held.
+#[tokio::test]
+async fn reports_and_a_cancel_while_assigning_change_nothing_then_a_cancel_races_the_pick_up() {
+    let options = Options::fast()
+        .order("RESPONSE_BUDGET", "8s")
+        .all("RESERVATION_TTL", "60s")
+        .store("FAULT_POINTS", "participant.before_assign=2s");
+    let system = TestSystem::start_with(options).await;
+    let food = system.create_food("Chakli", 1).await;
+    let agent = system.create_agents(1).await[0];
+
+    let early = async {
+        crate::helpers::eventually("the agent assigned", SETTLE, || async {
+            system.agents_summary().await["assigned"] == 1
+        })
+        .await;
+        let (_, view) = system
+            .get(&system.delivery, &format!("/agents/{agent}"))
+            .await;
+        let order = view["order_id"]
+            .as_str()
+            .expect("the agent's order")
+            .to_owned();
+        let delivered = system.rider_once(&order, "delivered").await;
+        let picked_up = system.rider_once(&order, "picked-up").await;
+        let cancel = system.cancel(&order, "c-42").await;
+        (order, delivered, picked_up, cancel)
+    };
+    let ((status, placed), (order, delivered, picked_up, cancel)) =
+        tokio::join!(system.place_order(food), early);
+    assert_eq!(status, StatusCode::CREATED, "{placed}");
+    assert_eq!(id_of(&placed), order);
+    assert_eq!(delivered.0, StatusCode::CONFLICT, "{}", delivered.1);
+    assert_eq!(picked_up.0, StatusCode::CONFLICT, "{}", picked_up.1);
+    assert_eq!(cancel.0, StatusCode::CONFLICT, "{}", cancel.1);
+    assert_eq!(cancel.1["reason"], "not_placed_yet", "{}", cancel.1);
+    let (_, now) = system.get(&system.order, &format!("/orders/{order}")).await;
+    assert_eq!(
+        now["status"], "placed",
+        "the early requests changed nothing: {now}"
+    );
+
+    let ((pick_status, _), (cancel_status, cancel_body)) = tokio::join!(
+        system.rider(&order, "picked-up"),
+        system.cancel(&order, "c-42")
+    );
+    let end = if pick_status == StatusCode::OK {
+        assert_eq!(cancel_status, StatusCode::CONFLICT, "{cancel_body}");
+        assert_eq!(cancel_body["reason"], "already_picked_up", "{cancel_body}");
+        assert_eq!(
+            system.rider_once(&order, "picked-up").await.0,
+            StatusCode::OK
+        );
+        for _ in 0..2 {
+            let (status, body) = system.rider_once(&order, "delivered").await;
+            assert_eq!(status, StatusCode::OK, "a delivery reported twice: {body}");
+        }
+        "delivered"
+    } else {
+        assert_eq!(pick_status, StatusCode::NOT_FOUND);
+        assert!(
+            cancel_status == StatusCode::OK || cancel_status == StatusCode::ACCEPTED,
+            "the cancel won: {cancel_status} {cancel_body}"
+        );
+        system.order_reaches(&order, "cancelled", SETTLE).await;
+        let (status, body) = system.cancel(&order, "c-42").await;
+        assert_eq!(status, StatusCode::OK, "a cancel sent again: {body}");
+        assert_eq!(body["status"], "cancelled", "{body}");
+        assert_eq!(
+            system.rider_once(&order, "picked-up").await.0,
+            StatusCode::NOT_FOUND
+        );
+        "cancelled"
+    };
+    system.order_reaches(&order, end, SETTLE).await;
+    crate::helpers::eventually("the agent free again", SETTLE, || async {
+        system.agents_summary().await["available"] == 1
+    })
+    .await;
+    system.assert_nothing_reserved(SETTLE).await;
+    system.assert_audit_clean(SETTLE).await;
+}

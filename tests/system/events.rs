@@ -99,4 +99,15 @@ async fn a_coordinator_killed_before_publishing_still_publishes_after_restart() 
     assert_eq!(event["event_id"], event_id.to_string());
     assert_eq!(event["kind"], "placed");
     assert_eq!(event["customer_id"], "c-7");
+    // Published once: the restarted relay marked it sent, and nothing else came.
+    eventually("the outbox sent", WAIT, || async {
+        let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+            .fetch_one(system.infra.order_db().await)
+            .await
+            .unwrap();
+        unsent == 0
+    })
+    .await;
+    tap.assert_nothing_unread("no duplicate after the restart")
+        .await;
 }

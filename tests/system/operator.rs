@@ -338,3 +338,54 @@ async fn a_parked_command_is_shown_with_its_reason_and_moved_back_once_fixed() {
     system.assert_nothing_reserved(FINISH).await;
     system.assert_audit_clean(FINISH).await;
 }
+
+/// An operator's abort racing the live driver: delivery is paused while an order is in phase 1
+/// (recorded `reserving` once its response budget passes), then let go at the moment the abort
+/// is sent, so that the driver's reserve reply and the abort arrive together. Round after round,
+/// either the abort wins (`200`, the order ends `not_placed` `aborted`) or the driver decided
+/// first (`409`, and the order ends placed); never both, and nothing stays held.
+#[tokio::test]
+async fn an_operator_abort_racing_the_live_driver_ends_one_way_and_holds_nothing() {
+    let options = Options::default()
+        .order("ADMIN_TOKEN", TOKEN)
+        .order("ORDER_DEADLINE", "60s")
+        .order("RESPONSE_BUDGET", "300ms")
+        .all("RESERVATION_TTL", "120s");
+    let system = TestSystem::start_with(options).await;
+    let food = system.create_food("Bhel", 20).await;
+    system.create_agents(20).await;
+    let (mut won, mut lost) = (0, 0);
+    for _ in 0..8 {
+        system.delivery.signal("STOP").await;
+        let (status, pending) = system.place_order(food).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{pending}");
+        let id = pending["order_id"].as_str().unwrap().to_owned();
+        let abort = format!("/admin/orders/{id}/abort");
+        let ((status, body), ()) = tokio::join!(
+            admin(
+                &system,
+                &system.order,
+                reqwest::Method::POST,
+                &abort,
+                Some(TOKEN)
+            ),
+            system.delivery.signal("CONT")
+        );
+        let end = system.order_when_final(&system.order, &id).await;
+        match status {
+            StatusCode::OK | StatusCode::ACCEPTED => {
+                won += 1;
+                assert_eq!(end["status"], "not_placed", "{body} then {end}");
+                assert_eq!(end["reason"], "aborted", "{end}");
+            }
+            StatusCode::CONFLICT => {
+                lost += 1;
+                assert_eq!(end["status"], "placed", "{body} then {end}");
+            }
+            _ => panic!("the abort answered {status} {body}"),
+        }
+    }
+    println!("aborts that won: {won}, refused as decided: {lost}");
+    system.assert_nothing_reserved(FINISH).await;
+    system.assert_audit_clean(FINISH).await;
+}

@@ -348,6 +348,9 @@ impl Driver<'_> {
         let forever = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let released = c.participants.release(order, forever);
         let released = c.keeping_lease(order, self.token, released).await?;
+        // A coordinator that dies here leaves both sides released and the order `compensating`
+        // (tests only): whoever drives it next releases again, answered from the barriers.
+        fault::point("coordinator.compensated_before_record");
         match rules::after_release(&released) {
             Some(compensated) => self.record(order, compensated).await,
             None => Err(Stop::Interrupted),
