@@ -309,15 +309,7 @@ impl Day {
         let stats = self
             .stats(&measured, &lives, &finals, ended - started)
             .await;
-        let db = audit::Databases::connect(
-            &target.order_database_url,
-            &target.store_database_url,
-            &target.delivery_database_url,
-        )
-        .await
-        .context("the audit needs the three databases (ORDER_DATABASE_URL, …)")?;
-        let report = audit::audit(&db, Duration::from_secs(10)).await?;
-        violations.extend(report.violations.iter().map(|v| format!("audit: {v}")));
+        violations.extend(distributed::audit(target).await?);
         Ok(Checked {
             finished_later: lives.iter().filter(|life| life.finished_later).count() as u64,
             measured,

@@ -271,6 +271,23 @@ pub(crate) async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<Check
     Ok(checked)
 }
 
+/// The audit of the three databases: its violations, each a line.
+pub(crate) async fn audit(target: &Target) -> anyhow::Result<Vec<String>> {
+    let db = audit::Databases::connect(
+        &target.order_database_url,
+        &target.store_database_url,
+        &target.delivery_database_url,
+    )
+    .await
+    .context("the audit needs the three databases (ORDER_DATABASE_URL, …)")?;
+    let report = audit::audit(&db, Duration::from_secs(10)).await?;
+    Ok(report
+        .violations
+        .iter()
+        .map(|v| format!("audit: {v}"))
+        .collect())
+}
+
 /// Vacuums the services' busiest tables (outside any transaction, as VACUUM requires).
 pub(crate) async fn vacuum(target: &Target) -> anyhow::Result<()> {
     for (url, tables) in [
@@ -395,15 +412,7 @@ async fn check(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let db = audit::Databases::connect(
-        &target.order_database_url,
-        &target.store_database_url,
-        &target.delivery_database_url,
-    )
-    .await
-    .context("the audit needs the three databases (ORDER_DATABASE_URL, …)")?;
-    let report = audit::audit(&db, Duration::from_secs(10)).await?;
-    violations.extend(report.violations.iter().map(|v| format!("audit: {v}")));
+    violations.extend(audit(target).await?);
     Ok(Checked {
         measured,
         finished_later,

@@ -10,6 +10,19 @@ use crate::helpers::{Options, TestSystem, eventually};
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// Waits until the relay has marked every event of the outbox sent: it will not publish them
+/// again.
+async fn assert_outbox_sent(system: &TestSystem) {
+    eventually("the outbox sent", WAIT, || async {
+        let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+            .fetch_one(system.infra.order_db().await)
+            .await
+            .unwrap();
+        unsent == 0
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn placed_and_not_placed_orders_publish_one_event_each() {
     let system = TestSystem::start().await;
@@ -50,14 +63,7 @@ async fn placed_and_not_placed_orders_publish_one_event_each() {
     assert_ne!(yes["event_id"], not["event_id"]);
 
     // Both are marked sent, so the relay will not publish them again; none was published twice.
-    eventually("the outbox sent", WAIT, || async {
-        let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-            .fetch_one(system.infra.order_db().await)
-            .await
-            .unwrap();
-        unsent == 0
-    })
-    .await;
+    assert_outbox_sent(&system).await;
     tap.assert_nothing_unread("one event per order").await;
 }
 
@@ -100,14 +106,7 @@ async fn a_coordinator_killed_before_publishing_still_publishes_after_restart() 
     assert_eq!(event["kind"], "placed");
     assert_eq!(event["customer_id"], "c-7");
     // Published once: the restarted relay marked it sent, and nothing else came.
-    eventually("the outbox sent", WAIT, || async {
-        let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-            .fetch_one(system.infra.order_db().await)
-            .await
-            .unwrap();
-        unsent == 0
-    })
-    .await;
+    assert_outbox_sent(&system).await;
     tap.assert_nothing_unread("no duplicate after the restart")
         .await;
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use messaging::{Broker, BrokerConfig, BrokerError, Health, Outgoing, Publisher};
 use reqwest::StatusCode;
 
-use crate::helpers::infra::{Infra, MemoryAlarm, StoppedBroker, rabbitmqctl};
+use crate::helpers::infra::{Infra, MemoryAlarm, StoppedBroker};
 use crate::helpers::load::Load;
 use crate::helpers::proxy;
 use crate::helpers::{Options, TestSystem, eventually, eventually_explained};
@@ -25,15 +25,7 @@ async fn broker_connections_closed_mid_load_are_reopened() {
     let load = Load::start(vec![system.order.url("")], food, 8);
     load.wait_placed(30, FINISH).await;
 
-    rabbitmqctl(&[
-        "close_all_connections",
-        "--vhost",
-        &system.infra.vhost,
-        "--limit",
-        "1000",
-        "system test: connections closed",
-    ])
-    .await;
+    system.infra.close_broker_connections().await;
 
     // Everyone reconnects and keeps serving.
     load.wait_placed(30, FINISH).await;
@@ -141,6 +133,7 @@ impl ProbePublisher {
 /// failing the publish, where a confirming publisher reports it unroutable.
 #[tokio::test]
 async fn a_publisher_without_confirms_drops_what_no_queue_takes_and_reports_under_its_own_name() {
+    let _servers = TestSystem::share_servers().await;
     let infra = Infra::create().await;
     let health = Health::default();
     let broker = test_broker(&infra, &health);
@@ -343,15 +336,7 @@ async fn with_reservations_of_ten_minutes_a_participant_kill_and_a_broker_restar
     system.delivery.start().await;
     load.wait_placed(20, FINISH).await;
 
-    rabbitmqctl(&[
-        "close_all_connections",
-        "--vhost",
-        &system.infra.vhost,
-        "--limit",
-        "1000",
-        "system test: connections closed",
-    ])
-    .await;
+    system.infra.close_broker_connections().await;
     load.wait_placed(20, FINISH).await;
 
     let stopped = StoppedBroker::stop().await;

@@ -455,6 +455,19 @@ impl Infra {
         )
     }
 
+    /// Closes every broker connection of this test's vhost (`rabbitmqctl close_all_connections`).
+    pub async fn close_broker_connections(&self) {
+        rabbitmqctl(&[
+            "close_all_connections",
+            "--vhost",
+            &self.vhost,
+            "--limit",
+            "1000",
+            "system test: connections closed",
+        ])
+        .await;
+    }
+
     /// Every reservation held now, a line each: the item, its transaction and order, its
     /// expiry, the participant's barrier rows of the transaction, and the order as recorded.
     pub async fn reservations(&self) -> Vec<String> {

@@ -55,13 +55,17 @@ pub struct TestSystem {
     _broker: BrokerShare,
 }
 
-/// Tests share one RabbitMQ node. Most tests only need their own vhost and share the node
-/// freely; a test that restarts the node takes it exclusively, waiting for the others to finish
-/// and holding back new ones while it runs.
+/// Tests share one RabbitMQ node and one PostgreSQL server. Most tests only need their own vhost
+/// and databases and share the servers freely; a test that restarts the node or the server (the
+/// soak) takes them exclusively, waiting for the others to finish and holding back new ones
+/// while it runs.
 static BROKER: LazyLock<Arc<RwLock<()>>> = LazyLock::new(|| Arc::new(RwLock::new(())));
 
-enum BrokerShare {
+/// A test's share of the servers, held while it runs.
+pub enum BrokerShare {
+    /// Beside other tests.
     Shared(OwnedRwLockReadGuard<()>),
+    /// Alone.
     Exclusive(OwnedRwLockWriteGuard<()>),
 }
 
@@ -76,7 +80,7 @@ pub struct Options {
     pub store: Vec<(String, String)>,
     /// For delivery only.
     pub delivery: Vec<(String, String)>,
-    /// The test restarts the RabbitMQ node: run it alone.
+    /// The test restarts the RabbitMQ node or the PostgreSQL server: run it alone.
     pub exclusive_broker: bool,
 }
 
@@ -105,7 +109,7 @@ impl Options {
         self
     }
 
-    /// Runs this test alone on the broker (it restarts the node).
+    /// Runs this test alone on the broker and the database server (it restarts one of them).
     pub fn exclusive_broker(mut self) -> Self {
         self.exclusive_broker = true;
         self
@@ -177,6 +181,12 @@ impl TestSystem {
             ));
         }
         Self::start_on(infra, options, broker).await
+    }
+
+    /// Holds the servers shared, for a test that uses the broker or the database server without
+    /// starting a system: no test that restarts them runs meanwhile.
+    pub async fn share_servers() -> BrokerShare {
+        Self::share_broker(&Options::default()).await
     }
 
     async fn share_broker(options: &Options) -> BrokerShare {
