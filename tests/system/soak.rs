@@ -9,14 +9,17 @@
 //! - the vhost's broker connections closed; the broker node restarted;
 //! - the test's PostgreSQL backends terminated; the PostgreSQL server restarted;
 //! - the TCP path between one copy and the broker or its database blackholed for a while;
-//! - a coordinator copy started again with its wall clock stepped ahead.
+//! - a coordinator's wall clock stepped while it runs: 20 s further ahead, or back to the real
+//!   time (`clock.step`, `SIGUSR1` and `SIGUSR2`).
 //!
 //! The nemesis writes each fault to a fault log, and the bench's checker ends the day: every
 //! answer against the order's record, every order ended, lost 0, duplicated 0, false placed 0,
 //! the day's own checks (no packet or agent given twice, every agent free again, nothing held),
 //! the audit of the three databases, and `timeout` refusals only inside a fault's window.
 //!
-//! `SOAK_DURATION` (default 60s) sets how long the nemesis runs, `SOAK_SEED` its random choices.
+//! `SOAK_DURATION` (default 60s) sets how long the nemesis runs, `SOAK_SEED` its random choices,
+//! and `SOAK_FAULTS` (a comma-separated list of `kill`, `term`, `stop`, `close`, `broker`,
+//! `backends`, `postgres`, `cut`, `clock`) limits it to some faults.
 //! The 30-minute run is documented in `docs/failure-handling.md` and its figures in
 //! BENCHMARKS.md.
 
@@ -31,13 +34,19 @@ use tokio::time::Instant;
 use crate::helpers::infra::{StoppedBroker, binary};
 use crate::helpers::proxy::{self, Proxy};
 use crate::helpers::service::Service;
-use crate::helpers::{Options, TestSystem, eventually_explained};
+use crate::helpers::{Options, TestSystem, eventually, eventually_explained};
 
 /// How long the services may take to come back, and the bench to settle and check after the
 /// nemesis stops.
 const FINISH: Duration = Duration::from_secs(300);
 /// The reservation TTL of the soak: a paused participant is paused past it.
 const TTL: Duration = Duration::from_secs(6);
+/// The nemesis's faults, drawn with these weights (a cut twice as often as the others).
+const FAULTS: [&str; 10] = [
+    "kill", "term", "stop", "close", "broker", "backends", "postgres", "cut", "cut", "clock",
+];
+/// How far one step puts a coordinator's clock ahead, seconds.
+const CLOCK_STEP: u32 = 20;
 
 fn setting(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -57,6 +66,10 @@ impl Copy {
         let (to_broker, amqp) =
             proxy::for_url(&format!("{}?heartbeat=5", system.infra.amqp_url)).await;
         let (to_database, database) = proxy::for_url(&system.infra.database_url(short)).await;
+        if short == "order" {
+            // The nemesis steps the coordinators' clocks while they run.
+            service.set_env("FAULT_POINTS", &format!("clock.step={CLOCK_STEP}s"));
+        }
         service.set_env("AMQP_URL", &amqp);
         service.set_env(&format!("{upper}_DATABASE_URL"), &database);
         service.start().await;
@@ -119,6 +132,16 @@ async fn a_delivery_day_under_a_nemesis_keeps_every_promise() {
     let seed = setting("SOAK_SEED")
         .map(|s| s.parse().expect("SOAK_SEED is a number"))
         .unwrap_or(0x50a4);
+    let kinds: Vec<&str> = match setting("SOAK_FAULTS") {
+        None => FAULTS.to_vec(),
+        Some(only) => only
+            .split(',')
+            .map(|kind| {
+                let known = FAULTS.iter().find(|k| **k == kind.trim());
+                *known.unwrap_or_else(|| panic!("SOAK_FAULTS: {kind:?} is none of {FAULTS:?}"))
+            })
+            .collect(),
+    };
     // The broker and PostgreSQL are restarted: no other test may run meanwhile.
     let options = Options::fast()
         .order("ORDER_DEADLINE", "3s")
@@ -180,6 +203,8 @@ async fn a_delivery_day_under_a_nemesis_keeps_every_promise() {
 
     // The nemesis stops before the orders do, so that its log is whole when the bench reads it.
     let mut rng = StdRng::seed_from_u64(seed);
+    // How far each copy's clock is stepped ahead, seconds (coordinators only).
+    let mut stepped = vec![0; copies.len()];
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
     let end = Instant::now() + duration.saturating_sub(TTL + Duration::from_secs(8));
     while Instant::now() < end {
@@ -189,20 +214,20 @@ async fn a_delivery_day_under_a_nemesis_keeps_every_promise() {
         let down = Duration::from_millis(rng.random_range(0..1_500));
         let copy = &mut copies[victim];
         let name = copy.service.name;
-        let fault = match rng.random_range(0..10) {
-            0 => {
+        let fault = match kinds[rng.random_range(0..kinds.len())] {
+            "kill" => {
                 copy.service.kill().await;
                 tokio::time::sleep(down).await;
                 copy.service.start().await;
                 format!("kill -9 {name}")
             }
-            1 => {
+            "term" => {
                 let status = copy.service.terminate().await;
                 assert!(status.success(), "{name} drains and exits 0 on SIGTERM");
                 copy.service.start().await;
                 format!("SIGTERM {name}")
             }
-            2 => {
+            "stop" => {
                 // A participant: paused past the reservation TTL.
                 let copy = &copies[rng.random_range(0..4)];
                 copy.service.signal("STOP").await;
@@ -210,25 +235,25 @@ async fn a_delivery_day_under_a_nemesis_keeps_every_promise() {
                 copy.service.signal("CONT").await;
                 format!("SIGSTOP {} past the TTL", copy.service.name)
             }
-            3 => {
+            "close" => {
                 system.infra.close_broker_connections().await;
                 "broker connections closed".to_owned()
             }
-            4 => {
+            "broker" => {
                 let stopped = StoppedBroker::stop().await;
                 tokio::time::sleep(down).await;
                 stopped.start().await;
                 "broker restarted".to_owned()
             }
-            5 => {
+            "backends" => {
                 system.infra.terminate_backends().await;
                 "database backends terminated".to_owned()
             }
-            6 => {
+            "postgres" => {
                 restart_postgresql().await;
                 "PostgreSQL restarted".to_owned()
             }
-            7 | 8 => {
+            "cut" => {
                 let to_broker = rng.random_bool(0.5);
                 let link = if to_broker {
                     &copy.to_broker
@@ -242,17 +267,40 @@ async fn a_delivery_day_under_a_nemesis_keeps_every_promise() {
                 format!("{name} cut off from its {what}")
             }
             _ => {
-                let coordinator = &mut copies[4 + rng.random_range(0..2)].service;
-                let ahead = rng.random_range(1..60);
-                coordinator.kill().await;
-                coordinator.set_env("FAULT_POINTS", &format!("clock.ahead={ahead}s"));
-                coordinator.start().await;
-                format!("order-service restarted with its clock {ahead}s ahead")
+                // "clock": a coordinator's clock stepped while it runs (`clock.step`): ahead by another
+                // CLOCK_STEP, or back to the real time.
+                let which = 4 + rng.random_range(0..2);
+                let coordinator = &copies[which].service;
+                let last_step = || coordinator.lines_with("the clock was stepped").pop();
+                let before = last_step();
+                let fault = if stepped[which] >= 2 * CLOCK_STEP || rng.random_bool(0.3) {
+                    coordinator.signal("USR2").await;
+                    stepped[which] = 0;
+                    "order-service clock stepped back to the real time".to_owned()
+                } else {
+                    coordinator.signal("USR1").await;
+                    stepped[which] += CLOCK_STEP;
+                    format!(
+                        "order-service clock stepped {CLOCK_STEP}s ahead (now {}s)",
+                        stepped[which]
+                    )
+                };
+                eventually(
+                    "the coordinator says its clock was stepped",
+                    FINISH,
+                    || async { last_step() != before },
+                )
+                .await;
+                fault
             }
         };
+        if fault.starts_with("kill -9") || fault.starts_with("SIGTERM") {
+            // A restarted process reads the real time.
+            stepped[victim] = 0;
+        }
         log.record(started, &fault);
-        // Counted by kind and victim, whatever the clock step.
-        let kind = fault.split(" with its clock").next().unwrap_or(&fault);
+        // Counted by kind and victim, whatever the clock reads.
+        let kind = fault.split(" (now").next().unwrap_or(&fault);
         *counts.entry(kind.to_owned()).or_default() += 1;
     }
 

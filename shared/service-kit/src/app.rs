@@ -69,6 +69,7 @@ pub enum InitError {
 pub fn init(args: &ServiceArgs, service: &'static str) -> Result<CancellationToken, InitError> {
     crate::telemetry::init(&args.log.log_filter, args.log.log_format, service)?;
     crate::fault::arm(&args.fault.fault_points)?;
+    crate::fault::step_clock_on_signals();
     crate::metrics::install()?;
     Ok(crate::shutdown::on_signal())
 }

@@ -8,10 +8,13 @@
 //! loses one message.
 //! `name@key` arms a point for one key only (e.g. one order id, at [`point_for`]).
 //! `clock.ahead=30s` makes the process's wall clock ([`now`]) read
-//! that much ahead of the real one, like a machine whose clock has drifted. Unarmed points cost
-//! one lookup in a map that is empty in production.
+//! that much ahead of the real one, like a machine whose clock has drifted. `clock.step=20s` lets
+//! the clock be stepped while the process runs, as NTP steps a clock: each `SIGUSR1` puts it that
+//! much further ahead, and `SIGUSR2` puts it back to the real time (a step back). Unarmed points
+//! cost one lookup in a map that is empty in production.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -24,6 +27,9 @@ enum Fault {
 }
 
 static ARMED: OnceLock<HashMap<String, Fault>> = OnceLock::new();
+
+/// How far `clock.step` has stepped the clock ahead, milliseconds.
+static STEPPED_MS: AtomicI64 = AtomicI64::new(0);
 
 /// Why a fault spec was refused.
 #[derive(Debug, thiserror::Error)]
@@ -117,16 +123,50 @@ fn panic_at(name: &str) -> ! {
     panic!("fault point {name} armed to panic");
 }
 
-/// The wall clock, as this process reads it: ahead by `clock.ahead` if that is armed.
+/// The wall clock, as this process reads it: ahead by `clock.ahead` if that is armed, and by
+/// the steps of `clock.step` so far.
 pub fn now() -> chrono::DateTime<chrono::Utc> {
     let now = chrono::Utc::now();
-    match armed("clock.ahead") {
-        Some(Fault::Pause(ahead)) => chrono::Duration::from_std(ahead)
-            .ok()
-            .and_then(|ahead| now.checked_add_signed(ahead))
-            .unwrap_or(now),
-        Some(Fault::Abort | Fault::Panic | Fault::DropOnce) | None => now,
-    }
+    let ahead = match armed("clock.ahead") {
+        Some(Fault::Pause(ahead)) => chrono::Duration::from_std(ahead).unwrap_or_default(),
+        Some(Fault::Abort | Fault::Panic | Fault::DropOnce) | None => chrono::Duration::zero(),
+    };
+    let stepped = chrono::Duration::milliseconds(STEPPED_MS.load(Ordering::Relaxed));
+    now.checked_add_signed(ahead + stepped).unwrap_or(now)
+}
+
+/// With `clock.step` armed, steps the clock on `SIGUSR1` (ahead by the armed amount, again
+/// each time) and `SIGUSR2` (back to the real time), until the process ends. Call once, from
+/// the runtime.
+pub fn step_clock_on_signals() {
+    let Some(Fault::Pause(step)) = armed("clock.step") else {
+        return;
+    };
+    let step_ms = i64::try_from(step.as_millis()).unwrap_or(i64::MAX);
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut ahead), Ok(mut back)) = (
+            signal(SignalKind::user_defined1()),
+            signal(SignalKind::user_defined2()),
+        ) else {
+            tracing::error!("clock.step armed, but its signals cannot be received");
+            return;
+        };
+        loop {
+            let stepped_ms = tokio::select! {
+                Some(()) = ahead.recv() => STEPPED_MS.fetch_add(step_ms, Ordering::Relaxed) + step_ms,
+                Some(()) = back.recv() => {
+                    STEPPED_MS.store(0, Ordering::Relaxed);
+                    0
+                }
+                else => return,
+            };
+            tracing::warn!(stepped_ms, "fault: the clock was stepped");
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = step_ms;
 }
 
 /// Waits if `name` is armed with a delay; panics if it is armed to panic.
