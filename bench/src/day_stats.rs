@@ -32,6 +32,11 @@ pub(crate) struct Stats {
     pub(crate) cancels_won: u64,
     /// Cancels refused because the rider had picked the order up.
     pub(crate) cancels_lost: u64,
+    /// Reports that odd riders sent again, each answered the same (`soak`).
+    pub(crate) reports_repeated: u64,
+    /// Orders whose rider reported the pick-up and whose customer cancelled while the order was
+    /// still being placed (`soak`).
+    pub(crate) sent_while_placing: u64,
     /// Deliveries per agent, the mean over every seeded agent.
     pub(crate) cycles_per_agent: f64,
     /// Deliveries of the agent with the fewest.
@@ -70,8 +75,13 @@ impl Stats {
                 }
             ),
             format!(
-                "cancels sent {}: won {}, lost to the pick-up {}",
-                self.cancels_sent, self.cancels_won, self.cancels_lost
+                "cancels sent {}: won {}, lost to the pick-up {}; reports repeated {}, a pick-up \
+                 and a cancel sent while placing {}",
+                self.cancels_sent,
+                self.cancels_won,
+                self.cancels_lost,
+                self.reports_repeated,
+                self.sent_while_placing
             ),
             format!(
                 "agent cycles per agent {:.1} (min {}, max {})",

@@ -333,6 +333,8 @@ impl Day {
             cancels_sent: cancels.clone().count() as u64,
             cancels_won: count(CancelOutcome::Won),
             cancels_lost: count(CancelOutcome::Lost),
+            reports_repeated: lives.iter().map(|life| u64::from(life.ride.repeats)).sum(),
+            sent_while_placing: lives.iter().filter(|life| life.early.is_some()).count() as u64,
             cycles_per_agent: per(delivered, agents as f64),
             cycles_min: every_agent.iter().copied().min().unwrap_or(0),
             cycles_max: every_agent.iter().copied().max().unwrap_or(0),
