@@ -35,7 +35,7 @@ pub(crate) struct Checked {
     /// What a delivery day came to (`day` and `soak`).
     pub(crate) day: Option<crate::day_stats::Stats>,
     /// What the soak's checker found (`soak` only).
-    pub(crate) soak: Option<crate::soak::Stats>,
+    pub(crate) soak: Option<crate::soak_stats::Stats>,
 }
 
 /// The services' HTTP APIs.

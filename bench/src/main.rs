@@ -21,7 +21,7 @@
 //! - [`day`]: the `day` scenario: hubs, baskets, riders and cancellations, then its checks;
 //!   [`day_stats`]: what a day came to.
 //! - [`soak`]: the `soak` scenario: the day under faults injected from outside, and the checker
-//!   of every answer against the record.
+//!   of every answer against the record; [`soak_stats`]: what it came to.
 //! - [`baseline`]: the same orders as one PostgreSQL transaction each, in one database.
 //! - [`breakdown`]: the services' own histograms over a run: time per phase and per command.
 //! - [`cpu`]: CPU time per process over a run, when the system runs on this machine.
@@ -38,6 +38,7 @@ mod load;
 mod report;
 mod scenario;
 mod soak;
+mod soak_stats;
 mod targets;
 
 use std::process::ExitCode;

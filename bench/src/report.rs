@@ -46,7 +46,7 @@ pub(crate) struct Side {
     pub(crate) day: Option<Stats>,
     /// What the soak's checker found (`soak`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) soak: Option<crate::soak::Stats>,
+    pub(crate) soak: Option<crate::soak_stats::Stats>,
 }
 
 impl From<Checked> for Side {
@@ -167,7 +167,7 @@ impl RunReport {
             for line in side.day.iter().flat_map(Stats::summary) {
                 println!("{name} day: {line}");
             }
-            for line in side.soak.iter().flat_map(crate::soak::Stats::summary) {
+            for line in side.soak.iter().flat_map(crate::soak_stats::Stats::summary) {
                 println!("{name} soak: {line}");
             }
             if let Some(cpu) = &side.cpu {
