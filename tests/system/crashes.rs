@@ -137,6 +137,22 @@ async fn killed_in_phase_1(options: Options) -> (TestSystem, i64) {
     (system, food)
 }
 
+/// [`killed_in_phase_1`] with reservations of a minute, the coordinator started again, and the
+/// orphaned reservations older than a whole phase 1 (ORDER_DEADLINE 2s, plus a margin of 2s) by
+/// the participants' clocks: the first driver told `busy` by them releases them.
+async fn orphaned_for_a_whole_phase_1() -> (TestSystem, i64) {
+    let (mut system, food) = killed_in_phase_1(Options::fast().all("RESERVATION_TTL", "60s")).await;
+    system.order.remove_env("FAULT_POINTS");
+    system.order.start().await;
+    eventually(
+        "the orphaned reservations older than a phase 1",
+        FINISH,
+        || async { system.infra.youngest_reservation_held_for(60).await > Duration::from_secs(5) },
+    )
+    .await;
+    (system, food)
+}
+
 /// A new order is recorded only once its phase 1 ends (presumed abort). A coordinator that dies
 /// with both reserves answered and the order not yet recorded leaves nothing recorded and tells
 /// its client nothing; the reservations lapse with their expiry, and the items go to the next
@@ -167,18 +183,7 @@ async fn a_coordinator_killed_before_recording_leaves_reservations_that_lapse_wi
 /// order. Before, every order for those items was refused `timeout` until the expiry.
 #[tokio::test]
 async fn an_order_after_a_coordinator_killed_in_phase_1_is_placed_without_waiting_for_the_expiry() {
-    let (mut system, food) = killed_in_phase_1(Options::fast().all("RESERVATION_TTL", "60s")).await;
-    system.order.remove_env("FAULT_POINTS");
-    system.order.start().await;
-
-    // Once the orphan is older than a whole phase 1 (ORDER_DEADLINE 2s, plus a margin of 2s),
-    // by the participants' clocks:
-    eventually(
-        "the orphaned reservations older than a phase 1",
-        FINISH,
-        || async { system.infra.youngest_reservation_held_for(60).await > Duration::from_secs(5) },
-    )
-    .await;
+    let (system, food) = orphaned_for_a_whole_phase_1().await;
     let second = serde_json::json!({ "food_id": food, "customer_id": "c-2" });
     let (status, body) = system.post(&system.order, "/orders", second).await;
     assert_eq!(status, 201, "{body}");
@@ -198,17 +203,7 @@ async fn an_order_after_a_coordinator_killed_in_phase_1_is_placed_without_waitin
 #[tokio::test]
 async fn after_a_coordinator_killed_in_phase_1_a_keyed_retry_and_a_competing_order_get_the_last_items_once()
  {
-    let (mut system, food) = killed_in_phase_1(Options::fast().all("RESERVATION_TTL", "60s")).await;
-    system.order.remove_env("FAULT_POINTS");
-    system.order.start().await;
-    // Once the orphan is older than a whole phase 1 (ORDER_DEADLINE 2s, plus a margin of 2s),
-    // the first driver told `busy` releases it.
-    eventually(
-        "the orphaned reservations older than a phase 1",
-        FINISH,
-        || async { system.infra.youngest_reservation_held_for(60).await > Duration::from_secs(5) },
-    )
-    .await;
+    let (system, food) = orphaned_for_a_whole_phase_1().await;
 
     let post = |customer: &str, key: Option<&str>| {
         let mut request = system
