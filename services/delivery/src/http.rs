@@ -1,5 +1,7 @@
-//! Delivery's HTTP API. Every request that changes something needs the admin token when one is
-//! configured (the rider's app holds it too).
+//! Delivery's HTTP API. Every request carries a token ([`service_kit::auth`]): a rider's (it
+//! names the rider's agent) reads its own agent, takes it on and off duty, and reports the
+//! progress of the orders that agent holds; nobody else reports them (`403`), not even an
+//! operator. An operator's creates agents and reads everything.
 //!
 //! Agents:
 //! - `POST /agents` `{"count": 10, "hub_id": 1}` or `{"names": ["Asha", "Ravi"]}` →
@@ -29,9 +31,8 @@ use axum::http::StatusCode;
 use axum::{Json, Router};
 use protocol::ids::{AgentId, HubId, OrderId};
 use serde::{Deserialize, Serialize};
-use service_kit::http::{
-    AdminToken, ApiError, AppJson, AppPath, AppQuery, ErrorBody, hub_field, text_field,
-};
+use service_kit::auth::{BearerToken, Caller, Who};
+use service_kit::http::{ApiError, AppJson, AppPath, AppQuery, ErrorBody, hub_field, text_field};
 use sqlx::PgPool;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -58,10 +59,10 @@ pub struct Api {
         title = "delivery-service",
         description = "Delivery: agents (each at a hub), their duty, and the rider's progress with \
                        each placed order (picked up, delivered), reported to the coordinator. \
-                       Every request that changes something needs the admin token when the \
-                       service has one (`ADMIN_TOKEN`); the rider's app holds it too."
+                       Every request needs a token: a rider's for their own agent and the \
+                       orders it holds, an operator's for the rest."
     ),
-    modifiers(&AdminToken)
+    modifiers(&BearerToken)
 )]
 struct ApiDoc;
 
@@ -120,12 +121,13 @@ struct AgentsCreated {
     path = "/agents",
     tag = "agents",
     request_body = NewAgents,
-    security((), ("admin_token" = [])),
+    security(("bearer" = [])),
     responses(
         (status = 201, description = "The agents", body = AgentsCreated),
         (status = 400, description = "The body is not readable JSON", body = ErrorBody),
-        (status = 401, description = "The admin token is required and missing or wrong", body = ErrorBody,
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
             headers(("www-authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 413, description = "The body is over 64 KiB", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 422, description = "A field is missing, unknown or invalid, or the count and the names disagree", body = ErrorBody),
@@ -134,8 +136,10 @@ struct AgentsCreated {
 )]
 async fn create_agents(
     State(api): State<Api>,
+    caller: Caller,
     AppJson(body): AppJson<NewAgents>,
 ) -> Result<(StatusCode, Json<AgentsCreated>), ApiError> {
+    caller.require_operator()?;
     let hub = hub_field(body.hub_id)?;
     let count = match (&body.count, &body.names) {
         (Some(count), Some(names)) if usize::try_from(*count).ok() != Some(names.len()) => {
@@ -192,17 +196,23 @@ struct SummaryQuery {
     path = "/agents/summary",
     tag = "agents",
     params(SummaryQuery),
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "How many agents are in each state", body = Summary),
         (status = 400, description = "The query is not readable (`hub_id` not an integer, or an unknown parameter)", body = ErrorBody),
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
+            headers(("www-authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 422, description = "`hub_id` is not a positive integer", body = ErrorBody),
         (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
     )
 )]
 async fn summary(
     State(api): State<Api>,
+    caller: Caller,
     AppQuery(query): AppQuery<SummaryQuery>,
 ) -> Result<Json<Summary>, ApiError> {
+    caller.require_operator()?;
     let hub = query.hub_id.map(|id| hub_field(Some(id))).transpose()?;
     Ok(Json(repo::summary(&api.pool, hub).await?))
 }
@@ -213,17 +223,23 @@ async fn summary(
     path = "/agents/{id}",
     tag = "agents",
     params(("id" = i64, Path, description = "The agent")),
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "The agent", body = Agent),
         (status = 400, description = "The id is not an integer", body = ErrorBody),
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
+            headers(("www-authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "Neither the agent's rider nor an operator", body = ErrorBody),
         (status = 404, description = "No such agent", body = ErrorBody),
         (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
     )
 )]
 async fn get_agent(
     State(api): State<Api>,
+    caller: Caller,
     AppPath(id): AppPath<i64>,
 ) -> Result<Json<Agent>, ApiError> {
+    own_agent(&caller, id)?;
     repo::get_agent(&api.pool, AgentId(id))
         .await?
         .map(Json)
@@ -236,12 +252,13 @@ async fn get_agent(
     path = "/agents/{id}/off-duty",
     tag = "agents",
     params(("id" = i64, Path, description = "The agent")),
-    security((), ("admin_token" = [])),
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "The agent, off duty (the same again if it already was)", body = Agent),
         (status = 400, description = "The id is not an integer", body = ErrorBody),
-        (status = 401, description = "The admin token is required and missing or wrong", body = ErrorBody,
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
             headers(("www-authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "Neither the agent's rider nor an operator", body = ErrorBody),
         (status = 404, description = "No such agent", body = ErrorBody),
         (status = 409, description = "The agent holds an order or a reservation", body = ErrorBody),
         (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
@@ -249,8 +266,10 @@ async fn get_agent(
 )]
 async fn off_duty(
     State(api): State<Api>,
+    caller: Caller,
     AppPath(id): AppPath<i64>,
 ) -> Result<Json<Agent>, ApiError> {
+    own_agent(&caller, id)?;
     let agent = repo::set_duty(&api.pool, AgentId(id), true)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no agent {id}")))?;
@@ -268,12 +287,13 @@ async fn off_duty(
     path = "/agents/{id}/on-duty",
     tag = "agents",
     params(("id" = i64, Path, description = "The agent")),
-    security((), ("admin_token" = [])),
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "The agent, available", body = Agent),
         (status = 400, description = "The id is not an integer", body = ErrorBody),
-        (status = 401, description = "The admin token is required and missing or wrong", body = ErrorBody,
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
             headers(("www-authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "Neither the agent's rider nor an operator", body = ErrorBody),
         (status = 404, description = "No such agent", body = ErrorBody),
         (status = 409, description = "The agent is not off duty", body = ErrorBody),
         (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
@@ -281,8 +301,10 @@ async fn off_duty(
 )]
 async fn on_duty(
     State(api): State<Api>,
+    caller: Caller,
     AppPath(id): AppPath<i64>,
 ) -> Result<Json<Agent>, ApiError> {
+    own_agent(&caller, id)?;
     let agent = repo::set_duty(&api.pool, AgentId(id), false)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no agent {id}")))?;
@@ -300,21 +322,34 @@ async fn on_duty(
     path = "/deliveries/{order_id}",
     tag = "deliveries",
     params(("order_id" = Uuid, Path, description = "The order")),
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "The delivery", body = Delivery),
         (status = 400, description = "The order id is not a UUID", body = ErrorBody),
-        (status = 404, description = "The order was not picked up", body = ErrorBody),
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
+            headers(("www-authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "The order was not picked up (or, for a rider, is not \
+                                      their agent's)", body = ErrorBody),
         (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
     )
 )]
 async fn get_delivery(
     State(api): State<Api>,
+    caller: Caller,
     AppPath(order): AppPath<Uuid>,
 ) -> Result<Json<Delivery>, ApiError> {
+    let not_found = || ApiError::NotFound(format!("order {order} was not picked up"));
+    if !caller.is_operator() {
+        let rider = caller.rider_agent().map(AgentId);
+        let holder = repo::holder(&api.pool, OrderId(order)).await?;
+        if rider.is_none() || holder != rider {
+            return Err(not_found());
+        }
+    }
     repo::get_delivery(&api.pool, OrderId(order))
         .await?
         .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("order {order} was not picked up")))
+        .ok_or_else(not_found)
 }
 
 /// The rider has picked the order up: it can no longer be cancelled. Taken only once delivery
@@ -324,12 +359,13 @@ async fn get_delivery(
     path = "/deliveries/{order_id}/picked-up",
     tag = "deliveries",
     params(("order_id" = Uuid, Path, description = "The order")),
-    security((), ("admin_token" = [])),
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "The delivery (the same again for a repeat)", body = Delivery),
         (status = 400, description = "The order id is not a UUID", body = ErrorBody),
-        (status = 401, description = "The admin token is required and missing or wrong", body = ErrorBody,
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
             headers(("www-authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "Not the rider whose agent holds the order", body = ErrorBody),
         (status = 404, description = "No agent is assigned to the order (not placed here, cancelled, or not assigned yet)", body = ErrorBody),
         (status = 409, description = "The order is not placed yet (its agent is assigned, but the store's packets may still fail): try again in a moment", body = ErrorBody),
         (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
@@ -337,8 +373,10 @@ async fn get_delivery(
 )]
 async fn picked_up(
     State(api): State<Api>,
+    caller: Caller,
     AppPath(order): AppPath<Uuid>,
 ) -> Result<Json<Delivery>, ApiError> {
+    holding_rider(&api, &caller, order).await?;
     let reported = repo::pick_up(&api.pool, OrderId(order)).await?;
     answer(&api, order, reported)
 }
@@ -349,22 +387,56 @@ async fn picked_up(
     path = "/deliveries/{order_id}/delivered",
     tag = "deliveries",
     params(("order_id" = Uuid, Path, description = "The order")),
-    security((), ("admin_token" = [])),
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "The delivery (the same again for a repeat)", body = Delivery),
         (status = 400, description = "The order id is not a UUID", body = ErrorBody),
-        (status = 401, description = "The admin token is required and missing or wrong", body = ErrorBody,
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
             headers(("www-authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "Not the rider whose agent holds the order", body = ErrorBody),
         (status = 409, description = "The order was not picked up", body = ErrorBody),
         (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
     )
 )]
 async fn delivered(
     State(api): State<Api>,
+    caller: Caller,
     AppPath(order): AppPath<Uuid>,
 ) -> Result<Json<Delivery>, ApiError> {
+    holding_rider(&api, &caller, order).await?;
     let reported = repo::deliver(&api.pool, OrderId(order)).await?;
     answer(&api, order, reported)
+}
+
+/// `403` unless the caller is the rider of agent `id`, or an operator.
+fn own_agent(caller: &Caller, id: i64) -> Result<(), ApiError> {
+    if caller.is_operator() || caller.rider_agent() == Some(id) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "a rider acts only for their own agent".to_owned(),
+        ))
+    }
+}
+
+/// `403` unless the caller is the rider whose agent holds `order` ([`repo::holder`]). Not even
+/// an operator reports a rider's progress: the report frees the agent or ends the customer's
+/// right to cancel.
+async fn holding_rider(api: &Api, caller: &Caller, order: Uuid) -> Result<(), ApiError> {
+    let holds = match &**caller {
+        Who::Anyone => true,
+        Who::Rider { agent_id, .. } => {
+            repo::holder(&api.pool, OrderId(order)).await? == Some(AgentId(*agent_id))
+        }
+        Who::Customer(_) | Who::Operator(_) => false,
+    };
+    if holds {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "only the rider whose agent holds order {order} reports its progress"
+        )))
+    }
 }
 
 fn answer(api: &Api, order: Uuid, reported: Reported) -> Result<Json<Delivery>, ApiError> {
@@ -412,7 +484,7 @@ mod tests {
     }
 
     #[test]
-    fn openapi_every_change_needs_the_admin_token_when_one_is_set() {
-        service_kit::testing::check_admin_token_on_writes(&super::openapi());
+    fn openapi_every_operation_needs_a_token() {
+        service_kit::testing::check_security(&super::openapi());
     }
 }

@@ -202,6 +202,22 @@ async fn delivery(
     .await
 }
 
+/// The agent that holds `order`: the one assigned to it or delivering it, or the one that
+/// delivered it. `None` if no agent holds it (not placed here, cancelled, or not yet assigned).
+/// An order's agent never changes once assigned, so the answer stays true for the order's
+/// reports. Both lookups are by index.
+pub async fn holder(pool: &PgPool, order: OrderId) -> Result<Option<AgentId>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT agent_id FROM deliveries WHERE order_id = $1
+         UNION ALL
+         SELECT id FROM agents WHERE order_id = $1 AND state IN ('assigned', 'delivering')
+         LIMIT 1",
+    )
+    .bind(order)
+    .fetch_optional(pool)
+    .await
+}
+
 /// The agent assigned to `order` picked it up: from now on a cancel of the order is refused.
 /// Only an order whose placement delivery has seen ([`mark_placed`]) can be picked up. One
 /// statement: the agent goes from `assigned` to `delivering` (its row lock orders it against a

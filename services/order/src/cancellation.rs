@@ -39,12 +39,13 @@ pub enum CancelError {
 }
 
 impl Coordinator {
-    /// Cancels `customer_id`'s order `id` if it is placed, and returns the order as recorded when
-    /// the cancel ended or the response budget ran out; any other order is returned as it is.
+    /// Cancels `customer_id`'s order `id` (any customer's for `None`: an operator) if it is
+    /// placed, and returns the order as recorded when the cancel ended or the response budget ran
+    /// out; any other order is returned as it is.
     pub async fn cancel_order(
         self: &Arc<Self>,
         id: OrderId,
-        customer_id: &str,
+        customer_id: Option<&str>,
     ) -> Result<Order, CancelError> {
         let answer_by = Instant::now() + self.settings.response_budget;
         let mut current = self.load_customers(id, customer_id).await?;
@@ -72,10 +73,14 @@ impl Coordinator {
         }
     }
 
-    async fn load_customers(&self, id: OrderId, customer_id: &str) -> Result<Order, CancelError> {
+    async fn load_customers(
+        &self,
+        id: OrderId,
+        customer_id: Option<&str>,
+    ) -> Result<Order, CancelError> {
         repo::load(self.pool(), id)
             .await?
-            .filter(|order| order.customer_id == customer_id)
+            .filter(|order| customer_id.is_none_or(|c| order.customer_id == c))
             .ok_or(CancelError::NotFound(id))
     }
 

@@ -54,11 +54,6 @@ pub struct Config {
     #[arg(long, env = "TIMER_WINDOW", default_value = "100ms", value_parser = parse_duration)]
     pub timer_window: Duration,
 
-    /// Bearer token of the operator API (`/admin/...`, every request, reads too). Unset or
-    /// empty: the operator API is open, for local development only.
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
-
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: ServiceArgs,

@@ -1,5 +1,5 @@
-//! The operator API: what is stuck, and two things to do about one order. Behind `ADMIN_TOKEN`
-//! (every request, reads too).
+//! The operator API: what is stuck, and two things to do about one order. Operators only (every
+//! request, reads too: `401` without a valid token, `403` for a customer's or rider's).
 //!
 //! - `GET /admin/orders?state=assigning&older_than=30s&limit=100` → `200 {"orders": [{"order_id",
 //!   "state", "reason", "age_seconds", "attempt", "deadline", "lease_holder", "lease_until",
@@ -54,10 +54,10 @@ fn api() -> OpenApiRouter<Arc<Coordinator>> {
         .routes(routes!(abort))
 }
 
-/// The routes, with the coordinator as state, behind `token` (every request, reads too).
-pub fn routes(coordinator: Arc<Coordinator>, token: Option<String>) -> Router {
+/// The routes, with the coordinator as state, for operators only (every request, reads too).
+pub fn routes(coordinator: Arc<Coordinator>) -> Router {
     let (router, _) = api().split_for_parts();
-    service_kit::http::operator_guard(router.with_state(coordinator), token)
+    service_kit::auth::operators_only(router.with_state(coordinator))
 }
 
 /// The operator API's part of the service's OpenAPI document.
@@ -85,11 +85,12 @@ struct ListQuery {
     path = "/admin/orders",
     tag = "operator",
     params(ListQuery),
-    security((), ("admin_token" = [])),
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "`{\"orders\": [{\"order_id\", \"state\", \"reason\", \"age_seconds\", \"attempt\", \"created_at\", \"deadline\", \"lease_holder\", \"lease_until\", \"lease_expired\"}]}`", body = Object),
         (status = 400, description = "The query is not readable (an unknown parameter, `limit` not an integer)", body = ErrorBody),
-        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody),
+        (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 422, description = "An unknown or final `state`, a malformed `older_than`, or `limit` out of range", body = ErrorBody),
         (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
     )
@@ -192,11 +193,12 @@ async fn take(
     path = "/admin/orders/{id}/retry",
     tag = "operator",
     params(("id" = Uuid, Path, description = "The order")),
-    security((), ("admin_token" = [])),
+    security(("bearer" = [])),
     responses(
         (status = 202, description = "Taken over and being driven: `{\"order_id\", \"state\", \"driving\": true}`", body = Object),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
-        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody),
+        (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 404, description = "No such order", body = ErrorBody),
         (status = 409, description = "Undecided (its deadline aborts it) or already final: `error` says which", body = Object),
         (status = 503, description = "No room to drive one more order here, or the database is unavailable", body = ErrorBody)
@@ -223,12 +225,13 @@ async fn retry(
     path = "/admin/orders/{id}/abort",
     tag = "operator",
     params(("id" = Uuid, Path, description = "The order")),
-    security((), ("admin_token" = [])),
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "Aborted: `{\"order_id\", \"state\": \"not_placed\", \"reason\": \"aborted\"}`", body = Object),
         (status = 202, description = "Still being aborted after the response budget", body = Object),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
-        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody),
+        (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 404, description = "No such order", body = ErrorBody),
         (status = 409, description = "Decided or final: never aborted; `error` says why", body = Object),
         (status = 503, description = "No room to drive one more order here, or the database is unavailable", body = ErrorBody)

@@ -33,7 +33,6 @@ const PROGRESS_PREFETCH: u16 = 32;
 pub struct Application {
     foundation: Foundation,
     coordinator: Arc<Coordinator>,
-    admin_token: Option<String>,
 }
 
 impl Application {
@@ -54,6 +53,7 @@ impl Application {
             .options
             .application_name(&format!("order-service {instance}"));
         let foundation = Foundation::lay(
+            &config.common.identity,
             &database,
             &crate::MIGRATOR,
             config.common.broker.config("order-service"),
@@ -184,7 +184,6 @@ impl Application {
         Ok(Self {
             foundation,
             coordinator,
-            admin_token: config.admin_token,
         })
     }
 
@@ -196,8 +195,8 @@ impl Application {
     /// Serves until shutdown, then drains (in-flight orders get the drain time to finish; the
     /// rest are finished by recovery, here or in another coordinator).
     pub async fn run_until_stopped(self) -> Result<(), StartupError> {
-        let routes = http::routes(Arc::clone(&self.coordinator))
-            .merge(operator::routes(self.coordinator, self.admin_token));
+        let routes =
+            http::routes(Arc::clone(&self.coordinator)).merge(operator::routes(self.coordinator));
         self.foundation.run(routes, &http::openapi()).await
     }
 }

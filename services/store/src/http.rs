@@ -11,6 +11,10 @@
 //!   over every hub
 //! - `GET /packets/{id}` → `{"id", "food_id", "hub_id", "state", "order_id"}`
 //!
+//! Every request carries a token ([`service_kit::auth`]): the catalogue (hubs, foods and their
+//! stock) is read with anyone's; creating hubs, foods and packets, and reading a packet (which
+//! names its order), takes an operator's (`403` for anyone else's).
+//!
 //! The OpenAPI document ([`openapi`], served at `GET /openapi.json`, committed as
 //! `docs/openapi/store.json`) is generated from the handlers' `#[utoipa::path]` attributes.
 
@@ -19,7 +23,8 @@ use axum::http::StatusCode;
 use axum::{Json, Router};
 use protocol::ids::{FoodId, HubId, PacketId};
 use serde::{Deserialize, Serialize};
-use service_kit::http::{AdminToken, ApiError, AppJson, AppPath, ErrorBody, hub_field, text_field};
+use service_kit::auth::{BearerToken, Caller};
+use service_kit::http::{ApiError, AppJson, AppPath, ErrorBody, hub_field, text_field};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -38,10 +43,11 @@ pub const MAX_PACKETS_PER_REQUEST: i64 = 100_000;
     info(
         title = "store-service",
         description = "The store: hubs (dark stores), foods, and the packets of each food at each \
-                       hub. Hub 1, `default`, always exists. Every request that changes something \
-                       needs the admin token when the service has one (`ADMIN_TOKEN`)."
+                       hub. Hub 1, `default`, always exists. Every request needs a token: the \
+                       catalogue (hubs, foods, their stock) is read with anyone's; the rest \
+                       takes an operator's."
     ),
-    modifiers(&AdminToken)
+    modifiers(&BearerToken)
 )]
 struct ApiDoc;
 
@@ -141,12 +147,13 @@ struct PacketsAdded {
     path = "/hubs",
     tag = "hubs",
     request_body = NewHub,
-    security((), ("admin_token" = [])),
+    security(("bearer" = [])),
     responses(
         (status = 201, description = "The hub", body = Hub),
         (status = 400, description = "The body is not readable JSON", body = ErrorBody),
-        (status = 401, description = "The admin token is required and missing or wrong", body = ErrorBody,
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
             headers(("www-authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 413, description = "The body is over 64 KiB", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 422, description = "A field is missing, unknown or invalid", body = ErrorBody),
@@ -155,8 +162,10 @@ struct PacketsAdded {
 )]
 async fn create_hub(
     State(pool): State<PgPool>,
+    caller: Caller,
     AppJson(body): AppJson<NewHub>,
 ) -> Result<(StatusCode, Json<Hub>), ApiError> {
+    caller.require_operator()?;
     let name = text_field("name", &body.name)?;
     let id = repo::create_hub(&pool, name).await?;
     tracing::info!(hub_id = %id, name, "hub created");
@@ -174,12 +183,18 @@ async fn create_hub(
     get,
     path = "/hubs",
     tag = "hubs",
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "Every hub, by id", body = Vec<Hub>),
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
+            headers(("www-authenticate" = String, description = "`Bearer`"))),
         (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
     )
 )]
-async fn list_hubs(State(pool): State<PgPool>) -> Result<Json<Vec<Hub>>, ApiError> {
+async fn list_hubs(
+    _caller: Caller,
+    State(pool): State<PgPool>,
+) -> Result<Json<Vec<Hub>>, ApiError> {
     Ok(Json(repo::list_hubs(&pool).await?))
 }
 
@@ -189,15 +204,19 @@ async fn list_hubs(State(pool): State<PgPool>) -> Result<Json<Vec<Hub>>, ApiErro
     path = "/hubs/{id}",
     tag = "hubs",
     params(("id" = i64, Path, description = "The hub")),
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "The hub with the stock of each food it has", body = HubStock),
         (status = 400, description = "The id is not an integer", body = ErrorBody),
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
+            headers(("www-authenticate" = String, description = "`Bearer`"))),
         (status = 404, description = "No such hub", body = ErrorBody),
         (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
     )
 )]
 async fn get_hub(
     State(pool): State<PgPool>,
+    _caller: Caller,
     AppPath(id): AppPath<i64>,
 ) -> Result<Json<HubStock>, ApiError> {
     let hub = repo::get_hub(&pool, HubId(id))
@@ -227,12 +246,13 @@ fn check_count(field: &str, count: i64, min: i64) -> Result<(), ApiError> {
     path = "/foods",
     tag = "foods",
     request_body = NewFood,
-    security((), ("admin_token" = [])),
+    security(("bearer" = [])),
     responses(
         (status = 201, description = "The food", body = FoodCreated),
         (status = 400, description = "The body is not readable JSON", body = ErrorBody),
-        (status = 401, description = "The admin token is required and missing or wrong", body = ErrorBody,
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
             headers(("www-authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 404, description = "No such hub", body = ErrorBody),
         (status = 413, description = "The body is over 64 KiB", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
@@ -242,8 +262,10 @@ fn check_count(field: &str, count: i64, min: i64) -> Result<(), ApiError> {
 )]
 async fn create_food(
     State(pool): State<PgPool>,
+    caller: Caller,
     AppJson(body): AppJson<NewFood>,
 ) -> Result<(StatusCode, Json<FoodCreated>), ApiError> {
+    caller.require_operator()?;
     let name = text_field("name", &body.name)?;
     check_count("packets", body.packets, 0)?;
     let hub = hub_field(body.hub_id)?;
@@ -267,12 +289,13 @@ async fn create_food(
     tag = "foods",
     params(("id" = i64, Path, description = "The food")),
     request_body = NewPackets,
-    security((), ("admin_token" = [])),
+    security(("bearer" = [])),
     responses(
         (status = 201, description = "The packets were added", body = PacketsAdded),
         (status = 400, description = "The id is not an integer, or the body is not readable JSON", body = ErrorBody),
-        (status = 401, description = "The admin token is required and missing or wrong", body = ErrorBody,
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
             headers(("www-authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 404, description = "No such food, or no such hub", body = ErrorBody),
         (status = 413, description = "The body is over 64 KiB", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
@@ -282,9 +305,11 @@ async fn create_food(
 )]
 async fn add_packets(
     State(pool): State<PgPool>,
+    caller: Caller,
     AppPath(id): AppPath<i64>,
     AppJson(body): AppJson<NewPackets>,
 ) -> Result<(StatusCode, Json<PacketsAdded>), ApiError> {
+    caller.require_operator()?;
     check_count("count", body.count, 1)?;
     let hub = hub_field(body.hub_id)?;
     let food = FoodId(id);
@@ -309,12 +334,18 @@ async fn add_packets(
     get,
     path = "/foods",
     tag = "foods",
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "Every food, by id", body = Vec<FoodStock>),
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
+            headers(("www-authenticate" = String, description = "`Bearer`"))),
         (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
     )
 )]
-async fn list_foods(State(pool): State<PgPool>) -> Result<Json<Vec<FoodStock>>, ApiError> {
+async fn list_foods(
+    _caller: Caller,
+    State(pool): State<PgPool>,
+) -> Result<Json<Vec<FoodStock>>, ApiError> {
     Ok(Json(repo::list_foods(&pool).await?))
 }
 
@@ -324,15 +355,19 @@ async fn list_foods(State(pool): State<PgPool>) -> Result<Json<Vec<FoodStock>>, 
     path = "/foods/{id}",
     tag = "foods",
     params(("id" = i64, Path, description = "The food")),
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "The food", body = FoodStock),
         (status = 400, description = "The id is not an integer", body = ErrorBody),
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
+            headers(("www-authenticate" = String, description = "`Bearer`"))),
         (status = 404, description = "No such food", body = ErrorBody),
         (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
     )
 )]
 async fn get_food(
     State(pool): State<PgPool>,
+    _caller: Caller,
     AppPath(id): AppPath<i64>,
 ) -> Result<Json<FoodStock>, ApiError> {
     repo::get_food(&pool, FoodId(id))
@@ -347,17 +382,23 @@ async fn get_food(
     path = "/packets/{id}",
     tag = "packets",
     params(("id" = i64, Path, description = "The packet")),
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "The packet", body = Packet),
         (status = 400, description = "The id is not an integer", body = ErrorBody),
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
+            headers(("www-authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 404, description = "No such packet", body = ErrorBody),
         (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
     )
 )]
 async fn get_packet(
     State(pool): State<PgPool>,
+    caller: Caller,
     AppPath(id): AppPath<i64>,
 ) -> Result<Json<Packet>, ApiError> {
+    caller.require_operator()?;
     repo::get_packet(&pool, PacketId(id))
         .await?
         .map(Json)
@@ -392,6 +433,6 @@ mod tests {
 
     #[test]
     fn openapi_every_change_needs_the_admin_token_when_one_is_set() {
-        service_kit::testing::check_admin_token_on_writes(&super::openapi());
+        service_kit::testing::check_security(&super::openapi());
     }
 }

@@ -21,11 +21,6 @@ use crate::runtime::{self, Consumers, ParticipantArgs};
 /// The settings of a participant service, besides its own database URL and HTTP address.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ParticipantServiceArgs {
-    /// When set, every request that changes something (creating foods, packets, agents) needs
-    /// `Authorization: Bearer <ADMIN_TOKEN>`; reads stay open.
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
-
     #[command(flatten)]
     #[allow(missing_docs)]
     pub participant: ParticipantArgs,
@@ -51,7 +46,6 @@ pub struct ParticipantApp {
     foundation: Foundation,
     topology: Topology,
     consumers: Consumers,
-    admin_token: Option<String>,
 }
 
 impl ParticipantApp {
@@ -71,6 +65,7 @@ impl ParticipantApp {
             .db
             .settings(own_database_url, identity.default_database)?;
         let foundation = Foundation::lay(
+            &common.identity,
             &database,
             identity.migrator,
             common.broker.config(identity.name),
@@ -91,7 +86,6 @@ impl ParticipantApp {
             foundation,
             topology,
             consumers,
-            admin_token: args.admin_token,
         })
     }
 
@@ -141,15 +135,15 @@ impl ParticipantApp {
         self.foundation.local_addr()
     }
 
-    /// Serves `routes` (given the database pool; the admin token guards the requests that change
-    /// something) and their OpenAPI `document` until shutdown, then drains.
+    /// Serves `routes` (given the database pool; each handler decides from its
+    /// [`Caller`](service_kit::auth::Caller) who may call it) and their OpenAPI `document` until
+    /// shutdown, then drains.
     pub async fn run(
         self,
         routes: impl FnOnce(PgPool) -> Router,
         document: &OpenApi,
     ) -> Result<(), StartupError> {
-        let routes =
-            service_kit::http::admin_guard(routes(self.foundation.pool.clone()), self.admin_token);
+        let routes = routes(self.foundation.pool.clone());
         self.foundation.run(routes, document).await
     }
 }

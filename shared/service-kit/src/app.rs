@@ -45,6 +45,9 @@ pub enum StartupError {
     /// Settings that do not fit together.
     #[error(transparent)]
     Settings(#[from] crate::config::SettingsError),
+    /// The identity settings or keys.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
     /// The OpenAPI document could not be serialised.
     #[error("openapi document: {0}")]
     Document(#[from] serde_json::Error),
@@ -84,6 +87,8 @@ pub struct Foundation {
     pub publisher: Publisher,
     /// The bound HTTP listener.
     pub listener: TcpListener,
+    /// Verifies callers' tokens; in every request's extensions, for [`crate::auth::Caller`].
+    pub verifier: crate::auth::Verifier,
     /// How long a call to the database may take on the client side before it is given up as a
     /// lost connection: the statement timeout plus a margin (the server enforces the timeout,
     /// unless it is frozen).
@@ -101,15 +106,17 @@ pub struct Foundation {
 }
 
 impl Foundation {
-    /// Connects to (creating and migrating) the database, prepares the broker pools (connections
-    /// open on first use) and binds the HTTP listener.
+    /// Loads the identity keys, connects to (creating and migrating) the database, prepares the
+    /// broker pools (connections open on first use) and binds the HTTP listener.
     pub async fn lay(
+        identity: &crate::auth::IdentityArgs,
         database: &DatabaseSettings,
         migrator: &'static Migrator,
         broker: BrokerConfig,
         http_addr: &str,
         shutdown: CancellationToken,
     ) -> Result<Self, StartupError> {
+        let verifier = identity.verifier().await?;
         let pool = db::connect(database, migrator, &shutdown).await?;
         let broker = Broker::new(broker, Health::default())?;
         let publisher = Publisher::new(broker.clone());
@@ -120,6 +127,7 @@ impl Foundation {
             broker,
             publisher,
             listener,
+            verifier,
             work: TaskTracker::new(),
             tracker: TaskTracker::new(),
             shutdown,
@@ -157,6 +165,7 @@ impl Foundation {
         let routes = routes
             .merge(http::health_routes(readiness))
             .merge(http::document_route(document)?);
+        let routes = routes.layer(axum::Extension(self.verifier.clone()));
         let router = http::with_limits(http::with_request_tracing(routes));
         http::serve(self.listener, router, self.shutdown.clone()).await?;
         self.shutdown.cancel();

@@ -149,7 +149,7 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
-/// The settings every service has: broker, database server, logging, fault points.
+/// The settings every service has: broker, database server, logging, fault points, identity.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServiceArgs {
     #[command(flatten)]
@@ -171,6 +171,10 @@ pub struct ServiceArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub fault: FaultArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub identity: crate::auth::IdentityArgs,
 }
 
 /// Metrics settings.

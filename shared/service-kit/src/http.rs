@@ -3,14 +3,13 @@
 //! request, and serving with graceful shutdown.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
-use axum::http::{HeaderName, Method, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::http::{HeaderName, StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use messaging::Health;
@@ -22,12 +21,11 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 use tracing::field::Empty;
 use tracing::{Level, Span, debug, debug_span, error, info, info_span, warn};
+use utoipa::ToSchema;
 use utoipa::openapi::OpenApi;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn, PathItem};
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ObjectBuilder, RefOr, Required, Type};
-use utoipa::{Modify, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -41,6 +39,12 @@ pub enum ApiError {
     /// 400: the request cannot be read.
     #[error("{0}")]
     BadRequest(String),
+    /// 401: no token, or one that does not verify (the answer says `WWW-Authenticate: Bearer`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: a valid token of someone who may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: no such resource.
     #[error("{0}")]
     NotFound(String),
@@ -73,6 +77,8 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -115,7 +121,14 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(err) = &self {
             error!(error = %err, "internal error");
         }
-        (self.status(), ErrorBody::new(self.to_string())).into_response()
+        let mut response = (self.status(), ErrorBody::new(self.to_string())).into_response();
+        if let ApiError::Unauthorized(_) = self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }
 
@@ -455,92 +468,6 @@ fn document_request_id(operation: &mut Operation) {
     }
 }
 
-/// The name of the security scheme of the admin token. The operations that [`admin_guard`]
-/// guards (every method but GET and HEAD) say `security((), ("admin_token" = []))`: the
-/// attribute takes a literal; `testing::check_admin_token_on_writes` holds them to this name.
-pub const ADMIN_TOKEN_SCHEME: &str = "admin_token";
-
-/// Declares the admin token ([`ADMIN_TOKEN_SCHEME`]) in a document:
-/// `#[openapi(modifiers(&AdminToken))]`.
-#[derive(Debug)]
-pub struct AdminToken;
-
-impl Modify for AdminToken {
-    fn modify(&self, openapi: &mut OpenApi) {
-        let mut scheme = Http::new(HttpAuthScheme::Bearer);
-        scheme.description = Some(
-            "`ADMIN_TOKEN`: when the service has one, every request that changes something \
-             needs it; reads stay open"
-                .to_owned(),
-        );
-        openapi
-            .components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme(ADMIN_TOKEN_SCHEME, SecurityScheme::Http(scheme));
-    }
-}
-
-/// Requires `Authorization: Bearer <token>` on every request that changes something (any method
-/// but GET and HEAD) when a token is configured: the admin API (foods, packets, agents). Reads
-/// stay open. `None` leaves the router as it is (local development).
-pub fn admin_guard(router: Router, token: Option<String>) -> Router {
-    match token.filter(|t| !t.is_empty()) {
-        None => router,
-        Some(token) => router.layer(middleware::from_fn_with_state(
-            Arc::<str>::from(token),
-            require_bearer,
-        )),
-    }
-}
-
-/// Requires `Authorization: Bearer <token>` on every request to `router`, reads too (an
-/// operator API, whose reads show customers' orders). No token (or an empty one): open.
-pub fn operator_guard(router: Router, token: Option<String>) -> Router {
-    match token.filter(|t| !t.is_empty()) {
-        None => router,
-        Some(token) => router.layer(middleware::from_fn_with_state(
-            Arc::<str>::from(token),
-            require_bearer_always,
-        )),
-    }
-}
-
-async fn require_bearer(State(token): State<Arc<str>>, request: Request, next: Next) -> Response {
-    if matches!(*request.method(), Method::GET | Method::HEAD) {
-        return next.run(request).await;
-    }
-    require_bearer_always(State(token), request, next).await
-}
-
-async fn require_bearer_always(
-    State(token): State<Arc<str>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(presented) if constant_time_eq(presented.as_bytes(), token.as_bytes()) => {
-            next.run(request).await
-        }
-        _ => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            ErrorBody::new("missing or wrong admin token"),
-        )
-            .into_response(),
-    }
-}
-
-/// Compares without stopping at the first difference, so that the time taken does not tell how
-/// much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Adds the body size limit every service uses.
 pub fn with_limits(router: Router) -> Router {
     router.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -663,17 +590,4 @@ pub async fn serve(
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
-    }
 }

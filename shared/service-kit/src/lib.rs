@@ -13,9 +13,11 @@
 //! - [`telemetry`]: logging set-up.
 //! - [`shutdown`]: the signal that starts a graceful shutdown.
 //! - [`group_commit`]: single-statement writes that arrive together share one transaction.
+//! - [`auth`]: who is calling (the [`auth::Caller`] extractor) and how tokens are verified.
 //! - [`fault`]: test-only crash points, switched on by an environment variable.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod fault;

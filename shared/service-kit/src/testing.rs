@@ -120,44 +120,55 @@ pub fn check_openapi_document(
     );
 }
 
-/// Fails (panics) unless every operation of `document` that changes something (any method but
-/// GET and HEAD, which [`admin_guard`](crate::http::admin_guard) guards) declares the admin token
-/// as its optional security and its `401` answer.
-pub fn check_admin_token_on_writes(document: &utoipa::openapi::OpenApi) {
+/// The routes every service serves to anyone: the probes, the metrics and the document.
+pub const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
+
+/// Fails (panics) unless every operation of `document` declares the bearer token
+/// ([`BEARER_SCHEME`](crate::auth::BEARER_SCHEME)) as its security and documents its `401`
+/// answer: every route of a service takes a [`Caller`](crate::auth::Caller), but for the
+/// [`OPEN_PATHS`], which declare no security.
+pub fn check_security(document: &utoipa::openapi::OpenApi) {
     let document = match serde_json::to_value(document) {
         Ok(document) => document,
         Err(err) => panic!("the OpenAPI document does not serialise: {err}"),
     };
-    let scheme = crate::http::ADMIN_TOKEN_SCHEME;
+    let scheme = crate::auth::BEARER_SCHEME;
     assert!(
         document["components"]["securitySchemes"][scheme].is_object(),
         "the document does not declare the {scheme} security scheme"
     );
     let paths = document["paths"].as_object().cloned().unwrap_or_default();
+    assert!(!paths.is_empty(), "the document has no paths");
     for (path, item) in paths {
         let Some(item) = item.as_object() else {
             continue;
         };
         for (method, operation) in item {
-            if !["post", "put", "patch", "delete"].contains(&method.as_str()) {
+            if !["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                continue;
+            }
+            if OPEN_PATHS.contains(&path.as_str()) {
+                assert!(
+                    operation.get("security").is_none(),
+                    "{method} {path} is open: it declares no security"
+                );
                 continue;
             }
             let security = operation["security"]
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
-            let optional = security
+            let open = security
                 .iter()
                 .any(|r| r.as_object().is_some_and(|r| r.is_empty()));
             let token = security.iter().any(|r| r.get(scheme).is_some());
             assert!(
-                optional && token,
-                "{method} {path} changes something: it must say security((), (\"{scheme}\" = [])), \
-                 not {security:?}"
+                token && !open,
+                "{method} {path}: it must say security((\"{scheme}\" = [])), not {security:?}"
             );
             assert!(
                 operation["responses"]["401"].is_object(),
-                "{method} {path} changes something: it must document its 401"
+                "{method} {path}: it must document its 401"
             );
         }
     }

@@ -294,7 +294,10 @@ async fn a_cancel_frees_the_agent_then_the_packets() {
     let order = place(&coordinator, "c-1", 1).await;
     assert_eq!(order.state, OrderState::Placed);
 
-    let cancelled = coordinator.cancel_order(order.id, "c-1").await.unwrap();
+    let cancelled = coordinator
+        .cancel_order(order.id, Some("c-1"))
+        .await
+        .unwrap();
     assert_eq!(cancelled.state, OrderState::Cancelled, "{cancelled:?}");
     let sent = fake.sent();
     assert_eq!(sent[sent.len() - 2..], ["delivery Cancel", "store Cancel"]);
@@ -308,7 +311,10 @@ async fn a_cancel_frees_the_agent_then_the_packets() {
     let again = place(&coordinator, "c-2", 1).await;
     fake.delivery.lock().unwrap().mark_placed(again.id);
     fake.delivery.lock().unwrap().pick_up(again.id).unwrap();
-    let refused = coordinator.cancel_order(again.id, "c-2").await.unwrap();
+    let refused = coordinator
+        .cancel_order(again.id, Some("c-2"))
+        .await
+        .unwrap();
     assert_eq!(refused.state, OrderState::PickedUp, "{refused:?}");
     database.drop_database().await.unwrap();
 }

@@ -1,10 +1,15 @@
 //! The order API.
 //!
-//! - `POST /orders` `{"customer_id": "c-42", "hub_id": 1, "lines": [{"food_id": 1, "quantity": 2}]}`
+//! Every request carries a customer's token (`Authorization: Bearer`, see
+//! [`service_kit::auth`]): the customer is the token's subject, never a field of the body, and a
+//! customer sees and cancels only their own orders (another's is a `404`, as no order is). An
+//! operator's token reads and cancels any order.
+//!
+//! - `POST /orders` `{"hub_id": 1, "lines": [{"food_id": 1, "quantity": 2}]}`
 //!   → `201 {"order_id", "status": "placed", "hub_id", "lines", "packet_ids", "agent_id"}`, or
 //!   `409 {"order_id", "status": "not_placed", "reason", "food_ids"?}`, or, when no decision is
 //!   reached within the response budget, `202 {"order_id", "status": "pending", "stage"}`.
-//!   `{"customer_id", "food_id": 1}` (no `lines`, no `hub_id`) is one line of quantity 1 at the
+//!   `{"food_id": 1}` (no `lines`, no `hub_id`) is one line of quantity 1 at the
 //!   default hub, as the one-item API had it; answers then also carry `food_id` and
 //!   `packet_id`. A basket has 1 to 50 lines, each food at most once, each quantity 1 to 20.
 //!
@@ -14,7 +19,7 @@
 //!   order is for another basket.
 //! - `GET /orders/{id}` → `200` with the same body for the order's current state (`placed`,
 //!   `picked_up`, `delivered`, `cancelling`, `cancelled`, ...); `404` if there is no such order.
-//! - `POST /orders/{id}/cancel` `{"customer_id"}` → `200 {"status": "cancelled", ...}`, or `409`
+//! - `POST /orders/{id}/cancel` `{}` → `200 {"status": "cancelled", ...}`, or `409`
 //!   with `reason` `already_picked_up`, `not_placed` or `not_placed_yet`, or `202 {"status":
 //!   "cancelling"}` when the cancel has not ended within the response budget; `404` if the
 //!   customer has no such order. A second cancel gets the first one's answer.
@@ -32,7 +37,8 @@ use protocol::command::{MAX_LINES, MAX_QUANTITY, PacketLine};
 use protocol::ids::{FoodId, HubId, OrderId};
 use protocol::trace::TraceContext;
 use serde::Deserialize;
-use service_kit::http::{AdminToken, ApiError, AppJson, AppPath, ErrorBody, hub_field, text_field};
+use service_kit::auth::{BearerToken, Caller, Who};
+use service_kit::http::{ApiError, AppJson, AppPath, ErrorBody, hub_field, text_field};
 use tracing::{Instrument, info_span};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -63,10 +69,11 @@ const MAX_KEY_LEN: usize = 200;
         description = "The coordinator: takes orders (a basket at one hub), places each with a \
                        distributed transaction over the store and delivery, and cancels them. An \
                        order is `placed` only when every packet of every line and an agent are \
-                       assigned to it. The operator API (`/admin/...`) needs the admin token on \
-                       every request, reads too, when the service has one (`ADMIN_TOKEN`)."
+                       assigned to it. Every request needs a token: a customer's places, reads \
+                       and cancels their own orders; an operator's reads and cancels any, and is \
+                       the only one the operator API (`/admin/...`) takes."
     ),
-    modifiers(&AdminToken)
+    modifiers(&BearerToken)
 )]
 struct ApiDoc;
 
@@ -96,9 +103,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PlaceOrder {
-    /// Who orders: 1 to 200 characters after trimming, without NUL characters.
+    /// Who orders. The customer is the token's subject: if given, this must be the same. Only
+    /// with identity turned off (development) is it taken from here: 1 to 200 characters after
+    /// trimming, without NUL characters.
     #[schema(min_length = 1, max_length = 200, example = "c-42")]
-    customer_id: String,
+    customer_id: Option<String>,
     /// The hub (the default hub, 1, if absent).
     #[schema(minimum = 1, example = 1)]
     hub_id: Option<i64>,
@@ -174,6 +183,7 @@ fn basket(body: &PlaceOrder) -> Result<(HubId, Vec<PacketLine>), ApiError> {
     path = "/orders",
     tag = "orders",
     request_body = PlaceOrder,
+    security(("bearer" = [])),
     params(
         ("Idempotency-Key" = Option<String>, Header,
             description = "The client's key for this order, for retries: a request that repeats \
@@ -197,6 +207,9 @@ fn basket(body: &PlaceOrder) -> Result<(HubId, Vec<PacketLine>), ApiError> {
             headers(("idempotent-replayed" = String, description = "`true` for a replayed key"))),
         (status = 400, description = "The body is not readable JSON, or the `Idempotency-Key` \
                                       is malformed", body = ErrorBody),
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody),
+        (status = 403, description = "Not a customer's token, or `customer_id` names another \
+                                      customer", body = ErrorBody),
         (status = 409, description = "Not placed: `reason` says why",
             body = OrderView,
             headers(("idempotent-replayed" = String, description = "`true` for a replayed key"))),
@@ -212,11 +225,12 @@ fn basket(body: &PlaceOrder) -> Result<(HubId, Vec<PacketLine>), ApiError> {
 )]
 async fn place_order(
     State(coordinator): State<Arc<Coordinator>>,
+    caller: Caller,
     headers: HeaderMap,
     AppJson(body): AppJson<PlaceOrder>,
 ) -> Result<(StatusCode, HeaderMap, Json<OrderView>), ApiError> {
     let (hub_id, lines) = basket(&body)?;
-    let customer_id = text_field("customer_id", &body.customer_id)?;
+    let customer_id = ordering_customer(&caller, body.customer_id.as_deref())?;
     let key = idempotency_key(&headers)?;
     // Continue the caller's trace if it sent one, else start a new one. The order records the
     // context of this request's span: every later step of the order is in that trace.
@@ -283,6 +297,49 @@ impl From<RepoError> for ApiError {
     }
 }
 
+/// Who places an order: the customer of the token. Only a customer orders, and only for
+/// themselves; with identity off, the body names the customer.
+fn ordering_customer<'a>(
+    caller: &'a Caller,
+    claimed: Option<&'a str>,
+) -> Result<&'a str, ApiError> {
+    let claimed = claimed.map(|c| text_field("customer_id", c)).transpose()?;
+    match (&**caller, claimed) {
+        (Who::Customer(me), None) => Ok(me),
+        (Who::Customer(me), Some(claimed)) if claimed == me => Ok(me),
+        (Who::Customer(_), Some(_)) => Err(ApiError::Forbidden(
+            "customer_id names another customer: a customer orders for themselves".to_owned(),
+        )),
+        (Who::Anyone, Some(claimed)) => Ok(claimed),
+        (Who::Anyone, None) => Err(ApiError::Unprocessable(
+            "customer_id is required while identity is turned off".to_owned(),
+        )),
+        (Who::Rider { .. } | Who::Operator(_), _) => Err(ApiError::Forbidden(
+            "only a customer places orders, with their own token".to_owned(),
+        )),
+    }
+}
+
+/// Whose orders the caller may read and cancel: `Some(customer)` for a customer (their own),
+/// `None` for an operator (every one); a rider none (the answer is `404`, as for no order).
+/// With identity off, `claimed` (a cancel's body) narrows it as a customer's token would.
+fn whose_orders(
+    caller: &Caller,
+    claimed: Option<&str>,
+    id: Uuid,
+) -> Result<Option<String>, ApiError> {
+    let claimed = claimed.map(|c| text_field("customer_id", c)).transpose()?;
+    match &**caller {
+        Who::Customer(me) if claimed.is_none_or(|c| c == me) => Ok(Some(me.clone())),
+        Who::Operator(_) | Who::Anyone => Ok(claimed.map(str::to_owned)),
+        Who::Customer(_) | Who::Rider { .. } => Err(no_order(id)),
+    }
+}
+
+fn no_order(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("no order {id}"))
+}
+
 /// The `Idempotency-Key` header, if sent and well-formed.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
@@ -304,31 +361,37 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     path = "/orders/{id}",
     tag = "orders",
     params(("id" = Uuid, Path, description = "The order")),
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "The order as recorded now", body = OrderView),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
-        (status = 404, description = "No such order", body = ErrorBody),
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody),
+        (status = 404, description = "No such order of the caller's (any order for an \
+                                      operator)", body = ErrorBody),
         (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
     )
 )]
 async fn get_order(
     State(coordinator): State<Arc<Coordinator>>,
+    caller: Caller,
     AppPath(id): AppPath<Uuid>,
 ) -> Result<Json<OrderView>, ApiError> {
+    let whose = whose_orders(&caller, None, id)?;
     let order = repo::load(coordinator.pool(), OrderId(id))
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))?;
+        .filter(|order| whose.as_ref().is_none_or(|c| *c == order.customer_id))
+        .ok_or_else(|| no_order(id))?;
     Ok(Json(view(&order)))
 }
 
-/// Who asks to cancel.
+/// A cancel's body: `{}`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CancelOrder {
-    /// The customer who placed the order: 1 to 200 characters after trimming, without NUL
-    /// characters.
+    /// The customer who placed the order, if given (an order of anyone else is a `404`). The
+    /// token says who cancels; with identity turned off, this does.
     #[schema(min_length = 1, max_length = 200, example = "c-42")]
-    customer_id: String,
+    customer_id: Option<String>,
 }
 
 /// Cancels a placed order, until the rider has picked it up. A repeat gets the same answer.
@@ -338,6 +401,7 @@ struct CancelOrder {
     tag = "orders",
     params(("id" = Uuid, Path, description = "The order")),
     request_body = CancelOrder,
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "Cancelled: the packets are back in stock and the agent is \
                                       free", body = OrderView),
@@ -345,6 +409,7 @@ struct CancelOrder {
             body = OrderView),
         (status = 400, description = "The id is not a UUID, or the body is not readable JSON",
             body = ErrorBody),
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody),
         (status = 404, description = "The customer has no such order", body = ErrorBody),
         (status = 409, description = "Refused, nothing changed: `reason` is \
                                       `already_picked_up`, `not_placed`, or `not_placed_yet` \
@@ -357,12 +422,13 @@ struct CancelOrder {
 )]
 async fn cancel_order(
     State(coordinator): State<Arc<Coordinator>>,
+    caller: Caller,
     AppPath(id): AppPath<Uuid>,
     AppJson(body): AppJson<CancelOrder>,
 ) -> Result<(StatusCode, Json<OrderView>), ApiError> {
-    let customer_id = text_field("customer_id", &body.customer_id)?;
+    let whose = whose_orders(&caller, body.customer_id.as_deref(), id)?;
     let order = coordinator
-        .cancel_order(OrderId(id), customer_id)
+        .cancel_order(OrderId(id), whose.as_deref())
         .await
         .map_err(|err| match err {
             CancelError::NotFound(_) => ApiError::NotFound(err.to_string()),
@@ -401,6 +467,11 @@ mod tests {
             )),
             "order-service",
         );
+    }
+
+    #[test]
+    fn openapi_every_operation_needs_a_token() {
+        service_kit::testing::check_security(&openapi());
     }
 
     #[test]
