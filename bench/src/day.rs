@@ -230,11 +230,7 @@ impl Day {
     pub(crate) async fn restock(&self, hub: i64, food: i64, count: i64) -> bool {
         let url = format!("{}/foods/{food}/packets", self.api.store());
         let body = json!({ "count": count, "hub_id": hub });
-        let sent = self
-            .api
-            .request(self.api.http.post(url).json(&body))
-            .send()
-            .await;
+        let sent = self.api.http.post(url).json(&body).send().await;
         let (sure, unsure) = match &sent {
             Ok(response) if response.status().is_success() => (count, 0),
             Ok(response) if response.status().is_client_error() => (0, 0),

@@ -42,8 +42,6 @@ pub(crate) struct Checked {
 pub(crate) struct Api {
     /// The client, shared by every request.
     pub(crate) http: reqwest::Client,
-    /// Where the services are.
-    pub(crate) target: Target,
     /// The copies of the order service (`--order-url` may list several).
     orders: Vec<String>,
     /// The copies of the store.
@@ -79,7 +77,6 @@ impl Api {
                 .timeout(Duration::from_secs(60))
                 .pool_max_idle_per_host(1024)
                 .build()?,
-            target: target.clone(),
             orders: copies(&target.order_url)?,
             stores: copies(&target.store_url)?,
             deliveries: copies(&target.delivery_url)?,
@@ -101,21 +98,10 @@ impl Api {
         any(&self.deliveries)
     }
 
-    /// `request` with the admin token, if there is one.
-    pub(crate) fn request(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.target.admin_token {
-            Some(token) if !token.is_empty() => request.bearer_auth(token),
-            _ => request,
-        }
-    }
-
-    /// POSTs `body` to `url` (with the admin token) and returns the answer, which must be a
+    /// POSTs `body` to `url` and returns the answer, which must be a
     /// success.
     pub(crate) async fn post(&self, url: String, body: Value) -> anyhow::Result<Value> {
-        let response = self
-            .request(self.http.post(&url).json(&body))
-            .send()
-            .await?;
+        let response = self.http.post(&url).json(&body).send().await?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
@@ -138,7 +124,7 @@ impl Api {
             ("delivery", &self.deliveries[0]),
         ] {
             let url = format!("{base}/metrics");
-            let response = self.request(self.http.get(&url)).send().await?;
+            let response = self.http.get(&url).send().await?;
             let status = response.status();
             if !status.is_success() {
                 bail!("GET {url}: {status}");

@@ -129,9 +129,6 @@ pub(crate) struct Target {
         global = true
     )]
     pub(crate) delivery_url: String,
-    /// Bearer token for the admin API, if the services require one.
-    #[arg(long, env = "ADMIN_TOKEN", global = true, hide_env_values = true)]
-    pub(crate) admin_token: Option<String>,
     /// The order database (for the invariant check).
     #[arg(
         long,

@@ -243,7 +243,7 @@ impl Day {
     pub(super) async fn report(&self, order_id: &str, step: &str) -> anyhow::Result<(u16, Value)> {
         self.send(|| {
             let url = format!("{}/deliveries/{order_id}/{step}", self.api.delivery());
-            self.api.request(self.api.http.post(url))
+            self.api.http.post(url)
         })
         .await
     }

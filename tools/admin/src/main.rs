@@ -10,8 +10,15 @@
 //! tenminute-admin dlq show store.assign.dlq              # its messages, with the reason
 //! tenminute-admin dlq replay store.assign.dlq --dry-run  # what would be moved back
 //! tenminute-admin dlq replay store.assign.dlq            # move them back to store.assign
+//! tenminute-admin token --customer c-42                  # a development token (see below)
 //! ```
+//!
+//! The operator API takes an operator's token: `TENMINUTE_TOKEN` (or a file named by
+//! `TENMINUTE_TOKEN_FILE`), from the identity provider. With a development signing key
+//! (`AUTH_SIGNING_KEY_FILE`, made by `scripts/run`) and no token, an operator token is minted
+//! for each call, and `token` mints one for any role.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -39,6 +46,16 @@ enum Command {
         #[command(subcommand)]
         command: OrdersCommand,
     },
+    /// Mint a token with the development signing key (`AUTH_SIGNING_KEY_FILE`), for one role.
+    Token {
+        #[command(flatten)]
+        signing: Signing,
+        #[command(flatten)]
+        role: TokenRole,
+        /// How long the token is valid.
+        #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
     /// Dead-letter queues: list them, show their messages, move them back after a fix.
     Dlq {
         #[command(flatten)]
@@ -54,9 +71,78 @@ struct Api {
     /// The order service.
     #[arg(long, env = "ORDER_URL", default_value = "http://127.0.0.1:8080")]
     order_url: String,
-    /// Its `ADMIN_TOKEN`.
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
+    /// A file holding an operator's token (else `TENMINUTE_TOKEN`, else one minted with the
+    /// development signing key).
+    #[arg(long, env = "TENMINUTE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    #[command(flatten)]
+    signing: Signing,
+}
+
+/// The development signing key and the claims it signs with.
+#[derive(clap::Args, Debug)]
+struct Signing {
+    /// The private key (PEM) that signs development tokens; `scripts/run` makes one.
+    #[arg(long, env = "AUTH_SIGNING_KEY_FILE")]
+    signing_key_file: Option<PathBuf>,
+    /// The issuer the services expect.
+    #[arg(long, env = "AUTH_ISSUER", default_value = "tenminute-dev")]
+    issuer: String,
+    /// The audience the services expect.
+    #[arg(long, env = "AUTH_AUDIENCE", default_value = "tenminute")]
+    audience: String,
+}
+
+impl Signing {
+    fn issuer(&self) -> anyhow::Result<identity::Issuer> {
+        let Some(path) = &self.signing_key_file else {
+            bail!("no signing key: set AUTH_SIGNING_KEY_FILE (scripts/run prints it)");
+        };
+        Ok(identity::Issuer::from_pem_file(
+            path,
+            &self.issuer,
+            &self.audience,
+        )?)
+    }
+}
+
+/// The role a minted token is for: exactly one.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+struct TokenRole {
+    /// A customer, by customer id.
+    #[arg(long)]
+    customer: Option<String>,
+    /// A rider, by the id of their agent.
+    #[arg(long)]
+    rider: Option<i64>,
+    /// An operator, by name.
+    #[arg(long)]
+    operator: Option<String>,
+}
+
+impl Api {
+    /// The operator's token: from the file, the environment, or minted; none without any of
+    /// them (a service with identity turned off takes that).
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(path) = &self.token_file {
+            let token = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            return Ok(Some(token.trim().to_owned()));
+        }
+        if let Ok(token) = std::env::var("TENMINUTE_TOKEN")
+            && !token.trim().is_empty()
+        {
+            return Ok(Some(token.trim().to_owned()));
+        }
+        if self.signing.signing_key_file.is_some() {
+            let issuer = self.signing.issuer()?;
+            return Ok(Some(
+                issuer.operator("tenminute-admin", Duration::from_secs(300))?,
+            ));
+        }
+        Ok(None)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -129,6 +215,17 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Orders { api, command } => orders(&api, command).await,
+        Command::Token { signing, role, ttl } => {
+            let issuer = signing.issuer()?;
+            let token = match (role.customer, role.rider, role.operator) {
+                (Some(customer), _, _) => issuer.customer(&customer, ttl)?,
+                (_, Some(agent), _) => issuer.rider(agent, ttl)?,
+                (_, _, Some(operator)) => issuer.operator(&operator, ttl)?,
+                (None, None, None) => bail!("give --customer, --rider or --operator"),
+            };
+            println!("{token}");
+            Ok(())
+        }
         Command::Dlq { broker, command } => dead_letters(&broker, command).await,
     }
 }
@@ -138,9 +235,10 @@ async fn orders(api: &Api, command: OrdersCommand) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(30))
         .build()?;
     let base = api.order_url.trim_end_matches('/');
-    let with_token = |request: reqwest::RequestBuilder| match &api.admin_token {
-        Some(token) if !token.is_empty() => request.bearer_auth(token),
-        _ => request,
+    let token = api.token()?;
+    let with_token = |request: reqwest::RequestBuilder| match &token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
     };
     match command {
         OrdersCommand::Stuck {
@@ -209,6 +307,12 @@ async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
     let body: Value = response.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
         let message = body["error"].as_str().unwrap_or("no message");
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            bail!(
+                "{status}: {message}: set TENMINUTE_TOKEN or TENMINUTE_TOKEN_FILE to an operator's \
+                 token (or AUTH_SIGNING_KEY_FILE in development)"
+            );
+        }
         bail!("{status}: {message} {body}");
     }
     Ok(body)
