@@ -10,6 +10,7 @@
 mod helpers;
 
 mod api;
+mod auth;
 mod barrier;
 mod clocks;
 mod contention;

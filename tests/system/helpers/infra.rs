@@ -389,6 +389,9 @@ impl Infra {
             // Tests run in parallel against one PostgreSQL (100 connections by default).
             ("DATABASE_POOL_SIZE".into(), "6".into()),
             ("RUST_LOG".into(), "info".into()),
+            // Identity is the subject of its own tests (`identity.rs`, with keys of their own:
+            // `Options::identity`); the others act as anyone.
+            ("AUTH_DISABLED".into(), "true".into()),
         ];
         if !self.amqp_addresses.is_empty() {
             env.push(("AMQP_ADDRESSES".into(), self.amqp_addresses.join(",")));

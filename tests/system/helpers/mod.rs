@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod deploy;
 pub mod events;
 pub mod infra;
+pub mod keys;
 pub mod load;
 pub mod proxy;
 pub mod service;
@@ -106,6 +107,13 @@ impl Options {
     /// Sets `key` for delivery.
     pub fn delivery(mut self, key: &str, value: &str) -> Self {
         self.delivery.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Makes every service verify tokens with `keys` (identity on, as in production).
+    pub fn identity(mut self, keys: &keys::TestKeys) -> Self {
+        let settings = keys::verifying_with(&keys.public_key_file());
+        self.all.extend(settings);
         self
     }
 
