@@ -3,11 +3,13 @@
 //!
 //! ```sh
 //! ORDER_URL=http://localhost:8080 STORE_URL=http://localhost:8081 \
-//! DELIVERY_URL=http://localhost:8082 ADMIN_TOKEN=... \
+//! DELIVERY_URL=http://localhost:8082 AUTH_SIGNING_KEY_FILE=.dev/signing-key.pem \
 //! SMOKE_AMQP_URL=amqp://admin:...@localhost:5672/%2f cargo test --test smoke
 //! ```
 //!
-//! Without `ORDER_URL` they start a system of their own, as the system tests do. They create
+//! With `AUTH_SIGNING_KEY_FILE` (and `AUTH_ISSUER`, `AUTH_AUDIENCE` if not the development ones)
+//! they sign their own tokens: an operator's to seed, the customer `smoke`'s to order, the
+//! rider's of the order's agent to report. Without `ORDER_URL` they start a system of their own, as the system tests do. They create
 //! their own food (with a unique name) and agents, so they can run against a deployment in use.
 
 // A test fails by panicking: unwrap and expect are how it says what went wrong.
@@ -27,12 +29,24 @@ use helpers::{TestSystem, eventually};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+/// The customer the suite orders as.
+const CUSTOMER: &str = "smoke";
+
+/// Whose token a request carries.
+#[derive(Clone, Copy, Debug)]
+enum As {
+    Operator,
+    Customer,
+    Rider(i64),
+}
+
 /// The deployment under test: given by URLs, or started here.
 struct Target {
     order: String,
     store: String,
     delivery: String,
-    admin_token: Option<String>,
+    /// Signs the suite's tokens (none: the deployment runs with identity off).
+    tokens: Option<identity::Issuer>,
     amqp_url: Option<String>,
     http: reqwest::Client,
     // Keeps a self-started system alive for the test.
@@ -55,7 +69,17 @@ impl Target {
                     order,
                     store: var("STORE_URL"),
                     delivery: var("DELIVERY_URL"),
-                    admin_token: std::env::var("ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+                    tokens: std::env::var("AUTH_SIGNING_KEY_FILE").ok().map(|path| {
+                        let env = |name: &str, default: &str| {
+                            std::env::var(name).unwrap_or_else(|_| default.to_owned())
+                        };
+                        identity::Issuer::from_pem_file(
+                            std::path::Path::new(&path),
+                            &env("AUTH_ISSUER", "tenminute-dev"),
+                            &env("AUTH_AUDIENCE", "tenminute"),
+                        )
+                        .expect("AUTH_SIGNING_KEY_FILE holds a private key")
+                    }),
                     amqp_url: Some(var("SMOKE_AMQP_URL")),
                     http,
                     _own: None,
@@ -67,7 +91,7 @@ impl Target {
                     order: system.order.url(""),
                     store: system.store.url(""),
                     delivery: system.delivery.url(""),
-                    admin_token: None,
+                    tokens: None,
                     amqp_url: Some(system.infra.amqp_url.clone()),
                     http,
                     _own: Some(system),
@@ -76,9 +100,17 @@ impl Target {
         }
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-        let request = match &self.admin_token {
-            Some(token) => request.bearer_auth(token),
+    async fn send(&self, request: reqwest::RequestBuilder, who: As) -> (StatusCode, Value) {
+        let request = match &self.tokens {
+            Some(issuer) => {
+                let ttl = Duration::from_secs(600);
+                let token = match who {
+                    As::Operator => issuer.operator("smoke-operator", ttl),
+                    As::Customer => issuer.customer(CUSTOMER, ttl),
+                    As::Rider(agent) => issuer.rider(agent, ttl),
+                };
+                request.bearer_auth(token.expect("signs"))
+            }
             None => request,
         };
         let response = request.send().await.expect("the deployment answers");
@@ -86,13 +118,31 @@ impl Target {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Orders are the customer's; everything else the operator's (riders report with
+    /// [`Self::report`]).
+    fn who(&self, base: &str, path: &str) -> As {
+        if base == self.order && path.starts_with("/orders") {
+            As::Customer
+        } else {
+            As::Operator
+        }
+    }
+
     async fn post(&self, base: &str, path: &str, body: Value) -> (StatusCode, Value) {
-        self.send(self.http.post(format!("{base}{path}")).json(&body))
+        let who = self.who(base, path);
+        self.send(self.http.post(format!("{base}{path}")).json(&body), who)
             .await
     }
 
     async fn get(&self, base: &str, path: &str) -> (StatusCode, Value) {
-        self.send(self.http.get(format!("{base}{path}"))).await
+        let who = self.who(base, path);
+        self.send(self.http.get(format!("{base}{path}")), who).await
+    }
+
+    /// The rider of `agent` reports `step` (`picked-up`, `delivered`) of `order`.
+    async fn report(&self, agent: i64, order: &str, step: &str) -> (StatusCode, Value) {
+        let url = format!("{}/deliveries/{order}/{step}", self.delivery);
+        self.send(self.http.post(url), As::Rider(agent)).await
     }
 
     /// A food of our own with `packets` packets, and `agents` more agents.
@@ -315,17 +365,12 @@ async fn a_day_at_a_new_hub_basket_cancel_pick_up_and_delivery() {
     // Placed again, picked up (no cancel any more), delivered.
     let (status, second) = target.post(&target.order, "/orders", basket).await;
     assert_eq!(status, StatusCode::CREATED, "{second}");
+    let agent = second["agent_id"].as_i64().unwrap();
     let second = second["order_id"].as_str().unwrap().to_owned();
     // Delivery takes the pick-up once it has seen the order placed (`409` until then).
     let deadline = tokio::time::Instant::now() + helpers::PLACED_SEEN;
     let picked_up = loop {
-        let answer = target
-            .post(
-                &target.delivery,
-                &format!("/deliveries/{second}/picked-up"),
-                json!({}),
-            )
-            .await;
+        let answer = target.report(agent, &second, "picked-up").await;
         if answer.0 != StatusCode::CONFLICT || tokio::time::Instant::now() > deadline {
             break answer;
         }
@@ -338,13 +383,7 @@ async fn a_day_at_a_new_hub_basket_cancel_pick_up_and_delivery() {
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["reason"], "already_picked_up", "{body}");
-    let (status, body) = target
-        .post(
-            &target.delivery,
-            &format!("/deliveries/{second}/delivered"),
-            json!({}),
-        )
-        .await;
+    let (status, body) = target.report(agent, &second, "delivered").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     eventually(
         "the order is delivered",
