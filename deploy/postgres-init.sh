@@ -4,11 +4,14 @@
 # the superuser) allowed to connect to it.
 set -euo pipefail
 
+# The values travel as psql variables, quoted by psql (:"name" an identifier, :'name' a literal),
+# so that a password with a quote in it is a password, not SQL.
 create() { # role database password
-    psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres <<SQL
-CREATE ROLE "$1" LOGIN PASSWORD '$3';
-CREATE DATABASE "$2" OWNER "$1";
-REVOKE CONNECT ON DATABASE "$2" FROM PUBLIC;
+    psql -v ON_ERROR_STOP=1 -v role="$1" -v db="$2" -v password="$3" \
+        --username "$POSTGRES_USER" --dbname postgres <<'SQL'
+CREATE ROLE :"role" LOGIN PASSWORD :'password';
+CREATE DATABASE :"db" OWNER :"role";
+REVOKE CONNECT ON DATABASE :"db" FROM PUBLIC;
 SQL
 }
 
