@@ -80,3 +80,73 @@ async fn participants_refuse_zero_and_barrier_records_that_die_before_their_comm
         .await;
     }
 }
+
+#[tokio::test]
+async fn a_secret_given_both_in_the_environment_and_as_a_file_is_refused_and_a_missing_file_named()
+{
+    for service in ["order-service", "store-service", "delivery-service"] {
+        assert_refused(
+            service,
+            &[("AMQP_URL_FILE", "/nonexistent"), ("AUTH_DISABLED", "true")],
+            "set AMQP_URL or AMQP_URL_FILE, not both",
+        )
+        .await;
+        let own = format!(
+            "{}_DATABASE_URL_FILE",
+            service.trim_end_matches("-service").to_uppercase()
+        );
+        assert_refused(
+            service,
+            &[
+                (own.as_str(), "/nonexistent/url"),
+                ("AUTH_DISABLED", "true"),
+            ],
+            &own,
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn without_keys_or_with_two_sources_of_keys_a_service_does_not_start() {
+    for service in ["order-service", "store-service", "delivery-service"] {
+        assert_refused(service, &[], "set AUTH_PUBLIC_KEY_FILE or AUTH_JWKS_URL").await;
+        assert_refused(
+            service,
+            &[
+                ("AUTH_PUBLIC_KEY_FILE", "/nonexistent.pem"),
+                ("AUTH_JWKS_URL", "http://127.0.0.1:1/jwks.json"),
+            ],
+            "set only one of AUTH_PUBLIC_KEY_FILE, AUTH_JWKS_URL",
+        )
+        .await;
+        assert_refused(
+            service,
+            &[("AUTH_PUBLIC_KEY_FILE", "/nonexistent.pem")],
+            "/nonexistent.pem",
+        )
+        .await;
+    }
+}
+
+/// The database and broker URLs (with their passwords) read from files named by `*_FILE`, as
+/// Docker and Kubernetes secrets are given: the service starts and serves with them.
+#[tokio::test]
+async fn a_service_reads_its_secret_urls_from_files() {
+    let system = crate::helpers::TestSystem::start().await;
+    let dir = std::env::temp_dir().join(format!("tenminute-secrets-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let amqp = dir.join("amqp-url");
+    let database = dir.join("database-url");
+    std::fs::write(&amqp, format!("{}?heartbeat=5\n", system.infra.amqp_url)).unwrap();
+    std::fs::write(&database, system.infra.database_url("store")).unwrap();
+    let mut store = system.store.sibling();
+    store.remove_env("AMQP_URL");
+    store.remove_env("STORE_DATABASE_URL");
+    store.set_env("AMQP_URL_FILE", &amqp.display().to_string());
+    store.set_env("STORE_DATABASE_URL_FILE", &database.display().to_string());
+    store.start().await;
+    let (status, foods) = system.get(&store, "/foods").await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{foods}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

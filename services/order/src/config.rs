@@ -11,6 +11,8 @@ use crate::coordinator::CoordinatorSettings;
 #[command(name = "order-service", version, about)]
 pub struct Config {
     /// The order database; defaults to the `order_service` database on `DATABASE_URL`.
+    /// It may hold a password: give it in the environment, or in a file named by
+    /// `ORDER_DATABASE_URL_FILE`.
     #[arg(long, env = "ORDER_DATABASE_URL")]
     pub order_database_url: Option<String>,
 
@@ -63,6 +65,15 @@ pub struct Config {
 pub const DEFAULT_DATABASE: &str = "order_service";
 
 impl Config {
+    /// Fills in the secret settings given as files (`ORDER_DATABASE_URL_FILE`, `AMQP_URL_FILE`,
+    /// `DATABASE_URL_FILE`).
+    pub fn read_secret_files(&mut self) -> Result<(), service_kit::config::SettingsError> {
+        if let Some(url) = service_kit::config::secret_from_file("ORDER_DATABASE_URL")? {
+            self.order_database_url = Some(url);
+        }
+        self.common.read_secret_files()
+    }
+
     /// Settings that are allowed but probably not what was meant, each said in a sentence.
     pub fn doubts(&self) -> Vec<String> {
         let mut doubts = Vec::new();

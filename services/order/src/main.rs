@@ -7,7 +7,10 @@ use order_service::{Application, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let mut config = Config::parse();
+    config
+        .read_secret_files()
+        .context("secret settings given as files")?;
     let shutdown = service_kit::app::init(&config.common, "order-service")?;
     let app = Application::build(config, shutdown)
         .await

@@ -43,11 +43,32 @@ pub fn parse_lease(s: &str) -> Result<Duration, String> {
 #[error("invalid settings: {0}")]
 pub struct SettingsError(pub String);
 
+/// The value of the secret setting `name` from the file named by `<NAME>_FILE`, if that is set
+/// (a Docker or Kubernetes secret): the value is then in neither the command line (which `ps`
+/// shows) nor the environment. A trailing newline is dropped. Setting both is refused.
+pub fn secret_from_file(name: &str) -> Result<Option<String>, SettingsError> {
+    let file_var = format!("{name}_FILE");
+    let Some(path) = std::env::var_os(&file_var).filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    if std::env::var_os(name).is_some_and(|v| !v.is_empty()) {
+        return Err(SettingsError(format!("set {name} or {file_var}, not both")));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|err| {
+        SettingsError(format!(
+            "{file_var} ({}): {err}",
+            std::path::Path::new(&path).display()
+        ))
+    })?;
+    Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
+}
+
 /// RabbitMQ settings.
 #[derive(clap::Args, Clone, Debug)]
 pub struct BrokerArgs {
     /// RabbitMQ URL; the vhost in it is honoured (`%2f` is `/`). Add `?heartbeat=10` to notice
-    /// a dead connection sooner.
+    /// a dead connection sooner. It holds a password: give it in the environment, or in a file
+    /// named by `AMQP_URL_FILE`.
     #[arg(
         long,
         env = "AMQP_URL",
@@ -100,7 +121,8 @@ impl BrokerArgs {
 #[derive(clap::Args, Clone, Debug)]
 pub struct DatabaseArgs {
     /// The PostgreSQL server. Each service uses its own database on it unless its own
-    /// `<SERVICE>_DATABASE_URL` is set.
+    /// `<SERVICE>_DATABASE_URL` is set. It may hold a password: give it in the environment, or
+    /// in a file named by `DATABASE_URL_FILE`.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -175,6 +197,19 @@ pub struct ServiceArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub identity: crate::auth::IdentityArgs,
+}
+
+impl ServiceArgs {
+    /// Fills in the secret settings given as files (`AMQP_URL_FILE`, `DATABASE_URL_FILE`).
+    pub fn read_secret_files(&mut self) -> Result<(), SettingsError> {
+        if let Some(url) = secret_from_file("AMQP_URL")? {
+            self.broker.amqp_url = url;
+        }
+        if let Some(url) = secret_from_file("DATABASE_URL")? {
+            self.db.database_url = url;
+        }
+        Ok(())
+    }
 }
 
 /// Metrics settings.
