@@ -285,8 +285,22 @@ async fn a_parked_command_is_shown_with_its_reason_and_moved_back_once_fixed() {
     system.store.start().await;
     let dry = admin_cli(&system, &["dlq", "replay", dlq, "--dry-run"]).await;
     assert!(
-        dry.contains(&format!("{parked} would be moved back; nothing moved")),
+        dry.contains(&format!(
+            "{parked} would be moved back to store.assign, 0 left; nothing moved"
+        )),
         "{dry}"
+    );
+    // Messages parked longer ago than the bound stay, in their place, unless forced.
+    let old = admin_cli(&system, &["dlq", "replay", dlq, "--max-age", "1ms"]).await;
+    assert!(
+        old.contains(&format!("0 moved back to store.assign, {parked} left")),
+        "{old}"
+    );
+    assert!(old.contains("longer than"), "{old}");
+    assert_eq!(
+        management.count_messages(vhost, dlq).await,
+        parked,
+        "old messages stay parked"
     );
     assert_eq!(
         management.count_messages(vhost, dlq).await,
@@ -295,7 +309,7 @@ async fn a_parked_command_is_shown_with_its_reason_and_moved_back_once_fixed() {
     );
     let replayed = admin_cli(&system, &["dlq", "replay", dlq]).await;
     assert!(
-        replayed.contains(&format!("{parked} moved back")),
+        replayed.contains(&format!("{parked} moved back to store.assign, 0 left")),
         "{replayed}"
     );
     eventually("the dead-letter queue is empty", FINISH, || async {

@@ -398,6 +398,15 @@ async fn dead_letter(
         message.queue(),
     )
     .header(headers::DEAD_LETTER_REASON, reason)
-    .header(headers::DEAD_LETTER_QUEUE, message.queue());
+    .header(headers::DEAD_LETTER_QUEUE, message.queue())
+    .header(headers::PARKED_AT, chrono_millis_now().to_string());
     publisher.publish(&out).await
+}
+
+/// Milliseconds since the Unix epoch, now.
+fn chrono_millis_now() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
 }

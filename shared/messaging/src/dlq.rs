@@ -7,6 +7,11 @@
 //! way the copy keeps the message's own properties, so that a message moved back is handled
 //! like the first time (its reply, if any, goes where the first would have gone).
 //!
+//! Moving back goes to the queue the operator's configuration names for the dead-letter queue
+//! (its topology), never to one a message's headers name, and leaves in place the messages
+//! parked longer ago than a bound (a command replayed after its transaction's idempotency
+//! records are gone could act again): see [`replay`].
+//!
 //! Moving back is at least once: each message is published to its queue (with a confirm)
 //! before it is acked in the dead-letter queue, so a crash in between leaves it in both, and
 //! the consumers' idempotency (the participants' barrier) makes the second harmless.
@@ -25,9 +30,10 @@ use crate::broker::{Broker, BrokerError, Role};
 use crate::publisher::{Outgoing, Publisher};
 
 /// Headers about the parking itself, left out of a message moved back.
-const PARKING_HEADERS: [&str; 4] = [
+const PARKING_HEADERS: [&str; 5] = [
     headers::DEAD_LETTER_REASON,
     headers::DEAD_LETTER_QUEUE,
+    headers::PARKED_AT,
     headers::DELIVERY_COUNT,
     "x-death",
 ];
@@ -51,6 +57,8 @@ pub struct Parked {
     pub preview: String,
     /// The size of the body, in bytes.
     pub size: usize,
+    /// How long ago it was parked, if it says (`x-parked-at`, or the broker's `x-death`).
+    pub age: Option<Duration>,
 }
 
 /// How much of a body [`Parked::preview`] shows.
@@ -91,6 +99,78 @@ fn parked(dlq: &str, data: &[u8], properties: &AMQPProperties) -> Parked {
             .map(|m| m.as_str().to_owned()),
         preview: String::from_utf8_lossy(shown).into_owned(),
         size: data.len(),
+        age: parked_at(headers).map(|at| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            now.saturating_sub(at)
+        }),
+    }
+}
+
+/// When the message was parked, since the Unix epoch: our consumers' `x-parked-at`, or the
+/// `time` of the broker's first `x-death` entry.
+fn parked_at(headers: Option<&FieldTable>) -> Option<Duration> {
+    if let Some(millis) = text(headers, headers::PARKED_AT).and_then(|t| t.parse::<u64>().ok()) {
+        return Some(Duration::from_millis(millis));
+    }
+    let AMQPValue::FieldArray(deaths) = headers?.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
+        return None;
+    };
+    match first.inner().get("time")? {
+        AMQPValue::Timestamp(seconds) => Some(Duration::from_secs(*seconds)),
+        _ => None,
+    }
+}
+
+/// What a replay did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// The messages moved back.
+    pub moved: Vec<Parked>,
+    /// The messages left in the dead-letter queue, each with why.
+    pub left: Vec<(Parked, String)>,
+}
+
+/// Which parked messages a replay moves back.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplayLimits {
+    /// At most this many messages are looked at.
+    pub limit: usize,
+    /// Messages parked longer ago than this (or whose parking time is unknown) are left, unless
+    /// `force`.
+    pub max_age: Duration,
+    /// Moves old messages (and those of unknown age) too.
+    pub force: bool,
+}
+
+impl ReplayLimits {
+    /// Why `message` stays parked, if it does.
+    pub fn refuses(&self, message: &Parked) -> Option<String> {
+        if self.force {
+            return None;
+        }
+        match message.age {
+            None => Some("its parking time is unknown (move it with force)".to_owned()),
+            Some(age) if age > self.max_age => Some(format!(
+                "parked {} ago, longer than {} (move it with force)",
+                humanize(age),
+                humanize(self.max_age)
+            )),
+            Some(_) => None,
+        }
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0..120 => format!("{secs}s"),
+        120..7_200 => format!("{}m", secs / 60),
+        _ => format!("{}h", secs / 3_600),
     }
 }
 
@@ -170,32 +250,39 @@ pub async fn peek(broker: &Broker, dlq: &str, limit: usize) -> Result<Vec<Parked
     read.map(|()| found)
 }
 
-/// Moves up to `limit` messages of `dlq` back to the queues they were parked from: each is
-/// published there (confirmed) with its own properties, then acked here. Returns what was
-/// moved. On the first failure the message at hand goes back to `dlq`, and the error is
+/// Moves messages of `dlq` back to `target`, the queue the configured topology names for it
+/// (whatever queue a message's headers name): each is published there (confirmed) with its own
+/// properties, then acked here. Messages that `limits` refuse (too old) stay in `dlq`, in
+/// their place. On the first failure the message at hand goes back to `dlq`, and the error is
 /// returned with nothing more moved.
 pub async fn replay(
     broker: &Broker,
     publisher: &Publisher,
     dlq: &str,
-    limit: usize,
-) -> Result<Vec<Parked>, BrokerError> {
+    target: &str,
+    limits: ReplayLimits,
+) -> Result<Replayed, BrokerError> {
     let channel = broker.open_channel(Role::Consume).await?;
-    let mut moved = Vec::new();
+    let mut replayed = Replayed::default();
     let result = async {
-        while moved.len() < limit {
+        while replayed.moved.len() + replayed.left.len() < limits.limit {
             let Some(message) = get(&channel, dlq).await? else {
                 break;
             };
             let delivery = message.delivery;
             let info = parked(dlq, &delivery.data, &delivery.properties);
+            if let Some(why) = limits.refuses(&info) {
+                // Left unacked: closing the channel puts it back in its place.
+                replayed.left.push((info, why));
+                continue;
+            }
             // Through the default exchange, straight to the queue (mandatory: a queue that no
             // longer exists is an error, not a loss).
             let copy = Outgoing::copy(
                 delivery.data.clone(),
                 as_before(&delivery.properties),
                 "",
-                info.queue.clone(),
+                target.to_owned(),
             );
             if let Err(err) = publisher.publish(&copy).await {
                 let _ = channel
@@ -212,13 +299,13 @@ pub async fn replay(
             channel
                 .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
                 .await?;
-            moved.push(info);
+            replayed.moved.push(info);
         }
         Ok(())
     }
     .await;
     let _ = channel.close(200, "replayed".into()).await;
-    result.map(|()| moved)
+    result.map(|()| replayed)
 }
 
 #[cfg(test)]

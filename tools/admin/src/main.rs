@@ -197,6 +197,14 @@ enum DlqCommand {
         /// Show what would be moved, and move nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Leave in place the messages parked longer ago than this: a command replayed after
+        /// the participants forgot its transaction (`BARRIER_RETENTION`, 24 h by default) could
+        /// act again.
+        #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+        max_age: Duration,
+        /// Move old messages too (and those whose parking time is unknown).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -226,7 +234,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Dlq { broker, command } => dead_letters(&broker, command).await,
+        Command::Dlq {
+            mut broker,
+            command,
+        } => {
+            if let Some(url) = service_kit::config::secret_from_file("AMQP_URL")? {
+                broker.amqp_url = url;
+            }
+            dead_letters(&broker, command).await
+        }
     }
 }
 
@@ -335,7 +351,7 @@ async fn dead_letters(args: &BrokerArgs, command: DlqCommand) -> anyhow::Result<
         DlqCommand::Show { queue, limit } => {
             let parked = dlq::peek(&broker, &queue, limit).await?;
             for message in &parked {
-                print_parked(message);
+                print_parked(message, &message.queue);
             }
             println!("{} shown (left in {queue})", parked.len());
         }
@@ -343,23 +359,53 @@ async fn dead_letters(args: &BrokerArgs, command: DlqCommand) -> anyhow::Result<
             queue,
             limit,
             dry_run,
+            max_age,
+            force,
         } => {
+            // The target is the configuration's, not a header's: the queue whose dead letters
+            // `queue` holds in this deployment's topology.
+            if !topology.dead_letter_queues().contains(&queue) {
+                bail!(
+                    "{queue} is not a dead-letter queue of this topology (AMQP_PREFIX {:?}); \
+                     `tenminute-admin dlq list` shows them",
+                    args.amqp_prefix
+                );
+            }
+            let target = queue.strip_suffix(".dlq").unwrap_or(&queue).to_owned();
+            let limits = dlq::ReplayLimits {
+                limit,
+                max_age,
+                force,
+            };
             if dry_run {
                 let parked = dlq::peek(&broker, &queue, limit).await?;
+                let mut moving = 0;
                 for message in &parked {
-                    print_parked(message);
+                    match limits.refuses(message) {
+                        Some(why) => println!("left: {why}"),
+                        None => moving += 1,
+                    }
+                    print_parked(message, &target);
                 }
                 println!(
-                    "dry run: {} would be moved back; nothing moved",
-                    parked.len()
+                    "dry run: {moving} would be moved back to {target}, {} left; nothing moved",
+                    parked.len() - moving
                 );
             } else {
                 let publisher = Publisher::new(broker.clone());
-                let moved = dlq::replay(&broker, &publisher, &queue, limit).await?;
-                for message in &moved {
-                    print_parked(message);
+                let replayed = dlq::replay(&broker, &publisher, &queue, &target, limits).await?;
+                for (message, why) in &replayed.left {
+                    println!("left: {why}");
+                    print_parked(message, &queue);
                 }
-                println!("{} moved back", moved.len());
+                for message in &replayed.moved {
+                    print_parked(message, &target);
+                }
+                println!(
+                    "{} moved back to {target}, {} left in {queue}",
+                    replayed.moved.len(),
+                    replayed.left.len()
+                );
             }
         }
     }
@@ -367,11 +413,14 @@ async fn dead_letters(args: &BrokerArgs, command: DlqCommand) -> anyhow::Result<
     Ok(())
 }
 
-fn print_parked(message: &dlq::Parked) {
+fn print_parked(message: &dlq::Parked, to: &str) {
+    let age = message.age.map_or_else(
+        || "?".to_owned(),
+        |age| humantime::format_duration(Duration::from_secs(age.as_secs())).to_string(),
+    );
     println!(
-        "{} -> {}  kind={} order={} reason={:?} ({} bytes) {}",
+        "{} -> {to}  kind={} order={} parked {age} ago, reason={:?} ({} bytes) {}",
         message.message_id.as_deref().unwrap_or("?"),
-        message.queue,
         message.kind.as_deref().unwrap_or("?"),
         message.order_id.as_deref().unwrap_or("-"),
         message.reason,
