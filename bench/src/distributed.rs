@@ -216,7 +216,10 @@ pub(crate) async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<Check
             async move {
                 let food = foods[plan.pick_food()];
                 let url = format!("{}/orders", api.order());
-                let body = json!({ "food_id": food, "customer_id": "bench" });
+                // A customer per order, as in a rush of many customers (the per-customer rate
+                // limit is not what the bench measures).
+                let customer = format!("bench-{}", uuid::Uuid::new_v4());
+                let body = json!({ "food_id": food, "customer_id": customer });
                 match api.http.post(&url).json(&body).send().await {
                     Ok(response) => {
                         let status = response.status().as_u16();

@@ -9,6 +9,7 @@
 
 mod helpers;
 
+mod admission;
 mod api;
 mod auth;
 mod barrier;

@@ -56,6 +56,20 @@ pub struct Config {
     #[arg(long, env = "TIMER_WINDOW", default_value = "100ms", value_parser = parse_duration)]
     pub timer_window: Duration,
 
+    /// New orders this coordinator drives at once; past it `POST /orders` answers `503` with
+    /// `Retry-After` at once.
+    #[arg(long, env = "MAX_ORDERS_IN_FLIGHT", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_orders_in_flight: u32,
+
+    /// Orders per second one customer may place through this coordinator (`0`: no limit);
+    /// past it, `429` with `Retry-After`.
+    #[arg(long, env = "CUSTOMER_ORDER_RATE", default_value_t = 5.0)]
+    pub customer_order_rate: f64,
+
+    /// How many orders a customer may place at once before the rate applies.
+    #[arg(long, env = "CUSTOMER_ORDER_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub customer_order_burst: u32,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: ServiceArgs,

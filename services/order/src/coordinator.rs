@@ -60,6 +60,8 @@ pub struct Coordinator {
     pub(crate) broker: Health,
     /// How many taken-over orders may be driven at once (`RECOVERY_CONCURRENCY`).
     pub(crate) recovery_slots: Arc<Semaphore>,
+    /// Which new orders are taken on (orders in flight, per-customer rate).
+    pub(crate) admission: crate::admission::Admission,
 }
 
 /// Why a driver stopped before the order was final.

@@ -27,6 +27,7 @@
 //!   that is undecided.
 //! - [`config`], [`startup`]: settings, and [`Application`], which a test can start on port 0.
 
+pub mod admission;
 pub mod cancellation;
 pub mod config;
 pub mod coordinator;

@@ -55,6 +55,9 @@ pub enum PlaceError {
     /// The coordinator stopped before the order was recorded.
     #[error("the coordinator is stopping")]
     Stopping,
+    /// Not taken on now (too many orders in flight, or from this customer).
+    #[error(transparent)]
+    Refused(#[from] crate::admission::Refused),
 }
 
 impl Coordinator {
@@ -97,6 +100,10 @@ impl Coordinator {
                 Err(_) => debug!("the key's lookup outlasted the response budget"),
             }
         }
+        // A new order: the customer's rate, then a slot for it while it is driven (given back
+        // when its driver ends). Refused, nothing is recorded or reserved.
+        self.admission.customer(&new.customer_id)?;
+        let slot = self.admission.slot()?;
         // A phase 1 that outlasts most of the budget is recorded (`reserving`) before the
         // budget ends, leaving the record time to commit.
         let margin = (self.settings.response_budget / 2).min(RECORD_MARGIN);
@@ -130,6 +137,7 @@ impl Coordinator {
                 };
                 this.drive(draft, token, Driving::Fresh, phase1, Some(progress))
                     .await;
+                drop(slot);
             }
             .instrument(span),
         );

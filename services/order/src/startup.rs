@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::admission::Admission;
 use crate::config::{Config, DEFAULT_DATABASE};
 use crate::coordinator::Coordinator;
 use crate::http;
@@ -134,6 +135,11 @@ impl Application {
             recovery_slots: Arc::new(tokio::sync::Semaphore::new(
                 usize::try_from(config.recovery_concurrency).unwrap_or(usize::MAX),
             )),
+            admission: Admission::new(
+                usize::try_from(config.max_orders_in_flight).unwrap_or(usize::MAX),
+                config.customer_order_rate,
+                config.customer_order_burst,
+            ),
         });
         foundation.tracker.spawn(outbox::relay(
             foundation.pool.clone(),

@@ -60,9 +60,21 @@ pub enum ApiError {
     /// 422: readable but invalid.
     #[error("{0}")]
     Unprocessable(String),
+    /// 429: the caller sent more than its share; `Retry-After` says when to try again.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What to tell the caller.
+        message: String,
+        /// Seconds until a retry may succeed.
+        retry_after: u64,
+    },
     /// 503: a dependency is down; try again.
     #[error("{0}")]
     Unavailable(String),
+    /// 503 with `Retry-After: 1`: the service is at its bound of work in flight; try again in a
+    /// moment (said at once rather than after a long wait).
+    #[error("{0}")]
+    Busy(String),
     /// 500: a bug or an unexpected failure; details are logged, not sent.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -84,7 +96,8 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -122,11 +135,24 @@ impl IntoResponse for ApiError {
             error!(error = %err, "internal error");
         }
         let mut response = (self.status(), ErrorBody::new(self.to_string())).into_response();
-        if let ApiError::Unauthorized(_) = self {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
+        let headers = response.headers_mut();
+        match self {
+            ApiError::Unauthorized(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            ApiError::TooManyRequests { retry_after, .. } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    header::HeaderValue::from(retry_after.max(1)),
+                );
+            }
+            ApiError::Busy(_) => {
+                headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         response
     }

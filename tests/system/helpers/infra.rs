@@ -392,6 +392,9 @@ impl Infra {
             // Identity is the subject of its own tests (`identity.rs`, with keys of their own:
             // `Options::identity`); the others act as anyone.
             ("AUTH_DISABLED".into(), "true".into()),
+            // The tests' customers place orders in bursts; the per-customer rate is the subject
+            // of `admission.rs`.
+            ("CUSTOMER_ORDER_RATE".into(), "0".into()),
         ];
         if !self.amqp_addresses.is_empty() {
             env.push(("AMQP_ADDRESSES".into(), self.amqp_addresses.join(",")));

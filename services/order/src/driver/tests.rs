@@ -74,6 +74,7 @@ async fn coordinator(database: &ScratchDatabase, fake: Arc<Fake>) -> Arc<Coordin
         shutdown,
         broker: Health::default(),
         recovery_slots: Arc::new(Semaphore::new(8)),
+        admission: crate::admission::Admission::new(1024, 0.0, 1),
     })
 }
 

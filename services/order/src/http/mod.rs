@@ -13,6 +13,10 @@
 //!   default hub, as the one-item API had it; answers then also carry `food_id` and
 //!   `packet_id`. A basket has 1 to 50 lines, each food at most once, each quantity 1 to 20.
 //!
+//!   A new order is refused at once, with nothing recorded, when this coordinator has
+//!   `MAX_ORDERS_IN_FLIGHT` orders in flight (`503`, `Retry-After: 1`) or the customer placed
+//!   more than `CUSTOMER_ORDER_RATE` (`429`, `Retry-After`): see [`crate::admission`].
+//!
 //!   With an `Idempotency-Key` header (1 to 200 visible ASCII characters), a request that repeats
 //!   a key the customer used before creates nothing: it is answered with that order as recorded
 //!   now (the status code as above) and the header `Idempotent-Replayed: true`; `422` if that
@@ -45,6 +49,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::admission::Refused;
 use crate::cancellation::CancelError;
 use crate::coordinator::Coordinator;
 use crate::machine::OrderState;
@@ -218,8 +223,14 @@ fn basket(body: &PlaceOrder) -> Result<(HubId, Vec<PacketLine>), ApiError> {
         (status = 422, description = "A field is missing, unknown or invalid (the basket's \
                                       limits), or the key was used for another basket",
             body = ErrorBody),
+        (status = 429, description = "Too many orders from this customer \
+                                      (`CUSTOMER_ORDER_RATE`): nothing was recorded; try again \
+                                      after `Retry-After` seconds", body = ErrorBody,
+            headers(("retry-after" = String, description = "Seconds to wait"))),
         (status = 503, description = "The order could not be recorded (the database is \
-                                      unavailable); try again, with the same key",
+                                      unavailable; try again, with the same key), or this \
+                                      coordinator has `MAX_ORDERS_IN_FLIGHT` orders in flight \
+                                      (nothing was recorded; `Retry-After: 1`)",
             body = ErrorBody)
     )
 )]
@@ -284,6 +295,11 @@ impl From<PlaceError> for ApiError {
             PlaceError::NotRecordedInTime | PlaceError::Stopping => {
                 ApiError::Unavailable("database unavailable, try again".to_owned())
             }
+            PlaceError::Refused(refused @ Refused::Busy(_)) => ApiError::Busy(refused.to_string()),
+            PlaceError::Refused(refused @ Refused::TooFast(wait)) => ApiError::TooManyRequests {
+                message: refused.to_string(),
+                retry_after: wait.as_secs_f64().ceil() as u64,
+            },
         }
     }
 }
