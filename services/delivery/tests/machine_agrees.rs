@@ -390,19 +390,35 @@ impl Delivery {
                     (shape_of_reply(&real), shape_of_outcome(&model))
                 }
                 Op::Expire(t) => {
-                    sqlx::query(
-                        "UPDATE agents SET reserved_until = now() - interval '1 s'
-                         WHERE txn_id = $1 AND state = 'reserved'",
-                    )
-                    .bind(txn(*t))
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
+                    // The statements take expired items oldest expiry first; the machine takes
+                    // them in the order of its own ids. Any expired item may be taken, so the
+                    // expiries are set to follow the machine's ids: each of the transaction's
+                    // items (in id order) gets the expiry of the machine's item in the same
+                    // place, in the past.
                     let held: Vec<ItemId> = machine
                         .items()
                         .filter(|(_, s)| matches!(s, ItemState::Reserved { txn: x, .. } if *x == txn(*t)))
                         .map(|(id, _)| id)
                         .collect();
+                    let real: Vec<i64> = sqlx::query_scalar(
+                        "SELECT id FROM agents WHERE txn_id = $1 AND state = 'reserved' ORDER BY id",
+                    )
+                    .bind(txn(*t))
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap();
+                    let order_of: Vec<i64> = held.iter().map(|id| id.0).collect();
+                    sqlx::query(
+                        "UPDATE agents t
+                         SET reserved_until = timestamptz '2000-01-01' + m.at * interval '1 ms'
+                         FROM unnest($1::bigint[], $2::bigint[]) AS m(id, at)
+                         WHERE t.id = m.id",
+                    )
+                    .bind(&real)
+                    .bind(&order_of)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
                     for id in held {
                         machine.expire(id);
                     }
