@@ -35,4 +35,5 @@ mod retention;
 mod settings;
 mod soak;
 mod startup;
+mod tls;
 mod traces;

@@ -29,6 +29,7 @@ async fn services_run_with_their_own_broker_users_and_database_roles() {
             publisher_channels: 1,
             confirm_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            tls_ca_file: None,
         },
         Health::default(),
     )

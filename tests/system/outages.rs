@@ -88,6 +88,7 @@ fn test_broker(infra: &Infra, health: &Health) -> Broker {
             publisher_channels: 2,
             confirm_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
+            tls_ca_file: None,
         },
         health.clone(),
     )

@@ -20,4 +20,8 @@ pub struct BrokerConfig {
     pub confirm_timeout: Duration,
     /// How long to wait for a connection to open.
     pub connect_timeout: Duration,
+    /// For `amqps://` URLs: a PEM file of the certificate authorities to trust besides the
+    /// system's (a private CA that signed the broker's certificate). The broker's name is
+    /// verified against its certificate either way.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }

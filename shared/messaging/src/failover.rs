@@ -1,12 +1,11 @@
 //! Connecting to whichever node of a cluster answers: the connection manager of the broker's
 //! pools, over the nodes of `AMQP_ADDRESSES`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use deadpool::managed::{self, Metrics, RecycleResult};
-use deadpool_lapin::lapin::{self, types::LongString};
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use deadpool_lapin::lapin::{self, tcp::OwnedTLSConfig, types::LongString};
 use rand::Rng;
 use tracing::{info, warn};
 
@@ -17,8 +16,12 @@ use crate::error::BrokerError;
 /// lost, to the next that answers. Each process starts at a random node, so that the copies of a
 /// service spread their connections over the cluster.
 pub(crate) struct Failover {
-    /// One manager per node, with the node's `host:port` for the logs (never the credentials).
-    pub(crate) nodes: Vec<(String, deadpool_lapin::Manager)>,
+    /// Each node's `host:port` (for the logs: never the credentials) and URL.
+    pub(crate) nodes: Vec<(String, String)>,
+    /// The connection's properties (its name).
+    name: String,
+    /// The certificate authorities an `amqps://` connection trusts besides the system's.
+    tls: OwnedTLSConfig,
     /// The node that the last connection was made to.
     current: AtomicUsize,
     /// How long one node may take to accept a connection before the next one is tried.
@@ -27,30 +30,37 @@ pub(crate) struct Failover {
 
 impl Failover {
     pub(crate) fn new(config: &BrokerConfig, name: String) -> Result<Self, BrokerError> {
-        let urls = node_urls(&config.url, &config.addresses)?;
-        let properties = move || {
-            lapin::ConnectionProperties::default()
-                .with_connection_name(LongString::from(name.clone()))
+        let nodes = node_urls(&config.url, &config.addresses)?;
+        let cert_chain = match &config.tls_ca_file {
+            None => None,
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|err| {
+                BrokerError::Config(format!("AMQP_TLS_CA_FILE {}: {err}", path.display()))
+            })?),
         };
-        let properties = Arc::new(properties);
-        let nodes: Vec<_> = urls
-            .into_iter()
-            .map(|(address, url)| {
-                let properties = Arc::clone(&properties);
-                let manager = deadpool_lapin::Manager::new(
-                    url,
-                    move || properties(),
-                    async_rs::Runtime::tokio_current(),
-                );
-                (address, manager)
-            })
-            .collect();
         let start = rand::rng().random_range(0..nodes.len());
         Ok(Self {
             nodes,
+            name,
+            tls: OwnedTLSConfig {
+                identity: None,
+                cert_chain,
+            },
             current: AtomicUsize::new(start),
             attempt_timeout: config.connect_timeout,
         })
+    }
+
+    /// A connection to the node at `url` (TLS for `amqps://`, with the configured authorities).
+    async fn connect(&self, url: &str) -> Result<lapin::Connection, lapin::Error> {
+        let properties = lapin::ConnectionProperties::default()
+            .with_connection_name(LongString::from(self.name.clone()));
+        lapin::Connection::connect_with_config(
+            url,
+            properties,
+            self.tls.clone(),
+            async_rs::Runtime::tokio_current(),
+        )
+        .await
     }
 }
 
@@ -63,8 +73,8 @@ impl managed::Manager for Failover {
         let mut last_error = None;
         for step in 0..self.nodes.len() {
             let at = (first + step) % self.nodes.len();
-            let (address, node) = &self.nodes[at];
-            let error = match tokio::time::timeout(self.attempt_timeout, node.create()).await {
+            let (address, url) = &self.nodes[at];
+            let error = match tokio::time::timeout(self.attempt_timeout, self.connect(url)).await {
                 Ok(Ok(connection)) => {
                     if at != first {
                         info!(node = %address, "connected to another broker node");
@@ -91,10 +101,16 @@ impl managed::Manager for Failover {
     async fn recycle(
         &self,
         connection: &mut lapin::Connection,
-        metrics: &Metrics,
+        _: &Metrics,
     ) -> RecycleResult<lapin::Error> {
-        let first = self.current.load(Ordering::Relaxed);
-        self.nodes[first].1.recycle(connection, metrics).await
+        if connection.status().connected() {
+            Ok(())
+        } else {
+            Err(RecycleError::message(format!(
+                "the broker connection is closed: {:?}",
+                connection.status()
+            )))
+        }
     }
 }
 

@@ -94,6 +94,11 @@ pub struct BrokerArgs {
     /// How long to wait for the broker to confirm a published message.
     #[arg(long, env = "AMQP_CONFIRM_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub amqp_confirm_timeout: Duration,
+
+    /// With an `amqps://` URL: a PEM file of the certificate authorities that may sign the
+    /// broker's certificate, besides the system's. The broker's host name is always verified.
+    #[arg(long, env = "AMQP_TLS_CA_FILE")]
+    pub amqp_tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl BrokerArgs {
@@ -112,6 +117,7 @@ impl BrokerArgs {
             publisher_channels: usize::from(self.amqp_publisher_channels),
             confirm_timeout: self.amqp_confirm_timeout,
             connect_timeout: Duration::from_secs(5),
+            tls_ca_file: self.amqp_tls_ca_file.clone(),
         }
     }
 }

@@ -36,6 +36,7 @@ impl CommandClient {
                 publisher_channels: 1,
                 confirm_timeout: Duration::from_secs(10),
                 connect_timeout: Duration::from_secs(5),
+                tls_ca_file: None,
             },
             health.clone(),
         )

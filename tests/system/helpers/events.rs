@@ -49,6 +49,7 @@ impl EventTap {
                 publisher_channels: 1,
                 confirm_timeout: Duration::from_secs(10),
                 connect_timeout: Duration::from_secs(5),
+                tls_ca_file: None,
             },
             health.clone(),
         )

@@ -44,6 +44,7 @@ async fn coordinator(database: &ScratchDatabase, fake: Arc<Fake>) -> Arc<Coordin
             publisher_channels: 1,
             confirm_timeout: Duration::from_millis(100),
             connect_timeout: Duration::from_millis(100),
+            tls_ca_file: None,
         },
         Health::default(),
     )
