@@ -557,6 +557,21 @@ async fn every_endpoint_answers_each_role_as_its_own_and_refuses_bad_credentials
         }
     }
 
+    // An order no agent holds any more (cancelled) is answered as no order to any rider (`404`,
+    // as before identity): the statements would take a report only from its agent.
+    for who in [As::Holder, As::OtherRider] {
+        let (status, body) = world
+            .call_as(
+                who,
+                Method::POST,
+                "delivery",
+                &format!("/deliveries/{cancelled_by_owner}/picked-up"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{who:?}: {body}");
+    }
+
     // What the refused requests did not change: the order of the owner's is delivered by its
     // rider (the only one who reported), the other orders were cancelled by who was allowed.
     for (id, end) in [

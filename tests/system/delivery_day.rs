@@ -421,10 +421,11 @@ async fn every_new_endpoint_answers_bad_input_with_a_clear_4xx() {
             json!({"customer_id": "c"}),
             StatusCode::BAD_REQUEST,
         ),
+        // The body names no customer (the token does): an order that does not exist.
         (
             format!("/orders/{unknown}/cancel"),
             json!({}),
-            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::NOT_FOUND,
         ),
         (
             format!("/orders/{unknown}/cancel"),

@@ -376,8 +376,8 @@ async fn picked_up(
     caller: Caller,
     AppPath(order): AppPath<Uuid>,
 ) -> Result<Json<Delivery>, ApiError> {
-    holding_rider(&api, &caller, order).await?;
-    let reported = repo::pick_up(&api.pool, OrderId(order)).await?;
+    let by = holding_rider(&api, &caller, order).await?;
+    let reported = repo::pick_up(&api.pool, OrderId(order), by).await?;
     answer(&api, order, reported)
 }
 
@@ -403,8 +403,8 @@ async fn delivered(
     caller: Caller,
     AppPath(order): AppPath<Uuid>,
 ) -> Result<Json<Delivery>, ApiError> {
-    holding_rider(&api, &caller, order).await?;
-    let reported = repo::deliver(&api.pool, OrderId(order)).await?;
+    let by = holding_rider(&api, &caller, order).await?;
+    let reported = repo::deliver(&api.pool, OrderId(order), by).await?;
     answer(&api, order, reported)
 }
 
@@ -419,23 +419,32 @@ fn own_agent(caller: &Caller, id: i64) -> Result<(), ApiError> {
     }
 }
 
-/// `403` unless the caller is the rider whose agent holds `order` ([`repo::holder`]). Not even
-/// an operator reports a rider's progress: the report frees the agent or ends the customer's
-/// right to cancel.
-async fn holding_rider(api: &Api, caller: &Caller, order: Uuid) -> Result<(), ApiError> {
-    let holds = match &**caller {
-        Who::Anyone => true,
-        Who::Rider { agent_id, .. } => {
-            repo::holder(&api.pool, OrderId(order)).await? == Some(AgentId(*agent_id))
-        }
-        Who::Customer(_) | Who::Operator(_) => false,
-    };
-    if holds {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(format!(
+/// Whose report this is: the caller's agent, for a rider (`None` with identity off). `403`
+/// for anyone but a rider, and for a rider when another agent holds `order`
+/// ([`repo::holder`]). Not even an operator reports a rider's progress: the report frees the
+/// agent or ends the customer's right to cancel. An order no agent holds (cancelled, never
+/// placed here) is answered as such (`404`); the statements take the report only from the
+/// agent that holds the order, whatever happens meanwhile.
+async fn holding_rider(
+    api: &Api,
+    caller: &Caller,
+    order: Uuid,
+) -> Result<Option<AgentId>, ApiError> {
+    let not_yours = || {
+        ApiError::Forbidden(format!(
             "only the rider whose agent holds order {order} reports its progress"
-        )))
+        ))
+    };
+    match &**caller {
+        Who::Anyone => Ok(None),
+        Who::Rider { agent_id, .. } => {
+            let mine = AgentId(*agent_id);
+            match repo::holder(&api.pool, OrderId(order)).await? {
+                Some(holder) if holder != mine => Err(not_yours()),
+                _ => Ok(Some(mine)),
+            }
+        }
+        Who::Customer(_) | Who::Operator(_) => Err(not_yours()),
     }
 }
 
@@ -457,6 +466,9 @@ fn answer(api: &Api, order: Uuid, reported: Reported) -> Result<Json<Delivery>, 
         ))),
         Reported::NotPickedUp => Err(ApiError::Conflict(format!(
             "order {order} was not picked up"
+        ))),
+        Reported::NotYours => Err(ApiError::Forbidden(format!(
+            "only the rider whose agent holds order {order} reports its progress"
         ))),
     }
 }

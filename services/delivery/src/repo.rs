@@ -180,6 +180,8 @@ pub enum Reported {
     NotPlacedYet,
     /// `delivered` for an order that was not picked up.
     NotPickedUp,
+    /// The order is another agent's (the report came from a rider who does not hold it).
+    NotYours,
 }
 
 const DELIVERY: &str = "order_id, agent_id, hub_id, picked_up_at, delivered_at, txn_id";
@@ -222,13 +224,18 @@ pub async fn holder(pool: &PgPool, order: OrderId) -> Result<Option<AgentId>, sq
 /// Only an order whose placement delivery has seen ([`mark_placed`]) can be picked up. One
 /// statement: the agent goes from `assigned` to `delivering` (its row lock orders it against a
 /// cancel or a compensation: whichever comes first wins), the delivery is recorded, and so is its
-/// report.
-pub async fn pick_up(pool: &PgPool, order: OrderId) -> Result<Reported, sqlx::Error> {
+/// report. With `by`, only if that agent holds the order (the rider's own report).
+pub async fn pick_up(
+    pool: &PgPool,
+    order: OrderId,
+    by: Option<AgentId>,
+) -> Result<Reported, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let picked: Option<Delivery> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH agent AS (
              UPDATE agents SET state = 'delivering', updated_at = now()
              WHERE order_id = $1 AND state = 'assigned' AND placed_order_id = $1
+               AND ($2::bigint IS NULL OR id = $2)
              RETURNING id, hub_id, txn_id
          )
          INSERT INTO deliveries (order_id, agent_id, hub_id, txn_id, picked_up_at)
@@ -236,20 +243,24 @@ pub async fn pick_up(pool: &PgPool, order: OrderId) -> Result<Reported, sqlx::Er
          RETURNING {DELIVERY}"
     )))
     .bind(order)
+    .bind(by)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(picked) = picked else {
         tx.rollback().await?;
         let mut conn = pool.acquire().await?;
         if let Some(before) = delivery(&mut conn, order).await? {
-            return Ok(Reported::Before(before));
+            return Ok(mine(before, by));
         }
-        let assigned: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM agents WHERE order_id = $1 AND state = 'assigned')",
-        )
-        .bind(order)
-        .fetch_one(&mut *conn)
-        .await?;
+        let assigned: Option<AgentId> =
+            sqlx::query_scalar("SELECT id FROM agents WHERE order_id = $1 AND state = 'assigned'")
+                .bind(order)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if assigned.is_some() && by.is_some() && assigned != by {
+            return Ok(Reported::NotYours);
+        }
+        let assigned = assigned.is_some();
         return Ok(if assigned {
             Reported::NotPlacedYet
         } else {
@@ -280,14 +291,26 @@ pub async fn mark_placed(pool: &PgPool, order: OrderId) -> Result<bool, sqlx::Er
     Ok(marked > 0)
 }
 
+/// A delivery recorded before, answered to the report of `by`: its own, or not theirs.
+fn mine(before: Delivery, by: Option<AgentId>) -> Reported {
+    match by {
+        Some(by) if by != before.agent_id => Reported::NotYours,
+        _ => Reported::Before(before),
+    }
+}
+
 /// The order is delivered: the agent is free for other orders in the same transaction, and the
-/// report is written with it.
-pub async fn deliver(pool: &PgPool, order: OrderId) -> Result<Reported, sqlx::Error> {
+/// report is written with it. With `by`, only if that agent delivered it.
+pub async fn deliver(
+    pool: &PgPool,
+    order: OrderId,
+    by: Option<AgentId>,
+) -> Result<Reported, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let delivered: Option<Delivery> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH done AS (
              UPDATE deliveries SET delivered_at = now()
-             WHERE order_id = $1 AND delivered_at IS NULL
+             WHERE order_id = $1 AND delivered_at IS NULL AND ($2::bigint IS NULL OR agent_id = $2)
              RETURNING {DELIVERY}
          ),
          freed AS (
@@ -299,13 +322,14 @@ pub async fn deliver(pool: &PgPool, order: OrderId) -> Result<Reported, sqlx::Er
          SELECT {DELIVERY} FROM done"
     )))
     .bind(order)
+    .bind(by)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(delivered) = delivered else {
         let before = delivery(&mut tx, order).await?;
         tx.rollback().await?;
         return Ok(match before {
-            Some(before) => Reported::Before(before),
+            Some(before) => mine(before, by),
             None => Reported::NotPickedUp,
         });
     };

@@ -199,6 +199,7 @@ fn shape_of_report(reported: &Reported, now: &str) -> String {
         Reported::NotAssigned => "not assigned".into(),
         Reported::NotPlacedYet => "not placed yet".into(),
         Reported::NotPickedUp => "not picked up".into(),
+        Reported::NotYours => "not yours".into(),
     }
 }
 
@@ -443,7 +444,7 @@ impl Delivery {
                 }
                 Op::PickUp(t) => {
                     let before = picked_up_before(&machine, order(*t));
-                    let real = repo::pick_up(pool, order(*t)).await.unwrap();
+                    let real = repo::pick_up(pool, order(*t), None).await.unwrap();
                     let model = match machine.pick_up(order(*t)) {
                         Ok(_) => "picked up",
                         Err(NotPickedUp::NotPlacedYet) => "not placed yet",
@@ -454,7 +455,7 @@ impl Delivery {
                 }
                 Op::Deliver(t) => {
                     let before = picked_up_before(&machine, order(*t));
-                    let real = repo::deliver(pool, order(*t)).await.unwrap();
+                    let real = repo::deliver(pool, order(*t), None).await.unwrap();
                     let model = match machine.deliver(order(*t)) {
                         Some(_) => "delivered",
                         None if before => "before",
