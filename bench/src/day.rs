@@ -230,7 +230,11 @@ impl Day {
     pub(crate) async fn restock(&self, hub: i64, food: i64, count: i64) -> bool {
         let url = format!("{}/foods/{food}/packets", self.api.store());
         let body = json!({ "count": count, "hub_id": hub });
-        let sent = self.api.http.post(url).json(&body).send().await;
+        let sent = self
+            .api
+            .as_operator(self.api.http.post(url).json(&body))
+            .send()
+            .await;
         let (sure, unsure) = match &sent {
             Ok(response) if response.status().is_success() => (count, 0),
             Ok(response) if response.status().is_client_error() => (0, 0),
@@ -424,11 +428,13 @@ impl Day {
         // customer's app sends it again until it is answered.
         let answered = loop {
             requests += 1;
-            let mut request = self
-                .api
-                .http
-                .post(format!("{}/orders", self.api.order()))
-                .json(&body);
+            let mut request = self.api.as_customer(
+                self.api
+                    .http
+                    .post(format!("{}/orders", self.api.order()))
+                    .json(&body),
+                &customer,
+            );
             if let Some(key) = &key {
                 request = request.header("Idempotency-Key", key);
             }
@@ -511,9 +517,11 @@ impl Day {
     /// The order as the coordinator has it now.
     async fn order_now(&self, order_id: &str) -> anyhow::Result<Value> {
         let read = || {
-            self.api
-                .http
-                .get(format!("{}/orders/{order_id}", self.api.order()))
+            self.api.as_operator(
+                self.api
+                    .http
+                    .get(format!("{}/orders/{order_id}", self.api.order())),
+            )
         };
         match self.send(read).await? {
             (200, body) => Ok(body),

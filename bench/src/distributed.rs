@@ -48,6 +48,33 @@ pub(crate) struct Api {
     stores: Vec<String>,
     /// The copies of delivery.
     deliveries: Vec<String>,
+    /// Signs each party's token, when the services verify them.
+    tokens: Option<Tokens>,
+}
+
+/// The bench's tokens: one per party, minted once and kept.
+struct Tokens {
+    issuer: identity::Issuer,
+    minted: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+/// How long the bench's tokens are valid: longer than any run.
+const TOKEN_TTL: Duration = Duration::from_secs(48 * 3600);
+
+impl Tokens {
+    fn token(
+        &self,
+        party: &str,
+        mint: impl FnOnce(&identity::Issuer) -> Result<String, identity::IdentityError>,
+    ) -> Option<String> {
+        let mut minted = self.minted.lock().ok()?;
+        if let Some(token) = minted.get(party) {
+            return Some(token.clone());
+        }
+        let token = mint(&self.issuer).ok()?;
+        minted.insert(party.to_owned(), token.clone());
+        Some(token)
+    }
 }
 
 /// The copies of a service in a comma-separated list of base URLs.
@@ -80,6 +107,67 @@ impl Api {
             orders: copies(&target.order_url)?,
             stores: copies(&target.store_url)?,
             deliveries: copies(&target.delivery_url)?,
+            tokens: match &target.signing_key_file {
+                None => None,
+                Some(path) => Some(Tokens {
+                    issuer: identity::Issuer::from_pem_file(
+                        path,
+                        &target.auth_issuer,
+                        &target.auth_audience,
+                    )?,
+                    minted: std::sync::Mutex::new(std::collections::HashMap::new()),
+                }),
+            },
+        })
+    }
+
+    /// Whether the bench sends tokens (the services verify them).
+    pub(crate) fn identity_on(&self) -> bool {
+        self.tokens.is_some()
+    }
+
+    fn with(
+        &self,
+        request: reqwest::RequestBuilder,
+        party: &str,
+        mint: impl FnOnce(&identity::Issuer) -> Result<String, identity::IdentityError>,
+    ) -> reqwest::RequestBuilder {
+        match self
+            .tokens
+            .as_ref()
+            .and_then(|tokens| tokens.token(party, mint))
+        {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// `request` as an operator's.
+    pub(crate) fn as_operator(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        self.with(request, "operator", |issuer| {
+            issuer.operator("bench", TOKEN_TTL)
+        })
+    }
+
+    /// `request` as `customer`'s.
+    pub(crate) fn as_customer(
+        &self,
+        request: reqwest::RequestBuilder,
+        customer: &str,
+    ) -> reqwest::RequestBuilder {
+        self.with(request, &format!("customer {customer}"), |issuer| {
+            issuer.customer(customer, TOKEN_TTL)
+        })
+    }
+
+    /// `request` as the rider of `agent`'s.
+    pub(crate) fn as_rider(
+        &self,
+        request: reqwest::RequestBuilder,
+        agent: i64,
+    ) -> reqwest::RequestBuilder {
+        self.with(request, &format!("rider {agent}"), |issuer| {
+            issuer.rider(agent, TOKEN_TTL)
         })
     }
 
@@ -101,7 +189,10 @@ impl Api {
     /// POSTs `body` to `url` and returns the answer, which must be a
     /// success.
     pub(crate) async fn post(&self, url: String, body: Value) -> anyhow::Result<Value> {
-        let response = self.http.post(&url).json(&body).send().await?;
+        let response = self
+            .as_operator(self.http.post(&url).json(&body))
+            .send()
+            .await?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
@@ -112,7 +203,12 @@ impl Api {
 
     /// The JSON at `url`.
     pub(crate) async fn get(&self, url: String) -> anyhow::Result<Value> {
-        Ok(self.http.get(&url).send().await?.json().await?)
+        Ok(self
+            .as_operator(self.http.get(&url))
+            .send()
+            .await?
+            .json()
+            .await?)
     }
 
     /// The histograms of each service, by name.
@@ -220,7 +316,8 @@ pub(crate) async fn run(target: &Target, args: &RunArgs) -> anyhow::Result<Check
                 // limit is not what the bench measures).
                 let customer = format!("bench-{}", uuid::Uuid::new_v4());
                 let body = json!({ "food_id": food, "customer_id": customer });
-                match api.http.post(&url).json(&body).send().await {
+                let request = api.as_customer(api.http.post(&url).json(&body), &customer);
+                match request.send().await {
                     Ok(response) => {
                         let status = response.status().as_u16();
                         let body: Value = response.json().await.unwrap_or(Value::Null);

@@ -111,6 +111,28 @@ pub(crate) struct Target {
         global = true
     )]
     pub(crate) order_url: String,
+    /// The private key (PEM) that signs the bench's tokens, when the services verify them (the
+    /// development key of `scripts/run`, `.dev/signing-key.pem`): an operator's to seed, each
+    /// customer's to order and cancel, each agent's rider's to report. Unset: no tokens (the
+    /// services run with `AUTH_DISABLED=true`).
+    #[arg(long, env = "AUTH_SIGNING_KEY_FILE", global = true)]
+    pub(crate) signing_key_file: Option<std::path::PathBuf>,
+    /// The issuer of the bench's tokens.
+    #[arg(
+        long,
+        env = "AUTH_ISSUER",
+        default_value = "tenminute-dev",
+        global = true
+    )]
+    pub(crate) auth_issuer: String,
+    /// The audience of the bench's tokens.
+    #[arg(
+        long,
+        env = "AUTH_AUDIENCE",
+        default_value = "tenminute",
+        global = true
+    )]
+    pub(crate) auth_audience: String,
     /// The store service (a comma-separated list for several copies: each request goes to one at
     /// random).
     #[arg(

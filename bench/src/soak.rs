@@ -131,7 +131,7 @@ async fn operate(day: Arc<Day>, mut stopped: watch::Receiver<bool>) -> Operated 
             return operated;
         }
         let list = format!("{}/admin/orders?older_than={STUCK}&limit=20", api.order());
-        let listed = match api.http.get(&list).send().await {
+        let listed = match api.as_operator(api.http.get(&list)).send().await {
             Ok(response) if response.status().is_success() => {
                 response.json::<serde_json::Value>().await.ok()
             }
@@ -155,7 +155,7 @@ async fn operate(day: Arc<Day>, mut stopped: watch::Receiver<bool>) -> Operated 
             }
             let action = if abort { "abort" } else { "retry" };
             let url = format!("{}/admin/orders/{id}/{action}", api.order());
-            let status = match api.http.post(&url).send().await {
+            let status = match api.as_operator(api.http.post(&url)).send().await {
                 Ok(response) => response.status().as_u16().to_string(),
                 Err(_) => "no answer".to_owned(),
             };

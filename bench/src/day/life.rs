@@ -147,19 +147,24 @@ impl Day {
     /// cancelled on the way.
     pub(super) async fn live(self: Arc<Self>, mut life: Life) -> Life {
         if life.placed.is_none() && !life.order_id.is_empty() {
-            if rand::rng().random_bool(self.rules.odd_reports) {
+            // (A rider learns of an order only once its agent holds it: with identity on, no
+            // rider can report an order still being placed.)
+            if !self.api.identity_on() && rand::rng().random_bool(self.rules.odd_reports) {
                 // An order still being placed: a pick-up is refused (`409` not placed yet, or
                 // `404` no agent) unless the order is placed by now; a cancel is refused
                 // (`409 not_placed_yet`) and changes nothing.
                 let sent = Instant::now();
                 let (pick_up, cancel) = tokio::join!(
-                    self.report(&life.order_id, "picked-up"),
+                    self.report(&life.order_id, None, "picked-up"),
                     self.send(|| {
                         let url = format!("{}/orders/{}/cancel", self.api.order(), life.order_id);
-                        self.api
-                            .http
-                            .post(url)
-                            .json(&json!({ "customer_id": life.customer }))
+                        self.api.as_customer(
+                            self.api
+                                .http
+                                .post(url)
+                                .json(&json!({ "customer_id": life.customer })),
+                            &life.customer,
+                        )
                     })
                 );
                 // Placed in the meantime, the order may have been cancelled after all.
@@ -185,7 +190,8 @@ impl Day {
             (life.cancel.is_none() && rng.random_bool(self.cancel_rate))
                 .then(|| self.pickup_delay.mul_f64(rng.random_range(0.0..=1.5)))
         };
-        let (ride, cancel) = tokio::join!(self.ride(&life.order_id, placed_at), async {
+        let agent = life.placed.as_ref().map(|placed| placed.agent);
+        let (ride, cancel) = tokio::join!(self.ride(&life.order_id, agent, placed_at), async {
             match cancel_after {
                 Some(after) => Some(
                     self.cancel(&life.order_id, &life.customer, placed_at + after)
@@ -239,11 +245,21 @@ impl Day {
         }
     }
 
-    /// A rider's report (`picked-up` or `delivered`) of `order_id`, to any copy of delivery.
-    pub(super) async fn report(&self, order_id: &str, step: &str) -> anyhow::Result<(u16, Value)> {
+    /// A rider's report (`picked-up` or `delivered`) of `order_id`, to any copy of delivery: as
+    /// the rider of `agent` (the order's, once it is placed).
+    pub(super) async fn report(
+        &self,
+        order_id: &str,
+        agent: Option<i64>,
+        step: &str,
+    ) -> anyhow::Result<(u16, Value)> {
         self.send(|| {
             let url = format!("{}/deliveries/{order_id}/{step}", self.api.delivery());
-            self.api.http.post(url)
+            let request = self.api.http.post(url);
+            match agent {
+                Some(agent) => self.api.as_rider(request, agent),
+                None => request,
+            }
         })
         .await
     }
@@ -251,13 +267,18 @@ impl Day {
     /// The rider: picks the order up `pickup_delay` after its placement, delivers it
     /// `deliver_delay` later. An odd rider (the rules' `odd_reports`) first reports the
     /// delivery, out of order, and then sends each report twice.
-    pub(super) async fn ride(&self, order_id: &str, placed_at: Instant) -> Ride {
+    pub(super) async fn ride(
+        &self,
+        order_id: &str,
+        agent: Option<i64>,
+        placed_at: Instant,
+    ) -> Ride {
         let mut ride = Ride::default();
         let odd = rand::rng().random_bool(self.rules.odd_reports);
         tokio::time::sleep_until(placed_at + self.pickup_delay).await;
         if odd {
             // Refused: not picked up (or, once cancelled, no agent assigned any more).
-            match self.report(order_id, "delivered").await {
+            match self.report(order_id, agent, "delivered").await {
                 Ok((409 | 404, _)) => {}
                 answer => ride.problems.push(format!(
                     "a delivery reported before the pick-up answered {}",
@@ -268,7 +289,7 @@ impl Day {
         // Delivery takes a pick-up once it has seen the order placed: `409` until then.
         let seen_by = Instant::now() + PLACED_SEEN.max(self.rules.patience);
         let picked_up = loop {
-            match self.report(order_id, "picked-up").await {
+            match self.report(order_id, agent, "picked-up").await {
                 Ok((409, _)) if Instant::now() < seen_by => tokio::time::sleep(POLL).await,
                 answer => break answer,
             }
@@ -286,26 +307,32 @@ impl Day {
             }
         }
         if odd {
-            self.repeat(order_id, "picked-up", &mut ride).await;
+            self.repeat(order_id, agent, "picked-up", &mut ride).await;
         }
         tokio::time::sleep(self.deliver_delay).await;
         let sent = Instant::now();
-        match self.report(order_id, "delivered").await {
+        match self.report(order_id, agent, "delivered").await {
             Ok((200, _)) => ride.delivered = Some((sent, Instant::now())),
             answer => ride
                 .problems
                 .push(format!("delivery answered {}", shown(&answer))),
         }
         if odd && ride.delivered.is_some() {
-            self.repeat(order_id, "delivered", &mut ride).await;
-            self.repeat(order_id, "picked-up", &mut ride).await;
+            self.repeat(order_id, agent, "delivered", &mut ride).await;
+            self.repeat(order_id, agent, "picked-up", &mut ride).await;
         }
         ride
     }
 
     /// Sends a report that was already taken again: the same answer, `200`.
-    pub(super) async fn repeat(&self, order_id: &str, step: &str, ride: &mut Ride) {
-        match self.report(order_id, step).await {
+    pub(super) async fn repeat(
+        &self,
+        order_id: &str,
+        agent: Option<i64>,
+        step: &str,
+        ride: &mut Ride,
+    ) {
+        match self.report(order_id, agent, step).await {
             Ok((200, _)) => ride.repeats += 1,
             answer => ride
                 .problems
@@ -320,7 +347,8 @@ impl Day {
         let sent = Instant::now();
         let cancel = || {
             let url = format!("{}/orders/{order_id}/cancel", self.api.order());
-            self.api.http.post(url).json(&body)
+            self.api
+                .as_customer(self.api.http.post(url).json(&body), customer)
         };
         let outcome = match self.send(cancel).await {
             Ok((200, body)) if body["status"] == "cancelled" => CancelOutcome::Won,
