@@ -684,7 +684,7 @@ mod tests {
     async fn a_token_of_another_key_is_refused() {
         let (_, public) = key_pair("ed25519");
         let (forger, _) = key_pair("ed25519");
-        let verifier = Verifier::new(KeySource::PublicKeyFile(public), "iss", "aud")
+        let verifier = Verifier::new(KeySource::PublicKeyFile(public.clone()), "iss", "aud")
             .await
             .unwrap();
         let forged = Issuer::from_pem_file(&forger, "iss", "aud")
