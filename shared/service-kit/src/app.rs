@@ -109,14 +109,14 @@ impl Foundation {
     /// Loads the identity keys, connects to (creating and migrating) the database, prepares the
     /// broker pools (connections open on first use) and binds the HTTP listener.
     pub async fn lay(
-        identity: &crate::auth::IdentityArgs,
+        identity: &crate::config::IdentityArgs,
         database: &DatabaseSettings,
         migrator: &'static Migrator,
         broker: BrokerConfig,
         http_addr: &str,
         shutdown: CancellationToken,
     ) -> Result<Self, StartupError> {
-        let verifier = identity.verifier().await?;
+        let verifier = crate::auth::verifier(identity).await?;
         let pool = db::connect(database, migrator, &shutdown).await?;
         let broker = Broker::new(broker, Health::default())?;
         let publisher = Publisher::new(broker.clone());

@@ -1,6 +1,6 @@
 //! Who is calling, in every handler: the [`Caller`] extractor verifies the request's bearer token
-//! (a JWT, see the `identity` crate) with the service's [`Verifier`], which [`IdentityArgs`]
-//! configures and [`crate::app::Foundation`] puts in every request's extensions.
+//! (a JWT, see the `identity` crate) with the service's [`Verifier`], which [`verifier`] makes
+//! from the [`IdentityArgs`] and [`crate::app::Foundation`] puts in every request's extensions.
 //!
 //! A handler takes `caller: Caller` and decides from it: `caller.require_operator()?`, or a match
 //! on the role (a customer's own order, the rider of the agent that holds the delivery). A
@@ -8,8 +8,6 @@
 //! is the handler's `403` (or `404` where even the existence of the thing is not theirs to know).
 
 use std::ops::Deref;
-use std::path::PathBuf;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{FromRequestParts, Request};
@@ -24,86 +22,46 @@ use utoipa::Modify;
 use utoipa::openapi::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::config::parse_positive_duration;
+use crate::config::IdentityArgs;
 use crate::http::ApiError;
 
-/// How callers' tokens are verified. Exactly one of `AUTH_PUBLIC_KEY_FILE`, `AUTH_JWKS_URL`
-/// and `AUTH_DISABLED=true` must be set: a service does not start open by accident.
-#[derive(clap::Args, Clone, Debug)]
-pub struct IdentityArgs {
-    /// The identity provider's public key: a PEM file (Ed25519, ECDSA P-256 or RSA).
-    /// `scripts/run` makes a development key pair and sets this.
-    #[arg(long, env = "AUTH_PUBLIC_KEY_FILE")]
-    pub auth_public_key_file: Option<PathBuf>,
-
-    /// The identity provider's JWKS address (its `jwks_uri`): keys by key id, fetched at start,
-    /// every `AUTH_JWKS_REFRESH` and when a token names a key not seen yet.
-    #[arg(long, env = "AUTH_JWKS_URL")]
-    pub auth_jwks_url: Option<String>,
-
-    /// How often the JWKS is fetched again.
-    #[arg(long, env = "AUTH_JWKS_REFRESH", default_value = "5m", value_parser = parse_positive_duration)]
-    pub auth_jwks_refresh: Duration,
-
-    /// The issuer (`iss`) tokens must come from.
-    #[arg(long, env = "AUTH_ISSUER", default_value = "tenminute-dev")]
-    pub auth_issuer: String,
-
-    /// The audience (`aud`) tokens must be for.
-    #[arg(long, env = "AUTH_AUDIENCE", default_value = "tenminute")]
-    pub auth_audience: String,
-
-    /// Turns identity off: every request may act for anyone. For development only; the service
-    /// says so loudly at start.
-    #[arg(
-        long,
-        env = "AUTH_DISABLED",
-        default_value_t = false,
-        action = clap::ArgAction::Set,
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
-    pub auth_disabled: bool,
-}
-
-impl IdentityArgs {
-    /// The verifier these settings describe (fetching a JWKS once now).
-    pub async fn verifier(&self) -> Result<Verifier, IdentityError> {
-        let source = match (
-            &self.auth_public_key_file,
-            self.auth_jwks_url
-                .as_deref()
-                .filter(|u| !u.trim().is_empty()),
-            self.auth_disabled,
-        ) {
-            (None, None, true) => {
-                error!(
-                    "IDENTITY IS TURNED OFF (AUTH_DISABLED=true): every request may act for \
+/// The verifier that `args` describe (fetching a JWKS once now).
+pub async fn verifier(args: &IdentityArgs) -> Result<Verifier, IdentityError> {
+    let source = match (
+        &args.auth_public_key_file,
+        args.auth_jwks_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty()),
+        args.auth_disabled,
+    ) {
+        (None, None, true) => {
+            error!(
+                "IDENTITY IS TURNED OFF (AUTH_DISABLED=true): every request may act for \
                      anyone, operators included. For development only; never in production"
-                );
-                return Ok(Verifier::disabled());
-            }
-            (Some(path), None, false) => KeySource::PublicKeyFile(path.clone()),
-            (None, Some(url), false) => KeySource::Jwks {
-                url: url.to_owned(),
-                refresh: self.auth_jwks_refresh,
-            },
-            (None, None, false) => {
-                return Err(IdentityError::Settings(
-                    "identity: set AUTH_PUBLIC_KEY_FILE or AUTH_JWKS_URL (or AUTH_DISABLED=true, \
+            );
+            return Ok(Verifier::disabled());
+        }
+        (Some(path), None, false) => KeySource::PublicKeyFile(path.clone()),
+        (None, Some(url), false) => KeySource::Jwks {
+            url: url.to_owned(),
+            refresh: args.auth_jwks_refresh,
+        },
+        (None, None, false) => {
+            return Err(IdentityError::Settings(
+                "identity: set AUTH_PUBLIC_KEY_FILE or AUTH_JWKS_URL (or AUTH_DISABLED=true, \
                      for development only)"
-                        .to_owned(),
-                ));
-            }
-            _ => {
-                return Err(IdentityError::Settings(
-                    "identity: set only one of AUTH_PUBLIC_KEY_FILE, AUTH_JWKS_URL and \
+                    .to_owned(),
+            ));
+        }
+        _ => {
+            return Err(IdentityError::Settings(
+                "identity: set only one of AUTH_PUBLIC_KEY_FILE, AUTH_JWKS_URL and \
                      AUTH_DISABLED=true"
-                        .to_owned(),
-                ));
-            }
-        };
-        Verifier::new(source, &self.auth_issuer, &self.auth_audience).await
-    }
+                    .to_owned(),
+            ));
+        }
+    };
+    Verifier::new(source, &args.auth_issuer, &args.auth_audience).await
 }
 
 /// The verified caller of a request (extractor). See the module's documentation.

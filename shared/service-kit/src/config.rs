@@ -202,7 +202,45 @@ pub struct ServiceArgs {
 
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub identity: crate::auth::IdentityArgs,
+    pub identity: IdentityArgs,
+}
+
+/// How callers' tokens are verified. Exactly one of `AUTH_PUBLIC_KEY_FILE`, `AUTH_JWKS_URL`
+/// and `AUTH_DISABLED=true` must be set: a service does not start open by accident.
+#[derive(clap::Args, Clone, Debug)]
+pub struct IdentityArgs {
+    /// The identity provider's public key: a PEM file (Ed25519, ECDSA P-256 or RSA).
+    /// `scripts/run` makes a development key pair and sets this.
+    #[arg(long, env = "AUTH_PUBLIC_KEY_FILE")]
+    pub auth_public_key_file: Option<std::path::PathBuf>,
+
+    /// The identity provider's JWKS address (its `jwks_uri`): keys by key id, fetched at start,
+    /// every `AUTH_JWKS_REFRESH` and when a token names a key not seen yet.
+    #[arg(long, env = "AUTH_JWKS_URL")]
+    pub auth_jwks_url: Option<String>,
+
+    /// How often the JWKS is fetched again.
+    #[arg(long, env = "AUTH_JWKS_REFRESH", default_value = "5m", value_parser = parse_positive_duration)]
+    pub auth_jwks_refresh: Duration,
+
+    /// The issuer (`iss`) tokens must come from.
+    #[arg(long, env = "AUTH_ISSUER", default_value = "tenminute-dev")]
+    pub auth_issuer: String,
+
+    /// The audience (`aud`) tokens must be for.
+    #[arg(long, env = "AUTH_AUDIENCE", default_value = "tenminute")]
+    pub auth_audience: String,
+
+    /// Turns identity off: every request may act for anyone. For development only; the service
+    /// says so loudly at start.
+    #[arg(
+        long,
+        env = "AUTH_DISABLED",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub auth_disabled: bool,
 }
 
 impl ServiceArgs {
