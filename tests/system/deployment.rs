@@ -374,6 +374,70 @@ fn grafana_is_provisioned_with_the_dashboards_of_the_repository_on_a_data_source
     }
 }
 
+/// The services reach RabbitMQ and PostgreSQL over TLS, verifying both with the authority in a
+/// volume that the certificate maker fills and every party mounts: amqps to a port the broker
+/// nodes' mounted TLS configuration listens on, and `sslmode=verify-full` to a PostgreSQL started
+/// with `ssl=on`.
+#[test]
+fn the_services_reach_the_broker_and_postgresql_over_tls_with_the_compose_authority() {
+    let compose = compose();
+    let services = services(&compose);
+    let mounts = |service: &Yaml| -> Vec<(String, String)> {
+        strings(&service["volumes"])
+            .iter()
+            .filter_map(|v| {
+                let mut parts = v.split(':');
+                Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
+            })
+            .collect()
+    };
+    let tls_volume = |service: &Yaml| -> Option<String> {
+        mounts(service)
+            .into_iter()
+            .find(|(source, _)| source == "tls")
+            .map(|(_, target)| target)
+    };
+    assert_eq!(
+        tls_volume(&services["tls-certs"]).as_deref(),
+        Some("/tls"),
+        "the certificate maker fills the tls volume"
+    );
+    let broker = &services["rabbitmq"];
+    let conf = in_repository(broker, "/etc/rabbitmq/conf.d/30-tls.conf").expect("a TLS config");
+    let conf = std::fs::read_to_string(conf).unwrap();
+    assert!(conf.contains("listeners.ssl.default = 5671"), "{conf}");
+    let broker_tls = tls_volume(broker).expect("the broker mounts the tls volume");
+    assert!(conf.contains(&format!("{broker_tls}/server.key")), "{conf}");
+    let postgres = &services["postgres"];
+    let command = strings(&postgres["command"]).join(" ");
+    let pg_tls = tls_volume(postgres).expect("postgres mounts the tls volume");
+    assert!(command.contains("ssl=on"), "{command}");
+    assert!(
+        command.contains(&format!("ssl_key_file={pg_tls}/server.key")),
+        "{command}"
+    );
+    // `host:port` of a URL with credentials.
+    let server = |url: &str| -> String {
+        let authority = url.split("://").nth(1).unwrap_or(url);
+        let authority = authority.split('/').next().unwrap_or(authority);
+        authority.rsplit('@').next().unwrap_or(authority).to_owned()
+    };
+    for app in ["order", "store", "delivery"] {
+        let service = &services[app];
+        let env = environment(service);
+        let ca_dir = tls_volume(service).unwrap_or_else(|| panic!("{app} mounts the tls volume"));
+        let ca = format!("{ca_dir}/ca.pem");
+        let amqp = &env["AMQP_URL"];
+        assert!(amqp.starts_with("amqps://"), "{app}: {amqp}");
+        assert_eq!(server(amqp), "rabbitmq:5671", "{app}: {amqp}");
+        assert_eq!(env["AMQP_TLS_CA_FILE"], ca, "{app}");
+        let db = &env[&format!("{}_DATABASE_URL", app.to_uppercase())];
+        assert!(db.contains("sslmode=verify-full"), "{app}: {db}");
+        assert!(db.contains(&format!("sslrootcert={ca}")), "{app}: {db}");
+        assert_eq!(server(db), "postgres:5432", "{app}: {db}");
+    }
+}
+
 #[test]
 fn env_example_sets_every_variable_that_compose_requires() {
     let text = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
