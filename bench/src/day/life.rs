@@ -221,7 +221,10 @@ impl Day {
             };
             match body["status"].as_str() {
                 Some("pending") => {}
-                Some("placed") => {
+                // Placed, or further on already: a pick-up sent while the order was being
+                // placed is taken once delivery has seen it placed, which may come before this
+                // poll. The rider then reports it again (answered from the record) and delivers.
+                Some("placed" | "picked_up" | "delivered") => {
                     life.finished_later = true;
                     self.take_placed(life, &body);
                     return;
