@@ -9,7 +9,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::verifier::VerifyingKey;
+use crate::keys::VerifyingKey;
 
 /// The shortest time between two fetches of the JWKS made because a token named an unknown key.
 const MIN_REFETCH: Duration = Duration::from_secs(10);

@@ -13,6 +13,7 @@
 
 mod issuer;
 mod jwks;
+mod keys;
 mod verifier;
 
 use std::path::Path;

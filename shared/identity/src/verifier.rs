@@ -8,6 +8,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::jwks::Jwks;
+use crate::keys::VerifyingKey;
 use crate::{Caller, IdentityError, Rejected, Role, read};
 
 /// How much a token's `exp` may be behind the verifier's clock and still be taken.
@@ -37,13 +38,6 @@ pub enum KeySource {
     },
     /// No verification: every caller is [`Caller::Anyone`]. Development only.
     Disabled,
-}
-
-/// A key and the algorithms it verifies.
-#[derive(Clone)]
-pub(crate) struct VerifyingKey {
-    pub(crate) key: DecodingKey,
-    pub(crate) algorithms: Vec<Algorithm>,
 }
 
 /// Checks tokens. Cheap to clone.
