@@ -235,16 +235,9 @@ async fn call(
     body: Option<Value>,
     token: Option<&str>,
 ) -> (StatusCode, Value) {
-    let mut request = system.http().request(method, service.url(path));
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.expect("the service answers");
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    system
+        .request_as(service, method, path, body.as_ref(), token)
+        .await
 }
 
 /// One row of the matrix: a request, and what each role gets.

@@ -62,6 +62,8 @@ pub struct Coordinator {
     pub(crate) recovery_slots: Arc<Semaphore>,
     /// Which new orders are taken on (orders in flight, per-customer rate).
     pub(crate) admission: crate::admission::Admission,
+    /// Wakes the streams of `GET /orders/{id}/events` when an order's event goes by.
+    pub(crate) live: crate::live::Live,
 }
 
 /// Why a driver stopped before the order was final.
@@ -78,6 +80,11 @@ impl Coordinator {
     /// The database pool.
     pub fn pool(&self) -> &PgPool {
         self.orders.pool()
+    }
+
+    /// What wakes the streams of live orders.
+    pub fn live(&self) -> &crate::live::Live {
+        &self.live
     }
 
     /// The settings.

@@ -19,6 +19,8 @@
 //! - [`orphans`]: releasing reservations in an order's way whose orders can never be placed.
 //! - [`recovery`]: the deadline-timer consumer and the sweep that take over orders whose
 //!   driver stopped.
+//! - [`live`]: one queue of every order event per coordinator, which wakes the streams of
+//!   `GET /orders/{id}/events`.
 //! - [`outbox`]: the events written with final orders, and the relay that publishes them.
 //! - [`repo`]: the order table.
 //! - [`metrics`]: the names and descriptions of the service's metrics; the oldest-order gauge.
@@ -33,6 +35,7 @@ pub mod config;
 pub mod coordinator;
 pub mod driver;
 pub mod http;
+pub mod live;
 /// The order machine (its own crate, so that the model checker builds without the service).
 pub use order_machine as machine;
 pub mod metrics;

@@ -114,6 +114,24 @@ impl Application {
             foundation.stop_background.clone(),
             &foundation.tracker,
         );
+        // Every order event, for the streams of `GET /orders/{id}/events`: a queue of this
+        // coordinator's own (exclusive), read with automatic acks.
+        let live = crate::live::Live::new();
+        let (live_queue, live_declarations) = crate::live::Live::tap(&topology, instance);
+        foundation.tracker.spawn(consumer::run(
+            foundation.broker.clone(),
+            foundation.publisher.clone(),
+            ConsumerSpec {
+                queue: live_queue,
+                prefetch: 0,
+                ack_mode: AckMode::Auto,
+                dead_letter_exchange: None,
+                declarations: Arc::new(live_declarations),
+            },
+            live.handler(),
+            foundation.stop_background.clone(),
+        ));
+
         let events = Arc::new(Notify::new());
         let coordinator = Arc::new(Coordinator {
             orders: Orders::new(
@@ -140,6 +158,7 @@ impl Application {
                 config.customer_order_rate,
                 config.customer_order_burst,
             ),
+            live,
         });
         foundation.tracker.spawn(outbox::relay(
             foundation.pool.clone(),

@@ -190,6 +190,17 @@ impl Topology {
         self.name(format_args!("order.replies.{instance}"))
     }
 
+    /// The exclusive queue of every order event that a coordinator instance binds for the
+    /// streams of `GET /orders/{id}/events` (gone with the instance).
+    pub fn live_queue(&self, instance: impl fmt::Display) -> String {
+        self.name(format_args!("order.live.{instance}"))
+    }
+
+    /// The exclusive queue of every order event of a console process (gone with it).
+    pub fn console_queue(&self, instance: impl fmt::Display) -> String {
+        self.name(format_args!("console.events.{instance}"))
+    }
+
     /// Direct exchange of an owner's timers (`order`, `store` or `delivery`).
     pub fn timers_exchange(&self, owner: &str) -> String {
         self.name(format_args!("{owner}.timers"))

@@ -13,6 +13,7 @@
 // Helpers serve every test module; not every module uses every helper.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod checker;
 pub mod client;
 pub mod cluster;
@@ -23,6 +24,7 @@ pub mod keys;
 pub mod load;
 pub mod proxy;
 pub mod service;
+pub mod sse;
 
 use std::future::Future;
 use std::sync::{Arc, LazyLock};
@@ -280,9 +282,25 @@ impl TestSystem {
         path: &str,
         body: Option<&Value>,
     ) -> (StatusCode, Value) {
+        self.request_as(service, method, path, body, None).await
+    }
+
+    /// A request to `service` with `token` (as its bearer), if given; returns the status and the
+    /// JSON body (`Null` if none).
+    pub async fn request_as(
+        &self,
+        service: &Service,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
         let mut request = self.http.request(method, service.url(path));
         if let Some(body) = body {
             request = request.json(body);
+        }
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
         }
         let response = request.send().await.expect("request sent");
         let status = response.status();

@@ -76,6 +76,7 @@ async fn coordinator(database: &ScratchDatabase, fake: Arc<Fake>) -> Arc<Coordin
         broker: Health::default(),
         recovery_slots: Arc::new(Semaphore::new(8)),
         admission: crate::admission::Admission::new(1024, 0.0, 1),
+        live: crate::live::Live::new(),
     })
 }
 

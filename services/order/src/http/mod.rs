@@ -23,6 +23,8 @@
 //!   order is for another basket.
 //! - `GET /orders/{id}` → `200` with the same body for the order's current state (`placed`,
 //!   `picked_up`, `delivered`, `cancelling`, `cancelled`, ...); `404` if there is no such order.
+//! - `GET /orders/{id}/events` → `text/event-stream`: the order's states as they happen,
+//!   resumable with `Last-Event-ID` (see [`events`]).
 //! - `POST /orders/{id}/cancel` `{}` → `200 {"status": "cancelled", ...}`, or `409`
 //!   with `reason` `already_picked_up`, `not_placed` or `not_placed_yet`, or `202 {"status":
 //!   "cancelling"}` when the cancel has not ended within the response budget; `404` if the
@@ -56,6 +58,7 @@ use crate::machine::OrderState;
 use crate::placement::{PlaceError, Placement};
 use crate::repo::{self, RepoError};
 
+mod events;
 mod view;
 
 use view::{OrderView, Reason, view};
@@ -88,6 +91,7 @@ fn api() -> OpenApiRouter<Arc<Coordinator>> {
         .routes(routes!(place_order))
         .routes(routes!(get_order))
         .routes(routes!(cancel_order))
+        .routes(routes!(events::order_events))
 }
 
 /// The routes, with the coordinator as state.

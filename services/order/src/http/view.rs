@@ -60,6 +60,21 @@ pub(super) enum Status {
     Cancelled,
 }
 
+impl Status {
+    /// As the API spells it.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Placed => "placed",
+            Status::NotPlaced => "not_placed",
+            Status::PickedUp => "picked_up",
+            Status::Delivered => "delivered",
+            Status::Cancelling => "cancelling",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// How far placing a `pending` order has come.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -181,6 +196,10 @@ mod tests {
                 None => serde_json::to_value(status),
             };
             assert_eq!(shown.ok(), Some(serde_json::json!(state.as_str())));
+            assert_eq!(
+                serde_json::to_value(status).ok(),
+                Some(serde_json::json!(status.as_str()))
+            );
         }
         for &reason in NotPlacedReason::ALL {
             assert_eq!(
