@@ -2,9 +2,13 @@
 //! request, reads too: `401` without a valid token, `403` for a customer's or rider's).
 //!
 //! - `GET /admin/orders?state=assigning&older_than=30s&limit=100` → `200 {"orders": [{"order_id",
-//!   "state", "reason", "age_seconds", "attempt", "deadline", "lease_holder", "lease_until",
-//!   "lease_expired"}]}`: unfinished orders received more than `older_than` ago (default `0s`),
+//!   "state", "hub_id", "reason", "age_seconds", "attempt", "deadline", "lease_holder",
+//!   "lease_until", "lease_expired"}]}`: unfinished orders received more than `older_than` ago (default `0s`),
 //!   oldest first, at most `limit` (default 100, at most 1,000).
+//! - `GET /admin/hubs/{id}/orders?limit=100` → `200 {"hub_id", "counts": {"placed": 3, …},
+//!   "orders": [{"order_id", "state", "agent_id", "age_seconds", "created_at"}]}`: the orders in
+//!   flight at a hub (being placed, placed, picked up, being cancelled), counted by state, and
+//!   the oldest `limit` of them (read through an index of the orders in flight per hub).
 //! - `POST /admin/orders/{id}/retry` → `202 {"order_id", "state", "driving": true}`: a decided
 //!   order that is not final (`assigning`, `compensating`, `cancelling`) is taken over by this
 //!   coordinator now, whoever held its lease (the holder is fenced off: its next save fails), and
@@ -50,6 +54,7 @@ const DEFAULT_LIST: i64 = 100;
 fn api() -> OpenApiRouter<Arc<Coordinator>> {
     OpenApiRouter::new()
         .routes(routes!(list_unfinished))
+        .routes(routes!(hub_orders))
         .routes(routes!(retry))
         .routes(routes!(abort))
 }
@@ -87,7 +92,7 @@ struct ListQuery {
     params(ListQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "`{\"orders\": [{\"order_id\", \"state\", \"reason\", \"age_seconds\", \"attempt\", \"created_at\", \"deadline\", \"lease_holder\", \"lease_until\", \"lease_expired\"}]}`", body = Object),
+        (status = 200, description = "`{\"orders\": [{\"order_id\", \"state\", \"hub_id\", \"reason\", \"age_seconds\", \"attempt\", \"created_at\", \"deadline\", \"lease_holder\", \"lease_until\", \"lease_expired\"}]}`", body = Object),
         (status = 400, description = "The query is not readable (an unknown parameter, `limit` not an integer)", body = ErrorBody),
         (status = 401, description = "No token, or one that does not verify", body = ErrorBody),
         (status = 403, description = "Not an operator", body = ErrorBody),
@@ -134,6 +139,7 @@ async fn list_unfinished(
             json!({
                 "order_id": o.id,
                 "state": o.state,
+                "hub_id": o.hub_id,
                 "reason": o.reason,
                 "age_seconds": age as f64 / 1000.0,
                 "attempt": o.attempt,
@@ -146,6 +152,70 @@ async fn list_unfinished(
         })
         .collect();
     Ok(Json(json!({ "orders": orders })))
+}
+
+/// How many of a hub's orders in flight to list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct HubQuery {
+    /// At most this many (100 if absent).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+/// The orders in flight at a hub (being placed, placed, picked up, being cancelled): how many in
+/// each state, and the oldest of them.
+#[utoipa::path(
+    get,
+    path = "/admin/hubs/{id}/orders",
+    tag = "operator",
+    params(("id" = i64, Path, description = "The hub"), HubQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`{\"hub_id\", \"counts\": {\"placed\": 3, …}, \"orders\": [{\"order_id\", \"state\", \"agent_id\", \"age_seconds\", \"created_at\"}]}`: orders oldest first, at most `limit`; a hub with no orders in flight (or no such hub) has none", body = Object),
+        (status = 400, description = "The id is not an integer, or the query is not readable", body = ErrorBody),
+        (status = 401, description = "No token, or one that does not verify", body = ErrorBody),
+        (status = 403, description = "Not an operator", body = ErrorBody),
+        (status = 422, description = "The id is not a positive integer, or `limit` is out of range", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
+    )
+)]
+async fn hub_orders(
+    State(coordinator): State<Arc<Coordinator>>,
+    AppPath(hub): AppPath<i64>,
+    AppQuery(query): AppQuery<HubQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let hub = service_kit::http::hub_field(Some(hub))?;
+    let limit = query.limit.unwrap_or(DEFAULT_LIST);
+    if !(1..=MAX_LIST).contains(&limit) {
+        return Err(ApiError::Unprocessable(format!(
+            "limit must be 1 to {MAX_LIST}, got {limit}"
+        )));
+    }
+    let counts = repo::hubs::in_flight_counts(coordinator.pool(), hub).await?;
+    let orders = repo::hubs::in_flight(coordinator.pool(), hub, limit).await?;
+    let now = Utc::now();
+    let counts: serde_json::Map<String, Value> = counts
+        .into_iter()
+        .map(|(state, count)| (state, json!(count)))
+        .collect();
+    let orders: Vec<Value> = orders
+        .into_iter()
+        .map(|o| {
+            let age = (now - o.created_at).num_milliseconds().max(0);
+            json!({
+                "order_id": o.id,
+                "state": o.state,
+                "agent_id": o.agent_id,
+                "age_seconds": age as f64 / 1000.0,
+                "created_at": o.created_at,
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "hub_id": hub, "counts": counts, "orders": orders }),
+    ))
 }
 
 fn unfinished_names() -> String {

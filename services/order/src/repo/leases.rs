@@ -153,6 +153,8 @@ pub struct Unfinished {
     pub id: OrderId,
     /// Its state (unfinished).
     pub state: String,
+    /// Its hub.
+    pub hub_id: i64,
     /// Why it is being not placed (compensating).
     pub reason: Option<String>,
     /// Transaction attempts so far.
@@ -176,7 +178,7 @@ pub async fn unfinished(
     limit: i64,
 ) -> Result<Vec<Unfinished>, RepoError> {
     Ok(sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT id, state, reason, attempt, created_at, deadline, lease_holder, lease_until
+        "SELECT id, state, hub_id, reason, attempt, created_at, deadline, lease_holder, lease_until
          FROM orders
          WHERE state IN {UNFINISHED} AND ($1::text IS NULL OR state = $1)
            AND created_at < now() - $2

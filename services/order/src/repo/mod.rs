@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::machine::{Lease, Order, OrderState, Transition, UnknownName, Writer};
 use crate::outbox::OutboxEvent;
 
+pub mod hubs;
 mod leases;
 mod writes;
 
