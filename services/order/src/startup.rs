@@ -68,10 +68,10 @@ impl Application {
         // Deadline timers fire once a dead driver's lease has surely run out.
         let timer_wait = settings.order_deadline + settings.lease + config.timer_window;
         let declarations = topology.coordinator(timer_wait);
-        let reply_declarations = Arc::new(Declarations {
+        let reply_declarations = Declarations {
             exchanges: declarations.exchanges.clone(),
             queues: vec![topology.reply_queue_spec(instance)],
-        });
+        };
         let declarations = Arc::new(declarations);
         let sample_interval = config.common.metrics.metrics_sample_interval;
         foundation.watch_dead_letter_queues(&declarations, sample_interval);
@@ -90,14 +90,7 @@ impl Application {
         foundation.tracker.spawn(consumer::run(
             foundation.broker.clone(),
             foundation.publisher.clone(),
-            ConsumerSpec {
-                queue: topology.reply_queue(instance),
-                // Ignored with automatic acks; replies are handled as they come.
-                prefetch: 0,
-                ack_mode: AckMode::Auto,
-                dead_letter_exchange: None,
-                declarations: reply_declarations,
-            },
+            ConsumerSpec::exclusive(topology.reply_queue(instance), reply_declarations),
             rpc.replies(),
             foundation.stop_background.clone(),
         ));
@@ -121,13 +114,7 @@ impl Application {
         foundation.tracker.spawn(consumer::run(
             foundation.broker.clone(),
             foundation.publisher.clone(),
-            ConsumerSpec {
-                queue: live_queue,
-                prefetch: 0,
-                ack_mode: AckMode::Auto,
-                dead_letter_exchange: None,
-                declarations: Arc::new(live_declarations),
-            },
+            ConsumerSpec::exclusive(live_queue, live_declarations),
             live.handler(),
             foundation.stop_background.clone(),
         ));

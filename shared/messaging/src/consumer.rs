@@ -163,6 +163,21 @@ pub struct ConsumerSpec {
     pub declarations: Arc<Declarations>,
 }
 
+impl ConsumerSpec {
+    /// A queue of this process's own (exclusive, declared by `declarations`) read with automatic
+    /// acks: a reply queue, or a tap of events that matter only while the process lives.
+    pub fn exclusive(queue: String, declarations: Declarations) -> Self {
+        Self {
+            queue,
+            // Ignored with automatic acks: messages are handled as they come.
+            prefetch: 0,
+            ack_mode: AckMode::Auto,
+            dead_letter_exchange: None,
+            declarations: Arc::new(declarations),
+        }
+    }
+}
+
 /// How long in-flight handlers may take to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use messaging::consumer::{self, AckMode, ConsumerSpec};
+use messaging::consumer::{self, ConsumerSpec};
 use messaging::{
     Broker, BrokerConfig, Disposition, Handler, Health, Incoming, Outgoing, Publisher,
 };
@@ -63,13 +63,7 @@ impl EventTap {
         tokio::spawn(consumer::run(
             broker,
             publisher.clone(),
-            ConsumerSpec {
-                queue,
-                prefetch: 0,
-                ack_mode: AckMode::Auto,
-                dead_letter_exchange: None,
-                declarations: Arc::new(declarations),
-            },
+            ConsumerSpec::exclusive(queue, declarations),
             Arc::new(Forward(sender)),
             shutdown.clone(),
         ));

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use messaging::consumer::{self, AckMode, ConsumerSpec};
+use messaging::consumer::{self, ConsumerSpec};
 use messaging::{Broker, Disposition, Handler, Health, Incoming, Publisher};
 use protocol::topology::Topology;
 use service_kit::config::BrokerArgs;
@@ -55,14 +55,7 @@ async fn main() -> anyhow::Result<()> {
     consumer::run(
         broker,
         publisher,
-        ConsumerSpec {
-            queue,
-            prefetch: 0,
-            // A tail of live events: what arrives while it is not running is not its business.
-            ack_mode: AckMode::Auto,
-            dead_letter_exchange: None,
-            declarations: Arc::new(declarations),
-        },
+        ConsumerSpec::exclusive(queue, declarations),
         Arc::new(Print),
         shutdown,
     )
