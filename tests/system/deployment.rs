@@ -215,6 +215,50 @@ fn every_file_compose_mounts_is_in_the_repository_and_every_volume_is_declared()
 }
 
 #[test]
+fn every_compose_command_is_a_binary_the_image_builds_and_installs() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    let compose = compose();
+    let mut commands = 0;
+    for (name, service) in services(&compose) {
+        // Built from this repository, running one of its programs (not a shell).
+        if service["build"].is_null() || !service["entrypoint"].is_null() {
+            continue;
+        }
+        let Some(binary) = strings(&service["command"]).into_iter().next() else {
+            continue;
+        };
+        let package = std::fs::read_dir(root().join("services"))
+            .expect("services/")
+            .chain(std::fs::read_dir(root().join("tools")).expect("tools/"))
+            .filter_map(Result::ok)
+            .find_map(|dir| {
+                let manifest = std::fs::read_to_string(dir.path().join("Cargo.toml")).ok()?;
+                let is_bin = manifest.contains(&format!("name = \"{binary}\""));
+                let package = manifest
+                    .lines()
+                    .find_map(|l| l.strip_prefix("name = \""))?
+                    .trim_end_matches('"')
+                    .to_owned();
+                is_bin.then_some(package)
+            })
+            .unwrap_or_else(|| panic!("{name} runs {binary}, which no package builds"));
+        assert!(
+            dockerfile.contains(&format!("-p {package} ")),
+            "{name} runs {binary}: the image does not build {package}"
+        );
+        assert!(
+            dockerfile.contains(&format!("target/release/{binary} ")),
+            "{name} runs {binary}: the image does not install it"
+        );
+        commands += 1;
+    }
+    assert!(
+        commands >= 5,
+        "only {commands} services run the image's binaries"
+    );
+}
+
+#[test]
 fn each_service_publishes_and_probes_the_port_it_listens_on() {
     let compose = compose();
     let services = services(&compose);

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::keys::TestKeys;
 use crate::helpers::sse::SseStream;
-use crate::helpers::{Options, PLACED_SEEN, TestSystem};
+use crate::helpers::{Options, TestSystem};
 
 /// How long an event may take to come (an event wakes the stream; it also reads the order
 /// every five seconds).
@@ -80,31 +80,11 @@ impl Shop {
         request.send().await.expect("the order service answers")
     }
 
-    /// The rider of `agent` reports `step` of `order`, asking again while delivery has not seen
-    /// the order placed.
+    /// The rider of `agent` reports `step` of `order`.
     async fn ride(&self, order: &str, agent: i64, step: &str) {
         let token = self.keys.rider(agent);
-        let deadline = tokio::time::Instant::now() + PLACED_SEEN;
-        loop {
-            let (status, body) = self
-                .system
-                .request_as(
-                    &self.system.delivery,
-                    Method::POST,
-                    &format!("/deliveries/{order}/{step}"),
-                    None,
-                    Some(&token),
-                )
-                .await;
-            if status == StatusCode::OK {
-                return;
-            }
-            assert!(
-                status == StatusCode::CONFLICT && tokio::time::Instant::now() < deadline,
-                "{step}: {status} {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (status, body) = self.system.rider_as(order, step, Some(&token)).await;
+        assert_eq!(status, StatusCode::OK, "{step}: {body}");
     }
 }
 

@@ -434,9 +434,27 @@ impl TestSystem {
     /// a pick-up refused with `409` (delivery has not seen the order placed yet) is asked again
     /// until it is answered otherwise, or for [`PLACED_SEEN`].
     pub async fn rider(&self, order: &str, step: &str) -> (StatusCode, Value) {
+        self.rider_as(order, step, None).await
+    }
+
+    /// [`TestSystem::rider`] with the rider's `token` (identity on).
+    pub async fn rider_as(
+        &self,
+        order: &str,
+        step: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
         let deadline = Instant::now() + PLACED_SEEN;
         loop {
-            let (status, body) = self.rider_once(order, step).await;
+            let (status, body) = self
+                .request_as(
+                    &self.delivery,
+                    reqwest::Method::POST,
+                    &format!("/deliveries/{order}/{step}"),
+                    None,
+                    token,
+                )
+                .await;
             if step != "picked-up" || status != StatusCode::CONFLICT || Instant::now() > deadline {
                 return (status, body);
             }
