@@ -5,15 +5,22 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio::time::Instant;
 
 /// The key of an element reference in WebDriver answers.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// One browser at a time on the machine: each test's browser waits for the one before it to
+/// close (two Chromiums at once, each a dozen processes, beside the services of two tests, are
+/// more than a small CI machine should carry).
+static ONE_AT_A_TIME: LazyLock<Arc<Mutex<()>>> = LazyLock::new(|| Arc::new(Mutex::new(())));
 
 /// A browser session, and the driver that runs it (in a process group of its own, so that the
 /// browser goes with it).
@@ -22,11 +29,13 @@ pub struct Browser {
     http: reqwest::Client,
     session: String,
     profile: PathBuf,
+    _turn: OwnedMutexGuard<()>,
 }
 
 impl Browser {
     /// Starts `chromedriver` on a free port and a headless Chromium session, 1400×1000.
     pub async fn start() -> Self {
+        let turn = Arc::clone(&ONE_AT_A_TIME).lock_owned().await;
         let driver_bin = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
         let chrome = std::env::var("CHROME_BIN").unwrap_or_else(|_| "/usr/bin/chromium".into());
         assert!(
@@ -58,7 +67,9 @@ impl Browser {
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                          "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
                          "--disable-background-networking", "--disable-component-update",
-                         "--disable-sync", "--window-size=1400,1000",
+                         "--disable-sync", "--disable-extensions", "--mute-audio",
+                         "--no-zygote", "--renderer-process-limit=1",
+                         "--window-size=1400,1000",
                          "--force-device-scale-factor=1",
                          format!("--user-data-dir={}", profile.display())],
             },
@@ -87,6 +98,7 @@ impl Browser {
             http,
             session: format!("{base}/session/{session}"),
             profile,
+            _turn: turn,
         }
     }
 
