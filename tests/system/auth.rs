@@ -74,6 +74,28 @@ impl World {
         )
         .await;
         assert_eq!(status, StatusCode::CREATED, "{agents}");
+        // The other rider's agent is at another hub: no order of the test (all at the default
+        // hub) can take it, whichever agent a reserve starts looking from.
+        let (status, hub) = call(
+            &system,
+            &system.store,
+            Method::POST,
+            "/hubs",
+            Some(json!({ "name": "Elsewhere" })),
+            Some(&operator),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{hub}");
+        let (status, elsewhere) = call(
+            &system,
+            &system.delivery,
+            Method::POST,
+            "/agents",
+            Some(json!({ "count": 1, "hub_id": hub["id"] })),
+            Some(&operator),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{elsewhere}");
         let mut world = Self {
             tokens: BTreeMap::from([
                 (As::Owner, keys.customer("c-owner")),
@@ -88,15 +110,7 @@ impl World {
             holder: 0,
             other_agent: 0,
         };
-        // Every agent the orders of the test may take is at the default hub; the other rider's
-        // agent is one the orders do not take (the last created).
-        world.other_agent = agents["ids"]
-            .as_array()
-            .unwrap()
-            .last()
-            .unwrap()
-            .as_i64()
-            .unwrap();
+        world.other_agent = elsewhere["ids"][0].as_i64().unwrap();
         world
     }
 
@@ -235,9 +249,16 @@ async fn call(
     body: Option<Value>,
     token: Option<&str>,
 ) -> (StatusCode, Value) {
-    system
-        .request_as(service, method, path, body.as_ref(), token)
-        .await
+    let mut request = system.http().request(method, service.url(path));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("the service answers");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// One row of the matrix: a request, and what each role gets.

@@ -1,6 +1,11 @@
 //! The operations console and the customer page, used as a person would: in headless Chromium,
 //! against the real services with identity on. The screenshots in `docs/` come from here
 //! (`UPDATE_SCREENSHOTS=1`; otherwise they go to `target/screenshots/`).
+//!
+//! The tests that open Chromium are ignored by the test command: on the machine CI runs on,
+//! starting Chromium has taken the whole machine down (every process, the broker and the
+//! database included). Run them where Chromium runs:
+//! `cargo test --test system -- --ignored console::`. The console's API tests run always.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -164,6 +169,7 @@ async fn sign_in(browser: &Browser, day: &Day) {
 }
 
 #[tokio::test]
+#[ignore = "opens Chromium, which this CI machine does not survive: run with `cargo test --test system -- --ignored console::`"]
 async fn an_operator_watches_the_day_on_the_console_and_aborts_a_stuck_order_from_it() {
     // Phase 1 may wait a minute, so that an order whose delivery side is frozen stays undecided
     // until the operator aborts it.
@@ -342,6 +348,7 @@ async fn an_operator_watches_the_day_on_the_console_and_aborts_a_stuck_order_fro
 }
 
 #[tokio::test]
+#[ignore = "opens Chromium, which this CI machine does not survive: run with `cargo test --test system -- --ignored console::`"]
 async fn a_customer_places_a_basket_on_the_customer_page_and_watches_it_move() {
     let day = Day::open(Options::default()).await;
     let food = day.food("Poha", 1, 5).await;
@@ -363,14 +370,8 @@ async fn a_customer_places_a_basket_on_the_customer_page_and_watches_it_move() {
     let order = day.status_of(&id).await;
     assert_eq!(order["lines"], json!([{ "food_id": food, "quantity": 2 }]));
     let agent = order["agent_id"].as_i64().unwrap();
-    assert_eq!(
-        browser
-            .script(
-                "return document.getElementById('cancel').disabled;",
-                json!([])
-            )
-            .await,
-        false,
+    assert!(
+        !browser.is_disabled("#cancel").await,
         "a placed order may be cancelled"
     );
 
@@ -378,14 +379,8 @@ async fn a_customer_places_a_basket_on_the_customer_page_and_watches_it_move() {
     browser
         .wait_text("#order-status", SHOWN, |t| t == "picked_up")
         .await;
-    assert_eq!(
-        browser
-            .script(
-                "return document.getElementById('cancel').disabled;",
-                json!([])
-            )
-            .await,
-        true,
+    assert!(
+        browser.is_disabled("#cancel").await,
         "not after the pick-up"
     );
     day.ride(&id, agent, "delivered").await;
@@ -518,6 +513,7 @@ async fn the_consoles_api_is_for_operators_and_refuses_bad_input_with_a_clear_4x
 }
 
 #[tokio::test]
+#[ignore = "opens Chromium, which this CI machine does not survive: run with `cargo test --test system -- --ignored console::`"]
 async fn an_operator_moves_parked_commands_back_from_the_console_after_a_dry_run() {
     // Every assign makes the store's handler panic: the assigns are parked.
     let mut day =
@@ -553,14 +549,8 @@ async fn an_operator_moves_parked_commands_back_from_the_console_after_a_dry_run
         .wait_text(&depth, SHOWN, |t| t == parked.to_string())
         .await;
     let replay = format!("button[data-replay=\"{dlq}\"]");
-    assert_eq!(
-        browser
-            .script(
-                "return document.querySelector(arguments[0]).disabled;",
-                json!([replay])
-            )
-            .await,
-        true,
+    assert!(
+        browser.is_disabled(&replay).await,
         "no replay before a dry run"
     );
     browser

@@ -124,24 +124,18 @@ async fn list_unfinished(
             ))
         })?,
     };
-    let limit = query.limit.unwrap_or(DEFAULT_LIST);
-    if !(1..=MAX_LIST).contains(&limit) {
-        return Err(ApiError::Unprocessable(format!(
-            "limit must be 1 to {MAX_LIST}, got {limit}"
-        )));
-    }
+    let limit = list_limit(query.limit)?;
     let orders = repo::unfinished(coordinator.pool(), state, older_than, limit).await?;
     let now = Utc::now();
     let orders: Vec<Value> = orders
         .into_iter()
         .map(|o| {
-            let age = (now - o.created_at).num_milliseconds().max(0);
             json!({
                 "order_id": o.id,
                 "state": o.state,
                 "hub_id": o.hub_id,
                 "reason": o.reason,
-                "age_seconds": age as f64 / 1000.0,
+                "age_seconds": age_seconds(now, o.created_at),
                 "attempt": o.attempt,
                 "created_at": o.created_at,
                 "deadline": o.deadline,
@@ -187,12 +181,7 @@ async fn hub_orders(
     AppQuery(query): AppQuery<HubQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let hub = service_kit::http::hub_field(Some(hub))?;
-    let limit = query.limit.unwrap_or(DEFAULT_LIST);
-    if !(1..=MAX_LIST).contains(&limit) {
-        return Err(ApiError::Unprocessable(format!(
-            "limit must be 1 to {MAX_LIST}, got {limit}"
-        )));
-    }
+    let limit = list_limit(query.limit)?;
     let counts = repo::hubs::in_flight_counts(coordinator.pool(), hub).await?;
     let orders = repo::hubs::in_flight(coordinator.pool(), hub, limit).await?;
     let now = Utc::now();
@@ -203,12 +192,11 @@ async fn hub_orders(
     let orders: Vec<Value> = orders
         .into_iter()
         .map(|o| {
-            let age = (now - o.created_at).num_milliseconds().max(0);
             json!({
                 "order_id": o.id,
                 "state": o.state,
                 "agent_id": o.agent_id,
-                "age_seconds": age as f64 / 1000.0,
+                "age_seconds": age_seconds(now, o.created_at),
                 "created_at": o.created_at,
             })
         })
@@ -216,6 +204,24 @@ async fn hub_orders(
     Ok(Json(
         json!({ "hub_id": hub, "counts": counts, "orders": orders }),
     ))
+}
+
+/// How many orders a list may hold: `limit` if given ([`DEFAULT_LIST`] if not), 1 to
+/// [`MAX_LIST`].
+fn list_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIST);
+    if (1..=MAX_LIST).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::Unprocessable(format!(
+            "limit must be 1 to {MAX_LIST}, got {limit}"
+        )))
+    }
+}
+
+/// How long ago `at` was, in seconds (never negative: clocks differ).
+fn age_seconds(now: chrono::DateTime<Utc>, at: chrono::DateTime<Utc>) -> f64 {
+    (now - at).num_milliseconds().max(0) as f64 / 1000.0
 }
 
 fn unfinished_names() -> String {

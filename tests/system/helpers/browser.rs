@@ -139,6 +139,16 @@ impl Browser {
         .map(|t| t.trim().to_owned())
     }
 
+    /// Whether the first element matching `css` (a button, an input) is disabled.
+    pub async fn is_disabled(&self, css: &str) -> bool {
+        self.script(
+            "return document.querySelector(arguments[0]).disabled;",
+            json!([css]),
+        )
+        .await
+            == true
+    }
+
     /// Waits until an element matching `css` exists (at most `timeout`); its text.
     pub async fn wait_for(&self, css: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;

@@ -62,33 +62,21 @@ pub(super) async fn live(
         .into_response())
 }
 
-pub(super) async fn abort(
+/// `POST /api/orders/{id}/abort` or `.../retry`: the order service's operator API, called with
+/// the operator's own token (the order service decides, and logs who).
+pub(super) async fn act(
     State(console): State<Arc<Console>>,
     caller: Caller,
-    AppPath(id): AppPath<Uuid>,
+    AppPath((id, action)): AppPath<(Uuid, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     caller.require_operator()?;
-    let path = format!("/admin/orders/{id}/abort");
-    forward(
-        &console,
-        Service::Order,
-        "POST",
-        &path,
-        &headers,
-        Bytes::new(),
-    )
-    .await
-}
-
-pub(super) async fn retry(
-    State(console): State<Arc<Console>>,
-    caller: Caller,
-    AppPath(id): AppPath<Uuid>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    caller.require_operator()?;
-    let path = format!("/admin/orders/{id}/retry");
+    if !matches!(action.as_str(), "abort" | "retry") {
+        return Err(ApiError::NotFound(format!(
+            "no action {action:?} on orders: abort or retry"
+        )));
+    }
+    let path = format!("/admin/orders/{id}/{action}");
     forward(
         &console,
         Service::Order,
