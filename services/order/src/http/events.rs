@@ -8,8 +8,8 @@
 //! and ends after a final one (`not_placed`, `delivered`, `cancelled`); coming back after a
 //! final event is answered `204 No Content`, which tells an `EventSource` to stop.
 //!
-//! The current status's event carries the order as `GET /orders/{id}` shows it; a step the
-//! order has already gone past (on a resumed stream) carries only `order_id` and `status`.
+//! Each event carries the order as `GET /orders/{id}` shows it now; the event of a step the
+//! order has already gone past (on a resumed stream) has that step's `status`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,7 +21,6 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use protocol::ids::OrderId;
-use serde_json::json;
 use service_kit::auth::Caller;
 use service_kit::http::{ApiError, AppPath, ErrorBody};
 use tokio::sync::broadcast::error::RecvError;
@@ -59,6 +58,19 @@ fn is_final(status: Status) -> bool {
     )
 }
 
+/// One event of an order's stream, as a client reads it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(super) struct StreamEvent {
+    /// The status the order reached.
+    event: Status,
+    /// The same status: send it back as `Last-Event-ID` to resume after this event.
+    id: Status,
+    /// The order as `GET /orders/{id}` shows it now (an `OrderView`, as JSON text), with the
+    /// `status` of this event.
+    data: String,
+}
+
 /// An order's states as they happen.
 #[utoipa::path(
     get,
@@ -77,10 +89,10 @@ fn is_final(status: Status) -> bool {
                                       `placed`, `not_placed`, `picked_up`, `delivered`, \
                                       `cancelling`, `cancelled`), starting with the current one \
                                       (or the one after `Last-Event-ID`) and ending after a \
-                                      final one. The current status's data is the order as \
-                                      `GET /orders/{id}` shows it; a step already gone past \
-                                      carries `order_id` and `status` only",
-            content_type = "text/event-stream", body = String),
+                                      final one. Each event's data is the order as \
+                                      `GET /orders/{id}` shows it now, with the `status` of its \
+                                      step",
+            content_type = "text/event-stream", body = StreamEvent),
         (status = 204, description = "`Last-Event-ID` names the order's final status: nothing \
                                       more will come"),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
@@ -129,6 +141,18 @@ pub(super) async fn order_events(
         .into_response())
 }
 
+/// The data of the event of `step`: the order as `GET /orders/{id}` shows it now, with the
+/// status of that step (and no `stage` or `reason` that belong to another one).
+fn at_step(order: &Order, step: Status) -> serde_json::Value {
+    let mut shown = view(order);
+    if shown.status != step {
+        shown.status = step;
+        shown.stage = None;
+        shown.reason = None;
+    }
+    serde_json::to_value(&shown).unwrap_or_default()
+}
+
 /// One stream: the order as last read, and how many steps of its path were sent.
 struct Follow {
     coordinator: Arc<Coordinator>,
@@ -147,15 +171,10 @@ impl Follow {
                 let steps = path(current.status);
                 if let Some(&step) = steps.get(follow.sent) {
                     follow.sent += 1;
-                    let data = if step == current.status {
-                        serde_json::to_value(&current).unwrap_or_default()
-                    } else {
-                        json!({"order_id": follow.id, "status": step})
-                    };
                     let event = Event::default()
                         .event(step.as_str())
                         .id(step.as_str())
-                        .data(data.to_string());
+                        .data(at_step(&follow.order, step).to_string());
                     // After a final step, the stream ends.
                     let next = (!is_final(step)).then_some(follow);
                     return Some((Ok(event), next));
