@@ -2,10 +2,8 @@
 //! against the real services with identity on. The screenshots in `docs/` come from here
 //! (`UPDATE_SCREENSHOTS=1`; otherwise they go to `target/screenshots/`).
 //!
-//! The tests that open Chromium are ignored by the test command: on the machine CI runs on,
-//! starting Chromium has taken the whole machine down (every process, the broker and the
-//! database included). Run them where Chromium runs:
-//! `cargo test --test system -- --ignored console::`. The console's API tests run always.
+//! The browser reaches the console and nothing else (see `helpers::browser`): Debian's
+//! `chromium`, `chromium-driver`, `socat` and `iproute2` are needed.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -169,7 +167,6 @@ async fn sign_in(browser: &Browser, day: &Day) {
 }
 
 #[tokio::test]
-#[ignore = "opens Chromium, which this CI machine does not survive: run with `cargo test --test system -- --ignored console::`"]
 async fn an_operator_watches_the_day_on_the_console_and_aborts_a_stuck_order_from_it() {
     // Phase 1 may wait a minute, so that an order whose delivery side is frozen stays undecided
     // until the operator aborts it.
@@ -187,7 +184,7 @@ async fn an_operator_watches_the_day_on_the_console_and_aborts_a_stuck_order_fro
     day.agents(north, 3).await;
     day.agents(south, 2).await;
 
-    let browser = Browser::start().await;
+    let browser = Browser::start(day.console.addr()).await;
     sign_in(&browser, &day).await;
     let hub_card = format!("#hub-{north}");
     browser.wait_for(&hub_card, SHOWN).await;
@@ -348,13 +345,12 @@ async fn an_operator_watches_the_day_on_the_console_and_aborts_a_stuck_order_fro
 }
 
 #[tokio::test]
-#[ignore = "opens Chromium, which this CI machine does not survive: run with `cargo test --test system -- --ignored console::`"]
 async fn a_customer_places_a_basket_on_the_customer_page_and_watches_it_move() {
     let day = Day::open(Options::default()).await;
     let food = day.food("Poha", 1, 5).await;
     day.agents(1, 2).await;
 
-    let browser = Browser::start().await;
+    let browser = Browser::start(day.console.addr()).await;
     browser.goto(&day.console.url("/shop")).await;
     browser.wait_text("#sign-in", SHOWN, |_| true).await;
     browser.fill("#token", &day.keys.customer("c-web")).await;
@@ -513,7 +509,6 @@ async fn the_consoles_api_is_for_operators_and_refuses_bad_input_with_a_clear_4x
 }
 
 #[tokio::test]
-#[ignore = "opens Chromium, which this CI machine does not survive: run with `cargo test --test system -- --ignored console::`"]
 async fn an_operator_moves_parked_commands_back_from_the_console_after_a_dry_run() {
     // Every assign makes the store's handler panic: the assigns are parked.
     let mut day =
@@ -542,7 +537,7 @@ async fn an_operator_moves_parked_commands_back_from_the_console_after_a_dry_run
     day.system.store.kill().await;
     day.system.store.start().await;
 
-    let browser = Browser::start().await;
+    let browser = Browser::start(day.console.addr()).await;
     sign_in(&browser, &day).await;
     let depth = format!("tr[data-dlq=\"{dlq}\"] [data-depth]");
     browser

@@ -2,7 +2,18 @@
 //! `chromedriver` over the W3C WebDriver protocol (JSON over HTTP, with the test's own HTTP
 //! client). Debian's `chromium` and `chromium-driver` packages provide both; `CHROMEDRIVER`
 //! and `CHROME_BIN` name others.
+//!
+//! The browser has no network but the page it tests. Chromium reaches out when it starts, even
+//! with every switch against it that it has: the tests saw it ask the machine's DNS resolver
+//! for names and try Google's public DNS over HTTPS. So the driver and the browser run in a
+//! network namespace of their own (`unshare --net`, with a user namespace so that no root is
+//! needed where unprivileged namespaces are allowed) that has only its own loopback: nothing
+//! they try can leave it. The site under test and the driver cross the namespace's edge
+//! through Unix sockets in the browser's folder: `socat` inside the namespace, and two small
+//! bridges in the test outside it. `socat` and `ip` (Debian's `socat` and `iproute2`) must be
+//! installed.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, LazyLock};
@@ -10,8 +21,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// The key of an element reference in WebDriver answers.
@@ -22,19 +35,34 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 /// more than a small CI machine should carry).
 static ONE_AT_A_TIME: LazyLock<Arc<Mutex<()>>> = LazyLock::new(|| Arc::new(Mutex::new(())));
 
+/// The driver's port inside the browser's namespace (nothing else listens there).
+const DRIVER_PORT_INSIDE: u16 = 9515;
+
+/// What runs inside the browser's namespace: its loopback up, the site under test on the same
+/// address as outside (through `site.sock`), the driver reachable through `driver.sock`.
+const INSIDE: &str = r#"set -e
+ip link set lo up
+socat TCP-LISTEN:"$SITE_PORT",bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:"$DIR/site.sock" &
+socat UNIX-LISTEN:"$DIR/driver.sock",fork TCP:127.0.0.1:"$DRIVER_PORT" &
+exec "$DRIVER" --port="$DRIVER_PORT"
+"#;
+
 /// A browser session, and the driver that runs it (in a process group of its own, so that the
 /// browser goes with it).
 pub struct Browser {
     driver: Child,
     http: reqwest::Client,
     session: String,
-    profile: PathBuf,
+    folder: PathBuf,
+    bridges: [JoinHandle<()>; 2],
     _turn: OwnedMutexGuard<()>,
 }
 
 impl Browser {
-    /// Starts `chromedriver` on a free port and a headless Chromium session, 1400×1000.
-    pub async fn start() -> Self {
+    /// Starts `chromedriver` and a headless Chromium session (1400×1000) that can reach `site`
+    /// (a `127.0.0.1` address: the pages' URLs stay as they are) and nothing else.
+    pub async fn start(site: SocketAddr) -> Self {
+        assert!(site.ip().is_loopback(), "the site under test is on 127.0.0.1");
         let turn = Arc::clone(&ONE_AT_A_TIME).lock_owned().await;
         let driver_bin = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
         let chrome = std::env::var("CHROME_BIN").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -42,62 +70,71 @@ impl Browser {
             Path::new(&chrome).exists(),
             "no Chromium at {chrome}: `apt-get install chromium chromium-driver` (or set CHROME_BIN)"
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let driver = Command::new(&driver_bin)
-            .arg(format!("--port={port}"))
+        let folder = std::env::temp_dir().join(format!("browser-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&folder).expect("the browser's folder");
+        let bridges = bridges(site, &folder).await;
+        let driver = Command::new("unshare")
+            .args(["--map-root-user", "--net", "--", "sh", "-c", INSIDE])
+            .env("SITE_PORT", site.port().to_string())
+            .env("DIR", &folder)
+            .env("DRIVER", &driver_bin)
+            .env("DRIVER_PORT", DRIVER_PORT_INSIDE.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|err| {
-                panic!("{driver_bin} does not start ({err}): `apt-get install chromium-driver`")
-            });
-        let profile = std::env::temp_dir().join(format!("chromium-{}", uuid::Uuid::new_v4()));
+            .unwrap_or_else(|err| panic!("unshare does not start ({err}): util-linux is needed"));
         let http = reqwest::Client::new();
-        let base = format!("http://127.0.0.1:{port}");
+        let base = format!("http://127.0.0.1:{}", bridges.1);
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": chrome,
-                // Nothing fetched from elsewhere: the machine may have no way out.
+                // The namespace stops what these do not.
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                          "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
                          "--disable-background-networking", "--disable-component-update",
                          "--disable-sync", "--disable-extensions", "--mute-audio",
+                         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
                          "--no-zygote", "--renderer-process-limit=1",
                          "--window-size=1400,1000",
                          "--force-device-scale-factor=1",
-                         format!("--user-data-dir={}", profile.display())],
+                         format!("--user-data-dir={}", folder.join("profile").display())],
             },
         }}});
         let deadline = Instant::now() + Duration::from_secs(30);
         let session = loop {
-            match http
+            let answer = http
                 .post(format!("{base}/session"))
                 .json(&capabilities)
                 .send()
-                .await
-            {
-                Ok(response) => {
-                    let body: Value = response.json().await.expect("a WebDriver answer");
-                    let id = body["value"]["sessionId"].as_str().map(str::to_owned);
-                    break id.unwrap_or_else(|| panic!("no browser session: {body}"));
+                .await;
+            // Until the driver listens, the bridge closes the connection: try again.
+            match answer {
+                Ok(response) => match response.json::<Value>().await {
+                    Ok(body) => {
+                        let id = body["value"]["sessionId"].as_str().map(str::to_owned);
+                        break id.unwrap_or_else(|| panic!("no browser session: {body}"));
+                    }
+                    Err(err) if Instant::now() >= deadline => {
+                        panic!("chromedriver does not answer: {err}")
+                    }
+                    Err(_) => {}
+                },
+                Err(err) if Instant::now() >= deadline => {
+                    panic!("chromedriver does not answer: {err}")
                 }
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(err) => panic!("chromedriver does not answer: {err}"),
+                Err(_) => {}
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         };
         Self {
             driver,
             http,
             session: format!("{base}/session/{session}"),
-            profile,
+            folder,
+            bridges: bridges.0,
             _turn: turn,
         }
     }
@@ -283,12 +320,15 @@ impl Browser {
 
     fn kill_group(&mut self) {
         if let Some(pid) = self.driver.id() {
-            // The browser runs in the driver's process group.
+            // The browser and the namespace's `socat`s run in the driver's process group.
             let _ = std::process::Command::new("kill")
                 .args(["-KILL", &format!("-{pid}")])
                 .status();
         }
-        let _ = std::fs::remove_dir_all(&self.profile);
+        for bridge in &self.bridges {
+            bridge.abort();
+        }
+        let _ = std::fs::remove_dir_all(&self.folder);
     }
 }
 
@@ -296,4 +336,35 @@ impl Drop for Browser {
     fn drop(&mut self) {
         self.kill_group();
     }
+}
+
+/// The two bridges outside the browser's namespace: `site.sock` in `folder` to `site`, and a
+/// free port on 127.0.0.1 to `driver.sock` (the driver inside). Returns them and that port.
+async fn bridges(site: SocketAddr, folder: &Path) -> ([JoinHandle<()>; 2], u16) {
+    let site_listener = UnixListener::bind(folder.join("site.sock")).expect("site.sock");
+    let to_site = tokio::spawn(async move {
+        while let Ok((mut inside, _)) = site_listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outside) = TcpStream::connect(site).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inside, &mut outside).await;
+                }
+            });
+        }
+    });
+    let driver_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port for the driver");
+    let port = driver_listener.local_addr().expect("its address").port();
+    let driver_socket = folder.join("driver.sock");
+    let to_driver = tokio::spawn(async move {
+        while let Ok((mut outside, _)) = driver_listener.accept().await {
+            let socket = driver_socket.clone();
+            tokio::spawn(async move {
+                if let Ok(mut inside) = UnixStream::connect(socket).await {
+                    let _ = tokio::io::copy_bidirectional(&mut outside, &mut inside).await;
+                }
+            });
+        }
+    });
+    ([to_site, to_driver], port)
 }

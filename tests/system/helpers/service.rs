@@ -177,12 +177,15 @@ impl Service {
         Err(format!("({}: {status} {body})", self.name))
     }
 
+    /// The address the service listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+            .unwrap_or_else(|| panic!("{} not started", self.name))
+    }
+
     /// The URL of `path` on this service.
     pub fn url(&self, path: &str) -> String {
-        let addr = self
-            .addr
-            .unwrap_or_else(|| panic!("{} not started", self.name));
-        format!("http://{addr}{path}")
+        format!("http://{}{path}", self.addr())
     }
 
     /// The process id.
