@@ -62,7 +62,10 @@ impl Browser {
     /// Starts `chromedriver` and a headless Chromium session (1400×1000) that can reach `site`
     /// (a `127.0.0.1` address: the pages' URLs stay as they are) and nothing else.
     pub async fn start(site: SocketAddr) -> Self {
-        assert!(site.ip().is_loopback(), "the site under test is on 127.0.0.1");
+        assert!(
+            site.ip().is_loopback(),
+            "the site under test is on 127.0.0.1"
+        );
         let turn = Arc::clone(&ONE_AT_A_TIME).lock_owned().await;
         let driver_bin = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
         let chrome = std::env::var("CHROME_BIN").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -320,9 +323,10 @@ impl Browser {
 
     fn kill_group(&mut self) {
         if let Some(pid) = self.driver.id() {
-            // The browser and the namespace's `socat`s run in the driver's process group.
+            // The browser and the namespace's `socat`s run in the driver's process group (a
+            // negative pid: after `--`, or procps' `kill` reads it as an option).
             let _ = std::process::Command::new("kill")
-                .args(["-KILL", &format!("-{pid}")])
+                .args(["-KILL", "--", &format!("-{pid}")])
                 .status();
         }
         for bridge in &self.bridges {
