@@ -25,6 +25,7 @@ use deadpool_lapin::lapin::{
     types::{AMQPValue, FieldTable},
 };
 use protocol::headers;
+use protocol::topology::Topology;
 
 use crate::broker::{Broker, BrokerError, Role};
 use crate::publisher::{Outgoing, Publisher};
@@ -66,11 +67,6 @@ pub const PREVIEW: usize = 200;
 /// How long one `basic.get` may take.
 const GET_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The dead-letter queue beside `queue`'s name.
-fn origin_of(dlq: &str) -> String {
-    dlq.strip_suffix(".dlq").unwrap_or(dlq).to_owned()
-}
-
 fn text(headers: Option<&FieldTable>, name: &str) -> Option<String> {
     match headers?.inner().get(name)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
@@ -83,7 +79,11 @@ fn parked(dlq: &str, data: &[u8], properties: &AMQPProperties) -> Parked {
     let headers = properties.headers().as_ref();
     let queue = text(headers, headers::DEAD_LETTER_QUEUE)
         .or_else(|| text(headers, "x-first-death-queue"))
-        .unwrap_or_else(|| origin_of(dlq));
+        .unwrap_or_else(|| {
+            Topology::source_of_dead_letter_queue(dlq)
+                .unwrap_or(dlq)
+                .to_owned()
+        });
     let reason = text(headers, headers::DEAD_LETTER_REASON)
         .or_else(|| text(headers, "x-first-death-reason"))
         .unwrap_or_else(|| "unknown".to_owned());

@@ -59,6 +59,8 @@ impl fmt::Display for Participant {
 
 /// The routing key with which a wait queue dead-letters expired timers into the owner's queue.
 const FIRED_ROUTING_KEY: &str = "fired";
+/// What a dead-letter queue's name adds to the name of the queue beside it.
+const DEAD_LETTER_SUFFIX: &str = ".dlq";
 /// How many times a message is delivered before RabbitMQ parks it in the dead-letter queue. A
 /// message whose handling crashes the consumer comes back this many times, then stops.
 pub const DELIVERY_LIMIT: u32 = 10;
@@ -244,7 +246,15 @@ impl Topology {
 
     /// The dead-letter queue beside `queue`.
     pub fn dead_letter_queue(queue: &str) -> String {
-        format!("{queue}.dlq")
+        format!("{queue}{DEAD_LETTER_SUFFIX}")
+    }
+
+    /// The queue whose dead letters `dead_letter_queue` holds (the one beside it), if it is a
+    /// dead-letter queue's name.
+    pub fn source_of_dead_letter_queue(dead_letter_queue: &str) -> Option<&str> {
+        dead_letter_queue
+            .strip_suffix(DEAD_LETTER_SUFFIX)
+            .filter(|source| !source.is_empty())
     }
 
     /// Every dead-letter queue: the one beside each queue that a service consumes (each
@@ -618,5 +628,19 @@ mod tests {
             );
             assert!(q.dead_letter.is_some());
         }
+    }
+
+    #[test]
+    fn a_dead_letter_queue_names_the_queue_beside_it() {
+        let dlq = Topology::dead_letter_queue("p.store.assign");
+        assert_eq!(
+            Topology::source_of_dead_letter_queue(&dlq),
+            Some("p.store.assign")
+        );
+        assert_eq!(
+            Topology::source_of_dead_letter_queue("p.store.assign"),
+            None
+        );
+        assert_eq!(Topology::source_of_dead_letter_queue(".dlq"), None);
     }
 }

@@ -12,6 +12,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use messaging::dlq;
+use protocol::topology::Topology;
 use serde_json::{Value, json};
 use service_kit::auth::Caller;
 use service_kit::http::{ApiError, AppPath};
@@ -95,8 +96,8 @@ fn dead_letter_queue(console: &Console, queue: &str) -> Result<(String, String),
             "{queue} is not a dead-letter queue of this deployment"
         )));
     }
-    let target = queue.strip_suffix(".dlq").unwrap_or(queue).to_owned();
-    Ok((queue.to_owned(), target))
+    let target = Topology::source_of_dead_letter_queue(queue).unwrap_or(queue);
+    Ok((queue.to_owned(), target.to_owned()))
 }
 
 fn limits() -> dlq::ReplayLimits {
