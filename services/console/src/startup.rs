@@ -142,13 +142,13 @@ impl Application {
     pub async fn run_until_stopped(self) -> Result<(), StartupError> {
         service_kit::http::serve(self.listener, self.router, self.shutdown.clone()).await?;
         self.shutdown.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!("background work still running after {DRAIN_TIMEOUT:?}; stopping anyway");
-        }
+        service_kit::shutdown::drain(
+            &self.tracker,
+            DRAIN_TIMEOUT,
+            "background work",
+            "stopping anyway",
+        )
+        .await;
         self.broker.close();
         info!("stopped");
         Ok(())

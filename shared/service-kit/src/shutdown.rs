@@ -1,7 +1,10 @@
 //! The signal that starts a graceful shutdown.
 
+use std::time::Duration;
+
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
 
 /// A token cancelled on Ctrl-C or SIGTERM. Every long-running loop selects on it.
 pub fn on_signal() -> CancellationToken {
@@ -13,6 +16,15 @@ pub fn on_signal() -> CancellationToken {
         cancel.cancel();
     });
     token
+}
+
+/// Closes `tracker` and waits for its tasks to finish, at most `within`; `what` names them in
+/// the warning logged when they do not (`then` says what happens to them).
+pub async fn drain(tracker: &TaskTracker, within: Duration, what: &str, then: &str) {
+    tracker.close();
+    if tokio::time::timeout(within, tracker.wait()).await.is_err() {
+        warn!("{what} still running after {within:?}; {then}");
+    }
 }
 
 #[cfg(unix)]
