@@ -12,7 +12,7 @@ use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::info;
 use utoipa::openapi::OpenApi;
 
 /// How much longer than the statement timeout a call to the database may take on the client side.
@@ -21,6 +21,7 @@ const DB_CALL_MARGIN: Duration = Duration::from_secs(1);
 use crate::config::ServiceArgs;
 use crate::db::{self, DatabaseSettings, DbError};
 use crate::http::{self, Readiness};
+use crate::shutdown;
 
 /// How long in-flight work (orders being driven) gets at shutdown, while consumers still run.
 const WORK_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -35,7 +36,7 @@ pub enum StartupError {
     Db(#[from] DbError),
     /// Invalid database settings.
     #[error("database settings: {0}")]
-    DbSettings(#[from] sqlx::Error),
+    DbSettings(#[from] crate::config::DatabaseSettingsError),
     /// The broker.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -117,10 +118,15 @@ impl Foundation {
         shutdown: CancellationToken,
     ) -> Result<Self, StartupError> {
         let verifier = crate::auth::verifier(identity).await?;
-        let pool = db::connect(database, migrator, &shutdown).await?;
+        let db::Database { pool, follower } = db::connect(database, migrator, &shutdown).await?;
         let broker = Broker::new(broker, Health::default())?;
         let publisher = Publisher::new(broker.clone());
         let listener = http::bind(http_addr).await?;
+        let tracker = TaskTracker::new();
+        let stop_background = CancellationToken::new();
+        if let Some(follower) = follower {
+            tracker.spawn(follower.run(stop_background.clone()));
+        }
         Ok(Self {
             pool,
             db_call_bound: database.statement_timeout + DB_CALL_MARGIN,
@@ -129,9 +135,9 @@ impl Foundation {
             listener,
             verifier,
             work: TaskTracker::new(),
-            tracker: TaskTracker::new(),
+            tracker,
             shutdown,
-            stop_background: CancellationToken::new(),
+            stop_background,
         })
     }
 
@@ -170,23 +176,21 @@ impl Foundation {
         http::serve(self.listener, router, self.shutdown.clone()).await?;
         self.shutdown.cancel();
         info!("http server stopped; finishing in-flight work");
-        self.work.close();
-        if tokio::time::timeout(WORK_DRAIN_TIMEOUT, self.work.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                "in-flight work still running after {WORK_DRAIN_TIMEOUT:?}; recovery will finish it"
-            );
-        }
+        shutdown::drain(
+            &self.work,
+            WORK_DRAIN_TIMEOUT,
+            "in-flight work",
+            "recovery will finish it",
+        )
+        .await;
         self.stop_background.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!("background work still running after {DRAIN_TIMEOUT:?}; stopping anyway");
-        }
+        shutdown::drain(
+            &self.tracker,
+            DRAIN_TIMEOUT,
+            "background work",
+            "stopping anyway",
+        )
+        .await;
         self.broker.close();
         self.pool.close().await;
         info!("stopped");

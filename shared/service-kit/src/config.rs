@@ -136,6 +136,13 @@ pub struct DatabaseArgs {
     )]
     pub database_url: String,
 
+    /// Several PostgreSQL servers, of which one is the primary (`db-1:5432,db-2:5432`): the
+    /// service writes to the one that takes writes (libpq's `target_session_attrs=read-write`),
+    /// with the user, password and database of its URL, and follows it when a failover moves
+    /// it. Unset: the URL's server alone (also the way to use a proxy that follows the primary).
+    #[arg(long, env = "DATABASE_HOSTS", value_delimiter = ',')]
+    pub database_hosts: Vec<String>,
+
     /// Connections in the service's pool.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub database_pool_size: u32,
@@ -152,17 +159,36 @@ impl DatabaseArgs {
         &self,
         own_url: Option<&str>,
         default_database: &str,
-    ) -> Result<DatabaseSettings, sqlx::Error> {
+    ) -> Result<DatabaseSettings, DatabaseSettingsError> {
         let options = match own_url {
             Some(url) => PgConnectOptions::from_str(url)?,
             None => PgConnectOptions::from_str(&self.database_url)?.database(default_database),
         };
+        // `DATABASE_HOSTS=` (empty, as compose passes an unset variable) is the URL's server.
+        let hosts = self
+            .database_hosts
+            .iter()
+            .filter(|h| !h.trim().is_empty())
+            .map(|h| h.parse())
+            .collect::<Result<_, _>>()?;
         Ok(DatabaseSettings {
             options,
+            hosts,
             pool_size: self.database_pool_size,
             statement_timeout: self.database_statement_timeout,
         })
     }
+}
+
+/// Database settings that do not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseSettingsError {
+    /// The URL.
+    #[error("database URL: {0}")]
+    Url(#[from] sqlx::Error),
+    /// One of `DATABASE_HOSTS`.
+    #[error(transparent)]
+    Host(#[from] crate::primary::BadHost),
 }
 
 /// Logging settings.

@@ -8,6 +8,8 @@
 //! - [`app`]: start-up (database, broker, listener) and the serve-then-drain run loop.
 //! - [`config`]: command-line/environment settings shared by the services.
 //! - [`db`]: create the service's database if missing, migrate it, pool it; classify errors.
+//! - [`primary`]: among several database servers, the one that takes writes, followed when it
+//!   moves.
 //! - [`http`]: the JSON error type, extractors that answer bad input in JSON, health routes, serving.
 //! - [`metrics`]: the Prometheus recorder behind `GET /metrics`.
 //! - [`telemetry`]: logging set-up.
@@ -25,6 +27,7 @@ pub mod group_commit;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
+pub mod primary;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]

@@ -6,9 +6,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use serde_json::{Value, json};
+use service_kit::db::DatabaseSettings;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
 
 /// Test resources older than this are left-overs of runs that were killed; any test run
 /// removes them.
@@ -245,6 +247,26 @@ impl BrokerTarget {
     }
 }
 
+/// The PostgreSQL that a test runs on: the machine's server, or a failover set-up of the test's
+/// own.
+#[derive(Clone, Debug)]
+pub struct DatabaseTarget {
+    /// URL without a database, e.g. `postgres://postgres@127.0.0.1:5432`.
+    pub base: String,
+    /// Several servers of which one is the primary (`DATABASE_HOSTS`); empty for one.
+    pub hosts: Vec<String>,
+}
+
+impl DatabaseTarget {
+    /// The machine's server, from `TEST_DATABASE_URL`.
+    pub fn machine() -> Self {
+        Self {
+            base: database_base(),
+            hosts: Vec::new(),
+        }
+    }
+}
+
 /// The vhost and databases of one test.
 pub struct Infra {
     /// Unique name: `sys_<unix seconds>_<random>`.
@@ -258,9 +280,13 @@ pub struct Infra {
     /// Management API.
     pub management: Management,
     management_url: String,
+    /// Where the databases are.
+    pub database: DatabaseTarget,
     order_db: OnceCell<PgPool>,
     store_db: OnceCell<PgPool>,
     delivery_db: OnceCell<PgPool>,
+    /// Stops the test's own pools following the primary (on a failover set-up).
+    stop_following: CancellationToken,
     /// Broker users created for this test (users are global to the node).
     users: std::sync::Mutex<Vec<String>>,
     accounts: std::sync::Mutex<Vec<(String, ServiceAccount)>>,
@@ -308,12 +334,20 @@ impl Infra {
             id,
             management,
             management_url: target.management_url,
+            database: DatabaseTarget::machine(),
             order_db: OnceCell::new(),
             store_db: OnceCell::new(),
             delivery_db: OnceCell::new(),
+            stop_following: CancellationToken::new(),
             users: std::sync::Mutex::new(Vec::new()),
             accounts: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// The same with the databases on `database` (a failover set-up of the test's own).
+    pub fn on_database(mut self, database: DatabaseTarget) -> Self {
+        self.database = database;
+        self
     }
 
     /// The account [`Infra::least_privilege`] created for `service`.
@@ -375,7 +409,7 @@ impl Infra {
 
     /// The database URL of a service (`order`, `store` or `delivery`).
     pub fn database_url(&self, service: &str) -> String {
-        format!("{}/{}_{service}", database_base(), self.id)
+        format!("{}/{}_{service}", self.database.base, self.id)
     }
 
     /// The environment that points a service at this test's broker and databases.
@@ -399,6 +433,9 @@ impl Infra {
         if !self.amqp_addresses.is_empty() {
             env.push(("AMQP_ADDRESSES".into(), self.amqp_addresses.join(",")));
         }
+        if !self.database.hosts.is_empty() {
+            env.push(("DATABASE_HOSTS".into(), self.database.hosts.join(",")));
+        }
         env
     }
 
@@ -409,11 +446,33 @@ impl Infra {
             _ => &self.delivery_db,
         };
         cell.get_or_init(|| async {
-            PgPoolOptions::new()
-                .max_connections(2)
-                .connect(&self.database_url(service))
+            if self.database.hosts.is_empty() {
+                return PgPoolOptions::new()
+                    .max_connections(2)
+                    .connect(&self.database_url(service))
+                    .await
+                    .expect("test database reachable");
+            }
+            // On a failover set-up the test reads the primary as the services do, and follows
+            // it when it moves.
+            let settings = DatabaseSettings {
+                options: self.database_url(service).parse().expect("a database URL"),
+                hosts: self
+                    .database
+                    .hosts
+                    .iter()
+                    .map(|h| h.parse().expect("host:port"))
+                    .collect(),
+                pool_size: 2,
+                statement_timeout: Duration::from_secs(30),
+            };
+            let database = service_kit::db::open(&settings)
                 .await
-                .expect("test database reachable")
+                .expect("test database reachable");
+            if let Some(follower) = database.follower {
+                tokio::spawn(follower.run(self.stop_following.clone()));
+            }
+            database.pool
         })
         .await
     }
@@ -571,6 +630,9 @@ impl Infra {
 
 impl Drop for Infra {
     fn drop(&mut self) {
+        self.stop_following.cancel();
+        // A failover set-up of the test's own is removed whole (`PgHa`).
+        let own_databases = self.database.hosts.is_empty();
         let id = self.id.clone();
         let management_url = self.management_url.clone();
         let users = self.users.lock().map(|u| u.clone()).unwrap_or_default();
@@ -590,7 +652,9 @@ impl Drop for Infra {
                 for user in users {
                     management.delete(&format!("users/{}", encode(&user))).await;
                 }
-                drop_databases(&format!("{id}_")).await;
+                if own_databases {
+                    drop_databases(&format!("{id}_")).await;
+                }
             });
         });
         let _ = cleanup.join();

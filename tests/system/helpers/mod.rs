@@ -22,6 +22,7 @@ pub mod events;
 pub mod infra;
 pub mod keys;
 pub mod load;
+pub mod pg_ha;
 pub mod proxy;
 pub mod service;
 pub mod sse;
@@ -168,6 +169,14 @@ impl TestSystem {
         // The machine's node is not touched: share it like any test.
         let broker = Self::share_broker(&Options::default()).await;
         let infra = Infra::create_at(cluster.target()).await;
+        Self::start_on(infra, options, broker).await
+    }
+
+    /// A system whose databases are on `database` (a failover set-up of the test's own: its
+    /// servers in `DATABASE_HOSTS`).
+    pub async fn start_on_database(database: infra::DatabaseTarget, options: Options) -> Self {
+        let broker = Self::share_broker(&options).await;
+        let infra = Infra::create().await.on_database(database);
         Self::start_on(infra, options, broker).await
     }
 
