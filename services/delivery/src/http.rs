@@ -289,13 +289,15 @@ async fn off_duty(
     params(("id" = i64, Path, description = "The agent")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The agent, available", body = Agent),
+        (status = 200, description = "The agent, on duty (the same again if it already was: \
+                                      available, or busy with an order)", body = Agent),
         (status = 400, description = "The id is not an integer", body = ErrorBody),
         (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
             headers(("www-authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "Neither the agent's rider nor an operator", body = ErrorBody),
         (status = 404, description = "No such agent", body = ErrorBody),
-        (status = 409, description = "The agent is not off duty", body = ErrorBody),
+        (status = 409, description = "Another call put the agent off duty again meanwhile",
+            body = ErrorBody),
         (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
     )
 )]
@@ -308,11 +310,13 @@ async fn on_duty(
     let agent = repo::set_duty(&api.pool, AgentId(id), false)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no agent {id}")))?;
+    // Safe to repeat, as off duty is: a second call (a retry after an answer lost in a database
+    // failover, say) finds the agent on duty, perhaps already given an order, and says so.
     match agent.state.as_str() {
-        "available" => Ok(Json(agent)),
-        state => Err(ApiError::Conflict(format!(
-            "agent {id} is {state}, not off duty"
+        "off_duty" => Err(ApiError::Conflict(format!(
+            "agent {id} was put off duty again by another call meanwhile"
         ))),
+        _ => Ok(Json(agent)),
     }
 }
 
