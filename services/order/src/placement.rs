@@ -49,9 +49,11 @@ pub enum PlaceError {
     /// The order table failed.
     #[error(transparent)]
     Repo(#[from] RepoError),
-    /// The order was not recorded within the response budget (the database is slow or down).
-    #[error("the order was not recorded in time")]
-    NotRecordedInTime,
+    /// The order was not recorded within the response budget (the database is slow, down or
+    /// failing over). It may be recorded after all (a commit whose answer was lost, or a retry
+    /// that succeeds after the budget): the caller is told its id.
+    #[error("order {0} was not recorded in time")]
+    NotRecordedInTime(OrderId),
     /// The coordinator stopped before the order was recorded.
     #[error("the coordinator is stopping")]
     Stopping,
@@ -74,8 +76,9 @@ impl Coordinator {
         trace: TraceContext,
     ) -> Result<Placement, PlaceError> {
         let token = LeaseToken::new();
+        let order_id = OrderId::new();
         let new = NewOrder {
-            id: OrderId::new(),
+            id: order_id,
             customer_id,
             hub_id,
             lines,
@@ -150,7 +153,7 @@ impl Coordinator {
                 recorded.close();
                 recorded
                     .try_recv()
-                    .map_err(|_| PlaceError::NotRecordedInTime)??
+                    .map_err(|_| PlaceError::NotRecordedInTime(order_id))??
             }
         };
         let mut latest = match started {

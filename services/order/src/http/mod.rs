@@ -231,8 +231,10 @@ fn basket(body: &PlaceOrder) -> Result<(HubId, Vec<PacketLine>), ApiError> {
                                       (`CUSTOMER_ORDER_RATE`): nothing was recorded; try again \
                                       after `Retry-After` seconds", body = ErrorBody,
             headers(("retry-after" = String, description = "Seconds to wait"))),
-        (status = 503, description = "The order could not be recorded (the database is \
-                                      unavailable; try again, with the same key), or this \
+        (status = 503, description = "The order could not be recorded in time (the database \
+                                      is unavailable or failing over): the message names the \
+                                      order, which may still be recorded (`GET` it before \
+                                      placing again, or try again with the same key), or this \
                                       coordinator has `MAX_ORDERS_IN_FLIGHT` orders in flight \
                                       (nothing was recorded; `Retry-After: 1`)",
             body = ErrorBody)
@@ -296,7 +298,14 @@ impl From<PlaceError> for ApiError {
     fn from(err: PlaceError) -> Self {
         match err {
             PlaceError::Repo(err) => err.into(),
-            PlaceError::NotRecordedInTime | PlaceError::Stopping => {
+            // Its record may yet commit (or have committed, its answer lost): a retry without
+            // a key would place a second order, so the answer names this one.
+            PlaceError::NotRecordedInTime(order) => ApiError::Unavailable(format!(
+                "order {order} was not recorded in time (the database is slow or failing over); \
+                 it may still be: GET /orders/{order} before placing it again, or place with an \
+                 Idempotency-Key"
+            )),
+            PlaceError::Stopping => {
                 ApiError::Unavailable("database unavailable, try again".to_owned())
             }
             PlaceError::Refused(refused @ Refused::Busy(_)) => ApiError::Busy(refused.to_string()),
