@@ -6,9 +6,10 @@ use std::time::Duration;
 use messaging::{Broker, BrokerConfig, Health};
 use protocol::topology::{Declarations, QueueKind, QueueSpec, Topology};
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::Connection;
 
+use crate::helpers::service::Service;
 use crate::helpers::{Options, TestSystem, eventually};
 
 #[tokio::test]
@@ -215,4 +216,139 @@ async fn the_management_api_shows_every_queue_consumed_and_nothing_left_behind()
             "exchange {name} missing"
         );
     }
+}
+
+/// Posts `body` to `path` of `service` with `Idempotency-Key: key`; the status, whether the
+/// answer says it is a repeat's, and the body.
+async fn post_keyed(
+    system: &TestSystem,
+    service: &Service,
+    path: &str,
+    key: &str,
+    body: Value,
+) -> (StatusCode, bool, Value) {
+    let response = system
+        .http()
+        .post(service.url(path))
+        .header("idempotency-key", key)
+        .json(&body)
+        .send()
+        .await
+        .expect("the service answers");
+    let status = response.status();
+    let replayed = response
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|v| v == "true");
+    (
+        status,
+        replayed,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+/// An operator's call that creates, sent again with its key (its first answer lost, in a database
+/// failover say), is answered as the first was and creates nothing more; the key used for
+/// another call is refused.
+#[tokio::test]
+async fn an_operators_creations_repeated_with_their_keys_create_nothing_more() {
+    let system = TestSystem::start().await;
+    let twice = |service: &'static str, path: String, key: &'static str, body: Value| {
+        let system = &system;
+        async move {
+            let service = match service {
+                "store" => &system.store,
+                _ => &system.delivery,
+            };
+            let (first_status, first_replayed, first) =
+                post_keyed(system, service, &path, key, body.clone()).await;
+            let (again_status, again_replayed, again) =
+                post_keyed(system, service, &path, key, body).await;
+            assert_eq!(
+                (first_status, first_replayed, again_status, again_replayed),
+                (StatusCode::CREATED, false, StatusCode::CREATED, true),
+                "{path}: {first} then {again}"
+            );
+            assert_eq!(first, again, "{path}: the same answer");
+            first
+        }
+    };
+
+    let hub = twice(
+        "store",
+        "/hubs".into(),
+        "hub-1",
+        json!({ "name": "Indiranagar" }),
+    )
+    .await;
+    let hub = hub["id"].as_i64().expect("hub id");
+    let food = twice(
+        "store",
+        "/foods".into(),
+        "food-1",
+        json!({ "name": "Idli", "packets": 3, "hub_id": hub }),
+    )
+    .await;
+    let food = food["id"].as_i64().expect("food id");
+    twice(
+        "store",
+        format!("/foods/{food}/packets"),
+        "packets-1",
+        json!({ "count": 2, "hub_id": hub }),
+    )
+    .await;
+    let agents = twice(
+        "delivery",
+        "/agents".into(),
+        "agents-1",
+        json!({ "count": 2, "hub_id": hub }),
+    )
+    .await;
+    assert_eq!(agents["ids"].as_array().map(Vec::len), Some(2), "{agents}");
+
+    // One hub, one food of 3 + 2 packets, two agents: nothing created twice.
+    let (_, hubs) = system.get(&system.store, "/hubs").await;
+    let named = |name: &str| {
+        hubs.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|h| h["name"] == name)
+            .count()
+    };
+    assert_eq!(named("Indiranagar"), 1, "{hubs}");
+    let (_, stock) = system.get(&system.store, &format!("/hubs/{hub}")).await;
+    assert_eq!(stock["foods"][0]["available"], 5, "{stock}");
+    let (_, riders) = system
+        .get(&system.delivery, &format!("/agents/summary?hub_id={hub}"))
+        .await;
+    assert_eq!(riders["available"], 2, "{riders}");
+
+    // The key of another call, and a malformed key, are refused; nothing is created.
+    let (status, _, body) = post_keyed(
+        &system,
+        &system.store,
+        "/hubs",
+        "hub-1",
+        json!({ "name": "Koramangala" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    let (status, _, body) = post_keyed(
+        &system,
+        &system.store,
+        "/hubs",
+        "a key",
+        json!({ "name": "Koramangala" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (_, hubs) = system.get(&system.store, "/hubs").await;
+    assert!(
+        hubs.as_array()
+            .into_iter()
+            .flatten()
+            .all(|h| h["name"] != "Koramangala"),
+        "{hubs}"
+    );
 }

@@ -27,12 +27,13 @@
 //! `docs/openapi/delivery.json`) is generated from the handlers' `#[utoipa::path]` attributes.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::{Json, Router};
 use protocol::ids::{AgentId, HubId, OrderId};
 use serde::{Deserialize, Serialize};
 use service_kit::auth::{BearerToken, Caller, Who};
 use service_kit::http::{ApiError, AppJson, AppPath, AppQuery, ErrorBody, hub_field, text_field};
+use service_kit::idempotency;
 use sqlx::PgPool;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -107,7 +108,7 @@ struct NewAgents {
 }
 
 /// Agents just created.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 struct AgentsCreated {
     /// Their ids, in the order of the names if given.
     ids: Vec<AgentId>,
@@ -121,25 +122,37 @@ struct AgentsCreated {
     path = "/agents",
     tag = "agents",
     request_body = NewAgents,
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "The operator's key for this call, for retries: a call that repeats a \
+                           key creates nothing and is answered as the first was",
+            min_length = 1, max_length = 200, pattern = "^[!-~]+$")
+    ),
     security(("bearer" = [])),
     responses(
-        (status = 201, description = "The agents", body = AgentsCreated),
-        (status = 400, description = "The body is not readable JSON", body = ErrorBody),
+        (status = 201, description = "The agents", body = AgentsCreated,
+            headers(("idempotent-replayed" = String, description = "`true` when this is the \
+                                                                 answer for an earlier call \
+                                                                 with the same key"))),
+        (status = 400, description = "The body is not readable JSON, or the `Idempotency-Key` \
+                                      is malformed", body = ErrorBody),
         (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
             headers(("www-authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 413, description = "The body is over 64 KiB", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
-        (status = 422, description = "A field is missing, unknown or invalid, or the count and the names disagree", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or invalid, the count and the names disagree, or the key was used for another call", body = ErrorBody),
         (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
     )
 )]
 async fn create_agents(
     State(api): State<Api>,
     caller: Caller,
+    headers: HeaderMap,
     AppJson(body): AppJson<NewAgents>,
-) -> Result<(StatusCode, Json<AgentsCreated>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<AgentsCreated>), ApiError> {
     caller.require_operator()?;
+    let key = idempotency::key(&headers)?;
     let hub = hub_field(body.hub_id)?;
     let count = match (&body.count, &body.names) {
         (Some(count), Some(names)) if usize::try_from(*count).ok() != Some(names.len()) => {
@@ -171,13 +184,16 @@ async fn create_agents(
         }
         None => None,
     };
-    let ids = repo::create_agents(&api.pool, hub, count, names.as_deref()).await?;
+    let request = format!("POST /agents {count} at hub {hub}, names {names:?}");
+    let answer = idempotency::once(&api.pool, key.as_deref(), &request, async |tx| {
+        let ids = repo::create_agents(tx, hub, count, names.as_deref()).await?;
+        tracing::info!(count, %hub, "agents created");
+        Ok(AgentsCreated { ids, hub_id: hub })
+    })
+    .await?;
     repo::analyze_after_load(&api.pool, count).await?;
-    tracing::info!(count, %hub, "agents created");
-    Ok((
-        StatusCode::CREATED,
-        Json(AgentsCreated { ids, hub_id: hub }),
-    ))
+    let (headers, created) = answer.into_parts();
+    Ok((StatusCode::CREATED, headers, Json(created)))
 }
 
 /// Which agents to count.

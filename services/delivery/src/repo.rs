@@ -41,12 +41,11 @@ pub struct Agent {
 
 /// Creates `count` agents at `hub`, named from `names` where given. Returns their ids.
 pub async fn create_agents(
-    pool: &PgPool,
+    tx: &mut PgConnection,
     hub: HubId,
     count: i64,
     names: Option<&[String]>,
 ) -> Result<Vec<AgentId>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
     // The hub's row must exist for the agents' foreign key; its range of ids is widened below,
     // by an update that locks the row (concurrent additions take turns, and widening commutes).
     sqlx::query(
@@ -87,7 +86,6 @@ pub async fn create_agents(
     .bind(ids.iter().map(|a| a.0).max().unwrap_or(0))
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
     Ok(ids)
 }
 

@@ -19,12 +19,13 @@
 //! `docs/openapi/store.json`) is generated from the handlers' `#[utoipa::path]` attributes.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::{Json, Router};
 use protocol::ids::{FoodId, HubId, PacketId};
 use serde::{Deserialize, Serialize};
 use service_kit::auth::{BearerToken, Caller};
 use service_kit::http::{ApiError, AppJson, AppPath, ErrorBody, hub_field, text_field};
+use service_kit::idempotency;
 use sqlx::PgPool;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -122,7 +123,7 @@ struct HubStock {
 }
 
 /// A food just created.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 struct FoodCreated {
     /// The food.
     id: FoodId,
@@ -131,7 +132,7 @@ struct FoodCreated {
 }
 
 /// Packets just added.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 struct PacketsAdded {
     /// The food.
     food_id: FoodId,
@@ -147,35 +148,50 @@ struct PacketsAdded {
     path = "/hubs",
     tag = "hubs",
     request_body = NewHub,
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "The operator's key for this call, for retries: a call that repeats a \
+                           key creates nothing and is answered as the first was",
+            min_length = 1, max_length = 200, pattern = "^[!-~]+$")
+    ),
     security(("bearer" = [])),
     responses(
-        (status = 201, description = "The hub", body = Hub),
-        (status = 400, description = "The body is not readable JSON", body = ErrorBody),
+        (status = 201, description = "The hub", body = Hub,
+            headers(("idempotent-replayed" = String, description = "`true` when this is the \
+                                                                 answer for an earlier call \
+                                                                 with the same key"))),
+        (status = 400, description = "The body is not readable JSON, or the `Idempotency-Key` \
+                                      is malformed", body = ErrorBody),
         (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
             headers(("www-authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 413, description = "The body is over 64 KiB", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
-        (status = 422, description = "A field is missing, unknown or invalid", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or invalid, or the `Idempotency-Key` was used for another call", body = ErrorBody),
         (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
     )
 )]
 async fn create_hub(
     State(pool): State<PgPool>,
     caller: Caller,
+    headers: HeaderMap,
     AppJson(body): AppJson<NewHub>,
-) -> Result<(StatusCode, Json<Hub>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<Hub>), ApiError> {
     caller.require_operator()?;
     let name = text_field("name", &body.name)?;
-    let id = repo::create_hub(&pool, name).await?;
-    tracing::info!(hub_id = %id, name, "hub created");
-    Ok((
-        StatusCode::CREATED,
-        Json(Hub {
+    let key = idempotency::key(&headers)?;
+    let request = format!("POST /hubs {name:?}");
+    let answer = idempotency::once(&pool, key.as_deref(), &request, async |tx| {
+        let id = repo::create_hub(tx, name).await?;
+        tracing::info!(hub_id = %id, name, "hub created");
+        Ok(Hub {
             id,
             name: name.to_owned(),
-        }),
-    ))
+        })
+    })
+    .await?;
+    let (headers, hub) = answer.into_parts();
+    Ok((StatusCode::CREATED, headers, Json(hub)))
 }
 
 /// Every hub.
@@ -246,40 +262,58 @@ fn check_count(field: &str, count: i64, min: i64) -> Result<(), ApiError> {
     path = "/foods",
     tag = "foods",
     request_body = NewFood,
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "The operator's key for this call, for retries: a call that repeats a \
+                           key creates nothing and is answered as the first was",
+            min_length = 1, max_length = 200, pattern = "^[!-~]+$")
+    ),
     security(("bearer" = [])),
     responses(
-        (status = 201, description = "The food", body = FoodCreated),
-        (status = 400, description = "The body is not readable JSON", body = ErrorBody),
+        (status = 201, description = "The food", body = FoodCreated,
+            headers(("idempotent-replayed" = String, description = "`true` when this is the \
+                                                                 answer for an earlier call \
+                                                                 with the same key"))),
+        (status = 400, description = "The body is not readable JSON, or the `Idempotency-Key` \
+                                      is malformed", body = ErrorBody),
         (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
             headers(("www-authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 404, description = "No such hub", body = ErrorBody),
         (status = 413, description = "The body is over 64 KiB", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
-        (status = 422, description = "A field is missing, unknown or invalid", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or invalid, or the `Idempotency-Key` was used for another call", body = ErrorBody),
         (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
     )
 )]
 async fn create_food(
     State(pool): State<PgPool>,
     caller: Caller,
+    headers: HeaderMap,
     AppJson(body): AppJson<NewFood>,
-) -> Result<(StatusCode, Json<FoodCreated>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<FoodCreated>), ApiError> {
     caller.require_operator()?;
     let name = text_field("name", &body.name)?;
     check_count("packets", body.packets, 0)?;
     let hub = hub_field(body.hub_id)?;
-    let id = repo::create_food(&pool, name, hub, body.packets)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no hub {hub}")))?;
-    tracing::info!(food_id = %id, name, packets = body.packets, "food created");
-    Ok((
-        StatusCode::CREATED,
-        Json(FoodCreated {
+    let key = idempotency::key(&headers)?;
+    let request = format!(
+        "POST /foods {name:?} at hub {hub}, {} packets",
+        body.packets
+    );
+    let answer = idempotency::once(&pool, key.as_deref(), &request, async |tx| {
+        let id = repo::create_food(tx, name, hub, body.packets)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no hub {hub}")))?;
+        tracing::info!(food_id = %id, name, packets = body.packets, "food created");
+        Ok(FoodCreated {
             id,
             name: name.to_owned(),
-        }),
-    ))
+        })
+    })
+    .await?;
+    let (headers, food) = answer.into_parts();
+    Ok((StatusCode::CREATED, headers, Json(food)))
 }
 
 /// Adds packets of a food at one hub.
@@ -287,46 +321,60 @@ async fn create_food(
     post,
     path = "/foods/{id}/packets",
     tag = "foods",
-    params(("id" = i64, Path, description = "The food")),
     request_body = NewPackets,
+    params(
+        ("id" = i64, Path, description = "The food"),
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "The operator's key for this call, for retries: a call that repeats a \
+                           key adds nothing and is answered as the first was",
+            min_length = 1, max_length = 200, pattern = "^[!-~]+$")
+    ),
     security(("bearer" = [])),
     responses(
-        (status = 201, description = "The packets were added", body = PacketsAdded),
-        (status = 400, description = "The id is not an integer, or the body is not readable JSON", body = ErrorBody),
+        (status = 201, description = "The packets were added", body = PacketsAdded,
+            headers(("idempotent-replayed" = String, description = "`true` when this is the \
+                                                                 answer for an earlier call \
+                                                                 with the same key"))),
+        (status = 400, description = "The id is not an integer, or the body is not readable JSON, or the `Idempotency-Key` is malformed", body = ErrorBody),
         (status = 401, description = "No token, or one that does not verify", body = ErrorBody,
             headers(("www-authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "Not an operator", body = ErrorBody),
         (status = 404, description = "No such food, or no such hub", body = ErrorBody),
         (status = 413, description = "The body is over 64 KiB", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
-        (status = 422, description = "A field is missing, unknown or invalid", body = ErrorBody),
+        (status = 422, description = "A field is missing, unknown or invalid, or the `Idempotency-Key` was used for another call", body = ErrorBody),
         (status = 503, description = "The database is unavailable; try again", body = ErrorBody)
     )
 )]
 async fn add_packets(
     State(pool): State<PgPool>,
     caller: Caller,
+    headers: HeaderMap,
     AppPath(id): AppPath<i64>,
     AppJson(body): AppJson<NewPackets>,
-) -> Result<(StatusCode, Json<PacketsAdded>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<PacketsAdded>), ApiError> {
     caller.require_operator()?;
     check_count("count", body.count, 1)?;
     let hub = hub_field(body.hub_id)?;
     let food = FoodId(id);
-    match repo::add_packets(&pool, food, hub, body.count).await? {
-        Added::Done => {}
-        Added::NoFood => return Err(ApiError::NotFound(format!("no food {id}"))),
-        Added::NoHub => return Err(ApiError::NotFound(format!("no hub {hub}"))),
-    }
-    tracing::info!(food_id = %food, hub_id = %hub, count = body.count, "packets added");
-    Ok((
-        StatusCode::CREATED,
-        Json(PacketsAdded {
+    let key = idempotency::key(&headers)?;
+    let request = format!("POST /foods/{id}/packets {} at hub {hub}", body.count);
+    let answer = idempotency::once(&pool, key.as_deref(), &request, async |tx| {
+        match repo::add_packets(tx, food, hub, body.count).await? {
+            Added::Done => {}
+            Added::NoFood => return Err(ApiError::NotFound(format!("no food {id}"))),
+            Added::NoHub => return Err(ApiError::NotFound(format!("no hub {hub}"))),
+        }
+        tracing::info!(food_id = %food, hub_id = %hub, count = body.count, "packets added");
+        Ok(PacketsAdded {
             food_id: food,
             hub_id: hub,
             added: body.count,
-        }),
-    ))
+        })
+    })
+    .await?;
+    let (headers, added) = answer.into_parts();
+    Ok((StatusCode::CREATED, headers, Json(added)))
 }
 
 /// Every food, with its packet counts over every hub.

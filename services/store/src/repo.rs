@@ -2,8 +2,8 @@
 //! transaction's SQL is in `inventory` and the shared participant crate.)
 
 use protocol::ids::{FoodId, HubId, OrderId, PacketId};
-use serde::Serialize;
-use sqlx::PgPool;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 
 /// A food with its packet counts over every hub.
@@ -22,7 +22,7 @@ pub struct FoodStock {
 }
 
 /// A hub.
-#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow, ToSchema)]
 pub struct Hub {
     /// The hub.
     pub id: HubId,
@@ -58,11 +58,11 @@ pub struct Packet {
     pub order_id: Option<OrderId>,
 }
 
-/// Creates a hub.
-pub async fn create_hub(pool: &PgPool, name: &str) -> Result<HubId, sqlx::Error> {
+/// Creates a hub (in the caller's transaction).
+pub async fn create_hub(tx: &mut PgConnection, name: &str) -> Result<HubId, sqlx::Error> {
     sqlx::query_scalar("INSERT INTO hubs (name) VALUES ($1) RETURNING id")
         .bind(name)
-        .fetch_one(pool)
+        .fetch_one(tx)
         .await
 }
 
@@ -103,16 +103,15 @@ pub enum Added {
     NoHub,
 }
 
-/// Creates a food with `packets` packets at `hub`, in one transaction. `None` if there is no
-/// such hub.
+/// Creates a food with `packets` packets at `hub`, in the caller's transaction. `None` if there
+/// is no such hub.
 pub async fn create_food(
-    pool: &PgPool,
+    tx: &mut PgConnection,
     name: &str,
     hub: HubId,
     packets: i64,
 ) -> Result<Option<FoodId>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    if !hub_exists(&mut tx, hub).await? {
+    if !hub_exists(tx, hub).await? {
         return Ok(None);
     }
     let id: FoodId = sqlx::query_scalar("INSERT INTO foods (name) VALUES ($1) RETURNING id")
@@ -120,20 +119,18 @@ pub async fn create_food(
         .fetch_one(&mut *tx)
         .await?;
     if packets > 0 {
-        insert_packets(&mut tx, id, hub, packets).await?;
+        insert_packets(tx, id, hub, packets).await?;
     }
-    tx.commit().await?;
     Ok(Some(id))
 }
 
-/// Adds `count` packets of a food at `hub`.
+/// Adds `count` packets of a food at `hub`, in the caller's transaction.
 pub async fn add_packets(
-    pool: &PgPool,
+    tx: &mut PgConnection,
     food: FoodId,
     hub: HubId,
     count: i64,
 ) -> Result<Added, sqlx::Error> {
-    let mut tx = pool.begin().await?;
     // Lock the food row: the food cannot vanish between the check and the insert, and concurrent
     // additions update its packet ranges one at a time.
     let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM foods WHERE id = $1 FOR UPDATE")
@@ -143,11 +140,10 @@ pub async fn add_packets(
     if exists.is_none() {
         return Ok(Added::NoFood);
     }
-    if !hub_exists(&mut tx, hub).await? {
+    if !hub_exists(tx, hub).await? {
         return Ok(Added::NoHub);
     }
-    insert_packets(&mut tx, food, hub, count).await?;
-    tx.commit().await?;
+    insert_packets(tx, food, hub, count).await?;
     Ok(Added::Done)
 }
 

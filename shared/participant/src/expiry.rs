@@ -104,6 +104,8 @@ pub(crate) async fn sweep_loop<I: Inventory>(
                     break;
                 }
             }
+            // The operators' idempotency keys are kept as long (a few rows).
+            service_kit::idempotency::prune(&mut conn, retention).await?;
             Ok::<_, sqlx::Error>((freed, pruned))
         }
         .await;

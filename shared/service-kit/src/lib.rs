@@ -15,6 +15,7 @@
 //! - [`telemetry`]: logging set-up.
 //! - [`shutdown`]: the signal that starts a graceful shutdown.
 //! - [`group_commit`]: single-statement writes that arrive together share one transaction.
+//! - [`idempotency`]: calls that create, made safe to repeat with an `Idempotency-Key`.
 //! - [`auth`]: who is calling (the [`auth::Caller`] extractor) and how tokens are verified.
 //! - [`fault`]: test-only crash points, switched on by an environment variable.
 
@@ -25,6 +26,7 @@ pub mod db;
 pub mod fault;
 pub mod group_commit;
 pub mod http;
+pub mod idempotency;
 pub mod metrics;
 pub mod outbox;
 pub mod primary;

@@ -37,7 +37,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::{Json, Router};
 use protocol::command::{MAX_LINES, MAX_QUANTITY, PacketLine};
 use protocol::ids::{FoodId, HubId, OrderId};
@@ -45,6 +45,7 @@ use protocol::trace::TraceContext;
 use serde::Deserialize;
 use service_kit::auth::{BearerToken, Caller, Who};
 use service_kit::http::{ApiError, AppJson, AppPath, ErrorBody, hub_field, text_field};
+use service_kit::idempotency;
 use tracing::{Instrument, info_span};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -62,13 +63,6 @@ mod events;
 mod view;
 
 use view::{OrderView, Reason, view};
-
-/// The request header that carries the client's key for an order.
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
-/// The response header that marks an answer with an earlier request's order.
-const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
-/// The longest idempotency key accepted.
-const MAX_KEY_LEN: usize = 200;
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -248,7 +242,7 @@ async fn place_order(
 ) -> Result<(StatusCode, HeaderMap, Json<OrderView>), ApiError> {
     let (hub_id, lines) = basket(&body)?;
     let customer_id = ordering_customer(&caller, body.customer_id.as_deref())?;
-    let key = idempotency_key(&headers)?;
+    let key = idempotency::key(&headers)?;
     // Continue the caller's trace if it sent one, else start a new one. The order records the
     // context of this request's span: every later step of the order is in that trace.
     let incoming = headers
@@ -275,7 +269,10 @@ async fn place_order(
                     order.id
                 )));
             }
-            response_headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+            response_headers.insert(
+                idempotency::IDEMPOTENT_REPLAYED,
+                HeaderValue::from_static("true"),
+            );
             order
         }
     };
@@ -367,21 +364,6 @@ fn whose_orders(
 
 fn no_order(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("no order {id}"))
-}
-
-/// The `Idempotency-Key` header, if sent and well-formed.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
-        return Ok(None);
-    };
-    let key = value.to_str().unwrap_or_default();
-    let visible = |c: char| c.is_ascii_graphic();
-    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.chars().all(visible) {
-        return Err(ApiError::BadRequest(format!(
-            "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"
-        )));
-    }
-    Ok(Some(key.to_owned()))
 }
 
 /// An order in its current state.
@@ -522,6 +504,6 @@ mod tests {
             .find(|p| p["name"] == "Idempotency-Key")
             .cloned()
             .unwrap();
-        assert_eq!(key["schema"]["maxLength"], MAX_KEY_LEN);
+        assert_eq!(key["schema"]["maxLength"], idempotency::MAX_KEY_LEN);
     }
 }
