@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 /// How long asking one server may take (connecting included): a host that does not answer is
 /// passed over after this, as `connect_timeout` does for libpq.
@@ -159,8 +159,10 @@ impl Follower {
     }
 
     /// Every [`FOLLOW_PERIOD`], asks a pooled connection whether its server still takes writes
-    /// (one cheap statement); when it does not, or no connection can be had, finds the server
-    /// that does and points the pool at it. Until `stop`.
+    /// (one cheap statement); when it says it does not, or the connection fails, finds the
+    /// server that does and, if it is another one, points the pool at it. A pool too busy to
+    /// lend a connection within [`PROBE_TIMEOUT`] is no sign of a failover: it is asked again
+    /// next time. Until `stop`.
     pub async fn run(mut self, stop: CancellationToken) {
         loop {
             tokio::select! {
@@ -173,7 +175,9 @@ impl Follower {
             let options: Vec<PgConnectOptions> =
                 self.candidates.iter().map(|(_, o)| o.clone()).collect();
             match find(&options).await {
-                Ok(found) => self.move_to(found),
+                Ok(found) if found != self.current => self.move_to(found),
+                // The same server: its broken connections are closed as they fail.
+                Ok(_) => {}
                 Err(err) => {
                     warn!(error = %err, "no database host takes writes; asking again");
                 }
@@ -181,25 +185,31 @@ impl Follower {
         }
     }
 
+    /// Whether the pool's server takes writes, as far as one of its connections can tell.
     async fn pool_takes_writes(&self) -> bool {
-        let ask = async {
-            let mut conn = self.pool.acquire().await?;
-            takes_writes(&mut conn).await
+        // Every connection lent out: a wait for one says nothing of the server. With room for
+        // another, the wait is for a new connection: the server does not answer.
+        let busy = self.pool.num_idle() == 0
+            && self.pool.size() >= self.pool.options().get_max_connections();
+        let conn = tokio::time::timeout(PROBE_TIMEOUT, self.pool.acquire()).await;
+        let mut conn = match conn {
+            Err(_) => return busy,
+            Ok(Err(_)) => return false,
+            Ok(Ok(conn)) => conn,
         };
-        matches!(tokio::time::timeout(PROBE_TIMEOUT, ask).await, Ok(Ok(true)))
+        matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, takes_writes(&mut conn)).await,
+            Ok(Ok(true))
+        )
     }
 
     fn move_to(&mut self, found: usize) {
         let (host, options) = &self.candidates[found];
-        if found == self.current {
-            info!(host = %host, "the database primary is where it was; reconnecting to it");
-        } else {
-            warn!(
-                from = %self.candidates[self.current].0,
-                to = %host,
-                "the database primary moved; following it"
-            );
-        }
+        warn!(
+            from = %self.candidates[self.current].0,
+            to = %host,
+            "the database primary moved; following it"
+        );
         self.pool.set_connect_options(options.clone());
         self.moves.record();
         self.current = found;
