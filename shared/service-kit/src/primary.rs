@@ -158,25 +158,25 @@ impl Follower {
         }
     }
 
-    /// Every [`FOLLOW_PERIOD`], asks a pooled connection whether its server still takes writes
-    /// (one cheap statement); when it says it does not, or the connection fails, finds the
-    /// server that does and, if it is another one, points the pool at it. A pool too busy to
-    /// lend a connection within [`PROBE_TIMEOUT`] is no sign of a failover: it is asked again
-    /// next time. Until `stop`.
+    /// Every [`FOLLOW_PERIOD`], asks the pool's server over a connection of its own whether it
+    /// still takes writes (one cheap statement; the pool's connections may all be busy, or
+    /// waiting on a server that is gone); when it says it does not, or cannot be asked, finds
+    /// the server that does and, if it is another one, points the pool at it. Until `stop`.
     pub async fn run(mut self, stop: CancellationToken) {
+        let mut watch = None;
         loop {
             tokio::select! {
                 () = tokio::time::sleep(FOLLOW_PERIOD) => {}
                 () = stop.cancelled() => return,
             }
-            if self.pool_takes_writes().await {
+            if self.current_takes_writes(&mut watch).await {
                 continue;
             }
             let options: Vec<PgConnectOptions> =
                 self.candidates.iter().map(|(_, o)| o.clone()).collect();
             match find(&options).await {
                 Ok(found) if found != self.current => self.move_to(found),
-                // The same server: its broken connections are closed as they fail.
+                // The same server: the pool's broken connections are closed as they fail.
                 Ok(_) => {}
                 Err(err) => {
                     warn!(error = %err, "no database host takes writes; asking again");
@@ -185,22 +185,28 @@ impl Follower {
         }
     }
 
-    /// Whether the pool's server takes writes, as far as one of its connections can tell.
-    async fn pool_takes_writes(&self) -> bool {
-        // Every connection lent out: a wait for one says nothing of the server. With room for
-        // another, the wait is for a new connection: the server does not answer.
-        let busy = self.pool.num_idle() == 0
-            && self.pool.size() >= self.pool.options().get_max_connections();
-        let conn = tokio::time::timeout(PROBE_TIMEOUT, self.pool.acquire()).await;
-        let mut conn = match conn {
-            Err(_) => return busy,
-            Ok(Err(_)) => return false,
-            Ok(Ok(conn)) => conn,
+    /// Whether the current server takes writes, asked over `watch` (connected first if need
+    /// be; dropped when it fails, to be made again).
+    async fn current_takes_writes(&self, watch: &mut Option<PgConnection>) -> bool {
+        if watch.is_none() {
+            let options = &self.candidates[self.current].1;
+            let connect = PgConnection::connect_with(options);
+            *watch = tokio::time::timeout(PROBE_TIMEOUT, connect)
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        let Some(conn) = watch.as_mut() else {
+            return false;
         };
-        matches!(
-            tokio::time::timeout(PROBE_TIMEOUT, takes_writes(&mut conn)).await,
+        let writes = matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, takes_writes(conn)).await,
             Ok(Ok(true))
-        )
+        );
+        if !writes {
+            *watch = None;
+        }
+        writes
     }
 
     fn move_to(&mut self, found: usize) {
