@@ -195,7 +195,7 @@ async fn ensure_database(options: &PgConnectOptions) -> Result<(), sqlx::Error> 
     admin.close().await
 }
 
-pub(crate) fn is_missing_database(err: &sqlx::Error) -> bool {
+fn is_missing_database(err: &sqlx::Error) -> bool {
     // 3D000 invalid_catalog_name: the database does not exist.
     matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| c == "3D000"))
 }

@@ -78,12 +78,12 @@ pub fn read_only_server() -> sqlx::Error {
 }
 
 /// Connects to `options` and asks whether it takes writes, within [`PROBE_TIMEOUT`]. A server
-/// that does not have the database yet (the service creates it at its first start) is asked in
-/// its `postgres` database.
+/// that answers but refuses the database (it does not have it yet: the service creates it at its
+/// first start) is asked in its `postgres` database.
 async fn probe(options: &PgConnectOptions) -> Result<bool, sqlx::Error> {
     let ask = async {
         let mut conn = match PgConnection::connect_with(options).await {
-            Err(err) if crate::db::is_missing_database(&err) => {
+            Err(sqlx::Error::Database(_)) => {
                 PgConnection::connect_with(&options.clone().database("postgres")).await?
             }
             other => other?,
