@@ -82,6 +82,18 @@ async fn participants_refuse_zero_and_barrier_records_that_die_before_their_comm
 }
 
 #[tokio::test]
+async fn a_database_host_that_is_not_a_name_and_a_port_is_refused() {
+    for service in ["order-service", "store-service", "delivery-service"] {
+        assert_refused(
+            service,
+            &[("DATABASE_HOSTS", "db-1:5432,db-2:port")],
+            r#"database host "db-2:port" is not name[:port]"#,
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
 async fn a_secret_given_both_in_the_environment_and_as_a_file_is_refused_and_a_missing_file_named()
 {
     for service in ["order-service", "store-service", "delivery-service"] {
