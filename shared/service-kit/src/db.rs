@@ -132,8 +132,7 @@ async fn try_connect(
 pub async fn open(settings: &DatabaseSettings) -> Result<Database, sqlx::Error> {
     let candidates = settings.candidates();
     let current = if candidates.len() > 1 {
-        let options: Vec<PgConnectOptions> = candidates.iter().map(|(_, o)| o.clone()).collect();
-        primary::find(&options).await?
+        primary::find(&candidates).await?
     } else {
         0
     };

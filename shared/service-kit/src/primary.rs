@@ -99,9 +99,9 @@ async fn probe(options: &PgConnectOptions) -> Result<bool, sqlx::Error> {
 
 /// The first of `candidates` that takes writes (its index). Otherwise the last error, or
 /// [`read_only_server`] when every server answered read-only.
-pub async fn find(candidates: &[PgConnectOptions]) -> Result<usize, sqlx::Error> {
+pub async fn find(candidates: &[(Host, PgConnectOptions)]) -> Result<usize, sqlx::Error> {
     let mut last = read_only_server();
-    for (i, options) in candidates.iter().enumerate() {
+    for (i, (_, options)) in candidates.iter().enumerate() {
         match probe(options).await {
             Ok(true) => return Ok(i),
             Ok(false) => last = read_only_server(),
@@ -172,9 +172,7 @@ impl Follower {
             if self.current_takes_writes(&mut watch).await {
                 continue;
             }
-            let options: Vec<PgConnectOptions> =
-                self.candidates.iter().map(|(_, o)| o.clone()).collect();
-            match find(&options).await {
+            match find(&self.candidates).await {
                 Ok(found) if found != self.current => self.move_to(found),
                 // The same server: the pool's broken connections are closed as they fail.
                 Ok(_) => {}
