@@ -79,6 +79,9 @@ pub struct Faults {
     pub stalls: u8,
     /// A write of the order commits but its acknowledgement is lost, and the retries fail.
     pub lost_acks: u8,
+    /// A command is lost before it arrives (commands sent as transient messages, lost with a
+    /// broker node; the driver asks again after its reply timeout).
+    pub lost_commands: u8,
 }
 
 impl Faults {
@@ -90,6 +93,7 @@ impl Faults {
             duplicates: 1,
             stalls: 1,
             lost_acks: 1,
+            lost_commands: 1,
         }
     }
 }
@@ -188,6 +192,10 @@ pub enum Phase {
         /// Whether it stopped asking.
         gave_up: bool,
     },
+    /// Both sides assigned: the request was told `placed` at once, and the record of the
+    /// placement (`Assigned`) is written next, a step of its own ([`crate::Action::Record`]): a
+    /// crash, a stall or a take-over may come between.
+    Placing,
     /// Compensation's confirmations.
     Compensating(Sides<bool>),
     /// Cancellation: delivery's answer, then the store's.

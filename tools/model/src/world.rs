@@ -27,6 +27,8 @@ pub enum Action {
     },
     /// A message arrives (a command's reply reaches its driver at once).
     Receive(Msg),
+    /// A command is lost on its way (a transient message lost with its broker node).
+    LoseCommand(Msg),
     /// A command arrives and is applied, but its reply is lost.
     LoseReply(Msg),
     /// A message is delivered twice.
@@ -42,8 +44,16 @@ pub enum Action {
         /// Its driver's lease token.
         token: u8,
     },
-    /// Phase 2 stops asking (the reservations' expiry and the grace passed).
+    /// Phase 2 stops asking (the reservations' expiry and the grace passed): only with
+    /// [`crate::Config::phase2_gives_up`], the rule before placed orders were answered early.
     GiveUp {
+        /// The order.
+        order: usize,
+        /// Its driver's lease token.
+        token: u8,
+    },
+    /// A driver whose request was told `placed` records the placement.
+    Record {
         /// The order.
         order: usize,
         /// Its driver's lease token.
@@ -137,10 +147,15 @@ impl Model for OrderModel {
                     Phase::Assigning {
                         answers,
                         gave_up: false,
-                    } if answers.store.is_none() || answers.delivery.is_none() => {
+                    } if c.phase2_gives_up
+                        && (answers.store.is_none() || answers.delivery.is_none()) =>
+                    {
                         actions.push(Action::GiveUp { order, token });
                     }
                     _ => {}
+                }
+                if drv.phase == Phase::Placing {
+                    actions.push(Action::Record { order, token });
                 }
                 let lost = answers::unanswered(state, c, o, d)
                     .into_iter()
@@ -204,6 +219,9 @@ impl Model for OrderModel {
             if faults.lost_replies > 0 && matches!(msg, Msg::Command { .. }) {
                 actions.push(Action::LoseReply(msg.clone()));
             }
+            if faults.lost_commands > 0 && matches!(msg, Msg::Command { .. }) {
+                actions.push(Action::LoseCommand(msg.clone()));
+            }
             if faults.duplicates > 0 {
                 actions.push(Action::Duplicate(msg.clone()));
             }
@@ -248,6 +266,11 @@ impl Model for OrderModel {
                 state.net.remove(at);
                 receive(&mut state, msg);
             }
+            Action::LoseCommand(msg) => {
+                let at = state.net.iter().position(|m| *m == msg)?;
+                state.net.remove(at);
+                state.faults.lost_commands = state.faults.lost_commands.checked_sub(1)?;
+            }
             Action::LoseReply(msg) => {
                 let at = state.net.iter().position(|m| *m == msg)?;
                 state.net.remove(at);
@@ -281,6 +304,13 @@ impl Model for OrderModel {
                 {
                     *gave_up = true;
                 }
+            }
+            Action::Record { order, token } => {
+                let d = driver::find(&state, order, token)?;
+                if state.orders[order].drivers[d].phase != Phase::Placing {
+                    return None;
+                }
+                driver::record(&mut state, order, d, Event::Assigned);
             }
             Action::Resend { order, token } => {
                 let d = driver::find(&state, order, token)?;
