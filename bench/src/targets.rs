@@ -32,8 +32,8 @@ pub(crate) struct Goals {
 
 /// The project's targets.
 pub(crate) const GOALS: Goals = Goals {
-    peak_ratio: 0.5,
-    moderate_ratio: 0.2,
+    peak_ratio: 1.0,
+    moderate_ratio: 0.3,
     latency_factor: 6.0,
     steady_ratio: 0.15,
 };
