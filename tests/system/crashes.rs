@@ -102,45 +102,6 @@ async fn a_coordinator_killed_after_the_commit_decision_places_the_order_after_r
     assert_eq!(order["status"], "placed", "{order}");
 }
 
-/// The customer is told `placed` as soon as both sides have assigned, before the record; the
-/// coordinator dies right there (it pauses at the fault point and is killed). The restarted
-/// coordinator takes the `assigning` order over, runs phase 2 again (both sides answer from their
-/// barriers) and records `placed`, as the customer was told.
-#[tokio::test]
-async fn a_coordinator_killed_after_telling_the_customer_placed_records_it_after_restart() {
-    // A lease that outlasts the answer and the kill, and reservations that outlast the restart.
-    let options = Options::fast()
-        .order("FAULT_POINTS", "coordinator.told_placed_before_record=60s")
-        .order("LEASE", "5s")
-        .all("RESERVATION_TTL", "60s");
-    let mut system = TestSystem::start_with(options).await;
-    let food = system.create_food("Pesarattu", 1).await;
-    system.create_agents(1).await;
-
-    let (status, placed) = system.place_order(food).await;
-    assert_eq!(status, reqwest::StatusCode::CREATED, "{placed}");
-    assert_eq!(placed["status"], "placed", "{placed}");
-    let id = placed["order_id"].as_str().expect("an order id").to_owned();
-    let (_, recorded) = system.get(&system.order, &format!("/orders/{id}")).await;
-    assert_eq!(
-        (&recorded["status"], &recorded["stage"]),
-        (
-            &serde_json::json!("pending"),
-            &serde_json::json!("assigning")
-        ),
-        "told before the record: {recorded}"
-    );
-    system.order.kill().await;
-
-    system.order.remove_env("FAULT_POINTS");
-    system.order.start().await;
-    let order = system.order_when_final(&system.order, &id).await;
-    assert_eq!(order["status"], "placed", "{order}");
-    assert_eq!(system.food(food).await["assigned"], 1);
-    system.assert_nothing_reserved(FINISH).await;
-    system.assert_audit_clean(FINISH).await;
-}
-
 /// An order recorded undecided (its phase 1 outlasted the response budget) whose coordinator
 /// dies before the commit decision: the restarted coordinator takes it over and aborts it.
 #[tokio::test]

@@ -631,8 +631,7 @@ async fn reports_and_a_cancel_while_assigning_change_nothing_then_a_cancel_races
     assert_eq!(picked_up.0, StatusCode::CONFLICT, "{}", picked_up.1);
     assert_eq!(cancel.0, StatusCode::CONFLICT, "{}", cancel.1);
     assert_eq!(cancel.1["reason"], "not_placed_yet", "{}", cancel.1);
-    // Told `placed` before the record: it ends so.
-    let now = system.order_when_final(&system.order, &order).await;
+    let (_, now) = system.get(&system.order, &format!("/orders/{order}")).await;
     assert_eq!(
         now["status"], "placed",
         "the early requests changed nothing: {now}"

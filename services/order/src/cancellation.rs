@@ -9,13 +9,9 @@
 //! - `cancelled`: the same answer again;
 //! - `picked_up`, `delivered`: refused, `already_picked_up`;
 //! - `not_placed`: refused, `not_placed` (nothing is held for it);
-//! - `assigning`: its customer may have been told `placed` already (as soon as both sides
-//!   assigned, before the record), so the record is awaited for up to
-//!   [`PLACEMENT_RECORD_WAIT`](crate::coordinator::PLACEMENT_RECORD_WAIT) and the cancel goes on
-//!   from there;
-//! - still being placed (`reserving`, `assigning` after that wait, `compensating`): refused,
-//!   `not_placed_yet`, and nothing changes; placement ends within the order's deadline (plus
-//!   phase 2), after which the customer can cancel a placed order.
+//! - still being placed (`reserving`, `assigning`, `compensating`): refused, `not_placed_yet`,
+//!   and nothing changes; placement ends within the order's deadline (plus phase 2), after which
+//!   the customer can cancel a placed order.
 
 use std::sync::Arc;
 
@@ -53,19 +49,10 @@ impl Coordinator {
     ) -> Result<Order, CancelError> {
         let answer_by = Instant::now() + self.settings.response_budget;
         let mut current = self.load_customers(id, customer_id).await?;
-        let mut placement_awaited = false;
         loop {
             match current.state {
                 OrderState::Placed => {}
-                OrderState::Cancelling => {
-                    return Ok(self.await_past(current, answer_by).await?);
-                }
-                OrderState::Assigning if !placement_awaited => {
-                    placement_awaited = true;
-                    let by = self.placement_record_by(answer_by);
-                    current = self.await_past(current, by).await?;
-                    continue;
-                }
+                OrderState::Cancelling => return self.await_cancel(current, answer_by).await,
                 _ => return Ok(current),
             }
             let token = LeaseToken::new();
@@ -124,5 +111,23 @@ impl Coordinator {
         );
         let _ = tokio::time::timeout_at(answer_by, latest.wait_for(|o| o.state.is_final())).await;
         latest.borrow().clone()
+    }
+
+    /// A cancel that another request started (or that recovery drives): polls the order until it
+    /// is no longer cancelling, or `answer_by`.
+    async fn await_cancel(
+        &self,
+        mut order: Order,
+        answer_by: Instant,
+    ) -> Result<Order, CancelError> {
+        let mut pause = std::time::Duration::from_millis(10);
+        while order.state == OrderState::Cancelling && Instant::now() + pause < answer_by {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(200));
+            order = repo::load(self.pool(), order.id)
+                .await?
+                .ok_or(CancelError::NotFound(order.id))?;
+        }
+        Ok(order)
     }
 }

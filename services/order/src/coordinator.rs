@@ -23,12 +23,6 @@ use crate::machine::{self, Event, Order, OrderState, Writer};
 use crate::participants::Participants;
 use crate::repo::{self, LeaseToken, Orders, Recorded};
 
-/// How long a request that finds an order `assigning` (a cancel, a replayed idempotency key)
-/// waits for its placement to be recorded. An order is `assigning` for the milliseconds between
-/// its customer's `placed` and its record, or for as long as a participant does not answer its
-/// assign (its customer was then told `pending`).
-pub const PLACEMENT_RECORD_WAIT: Duration = Duration::from_secs(1);
-
 /// Tunables of the coordinator.
 #[derive(Clone, Debug)]
 pub struct CoordinatorSettings {
@@ -41,8 +35,7 @@ pub struct CoordinatorSettings {
     /// How long a driver's lease lasts beyond the point it was last renewed. After it, another
     /// coordinator may take the order over.
     pub lease: Duration,
-    /// How long after the reservations expire a decided order is due (its deadline, when its
-    /// timer looks at it again). Phase 2 itself asks until both sides answer.
+    /// How long after the reservations expire phase 2 keeps asking before compensating.
     pub phase2_grace: Duration,
 }
 
@@ -120,19 +113,7 @@ impl Coordinator {
         event: Event,
         token: LeaseToken,
     ) -> Result<Order, Stop> {
-        self.record_at(order, event, token, fault::now()).await
-    }
-
-    /// [`Coordinator::record`] with the transition's time given: the order recorded is then the
-    /// one computed beforehand with `at` (a `placed` told before its record).
-    pub(crate) async fn record_at(
-        &self,
-        order: &Order,
-        event: Event,
-        token: LeaseToken,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Order, Stop> {
-        let recorded = machine::transition(order, Some(event), Writer::Driver, at);
+        let recorded = machine::transition(order, Some(event), Writer::Driver, fault::now());
         let t = match recorded {
             Ok(t) => t,
             Err(err) => {
@@ -201,33 +182,6 @@ impl Coordinator {
         }
         fault::point("coordinator.after_final_state");
         self.events.notify_one();
-    }
-
-    /// Reads `order` again until it is no longer in the state it is in, or `until`: an order
-    /// that another driver moves on (a cancel under way, a placement being recorded).
-    pub(crate) async fn await_past(
-        &self,
-        mut order: Order,
-        until: Instant,
-    ) -> Result<Order, repo::RepoError> {
-        let waiting_in = order.state;
-        let mut pause = Duration::from_millis(5);
-        while order.state == waiting_in && Instant::now() + pause < until {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(200));
-            match repo::load(self.pool(), order.id).await? {
-                Some(current) => order = current,
-                None => break,
-            }
-        }
-        Ok(order)
-    }
-
-    /// The instant by which to stop waiting for an `assigning` order's record: its customer may
-    /// have been told `placed` already, its record milliseconds away; an order whose phase 2
-    /// waits for a participant is `assigning` for longer, and is answered as it is.
-    pub(crate) fn placement_record_by(&self, answer_by: Instant) -> Instant {
-        answer_by.min(Instant::now() + PLACEMENT_RECORD_WAIT)
     }
 
     /// Runs `work` while renewing the driver's lease in the background, so that a long phase 2

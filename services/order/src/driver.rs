@@ -14,12 +14,8 @@
 //!   Releasing before retrying means two orders never wait on each other. A new order is not
 //!   recorded during its phase 1 (presumed abort): its outcome, the decision or `not_placed`, is
 //!   its first record (`placement::record_first`), unless phase 1 outlasts its request's budget.
-//! - **Phase 2** asks both to assign, asking a side that did not answer again until it does
-//!   (a repeat is answered from its barrier; after the reservations' expiry an assign that was
-//!   not applied is refused). Both assigned: the request is told `placed` at once, then
-//!   `placed` is recorded (off the customer's critical path: a driver that dies in between
-//!   leaves an `assigning` order whose next driver is answered `assigned` by both sides again).
-//!   A refusal: `compensating`.
+//! - **Phase 2** asks both to assign, asking sides that did not answer again until the
+//!   reservations' expiry plus a grace. Both assigned: `placed`. Otherwise: `compensating`.
 //! - **Compensation** releases both sides (a release undoes an assignment) until both confirm,
 //!   then `not_placed`.
 //! - **Cancellation** (of a placed order) asks delivery to cancel: refused if the agent has
@@ -29,6 +25,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use messaging::Backoff;
 use protocol::command::{CancelReply, ReleaseReason};
 use protocol::ids::{AgentId, PacketId, TxnId};
@@ -40,9 +37,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::coordinator::{Coordinator, Stop};
-use crate::machine::rules::{
-    self, AfterReserve, AssignAnswer, CancelAnswer, Driving, Reservation, Step,
-};
+use crate::machine::rules::{self, AfterReserve, CancelAnswer, Driving, Reservation, Step};
 use crate::machine::{self, Event, NotPlacedReason, Order};
 use crate::participants::order_span;
 use crate::phase1::Phase1;
@@ -139,7 +134,11 @@ impl Driver<'_> {
                 }
                 Step::Reserve => self.reserve(&order).await,
                 Step::Abort { reason, release } => self.abort(&order, release, reason).await,
-                Step::Assign { packets, agent, .. } => self.assign(&order, &packets, agent).await,
+                Step::Assign {
+                    packets,
+                    agent,
+                    until,
+                } => self.assign(&order, &packets, agent, until).await,
                 Step::Compensate => self.compensate(&order).await,
                 Step::Cancel => self.cancel(&order).await,
             };
@@ -316,60 +315,30 @@ impl Driver<'_> {
         .await?
     }
 
-    /// Phase 2: both sides are asked to assign until both answer, as compensation asks for its
-    /// releases. It never gives up on an answer, for the customer may have been told `placed`
-    /// already: by this driver as soon as both confirm, or by an earlier one that died before
-    /// recording it, whose assigns a repeat finds applied (the model checker's counterexample
-    /// `an_early_placed_answer_needs_phase_2_to_ask_until_answered`). A wait cut short (the
-    /// coordinator stops) leaves the order to the next driver.
+    /// Phase 2.
     async fn assign(
         &self,
         order: &Order,
         packets: &[PacketId],
         agent: AgentId,
+        until: DateTime<Utc>,
     ) -> Result<Order, Stop> {
         let c = self.coordinator;
-        let forever = Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        let assigned = c.participants.assign(order, packets, agent, forever);
+        // After the reservations expire an assign can only be refused, so stop asking a little
+        // after that: a side that never answered is then compensated like a refusal. `until`
+        // comes from the participants' clocks; the floor below keeps a coordinator whose own
+        // clock runs ahead asking long enough to be answered.
+        // A driver that takes the order over late (all coordinators were down) still asks for a
+        // few reply timeouts: the assigns may have been applied, and their recorded replies say
+        // so.
+        let give_up_at = deadline_at(until).max(Instant::now() + c.settings.reply_timeout * 3);
+        let assigned = c.participants.assign(order, packets, agent, give_up_at);
         let answers = c.keeping_lease(order, self.token, assigned).await?;
-        if answers
-            .find(|answer| *answer == AssignAnswer::NoAnswer)
-            .is_some()
-        {
-            return Err(Stop::Interrupted);
-        }
         let event = rules::after_assign(&answers);
         if let Event::AssignFailed { side, failure } = &event {
             warn!(%side, ?failure, store = ?answers.store, delivery = ?answers.delivery, "assign failed: compensating");
-            return self.record(order, event).await;
         }
-        let at = fault::now();
-        self.tell_placed(order, &event, at).await;
-        c.record_at(order, event, self.token, at).await
-    }
-
-    /// Both sides assigned the order's items: its request, if one waits, is told `placed` now,
-    /// with the order as it is about to be recorded; the record follows. Nothing can undo the
-    /// assignments (only the order's own compensation or cancel frees them), and phase 2 asks
-    /// until answered, so the order ends `placed` whichever driver records it.
-    async fn tell_placed(
-        &self,
-        order: &Order,
-        assigned: &Event,
-        at: chrono::DateTime<chrono::Utc>,
-    ) {
-        let Some(progress) = &self.progress else {
-            return;
-        };
-        match machine::apply(order, assigned.clone(), at) {
-            Ok(placed) => {
-                progress.send_replace(placed);
-            }
-            Err(err) => {
-                warn!(error = %err, "placement not computed; the request waits for the record")
-            }
-        }
-        fault::pause("coordinator.told_placed_before_record").await;
+        self.record(order, event).await
     }
 
     /// Releases both sides (undoing any assignment) until both confirm, then `not_placed`.
@@ -433,6 +402,11 @@ impl Driver<'_> {
             None => Err(Stop::Interrupted),
         }
     }
+}
+
+/// The monotonic instant of a wall-clock time (now if it has passed), by this process's clock.
+fn deadline_at(instant: DateTime<Utc>) -> Instant {
+    Instant::now() + (instant - fault::now()).to_std().unwrap_or(Duration::ZERO)
 }
 
 #[cfg(test)]

@@ -95,13 +95,8 @@ impl Coordinator {
             let found = repo::load_by_key(self.orders.pool(), &new.customer_id, key);
             match tokio::time::timeout_at(answer_by, found).await {
                 Ok(found) => {
-                    if let Some(mut existing) = found? {
+                    if let Some(existing) = found? {
                         info!(existing = %existing.id, state = %existing.state, "idempotency key seen before: answering with its order");
-                        if existing.state == OrderState::Assigning {
-                            // Its first request may have been told `placed` already.
-                            let by = self.placement_record_by(answer_by);
-                            existing = self.await_past(existing, by).await?;
-                        }
                         return Ok(Placement::Replayed(existing));
                     }
                 }

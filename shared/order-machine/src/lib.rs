@@ -173,8 +173,7 @@ pub enum Event {
         agent: AgentId,
         /// The earlier of the two reservations' expiry.
         reserved_until: DateTime<Utc>,
-        /// When phase 2 is due (the reservations' expiry plus a grace): the order's deadline,
-        /// when its timer looks at it again. Phase 2 itself asks until both sides answer.
+        /// Until when phase 2 may go on asking (the reservations' expiry plus a grace).
         assign_until: DateTime<Utc>,
     },
     /// Items were only held by others for now: released, trying again with a new transaction.

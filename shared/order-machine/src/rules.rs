@@ -41,14 +41,14 @@ pub enum Step {
         /// Which sides to release.
         release: Sides<bool>,
     },
-    /// Phase 2: ask both sides to assign until both answer, then [`after_assign`]. (Never
-    /// stop asking: the customer may have been told `placed` by an earlier driver as soon as
-    /// both assigned, before its record.)
+    /// Phase 2: ask both sides to assign until `until`, then [`after_assign`].
     Assign {
         /// The packets to assign.
         packets: Vec<PacketId>,
         /// The agent to assign.
         agent: AgentId,
+        /// When to stop asking (a side that has not answered then counts as failed).
+        until: DateTime<Utc>,
     },
     /// Ask both sides to release until both confirm, then [`after_release`].
     Compensate,
@@ -78,6 +78,7 @@ pub fn next_step(order: &Order, driving: Driving) -> Step {
             (false, Some(agent)) => Step::Assign {
                 packets: order.packet_ids.clone(),
                 agent,
+                until: order.deadline,
             },
             _ => Step::Inconsistent,
         },
@@ -182,8 +183,7 @@ pub enum AfterReserve {
 }
 
 /// Phase 1's rule. A final shortage on either side ends the order; both held commits (with
-/// phase 2 due by the earlier expiry plus `phase2_grace`, the order's new deadline, when its
-/// timer looks at it again); anything else (held by
+/// phase 2 allowed until the earlier expiry plus `phase2_grace`); anything else (held by
 /// others, no answer) is worth another attempt while `time_left`. The store must hold
 /// `packets_wanted` packets and delivery one agent.
 pub fn after_reserve(

@@ -433,6 +433,7 @@ fn what_a_driver_does_depends_on_who_drives() {
             Step::Assign {
                 packets: vec![PacketId(7)],
                 agent: AgentId(8),
+                until: t(40)
             }
         );
     }

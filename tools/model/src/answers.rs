@@ -72,7 +72,7 @@ pub(crate) fn on_reply(
             }
             Participant::Store => *store = true,
         },
-        Phase::Start | Phase::Placing => {}
+        Phase::Start => {}
     }
     if cancel_store {
         send(state, o, Participant::Store, Command::Cancel { txn });
@@ -165,7 +165,7 @@ pub(crate) fn unanswered(
             }
             Some(_) => {}
         },
-        Phase::Start | Phase::Reserving(_) | Phase::Assigning { .. } | Phase::Placing => {}
+        Phase::Start | Phase::Reserving(_) | Phase::Assigning { .. } => {}
     }
     out
 }

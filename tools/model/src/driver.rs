@@ -44,8 +44,6 @@ pub(crate) fn ready(state: &State, o: usize, d: usize) -> bool {
         Phase::Assigning { answers, gave_up } => {
             *gave_up || (answers.store.is_some() && answers.delivery.is_some())
         }
-        // Its record is a step of its own (`Action::Record`).
-        Phase::Placing => false,
         Phase::Compensating(released) => released.store && released.delivery,
         Phase::Cancelling { delivery, store } => {
             *store || *delivery == Some(CancelAnswer::PickedUp)
@@ -129,19 +127,8 @@ fn step(state: &mut State, config: &Config, o: usize, d: usize) {
         }
         Phase::Assigning { answers, .. } => {
             let answers = answers.map(|_, a| a.unwrap_or(AssignAnswer::NoAnswer));
-            match after_assign(&answers) {
-                // Both assigned: the request is told `placed` before the record is written.
-                Event::Assigned => {
-                    let slot = &mut state.orders[o];
-                    if driver.request && slot.client == Client::Waiting {
-                        slot.client = Client::Answered(Answer::Placed);
-                    }
-                    slot.drivers[d].phase = Phase::Placing;
-                }
-                failed => record(state, o, d, failed),
-            }
+            record(state, o, d, after_assign(&answers));
         }
-        Phase::Placing => record(state, o, d, Event::Assigned),
         Phase::Compensating(released) => {
             if let Some(compensated) = after_release(&released) {
                 record(state, o, d, compensated);
@@ -236,7 +223,7 @@ pub(crate) fn send(state: &mut State, o: usize, to: Participant, command: Comman
 /// first record of a new order or as a save of the driver ([`table::write`]); then the driver
 /// asks the machine for its next step (as the driver's loop does). A write that finds the order
 /// changed, or an event the machine refuses, stops the driver.
-pub(crate) fn record(state: &mut State, o: usize, d: usize, event: Event) {
+fn record(state: &mut State, o: usize, d: usize, event: Event) {
     let driver = state.orders[o].drivers[d].clone();
     let writer = if driver.unrecorded {
         Writer::First

@@ -55,10 +55,9 @@ pub struct Config {
     pub riders: bool,
     /// Customers cancel placed orders.
     pub cancels: bool,
-    /// Phase 1's deadline passes (and phase 2 gives up, with `phase2_gives_up`) whenever the
-    /// checker chooses. Without them (participants always answer in time), every order must
-    /// end through lost replies and lost commands too: nothing may wait for an answer that will
-    /// never come.
+    /// Phase 1's deadline passes, and phase 2 gives up, whenever the checker chooses. Without
+    /// them (participants always answer in time), every order must end through lost replies
+    /// too: nothing may wait for an answer that will never come.
     pub deadlines: bool,
     /// Phase 1 may outlast the response budget (the order is then recorded `reserving`), and an
     /// operator may abort such an order.
@@ -74,11 +73,6 @@ pub struct Config {
     /// A replayed request looks its key up before phase 1, and answers with the order recorded
     /// under it. Without it, the replay runs a phase 1 of its own first.
     pub key_lookup: bool,
-    /// Phase 2 stops asking a side that has not answered once the reservations' expiry and a
-    /// grace have passed, and compensates (the rule before a placed order was answered as soon
-    /// as both sides confirmed their assigns). Today's driver asks until both answer: the
-    /// counterexample `an_early_placed_answer_needs_phase_2_to_ask_until_answered` shows why.
-    pub phase2_gives_up: bool,
 }
 
 impl Config {
@@ -98,7 +92,6 @@ impl Config {
             orphans: true,
             replays: false,
             key_lookup: true,
-            phase2_gives_up: false,
         }
     }
 }

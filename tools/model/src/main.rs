@@ -51,10 +51,6 @@ struct Args {
     /// Commands lost on their way (transient messages).
     #[arg(long, default_value_t = 1)]
     lost_commands: u8,
-    /// Phase 2 gives up on a side that does not answer by the reservations' expiry (the rule
-    /// before placed orders were answered early; it breaks the promise).
-    #[arg(long)]
-    phase2_gives_up: bool,
     /// No riders (no pick-ups or deliveries).
     #[arg(long)]
     no_riders: bool,
@@ -107,7 +103,6 @@ fn main() -> ExitCode {
         orphans: !args.no_orphans,
         replays: args.replays,
         key_lookup: !args.no_key_lookup,
-        phase2_gives_up: args.phase2_gives_up,
     };
     println!("checking {config:?}");
     let started = Instant::now();

@@ -4,8 +4,7 @@
 //! - a placed order holds every packet of its lines and its agent (until the agent delivers it);
 //! - nothing is assigned to an order that is not placed (not recorded, refused or cancelled);
 //! - no order is refused, cancelled or undecided while its rider has it;
-//! - every final answer a customer was given is the order's recorded end (`placed` may be told
-//!   once both assigns are confirmed, while the placement is being recorded);
+//! - every final answer a customer was given is the order's recorded end;
 //! - every order's events (its outbox) are the steps of its recorded life, each once, in order;
 //! - an order is refused for a shortage only when its items are truly short. (A `timeout`
 //!   refusal is bounded by phase 1's deadline, which the model lets pass at any moment.);
@@ -144,11 +143,8 @@ pub fn riders_have_placed_orders(s: &State) -> bool {
     })
 }
 
-/// A customer told `placed` has an order that was placed (whatever happened after), or whose
-/// placement is being recorded (`assigning`: told as soon as both sides confirmed their assigns,
-/// before the record; it may never end otherwise, which this property checks in every state
-/// after, and liveness that it ends); one told `not placed` has an order recorded so, for the
-/// same reason.
+/// A customer told `placed` has an order that was placed (whatever happened after); one told
+/// `not placed` has an order recorded so, for the same reason.
 pub fn answers_agree(s: &State) -> bool {
     s.orders.iter().all(|slot| {
         let record = slot
@@ -159,8 +155,7 @@ pub fn answers_agree(s: &State) -> bool {
             Client::Answered(Answer::Placed) => matches!(
                 record,
                 Some((
-                    OrderState::Assigning
-                        | OrderState::Placed
+                    OrderState::Placed
                         | OrderState::PickedUp
                         | OrderState::Delivered
                         | OrderState::Cancelling

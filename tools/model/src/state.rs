@@ -192,10 +192,6 @@ pub enum Phase {
         /// Whether it stopped asking.
         gave_up: bool,
     },
-    /// Both sides assigned: the request was told `placed` at once, and the record of the
-    /// placement (`Assigned`) is written next, a step of its own ([`crate::Action::Record`]): a
-    /// crash, a stall or a take-over may come between.
-    Placing,
     /// Compensation's confirmations.
     Compensating(Sides<bool>),
     /// Cancellation: delivery's answer, then the store's.

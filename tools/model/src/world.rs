@@ -44,16 +44,8 @@ pub enum Action {
         /// Its driver's lease token.
         token: u8,
     },
-    /// Phase 2 stops asking (the reservations' expiry and the grace passed): only with
-    /// [`crate::Config::phase2_gives_up`], the rule before placed orders were answered early.
+    /// Phase 2 stops asking (the reservations' expiry and the grace passed).
     GiveUp {
-        /// The order.
-        order: usize,
-        /// Its driver's lease token.
-        token: u8,
-    },
-    /// A driver whose request was told `placed` records the placement.
-    Record {
         /// The order.
         order: usize,
         /// Its driver's lease token.
@@ -147,15 +139,10 @@ impl Model for OrderModel {
                     Phase::Assigning {
                         answers,
                         gave_up: false,
-                    } if c.phase2_gives_up
-                        && (answers.store.is_none() || answers.delivery.is_none()) =>
-                    {
+                    } if answers.store.is_none() || answers.delivery.is_none() => {
                         actions.push(Action::GiveUp { order, token });
                     }
                     _ => {}
-                }
-                if drv.phase == Phase::Placing {
-                    actions.push(Action::Record { order, token });
                 }
                 let lost = answers::unanswered(state, c, o, d)
                     .into_iter()
@@ -304,13 +291,6 @@ impl Model for OrderModel {
                 {
                     *gave_up = true;
                 }
-            }
-            Action::Record { order, token } => {
-                let d = driver::find(&state, order, token)?;
-                if state.orders[order].drivers[d].phase != Phase::Placing {
-                    return None;
-                }
-                driver::record(&mut state, order, d, Event::Assigned);
             }
             Action::Resend { order, token } => {
                 let d = driver::find(&state, order, token)?;

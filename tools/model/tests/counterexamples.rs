@@ -80,7 +80,6 @@ fn an_abort_release_applied_after_a_recovered_assign_frees_nothing() {
         Action::TakeOver(0),
         assign(Participant::Delivery),
         assign(Participant::Store),
-        Action::Record { order: 0, token: 2 },
         release(Participant::Store, ReleaseReason::Abort),
     ];
     let Replayed::Done { state, broken } = replay(&model, &path) else {
@@ -133,7 +132,6 @@ fn a_pick_up_before_placement_is_refused() {
         reserve(Participant::Store),
         assign(Participant::Delivery),
         assign(Participant::Store),
-        Action::Record { order: 0, token: 1 },
         Action::Receive(Msg::Placed { order: 0 }),
         Action::PickUp(0),
         Action::Deliver(0),
@@ -179,7 +177,6 @@ fn a_lost_reserve_reply_is_asked_again() {
         reserve(Participant::Store),
         assign(Participant::Delivery),
         assign(Participant::Store),
-        Action::Record { order: 0, token: 1 },
     ];
     let Replayed::Done { state, broken } = replay(&model, &path) else {
         panic!("the driver should ask again, and the order go on");
@@ -273,7 +270,6 @@ fn an_orphaned_reservation_is_released_by_the_next_order() {
         reserve(Delivery, 1, 1),
         assign(Store),
         assign(Delivery),
-        Action::Record { order: 1, token: 1 },
     ];
     let Replayed::Done { state, broken } = replay(&model, &path) else {
         panic!("the next order should release the orphan and be placed");
@@ -346,68 +342,4 @@ fn a_replayed_key_whose_order_is_recorded_holds_nothing() {
         }
         refused => panic!("the replay was refused: {refused:?}"),
     }
-}
-
-/// Hole 6 (found when placed orders began to be answered as soon as both sides confirmed their
-/// assigns, before the record): the coordinator tells the customer `placed` and dies before
-/// recording it; the driver that takes the order over asks both sides to assign again, and phase
-/// 2 used to give up on a side that had not answered by the reservations' expiry, compensating
-/// the order to `not_placed` though its customer was told `placed`. Phase 2 now asks until both
-/// sides answer (a repeat is answered from the barrier: assigned), as compensation does.
-#[test]
-fn an_early_placed_answer_needs_phase_2_to_ask_until_answered() {
-    let model = |phase2_gives_up| {
-        OrderModel::new(Config {
-            faults: Faults {
-                crashes: 1,
-                ..Faults::default()
-            },
-            phase2_gives_up,
-            ..Config::plain(1)
-        })
-    };
-    let told_then_crashed = [
-        Action::Submit {
-            order: 0,
-            ack_lost: false,
-        },
-        reserve(Participant::Delivery),
-        reserve(Participant::Store),
-        assign(Participant::Delivery),
-        assign(Participant::Store),
-        Action::Crash(0),
-        Action::TakeOver(0),
-    ];
-    // As it would be with phase 2 giving up: the customer was told `placed`, the order is
-    // compensated.
-    let gave_up = [
-        &told_then_crashed[..],
-        &[Action::GiveUp { order: 0, token: 2 }],
-    ]
-    .concat();
-    match replay(&model(true), &gave_up) {
-        Replayed::Done { broken, .. } => assert_eq!(broken, vec![names::ANSWERS_AGREE]),
-        refused => panic!("the interleaving should break the promise: {refused:?}"),
-    }
-    // Now: no give-up; the repeated assigns are answered from the barriers, and the order is
-    // recorded `placed`, as its customer was told.
-    assert!(matches!(
-        replay(&model(false), &gave_up),
-        Replayed::Refused { at: 7, .. }
-    ));
-    let asked_again = [
-        &told_then_crashed[..],
-        &[
-            assign(Participant::Delivery),
-            assign(Participant::Store),
-            Action::Record { order: 0, token: 2 },
-        ],
-    ]
-    .concat();
-    let Replayed::Done { state, broken } = replay(&model(false), &asked_again) else {
-        panic!("the order should be taken over and recorded placed");
-    };
-    assert_eq!(broken, Vec::<&str>::new());
-    let record = state.orders[0].record.as_ref().map(|r| r.order.state);
-    assert_eq!(record, Some(order_machine::OrderState::Placed));
 }

@@ -9,8 +9,6 @@
 //!   → `201 {"order_id", "status": "placed", "hub_id", "lines", "packet_ids", "agent_id"}`, or
 //!   `409 {"order_id", "status": "not_placed", "reason", "food_ids"?}`, or, when no decision is
 //!   reached within the response budget, `202 {"order_id", "status": "pending", "stage"}`.
-//!   `201` is answered as soon as both sides assigned the items; the record of `placed` follows
-//!   within milliseconds, and until then the order reads `pending` at stage `assigning`.
 //!   `{"food_id": 1}` (no `lines`, no `hub_id`) is one line of quantity 1 at the
 //!   default hub, as the one-item API had it; answers then also carry `food_id` and
 //!   `packet_id`. A basket has 1 to 50 lines, each food at most once, each quantity 1 to 20.
@@ -200,11 +198,8 @@ fn basket(body: &PlaceOrder) -> Result<(HubId, Vec<PacketLine>), ApiError> {
                            trace (a new one is started without it, or if it is malformed)")
     ),
     responses(
-        (status = 201, description = "Placed: both sides assigned its items. The record of \
-                                      `placed` follows within milliseconds (until then `GET` \
-                                      shows `pending` at stage `assigning`). A replayed key may \
-                                      find the order further on: picked up, delivered, \
-                                      cancelling, cancelled",
+        (status = 201, description = "Placed (a replayed key may find the order further on: \
+                                      picked up, delivered, cancelling, cancelled)",
             body = OrderView,
             headers(("idempotent-replayed" = String, description = "`true` when this is the \
                                                                  answer for an earlier request \
