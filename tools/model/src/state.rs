@@ -59,6 +59,13 @@ impl State {
         self.net.insert(at, msg);
     }
 
+    /// Takes one copy of `msg` off the network (it arrives, or is lost); `None` if none is on it.
+    pub fn take(&mut self, msg: &Msg) -> Option<()> {
+        let at = self.net.iter().position(|m| m == msg)?;
+        self.net.remove(at);
+        Some(())
+    }
+
     /// The place of the order `id`.
     pub fn slot_of(&self, id: OrderId) -> Option<usize> {
         (0..self.orders.len()).find(|o| order_id(*o) == id)

@@ -203,11 +203,13 @@ impl Model for OrderModel {
                 continue;
             }
             actions.push(Action::Receive(msg.clone()));
-            if faults.lost_replies > 0 && matches!(msg, Msg::Command { .. }) {
-                actions.push(Action::LoseReply(msg.clone()));
-            }
-            if faults.lost_commands > 0 && matches!(msg, Msg::Command { .. }) {
-                actions.push(Action::LoseCommand(msg.clone()));
+            if matches!(msg, Msg::Command { .. }) {
+                if faults.lost_replies > 0 {
+                    actions.push(Action::LoseReply(msg.clone()));
+                }
+                if faults.lost_commands > 0 {
+                    actions.push(Action::LoseCommand(msg.clone()));
+                }
             }
             if faults.duplicates > 0 {
                 actions.push(Action::Duplicate(msg.clone()));
@@ -249,18 +251,15 @@ impl Model for OrderModel {
                 });
             }
             Action::Receive(msg) => {
-                let at = state.net.iter().position(|m| *m == msg)?;
-                state.net.remove(at);
+                state.take(&msg)?;
                 receive(&mut state, msg);
             }
             Action::LoseCommand(msg) => {
-                let at = state.net.iter().position(|m| *m == msg)?;
-                state.net.remove(at);
+                state.take(&msg)?;
                 state.faults.lost_commands = state.faults.lost_commands.checked_sub(1)?;
             }
             Action::LoseReply(msg) => {
-                let at = state.net.iter().position(|m| *m == msg)?;
-                state.net.remove(at);
+                state.take(&msg)?;
                 state.faults.lost_replies = state.faults.lost_replies.checked_sub(1)?;
                 if let Msg::Command { to, command, .. } = msg {
                     state.side_mut(to).apply(&command);
