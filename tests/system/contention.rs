@@ -6,13 +6,13 @@ use std::time::Duration;
 use futures::future::join_all;
 use reqwest::StatusCode;
 
-use crate::helpers::TestSystem;
+use crate::helpers::{Options, TestSystem};
 
 async fn run(packets: i64, agents: i64, orders: usize) {
     // Every order must end with a final answer while hundreds wait on each other's reservations,
     // with the production defaults (a 5 s deadline, a 6 s response budget): none may end
-    // `timeout`.
-    let system = TestSystem::start().await;
+    // `timeout`. Alone: the deadlines assume the machine's cores for this system.
+    let system = TestSystem::start_with(Options::default().alone()).await;
     let food = system.create_food("Biryani", packets).await;
     system.create_agents(agents).await;
 

@@ -61,8 +61,8 @@ pub struct TestSystem {
 
 /// Tests share one RabbitMQ node and one PostgreSQL server. Most tests only need their own vhost
 /// and databases and share the servers freely; a test that restarts the node or the server (the
-/// soak) takes them exclusively, waiting for the others to finish and holding back new ones
-/// while it runs.
+/// soak), or a load test held to the production deadlines ([`Options::alone`]), takes them
+/// exclusively, waiting for the others to finish and holding back new ones while it runs.
 static BROKER: LazyLock<Arc<RwLock<()>>> = LazyLock::new(|| Arc::new(RwLock::new(())));
 
 /// A test's share of the servers, held while it runs.
@@ -84,7 +84,8 @@ pub struct Options {
     pub store: Vec<(String, String)>,
     /// For delivery only.
     pub delivery: Vec<(String, String)>,
-    /// The test restarts the RabbitMQ node or the PostgreSQL server: run it alone.
+    /// The test restarts the RabbitMQ node or the PostgreSQL server, or needs the machine to
+    /// itself: run it alone.
     pub exclusive_broker: bool,
 }
 
@@ -122,6 +123,14 @@ impl Options {
 
     /// Runs this test alone on the broker and the database server (it restarts one of them).
     pub fn exclusive_broker(mut self) -> Self {
+        self.exclusive_broker = true;
+        self
+    }
+
+    /// Runs this test alone, for a load test held to the production deadlines: on a machine of
+    /// two cores, two such tests side by side (each with three debug-built services) miss them
+    /// for want of CPU, not because of what they test.
+    pub fn alone(mut self) -> Self {
         self.exclusive_broker = true;
         self
     }
